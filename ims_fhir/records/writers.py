@@ -1,0 +1,609 @@
+"""Write IMS records (``ims-record/1``) to the format's three physical forms.
+
+Terms used here:
+
+record
+    A pair ``(record_type, fields)``: ``record_type`` is one of :data:`RECORD_TYPES`
+    and ``fields`` is the record in the JSON-document shape of the format (the fields of
+    the spec tables, nested objects and lists as in JSON, an unrecorded optional value
+    simply absent). A ``record_type`` key inside ``fields`` is tolerated when it agrees.
+form
+    One of the three physical forms of the same logical content: a JSON document
+    (:func:`write_json_document`), NDJSON, optionally gzip-compressed
+    (:func:`write_ndjson`), and a CSV folder (:func:`write_csv_folder`).
+
+The writers serialize; they do not validate (that is the models' job). The one
+exception is the CSV form, which cannot hold everything the JSON forms can: a field
+without a CSV column, a ``|`` inside a multi-valued cell, or a value that is not a
+scalar where a cell is expected raises :class:`UnwritableRecordError` (a ``ValueError``)
+naming the record and the field, rather than dropping or garbling data.
+
+Every writer streams: NDJSON and CSV keep one record in memory at a time whatever the
+count. The JSON document must group records by type, so records are spooled to
+temporary files per type (a little memory, then disk) and copied into place at the end.
+Every output file is written under a temporary name beside it and renamed into place
+only when complete, so a failed write never leaves a file that looks whole.
+Each writer returns the number of records written per record type.
+
+CSV conventions (the spec leaves these open; documented here and in the README):
+
+- UTF-8 without a byte-order mark, a header row, ``,`` separator, RFC 4180 quoting by
+  the ``csv`` module (fields quoted only when needed), ``\\r\\n`` line ends as RFC 4180
+  says. Line breaks inside a quoted cell are kept as they are.
+- Every table file is written, with its header, even when it has no rows, and
+  ``source.json`` holds the source object.
+- Booleans are ``true``/``false``; integers as integers; floats in their shortest
+  round-tripping form (``repr``: ``0.3``, ``2.5``, ``1e-05``), never thousands
+  separators; NaN and infinities are refused. An empty cell means "not recorded", so an
+  empty text and an absent value read back the same (both are "not recorded").
+- Multi-valued cells (``given_names``, ``contraindications`` and the paired
+  ``identifier_system``/``identifier_value``) are joined with ``|``; an empty list is an
+  empty cell. An element that contains ``|`` or is empty cannot round-trip and raises.
+  Identifiers are paired by position, so in CSV each needs both ``system`` and ``value``.
+- ``pain``, ``candidacy``, ``registration`` and a site's ``electrical_stimulation`` are
+  flattened into their columns (and ``pain.locations`` into ``assessment_findings.csv``);
+  a reader should treat such an object as present when any of its cells or child rows
+  is non-empty. An empty object (``{}``) therefore reads back as absent.
+- Child rows (findings, sites, adverse events) follow their record, in the record's
+  list order; findings in the order pain locations, neuropathic signs, palpation,
+  range of motion, outcome measures.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import math
+import os
+import secrets
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = [
+    "CSV_LINE_TERMINATOR",
+    "CSV_TABLES",
+    "DOCUMENT_LISTS",
+    "FORMAT",
+    "MULTI_VALUE_SEPARATOR",
+    "RECORD_TYPES",
+    "SOURCE_FILE",
+    "UnwritableRecordError",
+    "csv_rows",
+    "iter_records_by_type",
+    "write_csv_folder",
+    "write_json_document",
+    "write_ndjson",
+]
+
+FORMAT = "ims-record/1"
+
+#: Record types in the order every form uses (the JSON document's list order).
+RECORD_TYPES: tuple[str, ...] = ("patient", "practitioner", "assessment", "treatment")
+
+#: JSON-document list key per record type.
+DOCUMENT_LISTS: Mapping[str, str] = {
+    "patient": "patients",
+    "practitioner": "practitioners",
+    "assessment": "assessments",
+    "treatment": "treatments",
+}
+
+#: The CSV tables of the spec: file name -> columns, in the spec's order.
+CSV_TABLES: Mapping[str, tuple[str, ...]] = {
+    "patients.csv": (
+        "id", "family_name", "given_names", "birth_date", "sex",
+        "identifier_system", "identifier_value", "phone", "email",
+    ),
+    "practitioners.csv": (
+        "id", "family_name", "given_names", "registration_system", "registration_value",
+        "ims_certified",
+    ),
+    "assessments.csv": (
+        "id", "patient_id", "practitioner_id", "performed_at", "status", "chief_complaint",
+        "pain_nrs", "pain_duration_weeks", "candidacy_suitable", "contraindications",
+        "candidacy_note", "notes",
+    ),
+    "assessment_findings.csv": (
+        "assessment_id", "kind", "code", "side", "segment", "present", "tender", "taut_band",
+        "trigger_point", "degrees", "painful", "score", "note",
+    ),
+    "treatments.csv": (
+        "id", "patient_id", "practitioner_id", "assessment_id", "started_at", "ended_at",
+        "status", "status_reason", "session_number", "series_total", "consent_obtained",
+        "pain_before_nrs", "pain_after_nrs", "notes",
+    ),
+    "treatment_sites.csv": (
+        "treatment_id", "muscle", "side", "segment", "insertions", "needle_diameter_mm",
+        "needle_length_mm", "twitch_response", "estim_frequency_hz", "estim_duration_min",
+    ),
+    "treatment_adverse_events.csv": ("treatment_id", "event", "severity", "muscle", "note"),
+}  # fmt: skip
+
+MULTI_VALUE_SEPARATOR = "|"
+CSV_LINE_TERMINATOR = "\r\n"
+SOURCE_FILE = "source.json"
+
+# Records are spooled in memory up to this size per type before going to disk.
+_SPOOL_BYTES = 1 << 20
+
+_COMPACT = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+class UnwritableRecordError(ValueError):
+    """A record cannot be written to the requested form without losing or garbling data.
+
+    Carries ``record_type``, ``record_id`` (``None`` when the record has no usable id),
+    ``field`` (a dotted path such as ``given_names[1]``, or ``None``) and ``reason``.
+    """
+
+    def __init__(self, record_type: str, record_id: str | None, field: str | None, reason: str) -> None:
+        self.record_type = record_type
+        self.record_id = record_id
+        self.field = field
+        self.reason = reason
+        who = f"{record_type} {record_id!r}" if record_id is not None else f"{record_type} (no id)"
+        where = f" field {field!r}" if field else ""
+        super().__init__(f"{who}{where}: {reason}")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _record_id(fields: Mapping[str, Any]) -> str | None:
+    value = fields.get("id") if isinstance(fields, Mapping) else None
+    return value if isinstance(value, str) else None
+
+
+def _checked(record_type: str, fields: Any) -> Mapping[str, Any]:
+    """Check the pair's shape; drop an agreeing ``record_type`` key from the fields."""
+    if record_type not in DOCUMENT_LISTS:
+        raise UnwritableRecordError(
+            str(record_type), None, None, f"unknown record type; expected one of {', '.join(RECORD_TYPES)}"
+        )
+    if not isinstance(fields, Mapping):
+        raise UnwritableRecordError(record_type, None, None, f"expected a dict, got {type(fields).__name__}")
+    if "record_type" in fields:
+        if fields["record_type"] != record_type:
+            raise UnwritableRecordError(
+                record_type,
+                _record_id(fields),
+                "record_type",
+                f"says {fields['record_type']!r} but the record was given as {record_type!r}",
+            )
+        fields = {k: v for k, v in fields.items() if k != "record_type"}
+    return fields
+
+
+def _encode(record_type: str, value: Any, encoder: json.JSONEncoder = _COMPACT) -> str:
+    try:
+        return encoder.encode(value)
+    except (TypeError, ValueError) as exc:  # a non-JSON value, NaN or infinity
+        rid = _record_id(value) if isinstance(value, Mapping) else None
+        raise UnwritableRecordError(record_type, rid, None, f"not JSON-serializable: {exc}") from exc
+
+
+@contextmanager
+def _atomic_binary(path: Path) -> Iterator[IO[bytes]]:
+    """Open ``path`` for binary writing via a temporary sibling, renamed on success."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # A random suffix (not part of any output) keeps concurrent writers apart; "x" mode
+    # creates the file with the user's umask, as a plain open() would.
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.partial")
+    stream = open(tmp, "xb")
+    try:
+        yield stream
+        stream.close()
+        os.replace(tmp, path)
+    except BaseException:
+        stream.close()
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def _atomic_text(path: Path, *, newline: str) -> Iterator[IO[str]]:
+    with _atomic_binary(path) as raw:
+        text = io.TextIOWrapper(raw, encoding="utf-8", newline=newline, write_through=False)
+        try:
+            yield text
+            text.flush()
+        finally:
+            text.detach()
+
+
+# --------------------------------------------------------------------------- NDJSON
+
+
+def write_ndjson(path: str | os.PathLike[str], records: Iterable[tuple[str, Mapping[str, Any]]]) -> dict[str, int]:
+    """Write one compact JSON object per line, ``"record_type"`` first, UTF-8, ``\\n`` ends.
+
+    A path ending in ``.gz`` is gzip-compressed (level 6, no file name or time stamp in
+    the header, so the same records give the same bytes). Records keep the given order.
+    """
+    path = Path(path)
+    counts = dict.fromkeys(RECORD_TYPES, 0)
+    with _atomic_binary(path) as raw, ExitStack() as stack:
+        sink: IO[bytes] = raw
+        if path.suffix.lower() == ".gz":
+            sink = stack.enter_context(gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=6, mtime=0))
+        out = io.TextIOWrapper(sink, encoding="utf-8", newline="\n")
+        try:
+            for record_type, fields in records:
+                fields = _checked(record_type, fields)
+                line = _encode(record_type, {"record_type": record_type, **fields})
+                out.write(line)
+                out.write("\n")
+                counts[record_type] += 1
+            out.flush()
+        finally:
+            out.detach()
+    return counts
+
+
+# --------------------------------------------------------------------------- grouping
+
+
+class _TypeSpool:
+    """Per-type temporary files holding serialized records, in arrival order."""
+
+    def __init__(self) -> None:
+        self.files = {
+            t: tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES, mode="w+", encoding="utf-8", newline="\n")
+            for t in RECORD_TYPES
+        }
+        self.counts = dict.fromkeys(RECORD_TYPES, 0)
+
+    def add(self, record_type: str, text: str, separator: str) -> None:
+        spool = self.files[record_type]
+        if self.counts[record_type]:
+            spool.write(separator)
+        spool.write(text)
+        self.counts[record_type] += 1
+
+    def rewound(self, record_type: str) -> IO[str]:
+        spool = self.files[record_type]
+        spool.seek(0)
+        return spool  # type: ignore[return-value]
+
+    def close(self) -> None:
+        for spool in self.files.values():
+            spool.close()
+
+
+def iter_records_by_type(
+    records: Iterable[tuple[str, Mapping[str, Any]]],
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield the records grouped by type in :data:`RECORD_TYPES` order, each type in
+    arrival order, in bounded memory (records are spooled to temporary files).
+
+    Consumes ``records`` completely before yielding the first record.
+    """
+    spool = _TypeSpool()
+    try:
+        for record_type, fields in records:
+            fields = _checked(record_type, fields)
+            spool.add(record_type, _encode(record_type, fields), "\n")
+        for record_type in RECORD_TYPES:
+            if spool.counts[record_type]:
+                for line in spool.rewound(record_type):
+                    yield record_type, json.loads(line)
+    finally:
+        spool.close()
+
+
+# --------------------------------------------------------------------------- JSON document
+
+
+def write_json_document(
+    path: str | os.PathLike[str],
+    source: Mapping[str, Any],
+    records: Iterable[tuple[str, Mapping[str, Any]]],
+    *,
+    indent: int | None = 2,
+) -> dict[str, int]:
+    """Write ``{"format": "ims-record/1", "source": ..., "patients": [...], ...}``.
+
+    Lists appear in :data:`RECORD_TYPES` order and only when non-empty; within a list,
+    records keep their arrival order. ``indent=2`` (default) pretty-prints;
+    ``indent=None`` writes each record compactly on its own line, for large files.
+    """
+    pad = " " * indent if indent else ""
+    newline = "\n"
+    colon = ": " if indent is not None else ":"
+    encoder = (
+        json.JSONEncoder(ensure_ascii=False, allow_nan=False, indent=indent, separators=(",", ": "))
+        if indent is not None
+        else _COMPACT
+    )
+
+    def nested(text: str, depth: int) -> str:
+        # JSON text has no raw line breaks inside strings, so re-indenting by line is safe.
+        prefix = pad * depth
+        return prefix + text.replace("\n", "\n" + prefix) if prefix else text
+
+    spool = _TypeSpool()
+    try:
+        for record_type, fields in records:
+            fields = _checked(record_type, fields)
+            spool.add(record_type, nested(_encode(record_type, fields, encoder), 2), "," + newline)
+        source_text = _encode("source", dict(source), encoder)
+        with _atomic_text(Path(path), newline="\n") as out:
+            out.write("{" + newline)
+            out.write(f'{pad}"format"{colon}{json.dumps(FORMAT)},{newline}')
+            out.write(f'{pad}"source"{colon}{nested(source_text, 1)[len(pad):]}')
+            for record_type in RECORD_TYPES:
+                if spool.counts[record_type]:
+                    out.write(f',{newline}{pad}"{DOCUMENT_LISTS[record_type]}"{colon}[{newline}')
+                    shutil.copyfileobj(spool.rewound(record_type), out)
+                    out.write(f"{newline}{pad}]")
+            out.write(newline + "}" + newline)
+    finally:
+        spool.close()
+    return dict(spool.counts)
+
+
+# --------------------------------------------------------------------------- CSV folder
+
+
+class _Flattener:
+    """Turns one record into CSV rows; every error names the record and the field."""
+
+    __slots__ = ("record_type", "record_id")
+
+    def __init__(self, record_type: str, fields: Mapping[str, Any]) -> None:
+        self.record_type = record_type
+        self.record_id = _record_id(fields)
+
+    def error(self, field: str | None, reason: str) -> UnwritableRecordError:
+        return UnwritableRecordError(self.record_type, self.record_id, field, reason)
+
+    def object(self, value: Any, allowed: frozenset[str], field: str) -> Mapping[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            raise self.error(field or None, f"expected an object, got {type(value).__name__}")
+        unknown = [k for k in value if k not in allowed]
+        if unknown:
+            name = f"{field}.{unknown[0]}" if field else str(unknown[0])
+            raise self.error(name, "field has no column in the CSV form; it would be lost")
+        return value
+
+    def items(self, value: Any, field: str) -> Sequence[Any]:
+        if value is None:
+            return ()
+        if not isinstance(value, (list, tuple)):
+            raise self.error(field, f"expected a list, got {type(value).__name__}")
+        return value
+
+    def cell(self, value: Any, field: str) -> str:
+        if value is None:
+            return ""
+        if isinstance(value, str):
+            return value
+        if value is True:
+            return "true"
+        if value is False:
+            return "false"
+        if isinstance(value, int):
+            return str(value)
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                raise self.error(field, f"{value!r} is not a finite number")
+            return repr(value)
+        raise self.error(field, f"expected a text, number or boolean, got {type(value).__name__}")
+
+    def joined(self, values: Any, field: str) -> str:
+        parts = self.items(values, field)
+        for i, part in enumerate(parts):
+            if not isinstance(part, str):
+                raise self.error(f"{field}[{i}]", f"expected a text, got {type(part).__name__}")
+            if MULTI_VALUE_SEPARATOR in part:
+                raise self.error(
+                    f"{field}[{i}]",
+                    f"contains {MULTI_VALUE_SEPARATOR!r}, the CSV multi-value separator, so it cannot be "
+                    "written to the CSV form (use the JSON or NDJSON form)",
+                )
+            if not part:
+                raise self.error(f"{field}[{i}]", "an empty text in a multi-valued CSV cell cannot be read back")
+        return MULTI_VALUE_SEPARATOR.join(parts)
+
+
+def _row(table: str, cells: Mapping[str, str]) -> tuple[str, list[str]]:
+    return table, [cells.get(column, "") for column in CSV_TABLES[table]]
+
+
+_PATIENT_FIELDS = frozenset(
+    {"id", "identifiers", "family_name", "given_names", "birth_date", "sex", "phone", "email"}
+)
+_PRACTITIONER_FIELDS = frozenset({"id", "family_name", "given_names", "registration", "ims_certified"})
+_SYSTEM_VALUE = frozenset({"system", "value"})
+_ASSESSMENT_FIELDS = frozenset(
+    {
+        "id", "patient_id", "practitioner_id", "performed_at", "status", "chief_complaint", "pain",
+        "neuropathic_signs", "palpation", "range_of_motion", "outcome_measures", "candidacy", "notes",
+    }
+)  # fmt: skip
+_PAIN_FIELDS = frozenset({"nrs", "duration_weeks", "locations"})
+_CANDIDACY_FIELDS = frozenset({"suitable", "contraindications", "note"})
+_TREATMENT_FIELDS = frozenset(
+    {
+        "id", "patient_id", "practitioner_id", "assessment_id", "started_at", "ended_at", "status",
+        "status_reason", "session_number", "series_total", "consent_obtained", "sites",
+        "pain_before_nrs", "pain_after_nrs", "adverse_events", "notes",
+    }
+)  # fmt: skip
+_SITE_FIELDS = frozenset(
+    {
+        "muscle", "side", "segment", "insertions", "needle_diameter_mm", "needle_length_mm",
+        "twitch_response", "electrical_stimulation",
+    }
+)  # fmt: skip
+_ESTIM_FIELDS = frozenset({"frequency_hz", "duration_min"})
+_ADVERSE_EVENT_FIELDS = ("event", "severity", "muscle", "note")
+
+# Assessment findings: kind, list field path, the item key written to `code`, the other
+# item keys (each written to the column of the same name).
+_FINDINGS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
+    ("pain_location", "pain.locations", "region", ("side",)),
+    ("neuropathic_sign", "neuropathic_signs", "sign", ("present", "segment", "side", "note")),
+    ("palpation", "palpation", "muscle", ("side", "segment", "tender", "taut_band", "trigger_point", "note")),
+    ("range_of_motion", "range_of_motion", "movement", ("side", "degrees", "painful")),
+    ("outcome_measure", "outcome_measures", "instrument", ("score",)),
+)
+
+
+def _patient_rows(f: _Flattener, r: Mapping[str, Any]) -> list[tuple[str, list[str]]]:
+    f.object(r, _PATIENT_FIELDS, "")
+    systems: list[Any] = []
+    values: list[Any] = []
+    for i, identifier in enumerate(f.items(r.get("identifiers"), "identifiers")):
+        where = f"identifiers[{i}]"
+        identifier = f.object(identifier, _SYSTEM_VALUE, where)
+        for key, bucket in (("system", systems), ("value", values)):
+            if identifier.get(key) is None:
+                raise f.error(
+                    f"{where}.{key}", "required in the CSV form, where systems and values are paired by position"
+                )
+            bucket.append(identifier[key])
+    cells = {
+        "id": f.cell(r.get("id"), "id"),
+        "family_name": f.cell(r.get("family_name"), "family_name"),
+        "given_names": f.joined(r.get("given_names"), "given_names"),
+        "birth_date": f.cell(r.get("birth_date"), "birth_date"),
+        "sex": f.cell(r.get("sex"), "sex"),
+        # Errors name the identifier element, e.g. identifiers.value[1].
+        "identifier_system": f.joined(systems, "identifiers.system"),
+        "identifier_value": f.joined(values, "identifiers.value"),
+        "phone": f.cell(r.get("phone"), "phone"),
+        "email": f.cell(r.get("email"), "email"),
+    }
+    return [_row("patients.csv", cells)]
+
+
+def _practitioner_rows(f: _Flattener, r: Mapping[str, Any]) -> list[tuple[str, list[str]]]:
+    f.object(r, _PRACTITIONER_FIELDS, "")
+    registration = f.object(r.get("registration"), _SYSTEM_VALUE, "registration")
+    cells = {
+        "id": f.cell(r.get("id"), "id"),
+        "family_name": f.cell(r.get("family_name"), "family_name"),
+        "given_names": f.joined(r.get("given_names"), "given_names"),
+        "registration_system": f.cell(registration.get("system"), "registration.system"),
+        "registration_value": f.cell(registration.get("value"), "registration.value"),
+        "ims_certified": f.cell(r.get("ims_certified"), "ims_certified"),
+    }
+    return [_row("practitioners.csv", cells)]
+
+
+def _assessment_rows(f: _Flattener, r: Mapping[str, Any]) -> list[tuple[str, list[str]]]:
+    f.object(r, _ASSESSMENT_FIELDS, "")
+    pain = f.object(r.get("pain"), _PAIN_FIELDS, "pain")
+    candidacy = f.object(r.get("candidacy"), _CANDIDACY_FIELDS, "candidacy")
+    assessment_id = f.cell(r.get("id"), "id")
+    cells = {
+        "id": assessment_id,
+        "patient_id": f.cell(r.get("patient_id"), "patient_id"),
+        "practitioner_id": f.cell(r.get("practitioner_id"), "practitioner_id"),
+        "performed_at": f.cell(r.get("performed_at"), "performed_at"),
+        "status": f.cell(r.get("status"), "status"),
+        "chief_complaint": f.cell(r.get("chief_complaint"), "chief_complaint"),
+        "pain_nrs": f.cell(pain.get("nrs"), "pain.nrs"),
+        "pain_duration_weeks": f.cell(pain.get("duration_weeks"), "pain.duration_weeks"),
+        "candidacy_suitable": f.cell(candidacy.get("suitable"), "candidacy.suitable"),
+        "contraindications": f.joined(candidacy.get("contraindications"), "candidacy.contraindications"),
+        "candidacy_note": f.cell(candidacy.get("note"), "candidacy.note"),
+        "notes": f.cell(r.get("notes"), "notes"),
+    }
+    rows = [_row("assessments.csv", cells)]
+    for kind, field, code_key, keys in _FINDINGS:
+        values = pain.get("locations") if field == "pain.locations" else r.get(field)
+        allowed = frozenset((code_key, *keys))
+        for i, item in enumerate(f.items(values, field)):
+            where = f"{field}[{i}]"
+            item = f.object(item, allowed, where)
+            finding = {"assessment_id": assessment_id, "kind": kind, "code": f.cell(item.get(code_key), f"{where}.{code_key}")}
+            for key in keys:
+                finding[key] = f.cell(item.get(key), f"{where}.{key}")
+            rows.append(_row("assessment_findings.csv", finding))
+    return rows
+
+
+def _treatment_rows(f: _Flattener, r: Mapping[str, Any]) -> list[tuple[str, list[str]]]:
+    f.object(r, _TREATMENT_FIELDS, "")
+    treatment_id = f.cell(r.get("id"), "id")
+    cells = {column: f.cell(r.get(column), column) for column in CSV_TABLES["treatments.csv"]}
+    rows = [_row("treatments.csv", cells)]
+    for i, site in enumerate(f.items(r.get("sites"), "sites")):
+        where = f"sites[{i}]"
+        site = f.object(site, _SITE_FIELDS, where)
+        estim = f.object(site.get("electrical_stimulation"), _ESTIM_FIELDS, f"{where}.electrical_stimulation")
+        site_cells = {"treatment_id": treatment_id}
+        for key in _SITE_FIELDS - {"electrical_stimulation"}:
+            site_cells[key] = f.cell(site.get(key), f"{where}.{key}")
+        site_cells["estim_frequency_hz"] = f.cell(
+            estim.get("frequency_hz"), f"{where}.electrical_stimulation.frequency_hz"
+        )
+        site_cells["estim_duration_min"] = f.cell(
+            estim.get("duration_min"), f"{where}.electrical_stimulation.duration_min"
+        )
+        rows.append(_row("treatment_sites.csv", site_cells))
+    for i, event in enumerate(f.items(r.get("adverse_events"), "adverse_events")):
+        where = f"adverse_events[{i}]"
+        event = f.object(event, frozenset(_ADVERSE_EVENT_FIELDS), where)
+        event_cells = {"treatment_id": treatment_id}
+        for key in _ADVERSE_EVENT_FIELDS:
+            event_cells[key] = f.cell(event.get(key), f"{where}.{key}")
+        rows.append(_row("treatment_adverse_events.csv", event_cells))
+    return rows
+
+
+_ROWS_BY_TYPE = {
+    "patient": _patient_rows,
+    "practitioner": _practitioner_rows,
+    "assessment": _assessment_rows,
+    "treatment": _treatment_rows,
+}
+
+
+def csv_rows(record_type: str, fields: Mapping[str, Any]) -> list[tuple[str, list[str]]]:
+    """The CSV rows of one record as ``(table file name, cells in column order)``.
+
+    Raises :class:`UnwritableRecordError` when the record cannot be written to CSV.
+    """
+    fields = _checked(record_type, fields)
+    return _ROWS_BY_TYPE[record_type](_Flattener(record_type, fields), fields)
+
+
+def write_csv_folder(
+    directory: str | os.PathLike[str],
+    source: Mapping[str, Any],
+    records: Iterable[tuple[str, Mapping[str, Any]]],
+) -> dict[str, int]:
+    """Write the spec's CSV tables and ``source.json`` into ``directory`` (created if needed).
+
+    Each record's rows are built completely before any is written, so a record that
+    cannot be written raises :class:`UnwritableRecordError` and no file is replaced.
+    Other files already in the directory are left alone.
+    """
+    directory = Path(directory)
+    counts = dict.fromkeys(RECORD_TYPES, 0)
+    source_text = _encode("source", dict(source), json.JSONEncoder(ensure_ascii=False, allow_nan=False, indent=2))
+    with ExitStack() as stack:
+        writers = {}
+        for table, columns in CSV_TABLES.items():
+            out = stack.enter_context(_atomic_text(directory / table, newline=""))
+            writer = csv.writer(out, lineterminator=CSV_LINE_TERMINATOR)
+            writer.writerow(columns)
+            writers[table] = writer.writerow
+        for record_type, fields in records:
+            for table, cells in csv_rows(record_type, fields):
+                writers[table](cells)
+            counts[record_type] += 1
+        source_out = stack.enter_context(_atomic_text(directory / SOURCE_FILE, newline="\n"))
+        source_out.write(source_text + "\n")
+    return counts
