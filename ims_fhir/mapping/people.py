@@ -1,0 +1,63 @@
+"""source -> Organization, patient -> Patient, practitioner -> Practitioner."""
+
+from __future__ import annotations
+
+from ..records.models import Patient, Practitioner
+from .context import MappedRecord, MappingContext, Resource
+
+
+def map_organization(ctx: MappingContext) -> Resource:
+    src = ctx.source
+    return {
+        "resourceType": "Organization",
+        "id": ctx.organization_id,
+        "identifier": [ctx.identifier("organization", src.clinic_id)],
+        "active": True,
+        "name": src.clinic_name or src.clinic_id,
+    }
+
+
+def _name(family: str, given: list[str] | None) -> dict[str, object]:
+    name: dict[str, object] = {"family": family}
+    if given:
+        name["given"] = list(given)
+    return name
+
+
+def map_patient(rec: Patient, ctx: MappingContext) -> MappedRecord:
+    chart = ctx.identifier("patient", rec.id)
+    chart = {"use": "usual", "type": ctx.term.fixed_concept("chart_identifier_type"), **chart}
+    identifiers = [chart] + [{"system": i.system, "value": i.value} for i in rec.identifiers or ()]
+    res: Resource = {
+        "resourceType": "Patient",
+        "id": ctx.id_for("patient", rec.id),
+        "identifier": identifiers,
+        "name": [_name(rec.family_name, rec.given_names)],
+    }
+    telecom = []
+    if rec.phone is not None:
+        telecom.append({"system": "phone", "value": rec.phone})
+    if rec.email is not None:
+        telecom.append({"system": "email", "value": rec.email})
+    if telecom:
+        res["telecom"] = telecom
+    if rec.sex is not None:
+        res["gender"] = ctx.term.gender(rec.sex)
+    if rec.birth_date is not None:
+        res["birthDate"] = rec.birth_date
+    res["managingOrganization"] = ctx.organization_ref
+    return MappedRecord("patient", rec.id, [res], [ctx.dependency("Organization", "organization", ctx.source.clinic_id)])
+
+
+def map_practitioner(rec: Practitioner, ctx: MappingContext) -> MappedRecord:
+    identifiers = [ctx.identifier("practitioner", rec.id)]
+    if rec.registration is not None:
+        identifiers.append({"system": rec.registration.system, "value": rec.registration.value})
+    res: Resource = {"resourceType": "Practitioner", "id": ctx.id_for("practitioner", rec.id)}
+    if rec.ims_certified is not None:
+        res["extension"] = [{"url": ctx.term.extension_url("ims-certified"), "valueBoolean": rec.ims_certified}]
+    res["identifier"] = identifiers
+    res["name"] = [_name(rec.family_name, rec.given_names)]
+    if rec.ims_certified:
+        res["qualification"] = [{"code": ctx.term.concept("ims-certification")}]
+    return MappedRecord("practitioner", rec.id, [res], [])

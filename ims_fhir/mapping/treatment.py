@@ -1,0 +1,180 @@
+"""treatment -> Encounter + Procedure + Observations ``partOf`` the Procedure.
+
+The Procedure (identifier ``{system_base}/treatment``) is coded with SNOMED CT
+231082000 (closest concept), the project's ``ims-procedure`` code and, for completed
+sessions on or after CPT's effective date, CPT 20560 (1-2 muscles) or 20561 (3 or
+more), counting distinct muscle+side pairs with ``bilateral`` as left and right.
+What R4's Procedure has no element for is carried by extensions (session number, series
+total, consent) or by Observations ``partOf`` the Procedure, identified by
+``{system_base}/treatment-finding`` = ``{treatment id}/{part}``: ``pain-before``,
+``pain-after``, ``site/{i}`` (insertions, needle size, twitch, electrical stimulation,
+segment as components) and ``adverse-event/{i}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..records.models import Treatment
+from .context import MappedRecord, MappingContext, Resource
+
+
+def muscle_count(rec: Treatment) -> int:
+    """Distinct muscle+side pairs needled; ``bilateral`` counts as left and right."""
+    pairs: set[tuple[str, str]] = set()
+    for site in rec.sites or ():
+        if site.side == "bilateral":
+            pairs.add((site.muscle, "left"))
+            pairs.add((site.muscle, "right"))
+        else:
+            pairs.add((site.muscle, site.side))
+    return len(pairs)
+
+
+def _quantity(ctx: MappingContext, value: float, unit: str, code: str) -> dict[str, Any]:
+    return {"value": value, "unit": unit, "system": ctx.term.systems["ucum"], "code": code}
+
+
+def _procedure_code(rec: Treatment, ctx: MappingContext) -> dict[str, Any]:
+    term = ctx.term
+    base = term.concept("ims-procedure")
+    if not ctx.options.cpt or rec.status != "completed" or rec.started_at[:10] < term.cpt_effective_from():
+        return base
+    count = muscle_count(rec)
+    if count == 0:
+        return base
+    cpt = term.concept("cpt-1-2-muscles" if count <= 2 else "cpt-3-plus-muscles")
+    return {"coding": base["coding"] + cpt["coding"], "text": base["text"]}
+
+
+def map_treatment(rec: Treatment, ctx: MappingContext) -> MappedRecord:
+    term = ctx.term
+    subject = {"reference": f"Patient/{ctx.id_for('patient', rec.patient_id)}"}
+    practitioner = {"reference": f"Practitioner/{ctx.id_for('practitioner', rec.practitioner_id)}"}
+    encounter_value = f"treatment/{rec.id}"
+    encounter_id = ctx.id_for("encounter", encounter_value)
+    encounter_ref = {"reference": f"Encounter/{encounter_id}"}
+    procedure_id = ctx.id_for("treatment", rec.id)
+    procedure_ref = {"reference": f"Procedure/{procedure_id}"}
+    period = {"start": rec.started_at}
+    if rec.ended_at is not None:
+        period["end"] = rec.ended_at
+
+    encounter: Resource = {
+        "resourceType": "Encounter",
+        "id": encounter_id,
+        "identifier": [ctx.identifier("encounter", encounter_value)],
+        "status": term.status("treatment_encounter", rec.status),
+        "class": term.fixed_coding("encounter_class"),
+        "type": [term.concept("treatment-visit")],
+        "subject": subject,
+        "participant": [{"individual": practitioner}],
+        "period": period,
+        "serviceProvider": ctx.organization_ref,
+    }
+
+    extensions = []
+    if rec.session_number is not None:
+        extensions.append({"url": term.extension_url("session-number"), "valuePositiveInt": rec.session_number})
+    if rec.series_total is not None:
+        extensions.append({"url": term.extension_url("series-total"), "valuePositiveInt": rec.series_total})
+    extensions.append({"url": term.extension_url("consent-obtained"), "valueBoolean": rec.consent_obtained})
+
+    procedure: Resource = {
+        "resourceType": "Procedure",
+        "id": procedure_id,
+        "extension": extensions,
+        "identifier": [ctx.identifier("treatment", rec.id)],
+        "status": term.status("treatment", rec.status),
+    }
+    if rec.status_reason is not None:
+        procedure["statusReason"] = {"text": rec.status_reason}
+    procedure["category"] = term.fixed_concept("procedure_category")
+    procedure["code"] = _procedure_code(rec, ctx)
+    procedure["subject"] = subject
+    procedure["encounter"] = encounter_ref
+    if rec.ended_at is not None:
+        procedure["performedPeriod"] = period
+    else:
+        procedure["performedDateTime"] = rec.started_at
+    procedure["performer"] = [{"actor": practitioner}]
+    deps = [
+        ctx.dependency("Patient", "patient", rec.patient_id),
+        ctx.dependency("Practitioner", "practitioner", rec.practitioner_id),
+        ctx.dependency("Organization", "organization", ctx.source.clinic_id),
+    ]
+    if rec.assessment_id is not None:
+        procedure["reasonReference"] = [{"reference": f"Observation/{ctx.id_for('assessment', rec.assessment_id)}"}]
+        deps.append(ctx.dependency("Observation", "assessment", rec.assessment_id))
+    if rec.sites:
+        procedure["bodySite"] = [ctx.body_site("muscle", s.muscle, s.side) for s in rec.sites]
+    if rec.notes is not None:
+        procedure["note"] = [{"text": rec.notes}]
+    if rec.adverse_events:
+        procedure["complication"] = [term.vocab("event", ae.event) for ae in rec.adverse_events]
+
+    obs_status = term.status("treatment_observation", rec.status)
+    observations: list[Resource] = []
+
+    def observation(part: str, category: str, code: dict[str, Any], effective: str, **fields: Any) -> None:
+        value = f"{rec.id}/{part}"
+        obs: Resource = {
+            "resourceType": "Observation",
+            "id": ctx.id_for("treatment-finding", value),
+            "identifier": [ctx.identifier("treatment-finding", value)],
+            "partOf": [procedure_ref],
+            "status": obs_status,
+            "category": [term.category(category)],
+            "code": code,
+            "subject": subject,
+            "encounter": encounter_ref,
+            "effectiveDateTime": effective,
+            "performer": [practitioner],
+        }
+        obs.update(fields)
+        observations.append(obs)
+
+    def pain_code(which: str) -> dict[str, Any]:
+        # the standard pain score code, qualified by our own before/after concept
+        nrs, own = term.concept("pain-nrs"), term.concept(which)
+        return {"coding": own["coding"] + [c for c in nrs["coding"] if c["system"] != term.concept_system], "text": own["text"]}
+
+    if rec.pain_before_nrs is not None:
+        observation("pain-before", "survey", pain_code("pain-before-treatment"), rec.started_at,
+                    valueInteger=rec.pain_before_nrs)
+    if rec.pain_after_nrs is not None:
+        observation("pain-after", "survey", pain_code("pain-after-treatment"), rec.ended_at or rec.started_at,
+                    valueInteger=rec.pain_after_nrs)
+
+    for i, site in enumerate(rec.sites or ()):
+        comps: list[dict[str, Any]] = [{"code": term.concept("insertions"), "valueInteger": site.insertions}]
+        if site.needle_diameter_mm is not None:
+            comps.append({"code": term.concept("needle-diameter"),
+                          "valueQuantity": _quantity(ctx, site.needle_diameter_mm, "mm", "mm")})
+        if site.needle_length_mm is not None:
+            comps.append({"code": term.concept("needle-length"),
+                          "valueQuantity": _quantity(ctx, site.needle_length_mm, "mm", "mm")})
+        if site.twitch_response is not None:
+            comps.append({"code": term.concept("twitch-response"),
+                          "valueCodeableConcept": term.vocab("twitch_response", site.twitch_response)})
+        if site.electrical_stimulation is not None:
+            es = site.electrical_stimulation
+            comps.append({"code": term.concept("estim-frequency"), "valueQuantity": _quantity(ctx, es.frequency_hz, "Hz", "Hz")})
+            comps.append({"code": term.concept("estim-duration"), "valueQuantity": _quantity(ctx, es.duration_min, "min", "min")})
+        if site.segment is not None:
+            comps.append({"code": term.concept("spinal-segment"), "valueCodeableConcept": term.vocab("segment", site.segment)})
+        observation(f"site/{i}", "procedure", term.concept("needling-site"), rec.started_at,
+                    bodySite=ctx.body_site("muscle", site.muscle, site.side), component=comps)
+
+    for i, ae in enumerate(rec.adverse_events or ()):
+        fields: dict[str, Any] = {"valueCodeableConcept": term.vocab("event", ae.event)}
+        if ae.note is not None:
+            fields["note"] = [{"text": ae.note}]
+        if ae.muscle is not None:
+            fields["bodySite"] = ctx.body_site("muscle", ae.muscle, None)
+        if ae.severity is not None:
+            fields["component"] = [{"code": term.concept("adverse-event-severity"),
+                                    "valueCodeableConcept": term.vocab("severity", ae.severity)}]
+        observation(f"adverse-event/{i}", "procedure", term.concept("adverse-event"), rec.started_at, **fields)
+
+    return MappedRecord("treatment", rec.id, [encounter, procedure, *observations], deps)

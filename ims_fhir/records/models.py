@@ -1,0 +1,317 @@
+"""Validating models of the ``ims-record/1`` format.
+
+Each record type (patient, practitioner, assessment, treatment) is a frozen pydantic
+model with ``extra="forbid"`` and strict types: a string where a number belongs, an
+unknown field or an unknown slug is a problem, never a silent coercion. Rules that
+involve several fields (``ended_at`` not before ``started_at``, consent for a completed
+session, ...) live in :mod:`ims_fhir.records.validation` so that they are reported
+together with the field errors of the same record.
+
+Date-times are kept as normalised ISO 8601 strings with an offset; a date-time without
+an offset is accepted only when a default time zone is passed in the validation
+context (``{"default_tz": "America/Vancouver"}``).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date, datetime
+from typing import Annotated, Any, Literal, Optional
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo
+from pydantic_core import PydanticCustomError
+
+from . import vocabulary as v
+
+_STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+# ---------------------------------------------------------------------------------------
+# scalar types
+
+
+def _check_datetime(value: str, info: ValidationInfo) -> str:
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise PydanticCustomError(
+            "datetime_format",
+            "'{value}' is not an ISO 8601 date-time (expected e.g. 2025-03-04T09:30:00-08:00)",
+            {"value": value[:40]},
+        ) from None
+    if "T" not in value and " " not in value:
+        raise PydanticCustomError(
+            "datetime_format",
+            "'{value}' is a date, not a date-time (expected e.g. 2025-03-04T09:30:00-08:00)",
+            {"value": value[:40]},
+        )
+    if parsed.tzinfo is None:
+        tz_name = (info.context or {}).get("default_tz")
+        if not tz_name:
+            raise PydanticCustomError(
+                "offset_required",
+                "date-time '{value}' has no UTC offset; add one (e.g. -08:00) or configure a default time zone",
+                {"value": value[:40]},
+            )
+        parsed = parsed.replace(tzinfo=ZoneInfo(tz_name))
+    return parsed.isoformat()
+
+
+def _check_date(value: str) -> str:
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+        raise PydanticCustomError("date_format", "'{value}' is not a date in the form YYYY-MM-DD", {"value": value[:40]})
+    try:
+        date.fromisoformat(value)
+    except ValueError:
+        raise PydanticCustomError("date_format", "'{value}' is not a calendar date", {"value": value}) from None
+    return value
+
+
+def _check_uri(value: str) -> str:
+    parts = urlsplit(value)
+    if not parts.scheme or not (parts.netloc or parts.scheme in ("urn",)) or any(c.isspace() for c in value):
+        raise PydanticCustomError("absolute_uri", "'{value}' is not an absolute URI", {"value": value[:80]})
+    return value
+
+
+def _check_text(value: str) -> str:
+    if not value.strip():
+        raise PydanticCustomError("non_empty", "must not be empty or blank", {})
+    return value
+
+
+DateTime = Annotated[str, AfterValidator(_check_datetime)]
+Date = Annotated[str, AfterValidator(_check_date)]
+Uri = Annotated[str, AfterValidator(_check_uri)]
+Id = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_check_text)]
+Text = Annotated[str, AfterValidator(_check_text)]
+Nrs = Annotated[int, Field(ge=0, le=10)]
+
+Side = Literal[v.SIDES]  # type: ignore[valid-type]
+Segment = Literal[v.SEGMENTS]  # type: ignore[valid-type]
+Region = Literal[v.REGIONS]  # type: ignore[valid-type]
+Sign = Literal[v.SIGNS]  # type: ignore[valid-type]
+Movement = Literal[v.MOVEMENTS]  # type: ignore[valid-type]
+Instrument = Literal[v.INSTRUMENTS]  # type: ignore[valid-type]
+Contraindication = Literal[v.CONTRAINDICATIONS]  # type: ignore[valid-type]
+Event = Literal[v.EVENTS]  # type: ignore[valid-type]
+Severity = Literal[v.SEVERITIES]  # type: ignore[valid-type]
+TwitchResponse = Literal[v.TWITCH_RESPONSES]  # type: ignore[valid-type]
+Muscle = Literal[v.MUSCLES]  # type: ignore[valid-type]
+Sex = Literal[v.SEXES]  # type: ignore[valid-type]
+AssessmentStatus = Literal[v.ASSESSMENT_STATUSES]  # type: ignore[valid-type]
+TreatmentStatus = Literal[v.TREATMENT_STATUSES]  # type: ignore[valid-type]
+
+
+def check_time_zone(name: str) -> str:
+    """Raise ValueError unless ``name`` is an IANA time zone this machine knows."""
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown time zone {name!r}") from exc
+    return name
+
+
+# ---------------------------------------------------------------------------------------
+# source and shared parts
+
+
+class Source(BaseModel):
+    """Who exported the records; the base of every business identifier."""
+
+    model_config = _STRICT
+
+    clinic_id: Id
+    clinic_name: Optional[Text] = None
+    system_base: Uri
+
+    def system(self, kind: str) -> str:
+        """Identifier system for a record kind: ``{system_base}/{kind}``."""
+        return f"{self.system_base.rstrip('/')}/{kind}"
+
+
+class Identifier(BaseModel):
+    model_config = _STRICT
+
+    system: Uri
+    value: Text
+
+
+# ---------------------------------------------------------------------------------------
+# patient and practitioner
+
+
+class Patient(BaseModel):
+    model_config = _STRICT
+
+    id: Id
+    identifiers: Optional[list[Identifier]] = None
+    family_name: Text
+    given_names: Optional[list[Text]] = None
+    birth_date: Optional[Date] = None
+    sex: Optional[Sex] = None
+    phone: Optional[Text] = None
+    email: Optional[Text] = None
+
+
+class Practitioner(BaseModel):
+    model_config = _STRICT
+
+    id: Id
+    family_name: Text
+    given_names: Optional[list[Text]] = None
+    registration: Optional[Identifier] = None
+    ims_certified: Optional[bool] = None
+
+
+# ---------------------------------------------------------------------------------------
+# assessment
+
+
+class PainLocation(BaseModel):
+    model_config = _STRICT
+
+    region: Region
+    side: Optional[Side] = None
+
+
+class Pain(BaseModel):
+    model_config = _STRICT
+
+    nrs: Nrs
+    duration_weeks: Optional[Annotated[float, Field(ge=0)]] = None
+    locations: Optional[list[PainLocation]] = None
+
+
+class NeuropathicSign(BaseModel):
+    model_config = _STRICT
+
+    sign: Sign
+    present: bool
+    segment: Optional[Segment] = None
+    side: Optional[Side] = None
+    note: Optional[Text] = None
+
+
+class Palpation(BaseModel):
+    model_config = _STRICT
+
+    muscle: Muscle
+    side: Optional[Side] = None
+    segment: Optional[Segment] = None
+    tender: Optional[bool] = None
+    taut_band: Optional[bool] = None
+    trigger_point: Optional[bool] = None
+    note: Optional[Text] = None
+
+
+class RangeOfMotion(BaseModel):
+    model_config = _STRICT
+
+    movement: Movement
+    side: Optional[Side] = None
+    degrees: Optional[Annotated[float, Field(ge=0, le=360)]] = None
+    painful: Optional[bool] = None
+
+
+class OutcomeMeasure(BaseModel):
+    model_config = _STRICT
+
+    instrument: Instrument
+    score: float
+
+
+class Candidacy(BaseModel):
+    model_config = _STRICT
+
+    suitable: bool
+    contraindications: Optional[list[Contraindication]] = None
+    note: Optional[Text] = None
+
+
+class Assessment(BaseModel):
+    model_config = _STRICT
+
+    id: Id
+    patient_id: Id
+    practitioner_id: Id
+    performed_at: DateTime
+    status: AssessmentStatus = "final"
+    chief_complaint: Optional[Text] = None
+    pain: Optional[Pain] = None
+    neuropathic_signs: Optional[list[NeuropathicSign]] = None
+    palpation: Optional[list[Palpation]] = None
+    range_of_motion: Optional[list[RangeOfMotion]] = None
+    outcome_measures: Optional[list[OutcomeMeasure]] = None
+    candidacy: Optional[Candidacy] = None
+    notes: Optional[Text] = None
+
+
+# ---------------------------------------------------------------------------------------
+# treatment
+
+
+class ElectricalStimulation(BaseModel):
+    model_config = _STRICT
+
+    frequency_hz: Annotated[float, Field(gt=0)]
+    duration_min: Annotated[float, Field(gt=0)]
+
+
+class Site(BaseModel):
+    model_config = _STRICT
+
+    muscle: Muscle
+    side: Side
+    segment: Optional[Segment] = None
+    insertions: Annotated[int, Field(ge=1)]
+    needle_diameter_mm: Optional[Annotated[float, Field(ge=0.12, le=0.50)]] = None
+    needle_length_mm: Optional[Annotated[float, Field(ge=10, le=125)]] = None
+    twitch_response: Optional[TwitchResponse] = None
+    electrical_stimulation: Optional[ElectricalStimulation] = None
+
+
+class AdverseEvent(BaseModel):
+    model_config = _STRICT
+
+    event: Event
+    severity: Optional[Severity] = None
+    muscle: Optional[Muscle] = None
+    note: Optional[Text] = None
+
+
+class Treatment(BaseModel):
+    model_config = _STRICT
+
+    id: Id
+    patient_id: Id
+    practitioner_id: Id
+    assessment_id: Optional[Id] = None
+    started_at: DateTime
+    ended_at: Optional[DateTime] = None
+    status: TreatmentStatus = "completed"
+    status_reason: Optional[Text] = None
+    session_number: Optional[Annotated[int, Field(ge=1)]] = None
+    series_total: Optional[Annotated[int, Field(ge=1)]] = None
+    consent_obtained: bool
+    sites: Optional[list[Site]] = None
+    pain_before_nrs: Optional[Nrs] = None
+    pain_after_nrs: Optional[Nrs] = None
+    adverse_events: Optional[list[AdverseEvent]] = None
+    notes: Optional[Text] = None
+
+
+MODELS: dict[str, type[BaseModel]] = {
+    "patient": Patient,
+    "practitioner": Practitioner,
+    "assessment": Assessment,
+    "treatment": Treatment,
+}
+
+Record = Patient | Practitioner | Assessment | Treatment
+
+
+def record_dict(record: BaseModel) -> dict[str, Any]:
+    """The record in the JSON-document shape: unrecorded optional fields left out."""
+    return record.model_dump(exclude_none=True)

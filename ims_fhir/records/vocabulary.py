@@ -1,0 +1,113 @@
+"""The closed vocabularies of the ``ims-record/1`` format.
+
+These tuples are the format's contract (../shared/ims-record-format.md): the models
+accept exactly these slugs, and the terminology loader checks at start-up that every
+slug has a row in the code tables under ``mappings/`` (and no table row names a slug
+that is not here). A slug is the lower-case token a clinic writes, e.g. ``upper_trapezius``.
+"""
+
+from __future__ import annotations
+
+FORMAT = "ims-record/1"
+
+RECORD_TYPES: tuple[str, ...] = ("patient", "practitioner", "assessment", "treatment")
+#: JSON document list key for each record type.
+LIST_KEYS: dict[str, str] = {
+    "patient": "patients",
+    "practitioner": "practitioners",
+    "assessment": "assessments",
+    "treatment": "treatments",
+}
+
+SIDES = ("left", "right", "bilateral", "midline")
+SEGMENTS = (
+    tuple(f"C{i}" for i in range(1, 9))
+    + tuple(f"T{i}" for i in range(1, 13))
+    + tuple(f"L{i}" for i in range(1, 6))
+    + tuple(f"S{i}" for i in range(1, 6))
+)
+SEXES = ("female", "male", "other", "unknown")
+ASSESSMENT_STATUSES = ("final", "preliminary", "amended", "entered-in-error")
+TREATMENT_STATUSES = ("completed", "stopped", "not-done")
+REGIONS = (
+    "head", "neck", "upper_back", "lower_back", "shoulder", "upper_arm", "elbow", "forearm",
+    "wrist_hand", "chest", "abdomen", "hip", "buttock", "groin", "thigh", "knee", "lower_leg",
+    "ankle_foot",
+)
+SIGNS = (
+    "trophedema", "pilomotor_reflex", "vasomotor_change", "sudomotor_change", "hair_loss",
+    "dermatomal_hyperalgesia", "tender_motor_points", "taut_bands", "muscle_shortening",
+    "paraspinal_tenderness",
+)
+MOVEMENTS = (
+    "cervical_flexion", "cervical_extension", "cervical_rotation", "cervical_lateral_flexion",
+    "thoracic_rotation", "lumbar_flexion", "lumbar_extension", "lumbar_lateral_flexion",
+    "shoulder_flexion", "shoulder_abduction", "shoulder_external_rotation",
+    "shoulder_internal_rotation", "elbow_extension", "wrist_extension", "hip_flexion",
+    "hip_internal_rotation", "hip_external_rotation", "knee_flexion", "knee_extension",
+    "ankle_dorsiflexion", "straight_leg_raise",
+)
+#: instrument -> inclusive score range
+INSTRUMENT_RANGES: dict[str, tuple[float, float]] = {
+    "oswestry": (0, 100),
+    "ndi": (0, 50),
+    "psfs": (0, 10),
+    "quickdash": (0, 100),
+    "promis_pi_6a": (20, 80),
+}
+INSTRUMENTS = tuple(INSTRUMENT_RANGES)
+CONTRAINDICATIONS = (
+    "anticoagulant_therapy", "bleeding_disorder", "pregnancy", "needle_phobia",
+    "local_skin_infection", "metal_allergy", "immunocompromised", "lymphedema",
+    "unable_to_consent",
+)
+EVENTS = (
+    "post_needling_soreness", "bruising", "bleeding", "vasovagal_reaction", "fatigue", "nausea",
+    "pneumothorax", "other",
+)
+SEVERITIES = ("mild", "moderate", "severe")
+TWITCH_RESPONSES = ("none", "weak", "strong")
+MUSCLES = (
+    "suboccipitals", "splenius_capitis", "cervical_multifidus", "scalenes", "sternocleidomastoid",
+    "upper_trapezius", "middle_trapezius", "levator_scapulae", "rhomboids", "supraspinatus",
+    "infraspinatus", "teres_minor", "deltoid", "pectoralis_minor", "biceps_brachii",
+    "triceps_brachii", "wrist_extensors", "wrist_flexors", "thoracic_multifidus",
+    "lumbar_multifidus", "erector_spinae", "quadratus_lumborum", "iliopsoas", "gluteus_maximus",
+    "gluteus_medius", "gluteus_minimus", "piriformis", "tensor_fasciae_latae", "adductors",
+    "hamstrings", "rectus_femoris", "vastus_lateralis", "vastus_medialis", "gastrocnemius",
+    "soleus", "tibialis_anterior", "peroneals",
+)
+
+#: vocabulary name -> slugs; the names are the ones the code tables under mappings/ use.
+VOCABULARIES: dict[str, tuple[str, ...]] = {
+    "side": SIDES,
+    "segment": SEGMENTS,
+    "sex": SEXES,
+    "assessment_status": ASSESSMENT_STATUSES,
+    "treatment_status": TREATMENT_STATUSES,
+    "region": REGIONS,
+    "sign": SIGNS,
+    "movement": MOVEMENTS,
+    "instrument": INSTRUMENTS,
+    "contraindication": CONTRAINDICATIONS,
+    "event": EVENTS,
+    "severity": SEVERITIES,
+    "twitch_response": TWITCH_RESPONSES,
+    "muscle": MUSCLES,
+}
+
+#: record field name -> vocabulary name, for error messages ("'foo' is not a known muscle")
+FIELD_VOCABULARY: dict[str, str] = {
+    "side": "side",
+    "segment": "segment",
+    "sex": "sex",
+    "region": "region",
+    "sign": "sign",
+    "movement": "movement",
+    "instrument": "instrument",
+    "contraindications": "contraindication",
+    "event": "event",
+    "severity": "severity",
+    "twitch_response": "twitch_response",
+    "muscle": "muscle",
+}
