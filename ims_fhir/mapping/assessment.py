@@ -163,4 +163,4 @@ def map_assessment(rec: Assessment, ctx: MappingContext) -> MappedRecord:
         ctx.dependency("Practitioner", "practitioner", rec.practitioner_id),
         ctx.dependency("Organization", "organization", ctx.source.clinic_id),
     ]
-    return MappedRecord("assessment", rec.id, [encounter, panel, *members], deps)
+    return MappedRecord("assessment", rec.id, [encounter, panel, *members], deps, panel["id"])

@@ -14,6 +14,7 @@ Terms:
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +46,8 @@ class MappedRecord:
     record_id: str
     resources: list[Resource]
     dependencies: list[Dependency] = field(default_factory=list)
+    #: id of the record's main resource (Patient, Practitioner, assessment panel, Procedure)
+    primary_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,8 +56,16 @@ class MappingOptions:
     cpt: bool = True
 
 
+_NS_BYTES = ID_NAMESPACE.bytes
+
+
 def resource_id(system: str, value: str) -> str:
-    return str(uuid.uuid5(ID_NAMESPACE, f"{system}|{value}"))
+    """``str(uuid.uuid5(ID_NAMESPACE, f"{system}|{value}"))``, computed without building UUID objects."""
+    digest = bytearray(hashlib.sha1(_NS_BYTES + f"{system}|{value}".encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50
+    digest[8] = (digest[8] & 0x3F) | 0x80
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 class MappingContext:

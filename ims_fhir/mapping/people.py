@@ -46,7 +46,7 @@ def map_patient(rec: Patient, ctx: MappingContext) -> MappedRecord:
     if rec.birth_date is not None:
         res["birthDate"] = rec.birth_date
     res["managingOrganization"] = ctx.organization_ref
-    return MappedRecord("patient", rec.id, [res], [ctx.dependency("Organization", "organization", ctx.source.clinic_id)])
+    return MappedRecord("patient", rec.id, [res], [ctx.dependency("Organization", "organization", ctx.source.clinic_id)], res["id"])
 
 
 def map_practitioner(rec: Practitioner, ctx: MappingContext) -> MappedRecord:
@@ -60,4 +60,4 @@ def map_practitioner(rec: Practitioner, ctx: MappingContext) -> MappedRecord:
     res["name"] = [_name(rec.family_name, rec.given_names)]
     if rec.ims_certified:
         res["qualification"] = [{"code": ctx.term.concept("ims-certification")}]
-    return MappedRecord("practitioner", rec.id, [res], [])
+    return MappedRecord("practitioner", rec.id, [res], [], res["id"])

@@ -177,4 +177,4 @@ def map_treatment(rec: Treatment, ctx: MappingContext) -> MappedRecord:
                                     "valueCodeableConcept": term.vocab("severity", ae.severity)}]
         observation(f"adverse-event/{i}", "procedure", term.concept("adverse-event"), rec.started_at, **fields)
 
-    return MappedRecord("treatment", rec.id, [encounter, procedure, *observations], deps)
+    return MappedRecord("treatment", rec.id, [encounter, procedure, *observations], deps, procedure_id)

@@ -14,13 +14,14 @@ context (``{"default_tz": "America/Vancouver"}``).
 
 from __future__ import annotations
 
+import copy
 import re
 from datetime import date, datetime
 from typing import Annotated, Any, Literal, Optional
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
 from . import vocabulary as v
@@ -81,9 +82,14 @@ def _check_text(value: str) -> str:
     return value
 
 
-DateTime = Annotated[str, AfterValidator(_check_datetime)]
-Date = Annotated[str, AfterValidator(_check_date)]
-Uri = Annotated[str, AfterValidator(_check_uri)]
+DateTime = Annotated[str, AfterValidator(_check_datetime), WithJsonSchema({
+    "type": "string", "format": "date-time",
+    "pattern": r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})$",
+    "description": "ISO 8601 date-time with a UTC offset, e.g. 2025-03-04T09:30:00-08:00 "
+                   "(without an offset only when a default time zone is configured)"})]
+Date = Annotated[str, AfterValidator(_check_date), WithJsonSchema(
+    {"type": "string", "format": "date", "pattern": r"^\d{4}-\d{2}-\d{2}$"})]
+Uri = Annotated[str, AfterValidator(_check_uri), WithJsonSchema({"type": "string", "format": "uri"})]
 Id = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_check_text)]
 Text = Annotated[str, AfterValidator(_check_text)]
 Nrs = Annotated[int, Field(ge=0, le=10)]
@@ -315,3 +321,51 @@ Record = Patient | Practitioner | Assessment | Treatment
 def record_dict(record: BaseModel) -> dict[str, Any]:
     """The record in the JSON-document shape: unrecorded optional fields left out."""
     return record.model_dump(exclude_none=True)
+
+
+class Document(BaseModel):
+    """The JSON document form: one object holding every list (each optional)."""
+
+    model_config = _STRICT
+
+    format: Literal["ims-record/1"]
+    source: Source
+    patients: Optional[list[Patient]] = None
+    practitioners: Optional[list[Practitioner]] = None
+    assessments: Optional[list[Assessment]] = None
+    treatments: Optional[list[Treatment]] = None
+
+
+_RULES_TEXT = {
+    "Assessment": "Also: outcome_measures[].score within the instrument's range (oswestry 0-100, ndi 0-50, "
+                  "psfs 0-10, quickdash 0-100, promis_pi_6a 20-80).",
+    "Treatment": "Also: ended_at not before started_at; status not-done or stopped needs status_reason; "
+                 "status completed (the default) needs consent_obtained true and at least one site; "
+                 "series_total not less than session_number.",
+}
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema (2020-12) of the JSON document form, generated from the models.
+
+    ``$defs`` also holds one schema per NDJSON line (``PatientLine``...): the record with
+    ``record_type``. Rules that involve several fields are stated in descriptions.
+    """
+    schema = Document.model_json_schema(ref_template="#/$defs/{model}")
+    defs = schema.setdefault("$defs", {})
+    for name, text in _RULES_TEXT.items():
+        defs[name]["description"] = text
+    for record_type, model in MODELS.items():
+        name = model.__name__
+        line = copy.deepcopy(defs[name])
+        line["title"] = f"{name}Line"
+        line["description"] = f"One NDJSON line holding a {record_type} record. " + line.get("description", "")
+        line["properties"] = {"record_type": {"const": record_type}, **line["properties"]}
+        line["required"] = ["record_type", *line.get("required", [])]
+        defs[f"{name}Line"] = line
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://ims-fhir.github.io/schema/ims-record-1.json",
+        "title": "IMS record format, version 1 (ims-record/1)",
+        **schema,
+    }

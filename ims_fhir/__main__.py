@@ -1,0 +1,7 @@
+"""``python -m ims_fhir`` is the ``ims-fhir`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

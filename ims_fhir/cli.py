@@ -1,0 +1,176 @@
+"""The ``ims-fhir`` command line.
+
+``main(argv) -> exit code``: 0 everything converted/accepted, 1 some records rejected
+or failed, 2 usage, configuration, unreadable input or connection errors. Errors are
+reported once, here, as one line on stderr; never a traceback for a known failure.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import click
+import orjson
+
+from . import __version__
+from .errors import ImsFhirError
+
+EXIT_OK, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
+
+
+class _Progress:
+    """A one-line progress display with rate, only on a terminal."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.start = time.monotonic()
+        self._last = 0.0
+
+    def __call__(self, read: int, rejected: int) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if now - self._last < 0.25:
+            return
+        self._last = now
+        rate = read / max(now - self.start, 1e-9)
+        sys.stderr.write(f"\r  {read:,} records read, {rejected:,} rejected  ({rate:,.0f} records/s)   ")
+        sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\r" + " " * 72 + "\r")
+            sys.stderr.flush()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ims-fhir")
+def cli() -> None:
+    """Convert Gunn IMS physiotherapy records (ims-record/1) to and from HL7 FHIR R4."""
+
+
+@cli.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder (created if missing).")
+@click.option("--format", "output_format", type=click.Choice(["ndjson", "bundle"]), default="ndjson", show_default=True,
+              help="ndjson: one file per resource type (Bulk Data layout); bundle: transaction Bundles.")
+@click.option("--clinic-id", help="Source clinic id, for inputs that do not carry a source (NDJSON, CSV without source.json).")
+@click.option("--clinic-name", help="Source clinic display name (becomes the Organization name).")
+@click.option("--system-base", help="Absolute URI, base of the clinic's identifier systems.")
+@click.option("--bundle-size", type=click.IntRange(min=2), default=200, show_default=True,
+              help="Most entries per Bundle (with --format bundle).")
+@click.option("--validate", is_flag=True, help="Validate every resource with the fhir.resources R4 models (slower).")
+@click.option("--lenient", is_flag=True, help="Ignore unknown fields instead of rejecting the record.")
+@click.option("--strict-refs", is_flag=True, help="Reject records whose patient, practitioner or assessment is not in the input.")
+@click.option("--default-tz", metavar="ZONE", help="IANA time zone for date-times written without an offset.")
+@click.option("--no-cpt", is_flag=True, help="Do not add CPT 20560/20561 codes to treatments.")
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
+@click.option("--json", "as_json", is_flag=True, help="Print the run's summary as JSON on stdout.")
+def convert(inputs: tuple[Path, ...], out_dir: Path, output_format: str, clinic_id: str | None, clinic_name: str | None,
+            system_base: str | None, bundle_size: int, validate: bool, lenient: bool, strict_refs: bool,
+            default_tz: str | None, no_cpt: bool, quiet: bool, as_json: bool) -> int:
+    """Convert IMS records (JSON document, NDJSON[.gz] or CSV folder) to FHIR R4.
+
+    Writes OUT/<ResourceType>.ndjson (or OUT/bundle-0001.json ...), OUT/rejects.ndjson
+    (one line per rejected record, with every reason) and OUT/summary.json.
+    """
+    from .convert import ConvertOptions
+    from .convert import convert as run_convert
+    from .errors import UsageError
+    from .records.models import check_time_zone
+
+    if default_tz:
+        try:
+            check_time_zone(default_tz)
+        except ValueError as exc:
+            raise UsageError(f"--default-tz: {exc}") from exc
+    source = {k: v for k, v in (("clinic_id", clinic_id), ("clinic_name", clinic_name), ("system_base", system_base)) if v}
+    options = ConvertOptions(
+        out_dir=out_dir, output_format=output_format, bundle_size=bundle_size, source=source or None, lenient=lenient,
+        strict_refs=strict_refs, validate=validate, default_tz=default_tz, cpt=not no_cpt,
+    )
+    progress = _Progress(enabled=not quiet and not as_json and sys.stderr.isatty())
+    started = time.monotonic()
+    try:
+        summary = run_convert(list(inputs), options, progress=progress)
+    finally:
+        progress.done()
+    elapsed = time.monotonic() - started
+    if as_json:
+        click.echo(orjson.dumps(summary.as_dict() | {"elapsed_seconds": round(elapsed, 3)}, option=orjson.OPT_INDENT_2))
+    elif not quiet:
+        total = sum(summary.resources.values())
+        rate = summary.read / elapsed if elapsed > 0 else 0.0
+        click.echo(f"converted {summary.converted:,} of {summary.read:,} records into {total:,} resources in {out_dir} "
+                   f"({elapsed:.2f} s, {rate:,.0f} records/s)", err=True)
+        if summary.rejected:
+            rules = ", ".join(f"{rule} {n}" for rule, n in sorted(summary.rejected_by_rule.items()))
+            click.echo(f"rejected {summary.rejected:,} records ({rules}): see {out_dir / 'rejects.ndjson'}", err=True)
+    return summary.exit_code
+
+
+@cli.command()
+@click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), help="Write to a file instead of stdout.")
+def schema(out_file: Path | None) -> int:
+    """Print the JSON Schema of the ims-record/1 format (generated from the models)."""
+    from .records.models import json_schema
+
+    data = orjson.dumps(json_schema(), option=orjson.OPT_INDENT_2) + b"\n"
+    if out_file:
+        out_file.write_bytes(data)
+    else:
+        sys.stdout.buffer.write(data)
+    return EXIT_OK
+
+
+@cli.command()
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Write one CodeSystem-<id>.json per CodeSystem into this folder instead of an NDJSON stream on stdout.")
+def codesystems(out_dir: Path | None) -> int:
+    """Print the project's own FHIR CodeSystems (the codes used where no standard code is confirmed)."""
+    from .terminology import code_systems, default_terminology
+
+    resources = code_systems(default_terminology())
+    if out_dir:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for res in resources:
+            (out_dir / f"CodeSystem-{res['id']}.json").write_bytes(orjson.dumps(res, option=orjson.OPT_INDENT_2) + b"\n")
+    else:
+        for res in resources:
+            sys.stdout.buffer.write(orjson.dumps(res) + b"\n")
+    return EXIT_OK
+
+
+@cli.command("dev-server")
+@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
+def dev_server(port: int) -> int:
+    """Build (once, cached) and run a local HAPI FHIR R4 server for trying sync (needs Java 17 and Maven)."""
+    from .devserver import serve_foreground
+
+    return serve_foreground(port)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (the console script exits with it)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        rv: Any = cli.main(args=args, prog_name="ims-fhir", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("ims-fhir: aborted", err=True)
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return EXIT_USAGE
+    except ImsFhirError as exc:
+        click.echo(f"ims-fhir: error: {exc}", err=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        click.echo("ims-fhir: interrupted", err=True)
+        return 130
+    return rv if isinstance(rv, int) else EXIT_OK

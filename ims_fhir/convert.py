@@ -1,0 +1,323 @@
+"""The batch conversion pipeline behind ``ims-fhir convert``.
+
+read (any form) -> validate -> check duplicates (and references with ``strict_refs``) ->
+map -> write (NDJSON per resource type, or transaction Bundles) + ``rejects.ndjson`` +
+``summary.json``. Every record read ends up counted as converted or listed as rejected
+with every reason; one bad record never stops the batch. Memory stays flat: records
+stream through, and what must be remembered lives in a :class:`WorkStore` on disk.
+
+Output is deterministic: the same input gives byte-identical files (no clock, ids
+derived from business identifiers, fixed key order).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import orjson
+from pydantic import ValidationError
+
+from .errors import Problem, UsageError
+from .fhir.bundles import BundlePacker, group_from_bytes, group_to_bytes
+from .fhir.validation import validate_resource
+from .mapping import MappedRecord, MappingContext, MappingOptions, map_organization, map_record
+from .records.models import Source
+from .records.readers import Input, RawRecord, open_input
+from .records.validation import problems_from_validation_error, record_id_of, validate_record
+from .terminology import Terminology, default_terminology
+from .workstore import WorkStore
+
+OUTPUT_FORMATS = ("ndjson", "bundle")
+_OUR_FILES = re.compile(r"^([A-Z][A-Za-z]+\.ndjson|bundle-\d{4,}\.json|rejects\.ndjson|summary\.json)$")
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    out_dir: Path
+    output_format: str = "ndjson"
+    bundle_size: int = 200
+    #: source given on the command line / in configuration (clinic_id, system_base, clinic_name)
+    source: dict[str, Any] | None = None
+    lenient: bool = False
+    strict_refs: bool = False
+    validate: bool = False
+    default_tz: str | None = None
+    cpt: bool = True
+    temp_dir: str | None = None
+
+
+@dataclass
+class Summary:
+    inputs: list[str] = field(default_factory=list)
+    output_format: str = "ndjson"
+    read: int = 0
+    converted: int = 0
+    rejected: int = 0
+    records: dict[str, int] = field(default_factory=dict)
+    rejected_by_rule: dict[str, int] = field(default_factory=dict)
+    resources: dict[str, int] = field(default_factory=dict)
+    bundles: int = 0
+    files: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.rejected else 0
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "inputs": self.inputs,
+            "output_format": self.output_format,
+            "read": self.read,
+            "converted": self.converted,
+            "rejected": self.rejected,
+            "records_converted": dict(sorted(self.records.items())),
+            "rejected_by_rule": dict(sorted(self.rejected_by_rule.items())),
+            "resources": dict(sorted(self.resources.items())),
+        }
+        if self.output_format == "bundle":
+            out["bundles"] = self.bundles
+        out["files"] = sorted(self.files)
+        return out
+
+
+def resolve_source(declared: dict[str, Any] | None, given: dict[str, Any] | None, where: str,
+                   *, context: dict[str, Any] | None = None) -> Source:
+    """The source of one input: what the input declares, or what the command line gives.
+
+    Both given and different is an error: a wrong system base would give every record
+    wrong identifiers.
+    """
+    if declared and given:
+        for key in ("clinic_id", "system_base"):
+            if given.get(key) is not None and declared.get(key) is not None and given[key] != declared[key]:
+                raise UsageError(f"{where}: the input declares {key}={declared[key]!r} but {given[key]!r} was given; "
+                                 "remove one of them")
+    data = {**(given or {}), **(declared or {})}
+    data = {k: v for k, v in data.items() if v is not None}
+    if not data:
+        raise UsageError(f"{where}: no source: give --clinic-id and --system-base (this form does not carry them)")
+    try:
+        return Source.model_validate(data, context=context)
+    except ValidationError as exc:
+        detail = "; ".join(f"{p.path}: {p.message}" for p in problems_from_validation_error(exc, "source"))
+        raise UsageError(f"{where}: bad source ({detail})") from exc
+
+
+class _Writers:
+    """Output files of one run (opened lazily, one per resource type, or one per Bundle)."""
+
+    def __init__(self, out_dir: Path, summary: Summary) -> None:
+        self.out_dir = out_dir
+        self.summary = summary
+        self._files: dict[str, Any] = {}
+        self.rejects = self._open("rejects.ndjson")
+
+    def _open(self, name: str) -> Any:
+        fh = open(self.out_dir / name, "wb", buffering=1 << 20)
+        self.summary.files.append(name)
+        return fh
+
+    def resource(self, resource: dict[str, Any]) -> None:
+        rtype = resource["resourceType"]
+        fh = self._files.get(rtype)
+        if fh is None:
+            fh = self._files[rtype] = self._open(f"{rtype}.ndjson")
+        fh.write(orjson.dumps(resource) + b"\n")
+
+    def bundle(self, body: bytes, entries: int) -> None:
+        self.summary.bundles += 1
+        with self._open(f"bundle-{self.summary.bundles:04d}.json") as fh:
+            fh.write(body + b"\n")
+
+    def reject(self, raw: RawRecord, record_id: str | None, problems: list[Problem]) -> None:
+        line = {
+            "record_type": raw.record_type,
+            "id": record_id,
+            "origin": raw.origin,
+            "problems": [_with_child_origin(p, raw.child_origins).as_dict() for p in problems],
+        }
+        self.rejects.write(orjson.dumps(line) + b"\n")
+
+    def close(self) -> None:
+        for fh in self._files.values():
+            fh.close()
+        self.rejects.close()
+
+
+def _with_child_origin(problem: Problem, origins: dict[str, str]) -> Problem:
+    """Name the CSV child row a problem comes from (``sites[1].side`` -> treatment_sites.csv:7)."""
+    if not origins:
+        return problem
+    for prefix, origin in origins.items():
+        if problem.path == prefix or problem.path.startswith(prefix + "."):
+            return Problem(problem.path, problem.rule, f"{problem.message} ({origin})")
+    return problem
+
+
+def _prepare_out_dir(out_dir: Path) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for child in out_dir.iterdir():
+            if child.is_file() and _OUR_FILES.match(child.name):
+                child.unlink()
+    except OSError as exc:
+        raise UsageError(f"{out_dir}: cannot use as output folder ({exc.strerror or exc})") from exc
+
+
+class Converter:
+    """One conversion run. Use :func:`convert` unless you need the pieces."""
+
+    def __init__(self, options: ConvertOptions, *, terminology: Terminology | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> None:
+        if options.output_format not in OUTPUT_FORMATS:
+            raise UsageError(f"unknown output format {options.output_format!r} (expected ndjson or bundle)")
+        if options.bundle_size < 2:
+            raise UsageError("--bundle-size must be at least 2")
+        self.options = options
+        self.term = terminology or default_terminology()
+        self.progress = progress
+        self.context = {"default_tz": options.default_tz} if options.default_tz else None
+        self.summary = Summary(output_format=options.output_format)
+        self._contexts: dict[tuple[str, str], MappingContext] = {}
+
+    def _mapping_context(self, source: Source) -> tuple[MappingContext, bool]:
+        key = (source.clinic_id, source.system_base)
+        ctx = self._contexts.get(key)
+        if ctx is None:
+            ctx = self._contexts[key] = MappingContext(source, self.term, MappingOptions(cpt=self.options.cpt))
+            return ctx, True
+        return ctx, False
+
+    def _open_all(self, paths: Iterable[Path]) -> list[tuple[Input, Source]]:
+        opened = []
+        for path in paths:
+            inp = open_input(path, lenient=self.options.lenient, temp_dir=self.options.temp_dir)
+            opened.append((inp, resolve_source(inp.source, self.options.source, str(path), context=self.context)))
+        return opened
+
+    def run(self, paths: list[Path]) -> Summary:
+        opts = self.options
+        if not paths:
+            raise UsageError("no input given")
+        self.summary.inputs = [str(p) for p in paths]
+        # open every input first: an unreadable input or a bad source stops the run before any output
+        opened = self._open_all(paths)
+        _prepare_out_dir(opts.out_dir)
+        with WorkStore(opts.temp_dir) as store:
+            if opts.strict_refs:
+                self._collect_valid_ids(paths, store)
+            writers = _Writers(opts.out_dir, self.summary)
+            try:
+                self._convert_all(opened, store, writers)
+            finally:
+                writers.close()
+        (opts.out_dir / "summary.json").write_bytes(
+            orjson.dumps(self.summary.as_dict() | {"files": sorted(self.summary.files + ["summary.json"])},
+                         option=orjson.OPT_INDENT_2) + b"\n")
+        return self.summary
+
+    def _collect_valid_ids(self, paths: list[Path], store: WorkStore) -> None:
+        """First pass for --strict-refs: which records of each type are valid (by scope)."""
+        for inp, source in self._open_all(paths):
+            for raw in inp.records:
+                if raw.problems or raw.record_type is None:
+                    continue
+                model, problems = validate_record(raw.record_type, raw.data, context=self.context, lenient=self.options.lenient)
+                if model is not None:
+                    store.first_seen("valid:" + source.system_base, raw.record_type, model.id, raw.origin)  # type: ignore[attr-defined]
+
+    def _convert_all(self, opened: list[tuple[Input, Source]], store: WorkStore, writers: _Writers) -> None:
+        opts = self.options
+        summary = self.summary
+        packers: dict[tuple[str, str], BundlePacker] = {}
+
+        for inp, source in opened:
+            ctx, new = self._mapping_context(source)
+            scope = source.system_base
+            if new:
+                org = map_organization(ctx)
+                summary.resources["Organization"] = summary.resources.get("Organization", 0) + 1
+                if opts.output_format == "ndjson":
+                    writers.resource(org)
+                else:
+                    packers[(source.clinic_id, scope)] = BundlePacker(
+                        max_entries=opts.bundle_size, organization=org, lookup=store.get_dep, remember=store.put_dep,
+                        defer=lambda g: store.defer(group_to_bytes(g)), emit=writers.bundle)
+            packer = packers.get((source.clinic_id, scope))
+            for raw in inp.records:
+                summary.read += 1
+                group = self._one(raw, ctx, scope, store, writers)
+                if group is not None:
+                    if packer is not None:
+                        packer.add(group)
+                    else:
+                        for res in group.resources:
+                            writers.resource(res)
+                if self.progress is not None and summary.read % 1000 == 0:
+                    self.progress(summary.read, summary.rejected)
+        for packer in packers.values():
+            for body in store.deferred():
+                packer.add(group_from_bytes(body), final=True)
+            packer.flush()
+        if self.progress is not None:
+            self.progress(summary.read, summary.rejected)
+
+    def _one(self, raw: RawRecord, ctx: MappingContext, scope: str, store: WorkStore,
+             writers: _Writers) -> MappedRecord | None:
+        summary = self.summary
+        record_id = record_id_of(raw.data)
+        problems = list(raw.problems)
+        model = None
+        if raw.record_type is not None and raw.data is not None and not any(p.rule == "unknown_record_type" for p in problems):
+            model, vproblems = validate_record(raw.record_type, raw.data, context=self.context, lenient=self.options.lenient)
+            problems.extend(vproblems)
+            if record_id is not None:
+                first = store.first_seen(scope, raw.record_type, record_id, raw.origin)
+                if first is not None:
+                    problems.append(Problem("id", "duplicate_id",
+                                            f"{raw.record_type} id {record_id!r} was already used at {first}"))
+        if model is not None and not problems and self.options.strict_refs:
+            problems.extend(self._unresolved(raw.record_type or "", model, scope, store))
+        group = None
+        if model is not None and not problems:
+            try:
+                group = map_record(raw.record_type or "", model, ctx)
+            except Exception as exc:  # a mapping bug must not stop the batch; the record is listed
+                problems.append(Problem("(record)", "conversion_error", f"internal error while mapping: {type(exc).__name__}: {exc}"))
+            if group is not None and self.options.validate:
+                for res in group.resources:
+                    problems.extend(validate_resource(res))
+        if problems:
+            summary.rejected += 1
+            for rule in {p.rule for p in problems}:
+                summary.rejected_by_rule[rule] = summary.rejected_by_rule.get(rule, 0) + 1
+            writers.reject(raw, record_id, problems)
+            return None
+        assert group is not None
+        summary.converted += 1
+        summary.records[group.record_type] = summary.records.get(group.record_type, 0) + 1
+        for res in group.resources:
+            rtype = res["resourceType"]
+            summary.resources[rtype] = summary.resources.get(rtype, 0) + 1
+        return group
+
+    def _unresolved(self, record_type: str, model: Any, scope: str, store: WorkStore) -> list[Problem]:
+        problems = []
+        for field_name, target in (("patient_id", "patient"), ("practitioner_id", "practitioner"), ("assessment_id", "assessment")):
+            ref = getattr(model, field_name, None)
+            if ref is not None and not store.is_seen("valid:" + scope, target, ref):
+                problems.append(Problem(field_name, "unresolved_reference",
+                                        f"no valid {target} {ref!r} in the input (--strict-refs)"))
+        return problems
+
+
+def convert(paths: list[Path], options: ConvertOptions, *, terminology: Terminology | None = None,
+            progress: Callable[[int, int], None] | None = None) -> Summary:
+    """Convert inputs to FHIR files in ``options.out_dir``; returns the run's summary."""
+    return Converter(options, terminology=terminology, progress=progress).run(paths)
+
+
+__all__ = ["ConvertOptions", "Converter", "Summary", "convert", "resolve_source"]

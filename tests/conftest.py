@@ -1,0 +1,54 @@
+"""Shared fixtures: the examples, a default source and a CLI runner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import orjson
+import pytest
+
+from ims_fhir.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples" / "clinic-small"
+SOURCE = {"clinic_id": "synthetic-0", "clinic_name": "Synthetic IMS Clinic 0", "system_base": "https://clinic.example.org/ims"}
+
+
+@pytest.fixture
+def examples() -> Path:
+    return EXAMPLES
+
+
+@pytest.fixture
+def source_args() -> list[str]:
+    return ["--clinic-id", SOURCE["clinic_id"], "--clinic-name", SOURCE["clinic_name"], "--system-base", SOURCE["system_base"]]
+
+
+class CliResult:
+    def __init__(self, code: int, out: str, err: str) -> None:
+        self.code, self.out, self.err = code, out, err
+
+
+@pytest.fixture
+def run_cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., CliResult]:
+    def run(*args: Any) -> CliResult:
+        capsys.readouterr()
+        code = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return CliResult(code, out, err)
+
+    return run
+
+
+def read_ndjson(path: Path) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+
+
+def write_ndjson(path: Path, records: list[dict[str, Any]]) -> Path:
+    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
+    return path
+
+
+def output_resources(out_dir: Path) -> dict[str, list[dict[str, Any]]]:
+    return {p.stem: read_ndjson(p) for p in sorted(out_dir.glob("*.ndjson")) if p.name != "rejects.ndjson"}
