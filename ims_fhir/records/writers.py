@@ -16,7 +16,9 @@ The writers serialize; they do not validate (that is the models' job). The one
 exception is the CSV form, which cannot hold everything the JSON forms can: a field
 without a CSV column, a ``|`` inside a multi-valued cell, or a value that is not a
 scalar where a cell is expected raises :class:`UnwritableRecordError` (a ``ValueError``)
-naming the record and the field, rather than dropping or garbling data.
+naming the record and the field, rather than dropping or garbling data. (A ``None``
+value, which the JSON shape never has, would become ``null`` in the JSON forms and an
+empty cell in CSV; the models reject it.)
 
 Every writer streams: NDJSON and CSV keep one record in memory at a time whatever the
 count. The JSON document must group records by type, so records are spooled to
@@ -25,7 +27,7 @@ Every output file is written under a temporary name beside it and renamed into p
 only when complete, so a failed write never leaves a file that looks whole.
 Each writer returns the number of records written per record type.
 
-CSV conventions (the spec leaves these open; documented here and in the README):
+CSV conventions (the spec leaves these open, so they are fixed here):
 
 - UTF-8 without a byte-order mark, a header row, ``,`` separator, RFC 4180 quoting by
   the ``csv`` module (fields quoted only when needed), ``\\r\\n`` line ends as RFC 4180
@@ -352,7 +354,11 @@ def write_json_document(
 
 
 class _Flattener:
-    """Turns one record into CSV rows; every error names the record and the field."""
+    """Turns one record into CSV rows; every error names the record and the field.
+
+    Field paths are given as ``(key, where)`` and joined only when there is an error:
+    this runs once per cell of every record.
+    """
 
     __slots__ = ("record_type", "record_id")
 
@@ -360,63 +366,68 @@ class _Flattener:
         self.record_type = record_type
         self.record_id = _record_id(fields)
 
-    def error(self, field: str | None, reason: str) -> UnwritableRecordError:
+    def error(self, key: str, where: str, reason: str) -> UnwritableRecordError:
+        field = f"{where}.{key}" if where and key else (where or key or None)
         return UnwritableRecordError(self.record_type, self.record_id, field, reason)
 
-    def object(self, value: Any, allowed: frozenset[str], field: str) -> Mapping[str, Any]:
+    def object(self, value: Any, allowed: frozenset[str], key: str, where: str = "") -> Mapping[str, Any]:
         if value is None:
             return {}
         if not isinstance(value, Mapping):
-            raise self.error(field or None, f"expected an object, got {type(value).__name__}")
-        unknown = [k for k in value if k not in allowed]
-        if unknown:
-            name = f"{field}.{unknown[0]}" if field else str(unknown[0])
-            raise self.error(name, "field has no column in the CSV form; it would be lost")
+            raise self.error(key, where, f"expected an object, got {type(value).__name__}")
+        for name in value:
+            if name not in allowed:
+                path = f"{where}.{key}" if where and key else (where or key)
+                raise self.error(str(name), path, "field has no column in the CSV form; it would be lost")
         return value
 
-    def items(self, value: Any, field: str) -> Sequence[Any]:
+    def items(self, value: Any, key: str, where: str = "") -> Sequence[Any]:
         if value is None:
             return ()
         if not isinstance(value, (list, tuple)):
-            raise self.error(field, f"expected a list, got {type(value).__name__}")
+            raise self.error(key, where, f"expected a list, got {type(value).__name__}")
         return value
 
-    def cell(self, value: Any, field: str) -> str:
+    def cell(self, value: Any, key: str, where: str = "") -> str:
+        kind = type(value)
+        if kind is str:
+            return value  # type: ignore[no-any-return]
         if value is None:
             return ""
-        if isinstance(value, str):
-            return value
-        if value is True:
-            return "true"
-        if value is False:
-            return "false"
-        if isinstance(value, int):
+        if kind is bool:
+            return "true" if value else "false"
+        if kind is int:
             return str(value)
-        if isinstance(value, float):
+        if kind is float:
             if not math.isfinite(value):
-                raise self.error(field, f"{value!r} is not a finite number")
+                raise self.error(key, where, f"{value!r} is not a finite number")
             return repr(value)
-        raise self.error(field, f"expected a text, number or boolean, got {type(value).__name__}")
+        if isinstance(value, str):
+            return str(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(int(value))
+        if isinstance(value, float):
+            return self.cell(float(value), key, where)
+        raise self.error(key, where, f"expected a text, number or boolean, got {type(value).__name__}")
 
-    def joined(self, values: Any, field: str) -> str:
-        parts = self.items(values, field)
+    def joined(self, values: Any, key: str, where: str = "") -> str:
+        parts = self.items(values, key, where)
         for i, part in enumerate(parts):
             if not isinstance(part, str):
-                raise self.error(f"{field}[{i}]", f"expected a text, got {type(part).__name__}")
+                raise self.error(f"{key}[{i}]", where, f"expected a text, got {type(part).__name__}")
             if MULTI_VALUE_SEPARATOR in part:
                 raise self.error(
-                    f"{field}[{i}]",
+                    f"{key}[{i}]",
+                    where,
                     f"contains {MULTI_VALUE_SEPARATOR!r}, the CSV multi-value separator, so it cannot be "
                     "written to the CSV form (use the JSON or NDJSON form)",
                 )
             if not part:
-                raise self.error(f"{field}[{i}]", "an empty text in a multi-valued CSV cell cannot be read back")
+                raise self.error(f"{key}[{i}]", where, "an empty text in a multi-valued CSV cell cannot be read back")
         return MULTI_VALUE_SEPARATOR.join(parts)
 
 
-def _row(table: str, cells: Mapping[str, str]) -> tuple[str, list[str]]:
-    return table, [cells.get(column, "") for column in CSV_TABLES[table]]
-
+Rows = list[tuple[str, list[str]]]
 
 _PATIENT_FIELDS = frozenset(
     {"id", "identifiers", "family_name", "given_names", "birth_date", "sex", "phone", "email"}
@@ -431,34 +442,32 @@ _ASSESSMENT_FIELDS = frozenset(
 )  # fmt: skip
 _PAIN_FIELDS = frozenset({"nrs", "duration_weeks", "locations"})
 _CANDIDACY_FIELDS = frozenset({"suitable", "contraindications", "note"})
-_TREATMENT_FIELDS = frozenset(
-    {
-        "id", "patient_id", "practitioner_id", "assessment_id", "started_at", "ended_at", "status",
-        "status_reason", "session_number", "series_total", "consent_obtained", "sites",
-        "pain_before_nrs", "pain_after_nrs", "adverse_events", "notes",
-    }
+_TREATMENT_COLUMNS = CSV_TABLES["treatments.csv"]  # each column is the field of the same name
+_TREATMENT_FIELDS = frozenset({*_TREATMENT_COLUMNS, "sites", "adverse_events"})
+_SITE_KEYS = (
+    "muscle", "side", "segment", "insertions", "needle_diameter_mm", "needle_length_mm", "twitch_response",
 )  # fmt: skip
-_SITE_FIELDS = frozenset(
-    {
-        "muscle", "side", "segment", "insertions", "needle_diameter_mm", "needle_length_mm",
-        "twitch_response", "electrical_stimulation",
-    }
-)  # fmt: skip
+_SITE_FIELDS = frozenset({*_SITE_KEYS, "electrical_stimulation"})
 _ESTIM_FIELDS = frozenset({"frequency_hz", "duration_min"})
-_ADVERSE_EVENT_FIELDS = ("event", "severity", "muscle", "note")
+_ADVERSE_EVENT_KEYS = CSV_TABLES["treatment_adverse_events.csv"][1:]
+_ADVERSE_EVENT_FIELDS = frozenset(_ADVERSE_EVENT_KEYS)
+_FINDING_KEYS = CSV_TABLES["assessment_findings.csv"][3:]  # side ... note
 
 # Assessment findings: kind, list field path, the item key written to `code`, the other
 # item keys (each written to the column of the same name).
-_FINDINGS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
-    ("pain_location", "pain.locations", "region", ("side",)),
-    ("neuropathic_sign", "neuropathic_signs", "sign", ("present", "segment", "side", "note")),
-    ("palpation", "palpation", "muscle", ("side", "segment", "tender", "taut_band", "trigger_point", "note")),
-    ("range_of_motion", "range_of_motion", "movement", ("side", "degrees", "painful")),
-    ("outcome_measure", "outcome_measures", "instrument", ("score",)),
+_FINDINGS: tuple[tuple[str, str, str, frozenset[str]], ...] = tuple(
+    (kind, path, code_key, frozenset((code_key, *keys)))
+    for kind, path, code_key, keys in (
+        ("pain_location", "pain.locations", "region", ("side",)),
+        ("neuropathic_sign", "neuropathic_signs", "sign", ("present", "segment", "side", "note")),
+        ("palpation", "palpation", "muscle", ("side", "segment", "tender", "taut_band", "trigger_point", "note")),
+        ("range_of_motion", "range_of_motion", "movement", ("side", "degrees", "painful")),
+        ("outcome_measure", "outcome_measures", "instrument", ("score",)),
+    )
 )
 
 
-def _patient_rows(f: _Flattener, r: Mapping[str, Any]) -> list[tuple[str, list[str]]]:
+def _patient_rows(f: _Flattener, r: Mapping[str, Any]) -> Rows:
     f.object(r, _PATIENT_FIELDS, "")
     systems: list[Any] = []
     values: list[Any] = []
@@ -467,98 +476,93 @@ def _patient_rows(f: _Flattener, r: Mapping[str, Any]) -> list[tuple[str, list[s
         identifier = f.object(identifier, _SYSTEM_VALUE, where)
         for key, bucket in (("system", systems), ("value", values)):
             if identifier.get(key) is None:
-                raise f.error(
-                    f"{where}.{key}", "required in the CSV form, where systems and values are paired by position"
-                )
+                raise f.error(key, where, "required in the CSV form, where systems and values are paired by position")
             bucket.append(identifier[key])
-    cells = {
-        "id": f.cell(r.get("id"), "id"),
-        "family_name": f.cell(r.get("family_name"), "family_name"),
-        "given_names": f.joined(r.get("given_names"), "given_names"),
-        "birth_date": f.cell(r.get("birth_date"), "birth_date"),
-        "sex": f.cell(r.get("sex"), "sex"),
+    row = [
+        f.cell(r.get("id"), "id"),
+        f.cell(r.get("family_name"), "family_name"),
+        f.joined(r.get("given_names"), "given_names"),
+        f.cell(r.get("birth_date"), "birth_date"),
+        f.cell(r.get("sex"), "sex"),
         # Errors name the identifier element, e.g. identifiers.value[1].
-        "identifier_system": f.joined(systems, "identifiers.system"),
-        "identifier_value": f.joined(values, "identifiers.value"),
-        "phone": f.cell(r.get("phone"), "phone"),
-        "email": f.cell(r.get("email"), "email"),
-    }
-    return [_row("patients.csv", cells)]
+        f.joined(systems, "system", "identifiers"),
+        f.joined(values, "value", "identifiers"),
+        f.cell(r.get("phone"), "phone"),
+        f.cell(r.get("email"), "email"),
+    ]
+    return [("patients.csv", row)]
 
 
-def _practitioner_rows(f: _Flattener, r: Mapping[str, Any]) -> list[tuple[str, list[str]]]:
+def _practitioner_rows(f: _Flattener, r: Mapping[str, Any]) -> Rows:
     f.object(r, _PRACTITIONER_FIELDS, "")
     registration = f.object(r.get("registration"), _SYSTEM_VALUE, "registration")
-    cells = {
-        "id": f.cell(r.get("id"), "id"),
-        "family_name": f.cell(r.get("family_name"), "family_name"),
-        "given_names": f.joined(r.get("given_names"), "given_names"),
-        "registration_system": f.cell(registration.get("system"), "registration.system"),
-        "registration_value": f.cell(registration.get("value"), "registration.value"),
-        "ims_certified": f.cell(r.get("ims_certified"), "ims_certified"),
-    }
-    return [_row("practitioners.csv", cells)]
+    row = [
+        f.cell(r.get("id"), "id"),
+        f.cell(r.get("family_name"), "family_name"),
+        f.joined(r.get("given_names"), "given_names"),
+        f.cell(registration.get("system"), "system", "registration"),
+        f.cell(registration.get("value"), "value", "registration"),
+        f.cell(r.get("ims_certified"), "ims_certified"),
+    ]
+    return [("practitioners.csv", row)]
 
 
-def _assessment_rows(f: _Flattener, r: Mapping[str, Any]) -> list[tuple[str, list[str]]]:
+def _assessment_rows(f: _Flattener, r: Mapping[str, Any]) -> Rows:
     f.object(r, _ASSESSMENT_FIELDS, "")
     pain = f.object(r.get("pain"), _PAIN_FIELDS, "pain")
     candidacy = f.object(r.get("candidacy"), _CANDIDACY_FIELDS, "candidacy")
     assessment_id = f.cell(r.get("id"), "id")
-    cells = {
-        "id": assessment_id,
-        "patient_id": f.cell(r.get("patient_id"), "patient_id"),
-        "practitioner_id": f.cell(r.get("practitioner_id"), "practitioner_id"),
-        "performed_at": f.cell(r.get("performed_at"), "performed_at"),
-        "status": f.cell(r.get("status"), "status"),
-        "chief_complaint": f.cell(r.get("chief_complaint"), "chief_complaint"),
-        "pain_nrs": f.cell(pain.get("nrs"), "pain.nrs"),
-        "pain_duration_weeks": f.cell(pain.get("duration_weeks"), "pain.duration_weeks"),
-        "candidacy_suitable": f.cell(candidacy.get("suitable"), "candidacy.suitable"),
-        "contraindications": f.joined(candidacy.get("contraindications"), "candidacy.contraindications"),
-        "candidacy_note": f.cell(candidacy.get("note"), "candidacy.note"),
-        "notes": f.cell(r.get("notes"), "notes"),
-    }
-    rows = [_row("assessments.csv", cells)]
-    for kind, field, code_key, keys in _FINDINGS:
-        values = pain.get("locations") if field == "pain.locations" else r.get(field)
-        allowed = frozenset((code_key, *keys))
-        for i, item in enumerate(f.items(values, field)):
-            where = f"{field}[{i}]"
+    row = [
+        assessment_id,
+        f.cell(r.get("patient_id"), "patient_id"),
+        f.cell(r.get("practitioner_id"), "practitioner_id"),
+        f.cell(r.get("performed_at"), "performed_at"),
+        f.cell(r.get("status"), "status"),
+        f.cell(r.get("chief_complaint"), "chief_complaint"),
+        f.cell(pain.get("nrs"), "nrs", "pain"),
+        f.cell(pain.get("duration_weeks"), "duration_weeks", "pain"),
+        f.cell(candidacy.get("suitable"), "suitable", "candidacy"),
+        f.joined(candidacy.get("contraindications"), "contraindications", "candidacy"),
+        f.cell(candidacy.get("note"), "note", "candidacy"),
+        f.cell(r.get("notes"), "notes"),
+    ]
+    rows: Rows = [("assessments.csv", row)]
+    for kind, path, code_key, allowed in _FINDINGS:
+        values = pain.get("locations") if path == "pain.locations" else r.get(path)
+        for i, item in enumerate(f.items(values, path)):
+            where = f"{path}[{i}]"
             item = f.object(item, allowed, where)
-            finding = {"assessment_id": assessment_id, "kind": kind, "code": f.cell(item.get(code_key), f"{where}.{code_key}")}
-            for key in keys:
-                finding[key] = f.cell(item.get(key), f"{where}.{key}")
-            rows.append(_row("assessment_findings.csv", finding))
+            finding = [assessment_id, kind, f.cell(item.get(code_key), code_key, where)]
+            # Keys a kind does not have are absent from its items, so their cells are empty.
+            finding.extend([f.cell(item.get(key), key, where) for key in _FINDING_KEYS])
+            rows.append(("assessment_findings.csv", finding))
     return rows
 
 
-def _treatment_rows(f: _Flattener, r: Mapping[str, Any]) -> list[tuple[str, list[str]]]:
+def _treatment_rows(f: _Flattener, r: Mapping[str, Any]) -> Rows:
     f.object(r, _TREATMENT_FIELDS, "")
-    treatment_id = f.cell(r.get("id"), "id")
-    cells = {column: f.cell(r.get(column), column) for column in CSV_TABLES["treatments.csv"]}
-    rows = [_row("treatments.csv", cells)]
+    row = [f.cell(r.get(column), column) for column in _TREATMENT_COLUMNS]
+    treatment_id = row[0]
+    rows: Rows = [("treatments.csv", row)]
     for i, site in enumerate(f.items(r.get("sites"), "sites")):
         where = f"sites[{i}]"
         site = f.object(site, _SITE_FIELDS, where)
-        estim = f.object(site.get("electrical_stimulation"), _ESTIM_FIELDS, f"{where}.electrical_stimulation")
-        site_cells = {"treatment_id": treatment_id}
-        for key in _SITE_FIELDS - {"electrical_stimulation"}:
-            site_cells[key] = f.cell(site.get(key), f"{where}.{key}")
-        site_cells["estim_frequency_hz"] = f.cell(
-            estim.get("frequency_hz"), f"{where}.electrical_stimulation.frequency_hz"
-        )
-        site_cells["estim_duration_min"] = f.cell(
-            estim.get("duration_min"), f"{where}.electrical_stimulation.duration_min"
-        )
-        rows.append(_row("treatment_sites.csv", site_cells))
+        estim = f.object(site.get("electrical_stimulation"), _ESTIM_FIELDS, "electrical_stimulation", where)
+        site_row = [treatment_id]
+        site_row.extend([f.cell(site.get(key), key, where) for key in _SITE_KEYS])
+        if estim:
+            estim_where = f"{where}.electrical_stimulation"
+            site_row.append(f.cell(estim.get("frequency_hz"), "frequency_hz", estim_where))
+            site_row.append(f.cell(estim.get("duration_min"), "duration_min", estim_where))
+        else:
+            site_row += ("", "")
+        rows.append(("treatment_sites.csv", site_row))
     for i, event in enumerate(f.items(r.get("adverse_events"), "adverse_events")):
         where = f"adverse_events[{i}]"
-        event = f.object(event, frozenset(_ADVERSE_EVENT_FIELDS), where)
-        event_cells = {"treatment_id": treatment_id}
-        for key in _ADVERSE_EVENT_FIELDS:
-            event_cells[key] = f.cell(event.get(key), f"{where}.{key}")
-        rows.append(_row("treatment_adverse_events.csv", event_cells))
+        event = f.object(event, _ADVERSE_EVENT_FIELDS, where)
+        event_row = [treatment_id]
+        event_row.extend([f.cell(event.get(key), key, where) for key in _ADVERSE_EVENT_KEYS])
+        rows.append(("treatment_adverse_events.csv", event_row))
     return rows
 
 
@@ -570,7 +574,7 @@ _ROWS_BY_TYPE = {
 }
 
 
-def csv_rows(record_type: str, fields: Mapping[str, Any]) -> list[tuple[str, list[str]]]:
+def csv_rows(record_type: str, fields: Mapping[str, Any]) -> Rows:
     """The CSV rows of one record as ``(table file name, cells in column order)``.
 
     Raises :class:`UnwritableRecordError` when the record cannot be written to CSV.
