@@ -114,7 +114,10 @@ class ServerCapabilities:
     @classmethod
     def from_statement(cls, statement: Any, *, base_url: str) -> ServerCapabilities:
         """Read a CapabilityStatement; refuse anything that is not one."""
-        if not isinstance(statement, dict) or statement.get("resourceType") not in ("CapabilityStatement", "Conformance"):
+        if not isinstance(statement, dict) or statement.get("resourceType") not in (
+            "CapabilityStatement",
+            "Conformance",
+        ):
             found = statement.get("resourceType") if isinstance(statement, dict) else type(statement).__name__
             raise FhirCapabilityError(f"{base_url}/metadata did not return a CapabilityStatement (got {found!r})")
         software = statement.get("software") if isinstance(statement.get("software"), Mapping) else {}

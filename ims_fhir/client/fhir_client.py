@@ -31,7 +31,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Literal, Self
+from typing import Any, Literal, Self
 from urllib.parse import quote, urlencode, urlsplit
 
 import orjson
@@ -46,8 +46,9 @@ from ims_fhir.client.retry import Clock
 from ims_fhir.client.transport import FHIR_JSON, Transport
 from ims_fhir.errors import FhirAmbiguousMatchError, FhirConflictError, FhirError, UsageError
 
-QueryValue = str | int | Sequence[str | int]
-Query = Mapping[str, QueryValue] | Sequence[tuple[str, str | int]] | str
+#: A parameter value: str, int (or anything printable), or a list/tuple of them to repeat the parameter.
+QueryValue = Any
+Query = Mapping[str, QueryValue] | Sequence[tuple[str, QueryValue]] | str
 Prefer = Literal["minimal", "representation", "OperationOutcome"]
 
 _TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")
@@ -170,7 +171,9 @@ class FhirClient:
             assert if_none_exist is not None
             headers["If-None-Exist"] = encode_query(if_none_exist)
         try:
-            return self._send("POST", self._url(resource_type), idempotent=conditional, resource=resource, headers=headers)
+            return self._send(
+                "POST", self._url(resource_type), idempotent=conditional, resource=resource, headers=headers
+            )
         except FhirConflictError as exc:
             if conditional and exc.status == 412:
                 raise FhirAmbiguousMatchError(f"conditional create of {resource_type}: {exc}") from exc
@@ -325,7 +328,10 @@ class FhirClient:
             send_headers["Content-Type"] = FHIR_JSON
         response = self.transport.request(method, url, idempotent=idempotent, body=body, headers=send_headers)
         return FhirResponse.build(
-            status=response.status_code, resource=self._body(response, method), headers=response.headers, url=response.url
+            status=response.status_code,
+            resource=self._body(response, method),
+            headers=response.headers,
+            url=response.url,
         )
 
     @staticmethod

@@ -31,7 +31,9 @@ from ims_fhir.errors import OutcomeIssue, issues_from_outcome
 Resource = dict[str, Any]
 
 _ETAG = re.compile(r'^\s*(?:W/)?"?([^"]*)"?\s*$')
-_LOCATION = re.compile(r"(?:^|/)(?P<type>[A-Z][A-Za-z]+)/(?P<id>[A-Za-z0-9\-.]{1,64})(?:/_history/(?P<vid>[A-Za-z0-9\-.]{1,64}))?/?$")
+_LOCATION = re.compile(
+    r"(?:^|/)(?P<type>[A-Z][A-Za-z]+)/(?P<id>[A-Za-z0-9\-.]{1,64})(?:/_history/(?P<vid>[A-Za-z0-9\-.]{1,64}))?/?$"
+)
 
 
 def version_from_etag(etag: str | None) -> str | None:
@@ -114,7 +116,8 @@ class EntryResponse:
             version_id=version_from_etag(etag) or (where[2] if where else None) or _meta(resource).get("versionId"),
             resource_type=(where[0] if where else None) or (resource or {}).get("resourceType"),
             resource_id=(where[1] if where else None) or (resource or {}).get("id"),
-            last_modified=parse_instant(response.get("lastModified")) or parse_instant(_meta(resource).get("lastUpdated")),
+            last_modified=parse_instant(response.get("lastModified"))
+            or parse_instant(_meta(resource).get("lastUpdated")),
             resource=resource,
             issues=tuple(issues_from_outcome(response.get("outcome"))),
         )
@@ -157,7 +160,8 @@ class FhirResponse:
             version_id=version_from_etag(etag) or (where[2] if where else None) or _meta(resource).get("versionId"),
             resource_type=(where[0] if where else None) or body_type,
             resource_id=(where[1] if where else None) or body_id,
-            last_modified=parse_http_date(headers.get("Last-Modified")) or parse_instant(_meta(resource).get("lastUpdated")),
+            last_modified=parse_http_date(headers.get("Last-Modified"))
+            or parse_instant(_meta(resource).get("lastUpdated")),
             url=url,
         )
 

@@ -41,7 +41,9 @@ FHIR_JSON = "application/fhir+json"
 class Transport:
     """Sends HTTP requests for the FHIR client (see the module docstring)."""
 
-    def __init__(self, config: ClientConfig, *, session: requests.Session | None = None, clock: Clock | None = None) -> None:
+    def __init__(
+        self, config: ClientConfig, *, session: requests.Session | None = None, clock: Clock | None = None
+    ) -> None:
         self.config = config
         self.clock = clock or Clock()
         self._owns_session = session is None
@@ -132,7 +134,12 @@ class Transport:
         wait = max(0.0, min(wait, remaining))
         _log.debug(
             "%s %s: %s; retrying in %.2f s (attempt %d of %d)",
-            method, shown_url(url), why, wait, attempt + 1, policy.max_attempts,
+            method,
+            shown_url(url),
+            why,
+            wait,
+            attempt + 1,
+            policy.max_attempts,
         )
         self.clock.sleep(wait)
         return True

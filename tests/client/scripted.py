@@ -35,7 +35,14 @@ BASE = "https://fhir.test/r4"
 TOKEN_URL = "https://auth.test/token"
 
 ALL_TYPE_INTERACTIONS = [
-    "read", "vread", "update", "delete", "history-instance", "history-type", "create", "search-type",
+    "read",
+    "vread",
+    "update",
+    "delete",
+    "history-instance",
+    "history-type",
+    "create",
+    "search-type",
 ]
 
 
@@ -111,7 +118,8 @@ def connection_reset() -> requests.exceptions.ConnectionError:
 
 
 def connection_refused() -> requests.exceptions.ConnectionError:
-    reason = urllib3.exceptions.NewConnectionError(None, "Failed to establish a new connection: [Errno 111] Connection refused")  # type: ignore[arg-type]
+    message = "Failed to establish a new connection: [Errno 111] Connection refused"
+    reason = urllib3.exceptions.NewConnectionError(None, message)  # type: ignore[arg-type]
     return requests.exceptions.ConnectionError(urllib3.exceptions.MaxRetryError(None, "/", reason))  # type: ignore[arg-type]
 
 

@@ -184,13 +184,23 @@ def test_secrets_are_not_in_repr_or_str() -> None:
     for auth in auths:
         config = ClientConfig(BASE, auth=auth)
         client = FhirClient(config)
-        for text in (repr(auth), str(auth), repr(config), str(config), repr(client), str(client), repr(client.transport)):
+        for text in (
+            repr(auth),
+            str(auth),
+            repr(config),
+            str(config),
+            repr(client),
+            str(client),
+            repr(client.transport),
+        ):
             assert SECRET not in text, text
         client.close()
     assert "user" in repr(BasicAuth("user", SECRET))  # the user name is not secret and helps
 
 
-def test_oauth2_token_is_not_in_repr_after_fetch(make_client: Callable[..., FhirClient], adapter: ScriptedAdapter) -> None:
+def test_oauth2_token_is_not_in_repr_after_fetch(
+    make_client: Callable[..., FhirClient], adapter: ScriptedAdapter
+) -> None:
     adapter.route("POST", TOKEN_URL, lambda request: Reply(200, {"access_token": SECRET, "token_type": "Bearer"}))
     adapter.queue(Reply(200, PATIENT))
     auth = oauth2()

@@ -15,7 +15,9 @@ def test_none() -> None:
     assert isinstance(parse_auth_spec(" NONE ", environ=ENV), NoAuth)
 
 
-@pytest.mark.parametrize(("spec", "token"), [("bearer:abc", "abc"), ("bearer:a:b:c", "a:b:c"), ("bearer:env:FHIR_TOKEN", "t0k")])
+@pytest.mark.parametrize(
+    ("spec", "token"), [("bearer:abc", "abc"), ("bearer:a:b:c", "a:b:c"), ("bearer:env:FHIR_TOKEN", "t0k")]
+)
 def test_bearer(spec: str, token: str) -> None:
     auth = parse_auth_spec(spec, environ=ENV)
     assert isinstance(auth, BearerTokenAuth)
@@ -24,7 +26,11 @@ def test_bearer(spec: str, token: str) -> None:
 
 @pytest.mark.parametrize(
     ("spec", "user", "password"),
-    [("basic:alice:pw", "alice", "pw"), ("basic:alice:p:w", "alice", "p:w"), ("basic:alice:env:FHIR_PW", "alice", "p:w")],
+    [
+        ("basic:alice:pw", "alice", "pw"),
+        ("basic:alice:p:w", "alice", "p:w"),
+        ("basic:alice:env:FHIR_PW", "alice", "p:w"),
+    ],
 )
 def test_basic(spec: str, user: str, password: str) -> None:
     auth = parse_auth_spec(spec, environ=ENV)
@@ -73,13 +79,17 @@ def test_malformed_specs_are_usage_errors(spec: str) -> None:
         parse_auth_spec(spec, environ=ENV)
 
 
-@pytest.mark.parametrize("spec", ["bearer:env:MISSING", "bearer:env:EMPTY", "basic:u:env:MISSING", "oauth2:https://a/t:c:env:MISSING"])
+@pytest.mark.parametrize(
+    "spec", ["bearer:env:MISSING", "bearer:env:EMPTY", "basic:u:env:MISSING", "oauth2:https://a/t:c:env:MISSING"]
+)
 def test_missing_environment_variables_are_configuration_errors(spec: str) -> None:
     with pytest.raises(ConfigurationError, match="MISSING|EMPTY"):
         parse_auth_spec(spec, environ=ENV)
 
 
-@pytest.mark.parametrize("spec", ["hunter2-secret", "token:hunter2-secret", "basic:hunter2-secret", "none:hunter2-secret"])
+@pytest.mark.parametrize(
+    "spec", ["hunter2-secret", "token:hunter2-secret", "basic:hunter2-secret", "none:hunter2-secret"]
+)
 def test_errors_never_echo_secrets(spec: str) -> None:
     with pytest.raises(UsageError) as info:
         parse_auth_spec(spec, environ=ENV)

@@ -40,12 +40,16 @@ def test_a_server_that_is_not_r4_is_refused(
 
 
 @pytest.mark.parametrize("version", ["4.0.0", "4.0.1"])
-def test_r4_versions_are_accepted(make_client: Callable[..., FhirClient], adapter: ScriptedAdapter, version: str) -> None:
+def test_r4_versions_are_accepted(
+    make_client: Callable[..., FhirClient], adapter: ScriptedAdapter, version: str
+) -> None:
     adapter.capability = capability_statement(fhir_version=version)
     assert make_client().capabilities().fhir_version == version
 
 
-def test_a_server_without_transaction_is_refused(make_client: Callable[..., FhirClient], adapter: ScriptedAdapter) -> None:
+def test_a_server_without_transaction_is_refused(
+    make_client: Callable[..., FhirClient], adapter: ScriptedAdapter
+) -> None:
     adapter.capability = capability_statement(system_interactions=("batch",))
     client = make_client()
     with pytest.raises(FhirCapabilityError, match="system interaction 'transaction'"):
@@ -89,7 +93,9 @@ def test_checks_can_be_turned_off(make_client: Callable[..., FhirClient], adapte
     assert adapter.calls(metadata=True)[0].url.endswith("/Patient/p1")
 
 
-def test_metadata_that_is_not_a_capability_statement(make_client: Callable[..., FhirClient], adapter: ScriptedAdapter) -> None:
+def test_metadata_that_is_not_a_capability_statement(
+    make_client: Callable[..., FhirClient], adapter: ScriptedAdapter
+) -> None:
     adapter.capability = {"resourceType": "OperationOutcome", "issue": []}
     with pytest.raises(FhirCapabilityError, match="did not return a CapabilityStatement"):
         make_client().capabilities()

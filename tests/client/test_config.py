@@ -26,7 +26,14 @@ def test_base_url_is_normalised(raw: str, normal: str) -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    ["fhir.example.org/r4", "ftp://x/fhir", "https:///fhir", "https://x/fhir?x=1", "https://x/fhir#top", "http://x:port/fhir"],
+    [
+        "fhir.example.org/r4",
+        "ftp://x/fhir",
+        "https:///fhir",
+        "https://x/fhir?x=1",
+        "https://x/fhir#top",
+        "http://x:port/fhir",
+    ],
 )
 def test_bad_base_urls_are_refused(bad: str) -> None:
     with pytest.raises(UsageError):

@@ -102,7 +102,9 @@ def test_non_fhir_json_error_uses_its_message() -> None:
     assert summarize_body(b'{"error": "rate_limited", "message": "slow down"}', "application/json") == "slow down"
 
 
-def test_empty_error_body_uses_the_reason_phrase(make_client: Callable[..., FhirClient], adapter: ScriptedAdapter) -> None:
+def test_empty_error_body_uses_the_reason_phrase(
+    make_client: Callable[..., FhirClient], adapter: ScriptedAdapter
+) -> None:
     adapter.queue(Reply(404))
     with pytest.raises(FhirNotFoundError, match=r"failed: Not Found \(HTTP 404\)$"):
         make_client().read("Patient", "p1")

@@ -15,7 +15,11 @@ from ims_fhir.errors import FhirAmbiguousMatchError, FhirConflictError, FhirErro
 
 from .scripted import BASE, Reply, ScriptedAdapter, outcome
 
-PATIENT = {"resourceType": "Patient", "id": "p1", "meta": {"versionId": "3", "lastUpdated": "2024-05-01T10:00:00.000+00:00"}}
+PATIENT = {
+    "resourceType": "Patient",
+    "id": "p1",
+    "meta": {"versionId": "3", "lastUpdated": "2024-05-01T10:00:00.000+00:00"},
+}
 
 
 def test_requests_carry_fhir_json_headers_and_options(
@@ -50,7 +54,12 @@ def test_an_injected_session_is_left_open(session: requests.Session) -> None:
 def test_read_exposes_version_and_last_modified(client: FhirClient, adapter: ScriptedAdapter) -> None:
     adapter.queue(Reply(200, PATIENT, {"ETag": 'W/"3"', "Last-Modified": "Wed, 01 May 2024 10:00:00 GMT"}))
     response = client.read("Patient", "p1")
-    assert (response.status, response.resource_type, response.resource_id, response.version_id) == (200, "Patient", "p1", "3")
+    assert (response.status, response.resource_type, response.resource_id, response.version_id) == (
+        200,
+        "Patient",
+        "p1",
+        "3",
+    )
     assert response.last_modified == datetime(2024, 5, 1, 10, tzinfo=UTC)
     assert response.resource == PATIENT
 
@@ -151,7 +160,10 @@ def test_search_follows_next_links(client: FhirClient, adapter: ScriptedAdapter)
         "identifier": ["s|"],
         "_count": ["2"],
     }
-    assert urls[1:] == [f"{BASE}?_getpages=abc&_getpagesoffset=2&_count=2", f"{BASE}?_getpages=abc&_getpagesoffset=4&_count=2"]
+    assert urls[1:] == [
+        f"{BASE}?_getpages=abc&_getpagesoffset=2&_count=2",
+        f"{BASE}?_getpages=abc&_getpagesoffset=4&_count=2",
+    ]
 
 
 def test_search_is_lazy(client: FhirClient, adapter: ScriptedAdapter) -> None:
@@ -198,7 +210,15 @@ def test_history_yields_entries_across_pages(client: FhirClient, adapter: Script
     deleted = {"request": {"method": "DELETE", "url": "Patient/p1"}}
     v1 = {"resource": {**PATIENT, "meta": {"versionId": "1"}}, "request": {"method": "POST", "url": "Patient"}}
     adapter.queue(
-        Reply(200, {"resourceType": "Bundle", "type": "history", "entry": [deleted, v2], "link": [{"relation": "next", "url": f"{BASE}?p=2"}]}),
+        Reply(
+            200,
+            {
+                "resourceType": "Bundle",
+                "type": "history",
+                "entry": [deleted, v2],
+                "link": [{"relation": "next", "url": f"{BASE}?p=2"}],
+            },
+        ),
         Reply(200, {"resourceType": "Bundle", "type": "history", "entry": [v1]}),
     )
     entries = list(client.history("Patient", "p1"))
@@ -211,13 +231,24 @@ def test_transaction_exposes_entry_responses(client: FhirClient, adapter: Script
         "resourceType": "Bundle",
         "type": "transaction-response",
         "entry": [
-            {"response": {"status": "201 Created", "location": "Patient/a/_history/1", "etag": 'W/"1"', "lastModified": "2024-05-01T10:00:00Z"}},
+            {
+                "response": {
+                    "status": "201 Created",
+                    "location": "Patient/a/_history/1",
+                    "etag": 'W/"1"',
+                    "lastModified": "2024-05-01T10:00:00Z",
+                }
+            },
             {"response": {"status": "200 OK", "location": "Procedure/b/_history/4", "etag": 'W/"4"'}},
             {"response": {"status": "200", "outcome": outcome(("information", "informational", "no change", None))}},
         ],
     }
     adapter.queue(Reply(200, reply))
-    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [{"request": {"method": "POST", "url": "Patient"}}]}
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [{"request": {"method": "POST", "url": "Patient"}}],
+    }
     response = client.transaction(bundle)
     sent = adapter.calls("POST")[0]
     assert sent.url == BASE and sent.json() == bundle

@@ -36,7 +36,11 @@ def test_response_prefers_headers_then_body() -> None:
     from_headers = FhirResponse.build(
         status=201,
         resource=body,
-        headers={"Location": "http://h/fhir/Patient/p1/_history/2", "ETag": 'W/"2"', "Last-Modified": "Tue, 02 Jan 2024 03:04:05 GMT"},
+        headers={
+            "Location": "http://h/fhir/Patient/p1/_history/2",
+            "ETag": 'W/"2"',
+            "Last-Modified": "Tue, 02 Jan 2024 03:04:05 GMT",
+        },
     )
     assert (from_headers.version_id, from_headers.resource_id) == ("2", "p1")
     assert from_headers.last_modified == datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -46,7 +50,11 @@ def test_response_prefers_headers_then_body() -> None:
 
 
 def test_outcome_responses_expose_issues() -> None:
-    oo = {"resourceType": "OperationOutcome", "id": "x", "issue": [{"severity": "information", "code": "informational"}]}
+    oo = {
+        "resourceType": "OperationOutcome",
+        "id": "x",
+        "issue": [{"severity": "information", "code": "informational"}],
+    }
     response = FhirResponse.build(status=200, resource=oo, headers={})
     assert response.resource_id is None
     assert [i.code for i in response.issues] == ["informational"]

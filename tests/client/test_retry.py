@@ -40,7 +40,9 @@ def test_every_retryable_status_is_retried(client: FhirClient, adapter: Scripted
 
 
 def test_retry_after_seconds_is_honoured(client: FhirClient, adapter: ScriptedAdapter, clock: FakeClock) -> None:
-    adapter.queue(Reply(429, headers={"Retry-After": "7"}), Reply(503, headers={"Retry-After": "2"}), Reply(200, PATIENT))
+    adapter.queue(
+        Reply(429, headers={"Retry-After": "7"}), Reply(503, headers={"Retry-After": "2"}), Reply(200, PATIENT)
+    )
     client.read("Patient", "p1")
     assert clock.sleeps == [7.0, 2.0]
 
@@ -64,7 +66,9 @@ def test_retry_after_is_capped_by_the_remaining_budget(
     assert len(adapter.calls("GET")) == 2
 
 
-def test_unreadable_retry_after_falls_back_to_backoff(client: FhirClient, adapter: ScriptedAdapter, clock: FakeClock) -> None:
+def test_unreadable_retry_after_falls_back_to_backoff(
+    client: FhirClient, adapter: ScriptedAdapter, clock: FakeClock
+) -> None:
     adapter.queue(Reply(503, headers={"Retry-After": "soon"}), Reply(200, PATIENT))
     client.read("Patient", "p1")
     assert clock.sleeps == [0.25]
@@ -85,7 +89,9 @@ def test_other_4xx_are_not_retried(
     assert clock.sleeps == []
 
 
-def test_attempts_are_bounded(make_client: Callable[..., FhirClient], adapter: ScriptedAdapter, clock: FakeClock) -> None:
+def test_attempts_are_bounded(
+    make_client: Callable[..., FhirClient], adapter: ScriptedAdapter, clock: FakeClock
+) -> None:
     client = make_client(retry=RetryPolicy(max_attempts=3, total_budget=1000.0))
     adapter.queue(*[Reply(503, "Service Unavailable", {"Content-Type": "text/plain"}) for _ in range(10)])
     with pytest.raises(FhirServerSideError) as info:
@@ -95,7 +101,9 @@ def test_attempts_are_bounded(make_client: Callable[..., FhirClient], adapter: S
     assert "after 3 attempts" in str(info.value) and "HTTP 503" in str(info.value)
 
 
-def test_total_budget_is_bounded(make_client: Callable[..., FhirClient], adapter: ScriptedAdapter, clock: FakeClock) -> None:
+def test_total_budget_is_bounded(
+    make_client: Callable[..., FhirClient], adapter: ScriptedAdapter, clock: FakeClock
+) -> None:
     client = make_client(retry=RetryPolicy(max_attempts=100, total_budget=20.0, backoff_base=1.0, backoff_cap=4.0))
     # each failing attempt costs 3 s of server time; waits are 0.5 * min(4, 2**(n-1))
     adapter.queue(*[Reply(503, takes=3.0) for _ in range(100)])
