@@ -12,7 +12,8 @@ from ims_fhir.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples" / "clinic-small"
-SOURCE = {"clinic_id": "synthetic-0", "clinic_name": "Synthetic IMS Clinic 0", "system_base": "https://clinic.example.org/ims"}
+#: the source the examples were exported with (the NDJSON form needs it on the command line)
+SOURCE = orjson.loads((EXAMPLES / "csv" / "source.json").read_bytes())
 
 
 @pytest.fixture

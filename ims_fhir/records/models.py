@@ -366,6 +366,6 @@ def json_schema() -> dict[str, Any]:
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": "https://ims-fhir.github.io/schema/ims-record-1.json",
-        "title": "IMS record format, version 1 (ims-record/1)",
         **schema,
+        "title": "IMS record format, version 1 (ims-record/1): JSON document",
     }

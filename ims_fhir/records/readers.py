@@ -196,7 +196,8 @@ def parse_ndjson_line(line: bytes | str, origin: str) -> RawRecord:
     try:
         obj = orjson.loads(line)
     except orjson.JSONDecodeError as exc:
-        return RawRecord(None, None, origin, [Problem("(line)", "malformed_json", f"not valid JSON: {exc}")])
+        return RawRecord(None, None, origin, [Problem("(line)", "malformed_json",
+                                                      f"not valid JSON: {exc.msg} (at character {exc.pos + 1})")])
     if not isinstance(obj, dict):
         return RawRecord(None, None, origin, [Problem("(line)", "type", "a line must hold one JSON object")])
     record_type = obj.pop("record_type", None)
