@@ -41,6 +41,7 @@ from urllib.parse import quote_plus
 import orjson
 import requests
 
+from ims_fhir.client.errors import error_for_response
 from ims_fhir.client.retry import Clock
 from ims_fhir.errors import FhirAuthError, UsageError
 
@@ -222,6 +223,9 @@ class OAuth2ClientCredentials(CachedTokenAuth):
         fetched_at = context.clock.monotonic()
         response = context.post_form(self.token_url, form, {"Accept": "application/json", **headers})
         body = _json_or_none(response.content)
+        if response.status_code in (408, 429) or response.status_code >= 500:
+            # The token endpoint is down or busy (after retries): a server problem, not a refusal.
+            raise error_for_response(response, method="POST")
         if response.status_code != 200:
             reason = _oauth_error(body) or f"HTTP {response.status_code} {response.reason or ''}".strip()
             raise FhirAuthError(

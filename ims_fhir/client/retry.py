@@ -25,9 +25,11 @@ Retry-After
 budget
     Two bounds hold together: at most :attr:`RetryPolicy.max_attempts` attempts, and no
     waiting past :attr:`RetryPolicy.total_budget` seconds after the first attempt began.
-    A wait (backoff or Retry-After) is cut to what remains of the budget; once the budget
-    is used up no new attempt starts. An attempt already in flight runs to its own
-    timeout, so the whole call ends within ``total_budget`` plus one request timeout.
+    A wait (backoff or Retry-After) is cut to what remains of the budget, and the attempt
+    after a cut wait is the last one: no wait ever ends past the budget, and a server
+    asking for ``Retry-After: 3600`` gets one more try when the budget runs out, not an
+    hour of waiting. An attempt in flight runs to its own timeout, so the whole call
+    ends within ``total_budget`` plus one request's duration.
 clock
     :class:`Clock` bundles ``sleep``, a monotonic clock, the wall clock (for HTTP-dates)
     and the random source, so tests can run the policy instantly and deterministically.

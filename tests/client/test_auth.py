@@ -18,7 +18,7 @@ from ims_fhir.client import (
     OAuth2ClientCredentials,
     parse_auth_spec,
 )
-from ims_fhir.errors import FhirAuthError
+from ims_fhir.errors import FhirAuthError, FhirServerSideError
 
 from .scripted import BASE, TOKEN_URL, FakeClock, Reply, ScriptedAdapter
 
@@ -157,6 +157,14 @@ class TestOAuth2ClientCredentials:
         adapter.queue(Reply(200, PATIENT))
         make_client(auth=oauth2()).read("Patient", "p1")
         assert bearer_of(adapter) == ["Bearer t"]
+
+    def test_token_endpoint_down_is_a_server_side_error(
+        self, make_client: Callable[..., FhirClient], adapter: ScriptedAdapter
+    ) -> None:
+        adapter.route("POST", TOKEN_URL, lambda request: Reply(503, "<html><title>Down</title></html>"))
+        with pytest.raises(FhirServerSideError, match=r"POST https://auth.test/token failed.*Down \(HTTP 503\)"):
+            make_client(auth=oauth2()).read("Patient", "p1")
+        assert len(adapter.calls("POST")) == 4  # retried like any idempotent call
 
     @pytest.mark.parametrize(
         "body",
