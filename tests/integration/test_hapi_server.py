@@ -1,0 +1,277 @@
+"""The local HAPI FHIR server behaves the way the rest of the suite relies on.
+
+Each test pins one property of ``hapi-server/`` configuration: FHIR R4, validation of every
+write (422 on base-R4 errors, but not on code systems or extensions it cannot know
+offline), client-assigned ids, conditional create, transactions, ETag/If-Match, no stale
+search cache, and ``$expunge`` for wiping.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+import requests
+
+from ims_fhir.devserver import DevServer
+
+from .conftest import expunge_everything
+
+LOINC = "http://loinc.org"
+SNOMED = "http://snomed.info/sct"
+IMS_CS = "https://ims-fhir.github.io/fhir/CodeSystem"
+IDENTIFIER_SYSTEM = "https://ims-fhir.github.io/fhir/sid/test-patient"
+
+
+def _patient(identifier: str, **fields: Any) -> dict[str, Any]:
+    return {
+        "resourceType": "Patient",
+        "identifier": [{"system": IDENTIFIER_SYSTEM, "value": identifier}],
+        **fields,
+    }
+
+
+def _error_issues(outcome: dict[str, Any]) -> list[dict[str, Any]]:
+    assert outcome.get("resourceType") == "OperationOutcome", outcome
+    return [i for i in outcome.get("issue", []) if i.get("severity") in ("error", "fatal")]
+
+
+def _search_total(fhir: requests.Session, url: str) -> int:
+    response = fhir.get(url, params={"_total": "accurate"}, timeout=30)
+    assert response.status_code == 200, response.text
+    bundle = response.json()
+    return int(bundle.get("total", len(bundle.get("entry", []))))
+
+
+def test_metadata_says_fhir_r4(fhir_server: DevServer, fhir: requests.Session) -> None:
+    assert fhir_server.base_url.startswith("http://127.0.0.1:")
+    assert fhir_server.base_url.endswith("/fhir")
+
+    response = fhir.get(f"{fhir_server.base_url}/metadata", timeout=30)
+
+    assert response.status_code == 200
+    capability = response.json()
+    assert capability["resourceType"] == "CapabilityStatement"
+    assert capability["fhirVersion"].startswith("4.0.")
+    interactions = {i["code"] for i in capability["rest"][0].get("interaction", [])}
+    assert "transaction" in interactions
+
+
+@pytest.mark.parametrize(
+    ("resource", "expected_expression"),
+    [
+        pytest.param({"resourceType": "Patient", "gender": "banana"}, "Patient.gender", id="bad-code"),
+        pytest.param(
+            {"resourceType": "Observation", "subject": {"display": "no status, no code"}},
+            "Observation",
+            id="missing-required",
+        ),
+        pytest.param(
+            {"resourceType": "Patient", "birthDate": "31/12/1980"}, "Patient.birthDate", id="bad-date"
+        ),
+    ],
+)
+def test_invalid_resource_is_refused_with_422(
+    clean_fhir_server: DevServer, fhir: requests.Session, resource: dict[str, Any], expected_expression: str
+) -> None:
+    base = clean_fhir_server.base_url
+    response = fhir.post(f"{base}/{resource['resourceType']}", json=resource, timeout=60)
+
+    assert response.status_code == 422, response.text
+    errors = _error_issues(response.json())
+    assert errors, response.text
+    expressions = [e for issue in errors for e in issue.get("expression", [])]
+    assert any(e.startswith(expected_expression) for e in expressions), expressions
+    # Nothing was stored.
+    assert _search_total(fhir, f"{base}/{resource['resourceType']}") == 0
+
+
+def test_invalid_resource_inside_transaction_is_refused(
+    clean_fhir_server: DevServer, fhir: requests.Session
+) -> None:
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "fullUrl": f"urn:uuid:{uuid.uuid4()}",
+                "resource": {"resourceType": "Patient", "gender": "banana"},
+                "request": {"method": "POST", "url": "Patient"},
+            }
+        ],
+    }
+
+    response = fhir.post(clean_fhir_server.base_url, json=bundle, timeout=60)
+
+    assert response.status_code == 422, response.text
+    assert _error_issues(response.json())
+
+
+def test_unknown_code_systems_and_extensions_are_not_errors(
+    clean_fhir_server: DevServer, fhir: requests.Session
+) -> None:
+    """LOINC, SNOMED CT and our own CodeSystems cannot be checked offline: warnings at most."""
+    observation = {
+        "resourceType": "Observation",
+        "status": "final",
+        "extension": [
+            {"url": "https://ims-fhir.github.io/fhir/StructureDefinition/needle-depth",
+             "valueQuantity": {"value": 2.5, "unit": "cm", "system": "http://unitsofmeasure.org", "code": "cm"}},
+        ],
+        "category": [
+            {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "exam"}]},
+            {"coding": [{"system": f"{IMS_CS}/ims-category", "code": "ims-session"}]},
+        ],
+        "code": {
+            "coding": [
+                {"system": LOINC, "code": "72514-3",
+                 "display": "Pain severity - 0-10 verbal numeric rating [Score] - Reported"},
+                {"system": f"{IMS_CS}/ims-assessment", "code": "vas-pain"},
+            ]
+        },
+        "subject": {"display": "a patient"},
+        "effectiveDateTime": "2024-03-01T10:00:00+01:00",
+        "valueInteger": 7,
+        "bodySite": {"coding": [{"system": SNOMED, "code": "40983000", "display": "Upper arm"},
+                                {"system": f"{IMS_CS}/ims-muscle", "code": "deltoid"}]},
+        "method": {"coding": [{"system": f"{IMS_CS}/ims-method", "code": "needle"}]},
+    }
+
+    response = fhir.post(
+        f"{clean_fhir_server.base_url}/Observation",
+        json=observation,
+        headers={"Prefer": "return=OperationOutcome"},
+        timeout=60,
+    )
+
+    assert response.status_code == 201, response.text
+    assert _error_issues(response.json()) == []
+
+
+def test_put_creates_patient_at_client_assigned_uuid(
+    clean_fhir_server: DevServer, fhir: requests.Session
+) -> None:
+    base = clean_fhir_server.base_url
+    patient_id = str(uuid.uuid4())
+    patient = _patient("put-1", id=patient_id, gender="female", birthDate="1980-12-31")
+
+    created = fhir.put(f"{base}/Patient/{patient_id}", json=patient, timeout=60)
+
+    assert created.status_code == 201, created.text
+    read = fhir.get(f"{base}/Patient/{patient_id}", timeout=30)
+    assert read.status_code == 200
+    assert read.json()["id"] == patient_id
+    assert read.json()["gender"] == "female"
+
+
+def test_conditional_create_does_not_duplicate(clean_fhir_server: DevServer, fhir: requests.Session) -> None:
+    base = clean_fhir_server.base_url
+    headers = {"If-None-Exist": f"identifier={IDENTIFIER_SYSTEM}|cond-1"}
+
+    first = fhir.post(f"{base}/Patient", json=_patient("cond-1"), headers=headers, timeout=60)
+    second = fhir.post(f"{base}/Patient", json=_patient("cond-1"), headers=headers, timeout=60)
+
+    assert first.status_code == 201, first.text
+    assert second.status_code == 200, second.text
+    assert first.headers["Location"].split("/_history")[0] == second.headers["Location"].split("/_history")[0]
+    assert _search_total(fhir, f"{base}/Patient?identifier={IDENTIFIER_SYSTEM}|cond-1") == 1
+
+
+def test_transaction_resolves_urn_uuid_references(clean_fhir_server: DevServer, fhir: requests.Session) -> None:
+    base = clean_fhir_server.base_url
+    patient_urn = f"urn:uuid:{uuid.uuid4()}"
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "fullUrl": patient_urn,
+                "resource": _patient("tx-1"),
+                "request": {
+                    "method": "POST",
+                    "url": "Patient",
+                    "ifNoneExist": f"identifier={IDENTIFIER_SYSTEM}|tx-1",
+                },
+            },
+            {
+                "fullUrl": f"urn:uuid:{uuid.uuid4()}",
+                "resource": {
+                    "resourceType": "Observation",
+                    "status": "final",
+                    "code": {"coding": [{"system": LOINC, "code": "72514-3"}]},
+                    "subject": {"reference": patient_urn},
+                    "valueInteger": 4,
+                },
+                "request": {"method": "POST", "url": "Observation"},
+            },
+        ],
+    }
+
+    response = fhir.post(base, json=bundle, timeout=60)
+
+    assert response.status_code == 200, response.text
+    reply = response.json()
+    assert reply["type"] == "transaction-response"
+    statuses = [e["response"]["status"] for e in reply["entry"]]
+    assert all(s.startswith("201") for s in statuses), statuses
+    patient_location = reply["entry"][0]["response"]["location"]  # Patient/<id>/_history/1
+    patient_ref = "/".join(patient_location.split("/")[:2])
+    observation_location = reply["entry"][1]["response"]["location"]
+    observation = fhir.get(f"{base}/{observation_location.split('/_history')[0]}", timeout=30).json()
+    assert observation["subject"]["reference"] == patient_ref
+    assert not observation["subject"]["reference"].startswith("urn:uuid:")
+
+
+def test_etag_and_stale_if_match_gives_412(clean_fhir_server: DevServer, fhir: requests.Session) -> None:
+    base = clean_fhir_server.base_url
+    patient_id = f"etag-{uuid.uuid4()}"
+    url = f"{base}/Patient/{patient_id}"
+
+    created = fhir.put(url, json=_patient("etag-1", id=patient_id, gender="female"), timeout=60)
+    assert created.status_code == 201, created.text
+    assert created.headers["ETag"] == 'W/"1"'
+    updated = fhir.put(
+        url, json=_patient("etag-1", id=patient_id, gender="male"), headers={"If-Match": 'W/"1"'}, timeout=60
+    )
+    assert updated.status_code == 200, updated.text
+    assert updated.headers["ETag"] == 'W/"2"'
+    assert fhir.get(url, timeout=30).headers["ETag"] == 'W/"2"'
+
+    stale = fhir.put(
+        url, json=_patient("etag-1", id=patient_id, gender="other"), headers={"If-Match": 'W/"1"'}, timeout=60
+    )
+
+    assert stale.status_code == 412, stale.text
+    assert _error_issues(stale.json())
+    assert fhir.get(url, timeout=30).json()["gender"] == "male"
+
+
+def test_search_right_after_create_sees_it(clean_fhir_server: DevServer, fhir: requests.Session) -> None:
+    """The same search twice around a create: a cached search result would hide the new one."""
+    base = clean_fhir_server.base_url
+    search = f"{base}/Patient?identifier={IDENTIFIER_SYSTEM}|fresh-1"
+    assert _search_total(fhir, search) == 0
+
+    created = fhir.post(f"{base}/Patient", json=_patient("fresh-1"), timeout=60)
+    assert created.status_code == 201, created.text
+
+    assert _search_total(fhir, search) == 1
+    plain = fhir.get(search, timeout=30).json()
+    assert len(plain.get("entry", [])) == 1
+
+
+def test_expunge_wipes_everything(clean_fhir_server: DevServer, fhir: requests.Session) -> None:
+    base = clean_fhir_server.base_url
+    patient_id = str(uuid.uuid4())
+    assert fhir.put(f"{base}/Patient/{patient_id}", json=_patient("wipe-1", id=patient_id), timeout=60).status_code == 201
+    assert fhir.post(f"{base}/Patient", json=_patient("wipe-2"), timeout=60).status_code == 201
+    assert _search_total(fhir, f"{base}/Patient") == 2
+
+    expunge_everything(base)
+
+    assert _search_total(fhir, f"{base}/Patient") == 0
+    assert fhir.get(f"{base}/Patient/{patient_id}", timeout=30).status_code in (404, 410)
+    # The same client id can be used again after the wipe.
+    again = fhir.put(f"{base}/Patient/{patient_id}", json=_patient("wipe-1", id=patient_id), timeout=60)
+    assert again.status_code == 201, again.text
