@@ -58,16 +58,18 @@ def fhir_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devserver.
     logs = tmp_path_factory.mktemp("hapi-server")
     build_log = logs / "hapi-build.log"
     server_log = logs / "hapi-server.log"
+    failure: str | None = None
     try:
         artifact = devserver.build(log_path=build_log)
         server = devserver.start(log_path=server_log, artifact=artifact)
     except ToolchainError as exc:
-        message = str(exc)
-        if "\n" not in message:  # start failures already carry the server log's tail
+        failure = str(exc)
+        if "\n" not in failure:  # start failures already carry the server log's tail
             for log in (build_log, server_log):
                 if log.exists():
-                    message += f"\n--- last lines of {log} ---\n{_tail(log)}"
-        pytest.fail(message, pytrace=False)
+                    failure += f"\n--- last lines of {log} ---\n{_tail(log)}"
+    if failure is not None:  # outside the except: no chained traceback in the report
+        pytest.fail(failure, pytrace=False)
     try:
         yield server
     finally:

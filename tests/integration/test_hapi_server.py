@@ -3,18 +3,23 @@
 Each test pins one property of ``hapi-server/`` configuration: FHIR R4, validation of every
 write (422 on base-R4 errors, but not on code systems or extensions it cannot know
 offline), client-assigned ids, conditional create, transactions, ETag/If-Match, no stale
-search cache, and ``$expunge`` for wiping.
+search cache, and ``$expunge`` for wiping. The last tests check ``ims_fhir.devserver``'s
+toolchain check and source hash without a server.
 """
 
 from __future__ import annotations
 
+import shutil
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
+from ims_fhir import devserver
 from ims_fhir.devserver import DevServer
+from ims_fhir.errors import ToolchainError
 
 from .conftest import expunge_everything
 
@@ -275,3 +280,64 @@ def test_expunge_wipes_everything(clean_fhir_server: DevServer, fhir: requests.S
     # The same client id can be used again after the wipe.
     again = fhir.put(f"{base}/Patient/{patient_id}", json=_patient("wipe-1", id=patient_id), timeout=60)
     assert again.status_code == 201, again.text
+
+
+# ---------------------------------------------------------------- the toolchain check itself
+# (no server needed: fake `java`/`mvn` scripts on a PATH of their own)
+
+
+def _fake_tool(directory: Path, name: str, version_line: str = "") -> None:
+    script = directory / name
+    script.write_text(f"#!/bin/sh\necho '{version_line}' >&2\n", encoding="utf-8")
+    script.chmod(0o755)
+
+
+@pytest.mark.parametrize(
+    ("tools", "message"),
+    [
+        pytest.param({}, "`java` was not found", id="no-java"),
+        pytest.param({"java": 'java version "1.8.0_292"', "mvn": ""}, "is Java 8", id="java-8"),
+        pytest.param({"java": 'openjdk version "11.0.2" 2019-01-15'}, "is Java 11", id="java-11"),
+        pytest.param({"java": 'openjdk version "17.0.15" 2025-04-15'}, "`mvn` was not found", id="no-maven"),
+    ],
+)
+def test_check_toolchain_names_what_is_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tools: dict[str, str], message: str
+) -> None:
+    for name, version_line in tools.items():
+        _fake_tool(tmp_path, name, version_line)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+
+    with pytest.raises(ToolchainError) as caught:
+        devserver.check_toolchain()
+
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
+    assert caught.value.exit_code == 2
+
+
+def test_check_toolchain_accepts_java_17_and_maven(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_tool(tmp_path, "java", 'openjdk version "21.0.1" 2023-10-17')
+    _fake_tool(tmp_path, "mvn")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+
+    toolchain = devserver.check_toolchain()
+
+    assert toolchain.java_major == 21
+    assert toolchain.mvn == str(tmp_path / "mvn")
+
+
+def test_source_hash_follows_the_module_sources(tmp_path: Path) -> None:
+    module = tmp_path / "hapi-server"
+    shutil.copytree(devserver.locate_module_source(), module, ignore=shutil.ignore_patterns("target"))
+    before = devserver.source_hash(module)
+    (module / "target").mkdir(exist_ok=True)
+    (module / "target" / "junk.txt").write_text("build output does not count")
+    assert devserver.source_hash(module) == before
+
+    config = module / "src" / "main" / "resources" / "application.yaml"
+    config.write_text(config.read_text() + "\n# changed\n")
+
+    assert devserver.source_hash(module) != before
