@@ -114,6 +114,100 @@ def convert(inputs: tuple[Path, ...], out_dir: Path, output_format: str, clinic_
 
 
 @cli.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--server", help="FHIR R4 base URL, e.g. https://fhir.hospital.example.org/r4.")
+@click.option("--auth", "auth_spec", default="none", show_default=True, envvar="IMS_FHIR_AUTH",
+              help="none | bearer:env:VAR | basic:USER:env:VAR | oauth2:TOKEN_URL:CLIENT_ID:env:VAR[:SCOPE] "
+                   "(secrets from environment variables; also read from IMS_FHIR_AUTH).")
+@click.option("--ca-bundle", type=click.Path(exists=True, dir_okay=False), help="CA certificates to trust (PEM).")
+@click.option("--timeout", type=click.FloatRange(min=1), default=60.0, show_default=True, help="Read timeout per request, seconds.")
+@click.option("--max-attempts", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Attempts per request on connection errors, timeouts, 429 and 5xx (with backoff, Retry-After honoured).")
+@click.option("--bundle-size", type=click.IntRange(min=2), default=200, show_default=True)
+@click.option("--report", "report_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write one JSON line per rejected or failed record, with the server's OperationOutcome.")
+@click.option("--dry-run", is_flag=True, help="Build the Bundles and count them; send nothing.")
+@click.option("--clinic-id")
+@click.option("--clinic-name")
+@click.option("--system-base")
+@click.option("--lenient", is_flag=True)
+@click.option("--default-tz", metavar="ZONE")
+@click.option("--no-cpt", is_flag=True)
+@click.option("--quiet", "-q", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+def push(inputs: tuple[Path, ...], server: str | None, auth_spec: str, ca_bundle: str | None, timeout: float,
+         max_attempts: int, bundle_size: int, report_file: Path | None, dry_run: bool, clinic_id: str | None, clinic_name: str | None,
+         system_base: str | None, lenient: bool, default_tz: str | None, no_cpt: bool, quiet: bool, as_json: bool) -> int:
+    """Send IMS records, or the output of convert, to a FHIR server as transaction Bundles.
+
+    Pushing the same records twice changes nothing; an edited record is updated in place;
+    Patients and Practitioners already on the server (same identifier) are referenced, never
+    overwritten. Exit 0 all accepted, 1 some rejected or failed (see --report), 2 usage,
+    configuration or connection errors.
+    """
+    from .client import ClientConfig
+    from .convert import ConvertOptions
+    from .push import PushOptions
+    from .push import push as run_push
+
+    source = {k: v for k, v in (("clinic_id", clinic_id), ("clinic_name", clinic_name), ("system_base", system_base)) if v}
+    convert_options = ConvertOptions(out_dir=Path("."), source=source or None, lenient=lenient,
+                                     default_tz=default_tz, cpt=not no_cpt)
+    config = None
+    if server:
+        config = ClientConfig.from_values(server, auth=auth_spec, read_timeout=timeout, ca_bundle=ca_bundle,
+                                          max_attempts=max_attempts)
+    elif not dry_run:
+        raise click.UsageError("--server is required (or use --dry-run)")
+    lines: list[bytes] = []
+    report_fh = report_file.open("wb") if report_file else None
+
+    def report(item: dict[str, Any]) -> None:
+        data = orjson.dumps(item) + b"\n"
+        if report_fh:
+            report_fh.write(data)
+        lines.append(data)
+
+    show = not quiet and not as_json and sys.stderr.isatty()
+    started = time.monotonic()
+
+    def progress(s: Any) -> None:
+        if show:
+            sys.stderr.write(f"\r  {s.bundles:,} bundles, {s.entries:,} entries sent, {s.failed_records:,} failed   ")
+            sys.stderr.flush()
+
+    try:
+        summary = run_push(list(inputs), config, PushOptions(bundle_size=bundle_size, dry_run=dry_run,
+                                                              convert=convert_options), report=report, progress=progress)
+    finally:
+        if report_fh:
+            report_fh.close()
+        if show:
+            sys.stderr.write("\r" + " " * 72 + "\r")
+    elapsed = time.monotonic() - started
+    if as_json:
+        click.echo(orjson.dumps(summary.as_dict() | {"dry_run": dry_run, "elapsed_seconds": round(elapsed, 3)},
+                                option=orjson.OPT_INDENT_2))
+    elif not quiet:
+        verb = "would send" if dry_run else "sent"
+        click.echo(f"{verb} {summary.entries:,} entries in {summary.bundles:,} bundles: {summary.created:,} created, "
+                   f"{summary.updated:,} updated, {summary.unchanged:,} unchanged, {summary.failed_records:,} records failed, "
+                   f"{summary.rejected_records:,} rejected before sending ({elapsed:.1f} s)", err=True)
+        for data in lines[:5]:
+            item = orjson.loads(data)
+            if "problems" in item:  # rejected by validation before sending
+                who = f"{item.get('record_type') or 'record'} {item.get('id') or ''} at {item.get('origin')}"
+                why = "; ".join(f"{p['path']}: {p['message']}" for p in item["problems"])
+                click.echo(f"  rejected: {who}: {why}", err=True)
+            else:
+                who = ", ".join(f"{r['record_type']} {r['id']}" for r in item.get("records", []))
+                click.echo(f"  failed: {who}: {item.get('error')}", err=True)
+        if len(lines) > 5:
+            click.echo(f"  ... and {len(lines) - 5} more" + (f" (see {report_file})" if report_file else " (use --report FILE)"), err=True)
+    return summary.exit_code
+
+
+@cli.command()
 @click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), help="Write to a file instead of stdout.")
 def schema(out_file: Path | None) -> int:
     """Print the JSON Schema of the ims-record/1 format (generated from the models)."""
