@@ -455,6 +455,7 @@ def serve_foreground(
                   file=err, flush=True)
         artifact = build(cache_root=cache_root)
         print(f"Starting HAPI FHIR R4 on {HOST}:{port} (log: {log_path})...", file=err, flush=True)
+        log_path.unlink(missing_ok=True)  # one run per log file, not an ever-growing one
         server = start(port, log_path=log_path, artifact=artifact)
     except ImsFhirError as exc:
         print(f"error: {exc}", file=err, flush=True)

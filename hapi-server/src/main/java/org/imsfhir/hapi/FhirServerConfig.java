@@ -132,17 +132,17 @@ public class FhirServerConfig {
 	}
 
 	/**
-	 * Validates every incoming resource body (create, update, transaction, operation input)
-	 * against base R4 and refuses it with HTTP 422 + OperationOutcome on any ERROR.
+	 * The validator behind every write: base R4 structure, cardinality, datatypes and bindings.
 	 *
-	 * <p>The validator module is HAPI's JPA instance validator (base R4 definitions, plus any
+	 * <p>The module is HAPI's JPA instance validator (base R4 definitions, plus any
 	 * profile/CodeSystem/ValueSet stored on this server; nothing remote, so it works offline).
-	 * Code systems it cannot know offline (LOINC, SNOMED CT, our own CodeSystem URLs) are
-	 * reported as warnings instead of errors, so only structural and base-R4 errors fail.
-	 * Unknown extensions are allowed by the validator (reported as information at most).
+	 * Code systems it cannot know offline (LOINC, SNOMED CT, our own CodeSystem URLs) come out
+	 * of the validation chain as errors; the post-processing hook turns those into warnings,
+	 * so only structural and base-R4 errors fail. Unknown extensions are allowed by the
+	 * validator (reported as information).
 	 */
 	@Bean
-	public RequestValidatingInterceptor requestValidatingInterceptor(
+	public FhirValidator requestValidator(
 			FhirContext fhirContext, @Qualifier("myInstanceValidator") IInstanceValidatorModule instanceValidator) {
 		InterceptorService validationHooks = new InterceptorService("ims-fhir-validation");
 		validationHooks.registerInterceptor(new ValidationMessageUnknownCodeSystemPostProcessingInterceptor(
@@ -151,14 +151,24 @@ public class FhirServerConfig {
 		FhirValidator validator = fhirContext.newValidator();
 		validator.registerValidatorModule(instanceValidator);
 		validator.setInterceptorBroadcaster(validationHooks);
+		return validator;
+	}
 
+	/** Refuses any incoming resource body (create, update, transaction, operation input) with an ERROR: 422. */
+	@Bean
+	public RequestValidatingInterceptor requestValidatingInterceptor(FhirValidator requestValidator) {
 		RequestValidatingInterceptor interceptor = new RequestValidatingInterceptor();
-		interceptor.setValidator(validator);
+		interceptor.setValidator(requestValidator);
 		interceptor.setFailOnSeverity(ResultSeverityEnum.ERROR);
 		// Issues go into the 422 body; no X-FHIR-Request-Validation headers on success.
 		interceptor.setAddResponseHeaderOnSeverity(null);
 		interceptor.setAddResponseOutcomeHeaderOnSeverity(null);
 		return interceptor;
+	}
+
+	@Bean
+	public ValidatorWarmup validatorWarmup(FhirContext fhirContext, FhirValidator requestValidator) {
+		return new ValidatorWarmup(fhirContext, requestValidator);
 	}
 
 	@Bean
