@@ -14,6 +14,10 @@ Terms:
   no change, or a conditional create that matched a resource already there, which is
   then referenced and never overwritten).
 
+The sending engine is :func:`deliver` (one Bundle in, per-entry results and per-record
+refusals out); ``ims-fhir push`` (:class:`Pusher`) and the sync worker
+(:mod:`ims_fhir.sync.worker`) both send through it.
+
 Idempotent by construction: Patients/Practitioners/Organizations are conditional creates
 on their identifiers, everything else a conditional update on its business identifier.
 """
@@ -28,10 +32,11 @@ from typing import Any, Callable, Iterator
 
 import orjson
 
-from .client import ClientConfig, FhirClient, push_requirements
+from .client import ClientConfig, EntryResponse, FhirClient, push_requirements
 from .convert import ConvertOptions, Converter
 from .errors import (
     FhirAmbiguousMatchError,
+    FhirAuthError,
     FhirClientSideError,
     FhirError,
     InputError,
@@ -142,8 +147,115 @@ def components(bundle: dict[str, Any]) -> list[tuple[list[tuple[str, str]], dict
     return parts
 
 
+@dataclass(frozen=True, slots=True)
+class EntryResult:
+    """What the server did with one entry of a transaction that went through."""
+
+    record: tuple[str, str] | None  # the record the entry belongs to (None: not one of ours)
+    resource_type: str
+    method: str
+    outcome: str  # created | updated | unchanged
+    status: int
+    resource_id: str | None = None
+    version_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A part of a transaction the server refused (4xx), with the records it is about."""
+
+    records: list[tuple[str, str]]
+    part: dict[str, Any]
+    error: FhirError
+
+
+@dataclass
+class Delivery:
+    """The result of sending one Bundle: per-entry results of what went through, and refusals."""
+
+    entries: list[EntryResult] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+
+
+def _entry_results(bundle: dict[str, Any], response: Any) -> list[EntryResult]:
+    results = []
+    for entry, raw in zip(bundle.get("entry", []), (response.resource or {}).get("entry", [])):
+        res = raw.get("response", {})
+        parsed = EntryResponse.from_entry(raw)
+        codes = _outcome_codes(res)
+        method = entry["request"]["method"]
+        if parsed.status == 201:
+            outcome = "created"
+        elif "NO_CHANGE" in codes or method == "POST":
+            outcome = "unchanged"
+        else:
+            outcome = "updated"
+        resource = entry["resource"]
+        results.append(EntryResult(
+            record=record_key((resource.get("identifier") or [{}])[0]), resource_type=resource["resourceType"],
+            method=method, outcome=outcome, status=parsed.status, resource_id=parsed.resource_id,
+            version_id=parsed.version_id))
+    return results
+
+
+def deliver(client: FhirClient, bundle: dict[str, Any]) -> Delivery:
+    """Send one transaction Bundle; when the server refuses it (4xx), send each record's part alone.
+
+    The one sending engine of ``ims-fhir push`` and the sync worker. Errors that concern the
+    whole target rather than a record (connection, 5xx/429 after the client's retries,
+    401/403, capability) are raised; a record the server refuses becomes a
+    :class:`Rejection` carrying the server's error (status and OperationOutcome issues).
+    """
+    delivery = Delivery()
+    try:
+        response = client.transaction(bundle)
+    except FhirAuthError:
+        raise
+    except (FhirClientSideError, FhirAmbiguousMatchError) as exc:
+        parts = components(bundle)
+        if len(parts) <= 1:
+            delivery.rejections.append(Rejection([k for keys, _ in parts for k in keys], bundle, exc))
+            return delivery
+        for keys, part in parts:
+            try:
+                delivery.entries.extend(_entry_results(part, client.transaction(part)))
+            except FhirAuthError:
+                raise
+            except (FhirClientSideError, FhirAmbiguousMatchError) as part_exc:
+                delivery.rejections.append(Rejection(keys, part, part_exc))
+        return delivery
+    delivery.entries.extend(_entry_results(bundle, response))
+    return delivery
+
+
+def rejected_records(rejection: Rejection) -> list[tuple[str, str]]:
+    """The records a refusal is about; an ambiguous match also names the shared record at fault."""
+    exc = rejection.error
+    records = [k for k in rejection.records if k[0] != "resource"]
+    if isinstance(exc, FhirAmbiguousMatchError) or getattr(exc, "status", None) == 412:
+        for entry in rejection.part.get("entry", []):
+            if entry["resource"]["resourceType"] in SHARED_TYPES:
+                key = record_key((entry["resource"].get("identifier") or [{}])[0])
+                if key and key not in records and key[0] != "source" and _matches_ambiguous(exc, entry):
+                    records.insert(0, key)
+    return records
+
+
+def _matches_ambiguous(exc: FhirError, entry: dict[str, Any]) -> bool:
+    """Whether the server's message names this entry's match URL (HAPI quotes it)."""
+    text = str(exc)
+    url = entry.get("request", {}).get("ifNoneExist", "")
+    return not url or url.split("=", 1)[-1].split(",")[0].split("|")[-1] in text or entry["resource"]["resourceType"] in text
+
+
+def issues_as_dicts(exc: FhirError) -> list[dict[str, Any]]:
+    issues: list[OutcomeIssue] = list(getattr(exc, "issues", []))
+    return [{"severity": i.severity, "code": i.code, "diagnostics": i.diagnostics, "expression": list(i.expression)}
+            for i in issues]
+
+
 class Pusher:
-    """Sends transaction Bundles, tallies outcomes, isolates failing records."""
+    """Sends transaction Bundles with :func:`deliver`, tallies outcomes, reports failing records."""
 
     def __init__(self, client: FhirClient, summary: PushSummary, report: Callable[[dict[str, Any]], None]) -> None:
         self.client = client
@@ -153,66 +265,26 @@ class Pusher:
 
     def push(self, bundle: dict[str, Any]) -> None:
         self.summary.bundles += 1
-        try:
-            response = self.client.transaction(bundle)
-        except (FhirClientSideError, FhirAmbiguousMatchError) as exc:
-            parts = components(bundle)
-            if len(parts) <= 1:
-                self._failed(bundle, exc, [k for keys, _ in parts for k in keys])
-                return
-            for keys, part in parts:
-                try:
-                    self._tally(part, self.client.transaction(part))
-                except (FhirClientSideError, FhirAmbiguousMatchError) as part_exc:
-                    self._failed(part, part_exc, keys)
-            return
-        self._tally(bundle, response)
-
-    def _tally(self, bundle: dict[str, Any], response: Any) -> None:
-        raw_entries = (response.resource or {}).get("entry", [])
-        for entry, raw in zip(bundle.get("entry", []), raw_entries):
+        delivery = deliver(self.client, bundle)
+        for result in delivery.entries:
             self.summary.entries += 1
-            res = raw.get("response", {})
-            status = int(str(res.get("status", "0")).split(" ", 1)[0] or 0)
-            codes = _outcome_codes(res)
-            if status == 201:
-                outcome = "created"
-            elif "NO_CHANGE" in codes or entry["request"]["method"] == "POST":
-                outcome = "unchanged"
-            else:
-                outcome = "updated"
-            setattr(self.summary, outcome, getattr(self.summary, outcome) + 1)
-            rtype = entry["resource"]["resourceType"]
-            counts = self.summary.by_type.setdefault(rtype, {})
-            counts[outcome] = counts.get(outcome, 0) + 1
+            setattr(self.summary, result.outcome, getattr(self.summary, result.outcome) + 1)
+            counts = self.summary.by_type.setdefault(result.resource_type, {})
+            counts[result.outcome] = counts.get(result.outcome, 0) + 1
+        for rejection in delivery.rejections:
+            self._failed(rejection)
 
-    def _failed(self, bundle: dict[str, Any], exc: FhirError, keys: list[tuple[str, str]]) -> None:
-        """Report the records of a refused part; an ambiguous match also names the shared record at fault."""
-        records = [k for k in keys if k[0] != "resource"]
-        if isinstance(exc, FhirAmbiguousMatchError) or getattr(exc, "status", None) == 412:
-            for entry in bundle.get("entry", []):
-                if entry["resource"]["resourceType"] in SHARED_TYPES:
-                    key = record_key((entry["resource"].get("identifier") or [{}])[0])
-                    if key and key not in records and key[0] != "source" and self._matches_ambiguous(exc, entry):
-                        records.insert(0, key)
+    def _failed(self, rejection: Rejection) -> None:
+        records = rejected_records(rejection)
         new = [k for k in records if k not in self._reported]
         self._reported.update(new)
         self.summary.failed_records += len(new) if records else 1
-        issues: list[OutcomeIssue] = list(getattr(exc, "issues", []))
         self.report({
             "records": [{"record_type": t, "id": i} for t, i in records],
-            "status": getattr(exc, "status", None),
-            "error": str(exc),
-            "issues": [{"severity": i.severity, "code": i.code, "diagnostics": i.diagnostics,
-                        "expression": list(i.expression)} for i in issues],
+            "status": getattr(rejection.error, "status", None),
+            "error": str(rejection.error),
+            "issues": issues_as_dicts(rejection.error),
         })
-
-    @staticmethod
-    def _matches_ambiguous(exc: FhirError, entry: dict[str, Any]) -> bool:
-        """Whether the server's message names this entry's match URL (HAPI quotes it)."""
-        text = str(exc)
-        url = entry.get("request", {}).get("ifNoneExist", "")
-        return not url or url.split("=", 1)[-1].split(",")[0].split("|")[-1] in text or entry["resource"]["resourceType"] in text
 
 
 # -- inputs --------------------------------------------------------------------------------------
@@ -364,4 +436,5 @@ def push(paths: list[Path], client_config: ClientConfig | None, options: PushOpt
     return summary
 
 
-__all__ = ["PushOptions", "PushSummary", "Pusher", "components", "iter_bundles", "push", "record_key"]
+__all__ = ["Delivery", "EntryResult", "PushOptions", "PushSummary", "Pusher", "Rejection", "components", "deliver",
+           "issues_as_dicts", "iter_bundles", "push", "record_key", "rejected_records"]
