@@ -13,7 +13,8 @@ source hash
     hex digits. A change to any of them gives a new hash and so a new build.
 cache root
     ``$IMS_FHIR_CACHE/hapi-server`` if ``IMS_FHIR_CACHE`` is set, else
-    ``~/.cache/ims-fhir/hapi-server``. One build lives in ``<cache root>/<source hash>/``.
+    ``~/.cache/ims-fhir/hapi-server``. One build lives in ``<cache root>/<source hash>/``;
+    the three newest builds are kept.
 artifact
     The runnable jar of a build, ``<cache root>/<source hash>/ims-fhir-hapi-server.jar``;
     ``java -jar`` starts it, no Maven needed.
@@ -59,6 +60,8 @@ HOST = "127.0.0.1"
 #: Heap for the server JVM: HAPI with validation peaks well under this for test workloads.
 DEFAULT_JAVA_OPTS: tuple[str, ...] = ("-Xmx1280m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1")
 DEFAULT_BUILD_TIMEOUT = 1800.0
+#: How many builds (source hashes) the cache keeps; older ones are deleted after a build.
+KEEP_BUILDS = 3
 STOP_GRACE_SECONDS = 20.0
 _LOG_TAIL_LINES = 40
 
@@ -87,9 +90,7 @@ def _find_java() -> str | None:
 def _java_major(java: str) -> int:
     """The major version of a ``java`` executable (8 for "1.8.0_x", 17 for "17.0.15")."""
     try:
-        proc = subprocess.run(
-            [java, "-version"], capture_output=True, text=True, timeout=60, check=False
-        )
+        proc = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=60, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise ToolchainError(f"cannot run {java} -version: {exc}") from exc
     text = proc.stderr + proc.stdout
@@ -116,14 +117,11 @@ def check_toolchain(*, need_maven: bool = True) -> Toolchain:
         )
     major = _java_major(java)
     if major < MIN_JAVA:
-        raise ToolchainError(
-            f"Java {MIN_JAVA}+ is needed for the HAPI FHIR dev server but {java} is Java {major}"
-        )
+        raise ToolchainError(f"Java {MIN_JAVA}+ is needed for the HAPI FHIR dev server but {java} is Java {major}")
     mvn = shutil.which("mvn")
     if need_maven and mvn is None:
         raise ToolchainError(
-            "Maven is needed to build the HAPI FHIR dev server but `mvn` was not found on PATH "
-            "(install maven 3.8+)"
+            "Maven is needed to build the HAPI FHIR dev server but `mvn` was not found on PATH (install maven 3.8+)"
         )
     return Toolchain(java=java, java_major=major, mvn=mvn)
 
@@ -269,15 +267,33 @@ def build(
             built = scratch / "target" / JAR_NAME
             if proc.returncode != 0 or not built.is_file():
                 raise ToolchainError(
-                    f"building the HAPI FHIR server failed (mvn exit {proc.returncode}); "
-                    f"see {log_path}"
+                    f"building the HAPI FHIR server failed (mvn exit {proc.returncode}); see {log_path}"
                 )
             target_dir.mkdir(parents=True, exist_ok=True)
             # Same filesystem, so the finished jar appears atomically.
             os.replace(built, artifact)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+    _prune_old_builds(cache_root, keep=digest)
     return artifact
+
+
+def _prune_old_builds(cache_root: Path, *, keep: str, max_builds: int = KEEP_BUILDS) -> None:
+    """Delete all but the ``max_builds`` newest builds (about 250 MB each); never ``keep``.
+
+    A JVM still running an old jar is not disturbed: on POSIX it keeps the deleted file open.
+    """
+    builds = sorted(
+        (d for d in cache_root.iterdir() if d.is_dir() and re.fullmatch(r"[0-9a-f]{16}", d.name)),
+        key=lambda d: d.stat().st_mtime,
+        reverse=True,
+    )
+    for old in builds[max_builds:]:
+        if old.name == keep:
+            continue
+        shutil.rmtree(old, ignore_errors=True)
+        for leftover in (cache_root / f"{old.name}.lock", cache_root / f"{old.name}.build.log"):
+            leftover.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- run
@@ -451,8 +467,9 @@ def serve_foreground(
     try:
         check_toolchain(need_maven=False)
         if not artifact_path(cache_root=cache_root).is_file():
-            print("Building the HAPI FHIR server (first run only; downloads ~250 MB with Maven)...",
-                  file=err, flush=True)
+            print(
+                "Building the HAPI FHIR server (first run only; downloads ~250 MB with Maven)...", file=err, flush=True
+            )
         artifact = build(cache_root=cache_root)
         print(f"Starting HAPI FHIR R4 on {HOST}:{port} (log: {log_path})...", file=err, flush=True)
         log_path.unlink(missing_ok=True)  # one run per log file, not an ever-growing one
@@ -472,8 +489,11 @@ def serve_foreground(
             print("Stopping...", file=err, flush=True)
             server.stop()
             return 0
-    print(f"error: the HAPI FHIR server exited with code {code}; log {log_path} ends with:\n"
-          f"{server.log_tail()}", file=err, flush=True)
+    print(
+        f"error: the HAPI FHIR server exited with code {code}; log {log_path} ends with:\n{server.log_tail()}",
+        file=err,
+        flush=True,
+    )
     return 1
 
 
@@ -508,8 +528,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     build_cmd = commands.add_parser("build", help="build (or find) the server jar; print its path")
-    build_cmd.add_argument("--cache-root", type=Path, help="default: $IMS_FHIR_CACHE/hapi-server "
-                           "or ~/.cache/ims-fhir/hapi-server")
+    build_cmd.add_argument(
+        "--cache-root", type=Path, help="default: $IMS_FHIR_CACHE/hapi-server or ~/.cache/ims-fhir/hapi-server"
+    )
     build_cmd.add_argument("--maven-repo", type=Path, help="Maven local repository (default ~/.m2/repository)")
     build_cmd.add_argument("--force", action="store_true", help="rebuild even if cached")
     serve_cmd = commands.add_parser("serve", help="run the server until Ctrl-C")

@@ -9,6 +9,7 @@ toolchain check and source hash without a server.
 
 from __future__ import annotations
 
+import os
 import shutil
 import uuid
 from pathlib import Path
@@ -72,9 +73,7 @@ def test_metadata_says_fhir_r4(fhir_server: DevServer, fhir: requests.Session) -
             "Observation",
             id="missing-required",
         ),
-        pytest.param(
-            {"resourceType": "Patient", "birthDate": "31/12/1980"}, "Patient.birthDate", id="bad-date"
-        ),
+        pytest.param({"resourceType": "Patient", "birthDate": "31/12/1980"}, "Patient.birthDate", id="bad-date"),
     ],
 )
 def test_invalid_resource_is_refused_with_422(
@@ -92,9 +91,7 @@ def test_invalid_resource_is_refused_with_422(
     assert _search_total(fhir, f"{base}/{resource['resourceType']}") == 0
 
 
-def test_invalid_resource_inside_transaction_is_refused(
-    clean_fhir_server: DevServer, fhir: requests.Session
-) -> None:
+def test_invalid_resource_inside_transaction_is_refused(clean_fhir_server: DevServer, fhir: requests.Session) -> None:
     bundle = {
         "resourceType": "Bundle",
         "type": "transaction",
@@ -121,8 +118,10 @@ def test_unknown_code_systems_and_extensions_are_not_errors(
         "resourceType": "Observation",
         "status": "final",
         "extension": [
-            {"url": "https://ims-fhir.github.io/fhir/StructureDefinition/needle-depth",
-             "valueQuantity": {"value": 2.5, "unit": "cm", "system": "http://unitsofmeasure.org", "code": "cm"}},
+            {
+                "url": "https://ims-fhir.github.io/fhir/StructureDefinition/needle-depth",
+                "valueQuantity": {"value": 2.5, "unit": "cm", "system": "http://unitsofmeasure.org", "code": "cm"},
+            },
         ],
         "category": [
             {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "exam"}]},
@@ -130,16 +129,23 @@ def test_unknown_code_systems_and_extensions_are_not_errors(
         ],
         "code": {
             "coding": [
-                {"system": LOINC, "code": "72514-3",
-                 "display": "Pain severity - 0-10 verbal numeric rating [Score] - Reported"},
+                {
+                    "system": LOINC,
+                    "code": "72514-3",
+                    "display": "Pain severity - 0-10 verbal numeric rating [Score] - Reported",
+                },
                 {"system": f"{IMS_CS}/ims-assessment", "code": "vas-pain"},
             ]
         },
         "subject": {"display": "a patient"},
         "effectiveDateTime": "2024-03-01T10:00:00+01:00",
         "valueInteger": 7,
-        "bodySite": {"coding": [{"system": SNOMED, "code": "40983000", "display": "Upper arm"},
-                                {"system": f"{IMS_CS}/ims-muscle", "code": "deltoid"}]},
+        "bodySite": {
+            "coding": [
+                {"system": SNOMED, "code": "40983000", "display": "Upper arm"},
+                {"system": f"{IMS_CS}/ims-muscle", "code": "deltoid"},
+            ]
+        },
         "method": {"coding": [{"system": f"{IMS_CS}/ims-method", "code": "needle"}]},
     }
 
@@ -154,9 +160,7 @@ def test_unknown_code_systems_and_extensions_are_not_errors(
     assert _error_issues(response.json()) == []
 
 
-def test_put_creates_patient_at_client_assigned_uuid(
-    clean_fhir_server: DevServer, fhir: requests.Session
-) -> None:
+def test_put_creates_patient_at_client_assigned_uuid(clean_fhir_server: DevServer, fhir: requests.Session) -> None:
     base = clean_fhir_server.base_url
     patient_id = str(uuid.uuid4())
     patient = _patient("put-1", id=patient_id, gender="female", birthDate="1980-12-31")
@@ -269,7 +273,9 @@ def test_search_right_after_create_sees_it(clean_fhir_server: DevServer, fhir: r
 def test_expunge_wipes_everything(clean_fhir_server: DevServer, fhir: requests.Session) -> None:
     base = clean_fhir_server.base_url
     patient_id = str(uuid.uuid4())
-    assert fhir.put(f"{base}/Patient/{patient_id}", json=_patient("wipe-1", id=patient_id), timeout=60).status_code == 201
+    assert (
+        fhir.put(f"{base}/Patient/{patient_id}", json=_patient("wipe-1", id=patient_id), timeout=60).status_code == 201
+    )
     assert fhir.post(f"{base}/Patient", json=_patient("wipe-2"), timeout=60).status_code == 201
     assert _search_total(fhir, f"{base}/Patient") == 2
 
@@ -341,3 +347,66 @@ def test_source_hash_follows_the_module_sources(tmp_path: Path) -> None:
     config.write_text(config.read_text() + "\n# changed\n")
 
     assert devserver.source_hash(module) != before
+
+
+def _fake_maven(directory: Path, *, exit_code: int = 0) -> Path:
+    """A `mvn` that records each call and 'builds' the jar the way the real one names it."""
+    calls = directory / "mvn-calls.txt"
+    script = directory / "mvn"
+    script.write_text(
+        "#!/bin/sh\n"
+        f'echo "$PWD $*" >> {calls}\n'
+        "echo 'pretending to build'\n"
+        f"[ {exit_code} -ne 0 ] && exit {exit_code}\n"
+        f"mkdir -p target && echo jar > target/{devserver.JAR_NAME}\n",
+        encoding="utf-8",
+    )
+    script.chmod(0o755)
+    return calls
+
+
+def test_build_runs_maven_once_per_source_hash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    _fake_tool(tools, "java", 'openjdk version "17.0.15" 2025-04-15')
+    calls = _fake_maven(tools)
+    monkeypatch.setenv("PATH", f"{tools}{os.pathsep}/usr/bin{os.pathsep}/bin")
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+    module = tmp_path / "hapi-server"
+    shutil.copytree(devserver.locate_module_source(), module, ignore=shutil.ignore_patterns("target"))
+    cache = tmp_path / "cache"
+
+    first = devserver.build(source=module, cache_root=cache)
+    again = devserver.build(source=module, cache_root=cache)
+
+    assert first == again == cache / devserver.source_hash(module) / devserver.JAR_NAME
+    assert first.read_text() == "jar\n"
+    assert len(calls.read_text().splitlines()) == 1
+    assert "-DskipTests" in calls.read_text() and "package" in calls.read_text()
+    assert (cache / f"{devserver.source_hash(module)}.build.log").read_text().count("pretending to build") == 1
+
+    # Four more source versions: each builds once, and only the three newest builds stay.
+    for n in range(4):
+        (module / "src" / "main" / "resources" / f"extra-{n}.txt").write_text(str(n))
+        assert devserver.build(source=module, cache_root=cache).is_file()
+    assert len(calls.read_text().splitlines()) == 5
+    assert len([d for d in cache.iterdir() if d.is_dir()]) == 3
+    assert devserver.artifact_path(source=module, cache_root=cache).is_file()
+
+
+def test_failed_build_names_its_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    _fake_tool(tools, "java", 'openjdk version "17.0.15" 2025-04-15')
+    _fake_maven(tools, exit_code=1)
+    monkeypatch.setenv("PATH", f"{tools}{os.pathsep}/usr/bin{os.pathsep}/bin")
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+    log = tmp_path / "build.log"
+
+    with pytest.raises(ToolchainError) as caught:
+        devserver.build(cache_root=tmp_path / "cache", log_path=log)
+
+    assert "mvn exit 1" in str(caught.value)
+    assert str(log) in str(caught.value)
+    assert "pretending to build" in log.read_text()
+    assert not list((tmp_path / "cache").glob("*/" + devserver.JAR_NAME))
