@@ -26,7 +26,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...errors import Problem
-from .codes import FINDING_CONCEPTS, FINDING_VOCABULARIES, describe
+from .codes import FINDING_CONCEPTS, FINDING_VOCABULARIES, PANEL, describe
 from .context import Elements, ReverseContext, notes_text
 from .index import Entry
 from .outcomes import Built
@@ -310,6 +310,11 @@ def head(ctx: ReverseContext, el: Elements, built: Built) -> dict[str, Any]:
                     data["practitioner_id"] = practitioner
                     el.note("performer", "assumed", "practitioner_id taken from the Encounter's participant")
                 break
+    what = "panel" if ctx.codes.concept(el.res.get("code")) == PANEL else "Observation"
+    ctx.require(built, "patient_id", f"the {what} has no subject naming the patient")
+    ctx.require(built, "practitioner_id", f"the {what} has no performer (nor its Encounter a participant) naming "
+                "the practitioner")
+    ctx.require(built, "performed_at", f"the {what} has no effective time (nor its Encounter a start)")
     return expected
 
 

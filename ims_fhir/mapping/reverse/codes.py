@@ -24,8 +24,6 @@ from ...terminology import Terminology
 #: Concept keys (of concepts.toml) by the part of a record they stand for.
 PANEL = "assessment-panel"
 PROCEDURE_CONCEPTS = ("ims-procedure", "cpt-1-2-muscles", "cpt-3-plus-muscles")
-#: concepts that only a foreign system would send alone (ours always add "ims-procedure")
-FOREIGN_PROCEDURE_CONCEPTS = ("cpt-1-2-muscles", "cpt-3-plus-muscles")
 FINDING_CONCEPTS = ("chief-complaint", "pain-nrs", "pain-duration", "pain-location", "palpation", "candidacy")
 FINDING_VOCABULARIES = ("sign", "movement", "instrument")
 TREATMENT_FINDING_CONCEPTS = ("pain-before-treatment", "pain-after-treatment", "needling-site", "adverse-event")

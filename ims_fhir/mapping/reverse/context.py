@@ -262,6 +262,12 @@ class ReverseContext:
             self.use(target, built)
         return target
 
+    @staticmethod
+    def require(built: Built, field: str, message: str) -> None:
+        """A required record field the resources do not give: say why (once per field)."""
+        if field not in built.data and all(p.path != field for p in built.problems):
+            built.problems.append(Problem(field, "required", message))
+
     # -- values ----------------------------------------------------------------------------
     def quantity(self, el: Elements, q: Any, unit: str, path: str) -> float | int | None:
         """A Quantity in ``unit`` (UCUM), converting the units a foreign system may use."""

@@ -18,6 +18,7 @@ no file). Bodies are stored as JSON and parsed back on use, with a small cache.
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 from collections import OrderedDict
@@ -35,6 +36,21 @@ _TYPE_ID = re.compile(r"^(?:(?P<base>[a-z][a-z0-9+.-]*://.+?/))?(?P<type>[A-Z][A
 _UNESCAPED_COMMA = re.compile(r"(?<!\\),")
 _UNESCAPED_BAR = re.compile(r"(?<!\\)\|")
 _ESCAPE = re.compile(r"\\(.)")
+
+
+def dumps(value: Any, *, sort_keys: bool = False) -> bytes:
+    """JSON bytes of anything JSON-like, numbers beyond 64 bits included (orjson refuses them)."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS if sort_keys else 0)
+    except TypeError:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=sort_keys, default=repr).encode()
+
+
+def loads(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return json.loads(body)
 
 
 @dataclass(slots=True)
@@ -173,7 +189,7 @@ class ResourceIndex:
         """Store a resource; returns its sequence number."""
         cur = self.db.execute(
             "INSERT INTO res (rtype, full_url, origin, role, part_of, state, body) VALUES (?,?,?,?,?,?,?)",
-            (resource["resourceType"], full_url, origin, role, int(part_of), state, orjson.dumps(resource)))
+            (resource["resourceType"], full_url, origin, role, int(part_of), state, dumps(resource)))
         seq = int(cur.lastrowid or 0)
         if state != REJECTED:
             self.db.executemany("INSERT INTO alias VALUES (?,?)", [(k, seq) for k in aliases(resource, full_url)])
@@ -216,7 +232,7 @@ class ResourceIndex:
             return entry
         rtype, full_url, origin, role, body = self.db.execute(
             "SELECT rtype, full_url, origin, role, body FROM res WHERE seq=?", (seq,)).fetchone()
-        entry = Entry(seq, rtype, orjson.loads(body), origin, full_url, role)
+        entry = Entry(seq, rtype, loads(body), origin, full_url, role)
         self._cache[seq] = entry
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)

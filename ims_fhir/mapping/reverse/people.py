@@ -43,7 +43,7 @@ def _name(el: Elements, built: Built) -> None:
             el.note(f"name[{chosen}].{key}", "not_mapped", f"the {key} of a name has no ims-record/1 field")
 
 
-def _other_identifier(el: Elements, pos: int, ident: Any) -> dict[str, str] | None:
+def _other_identifier(el: Elements, pos: int, ident: Any, *, chart: bool = False) -> dict[str, str] | None:
     if not isinstance(ident, dict) or not isinstance(ident.get("value"), str):
         el.note(f"identifier[{pos}]", "not_mapped", "an identifier without a value")
         return None
@@ -51,7 +51,7 @@ def _other_identifier(el: Elements, pos: int, ident: Any) -> dict[str, str] | No
         el.note(f"identifier[{pos}]", "not_mapped", f"identifier {ident['value']!r} has no system, which ims-record/1 needs")
         return None
     for key in ident:
-        if key not in ("system", "value"):
+        if key not in ("system", "value") and not (chart and key in ("type", "use")):
             el.note(f"identifier[{pos}].{key}", "not_mapped", f"the {key} of an identifier has no ims-record/1 field")
     return {"system": ident["system"], "value": ident["value"]}
 
@@ -72,14 +72,17 @@ def map_patient(entry: Entry, ctx: ReverseContext) -> Built:
             el.note(f"identifier[{chart_pos}]", "assumed",
                     f"no {{system_base}}/patient identifier: the chart number is the MR identifier "
                     f"{idents[chart_pos].get('system')}|{idents[chart_pos]['value']}")
-        for key in idents[chart_pos]:
-            if key not in ("system", "value", "type", "use"):
-                el.note(f"identifier[{chart_pos}].{key}", "not_mapped", f"the {key} of an identifier has no ims-record/1 field")
+        else:
+            for key in idents[chart_pos]:
+                if key not in ("system", "value", "type", "use"):
+                    el.note(f"identifier[{chart_pos}].{key}", "not_mapped",
+                            f"the {key} of an identifier has no ims-record/1 field")
     others = []
     for pos, ident in enumerate(idents):
         if pos == chart_pos and built.system_base is not None:
             continue
-        other = _other_identifier(el, pos, ident)
+        # a foreign chart number (type MR) stays among the identifiers too: its system says whose it is
+        other = _other_identifier(el, pos, ident, chart=pos == chart_pos)
         if other is not None:
             others.append(other)
     if others:

@@ -27,7 +27,6 @@ import copy
 import sqlite3
 from typing import Any, Iterable, Iterator
 
-import orjson
 
 from ...errors import Problem
 from ...fhir.validation import validate_resource
@@ -37,7 +36,7 @@ from ...terminology import Terminology, default_terminology
 from .assessment import finding_kind, map_panel, map_standalone, own_finding_value
 from .codes import PANEL, TREATMENT_FINDING_CONCEPTS, Codes, describe
 from .context import ReverseContext, with_record
-from .index import COVERED, MAPPED, REJECTED, Entry, ResourceIndex, aliases, resource_label
+from .index import COVERED, MAPPED, REJECTED, Entry, ResourceIndex, aliases, dumps, loads, resource_label
 from .outcomes import Built, ImportedRecord, ImportResult, Outcome, Reject, ReportItem
 from .people import map_patient, map_practitioner, organization_source
 from .treatment import is_ims_procedure, map_procedure
@@ -57,6 +56,7 @@ class ReverseRun:
         self.unreadable = 0
         self.duplicate_records = 0
         self._done = False
+        self._prepared = False
 
     # -- loading ---------------------------------------------------------------------------
     def add(self, resource: Any, origin: str, *, full_url: str | None = None) -> None:
@@ -80,7 +80,7 @@ class ReverseRun:
         if not problems:
             seen = self.index.find_alias(k for k in aliases(resource, full_url) if k[0] in "RU")
             if seen is not None:
-                if self.index.body_of(seen) == orjson.dumps(resource):
+                if self.index.body_of(seen) == dumps(resource):
                     self.index.duplicates += 1
                     return
                 first = self.index.get(seen)
@@ -106,7 +106,13 @@ class ReverseRun:
         self.index.add_outcome(_encode(Reject(label, origin, (problem,))))
 
     def _add_bundle(self, bundle: dict[str, Any], origin: str) -> None:
-        for i, entry in enumerate(bundle.get("entry") or ()):
+        # the entries are validated one by one (validating the Bundle as a whole would do it twice)
+        entries = bundle.get("entry") or []
+        if not isinstance(entries, list):
+            self.add_unreadable(resource_label(bundle, None, origin), origin,
+                                Problem("Bundle.entry", "fhir_validation", "a Bundle's entry must be a list"))
+            return
+        for i, entry in enumerate(entries):
             where = f"{origin}#entry[{i}]"
             if isinstance(entry, dict) and isinstance(entry.get("resource"), dict):
                 full_url = entry.get("fullUrl") if isinstance(entry.get("fullUrl"), str) else None
@@ -153,15 +159,10 @@ class ReverseRun:
         if self._done:
             raise RuntimeError("a ReverseRun yields its outcomes once")
         self._done = True
+        self.prepare()
         index, ctx = self.index, self.ctx
-        index.finalise()
         for body in index.early_outcomes():
             yield _decode(body)
-        for org in index.entries("organization"):
-            source = organization_source(org, ctx)
-            if source is not None:
-                self.sources.setdefault(source["system_base"], source)
-                index.mark([org.seq], MAPPED)
         for entry in index.entries("patient"):
             yield from self._finish(map_patient(entry, ctx))
         for entry in index.entries("practitioner"):
@@ -185,6 +186,18 @@ class ReverseRun:
         for entry in index.pending():
             yield from self._reject(entry, *self._why_left(entry))
 
+    def prepare(self) -> None:
+        """Resolve links and read the clinics' Organizations (:attr:`sources`); once every resource is added."""
+        if self._prepared:
+            return
+        self._prepared = True
+        self.index.finalise()
+        for org in self.index.entries("organization"):
+            source = organization_source(org, self.ctx)
+            if source is not None:
+                self.sources.setdefault(source["system_base"], source)
+                self.index.mark([org.seq], MAPPED)
+
     def _visit_key(self, entry: Entry) -> str:
         """Standalone findings of one encounter (else of one patient at one time) form one assessment."""
         res = entry.resource
@@ -194,21 +207,21 @@ class ReverseRun:
         if isinstance(res.get("encounter"), dict) and res["encounter"].get("reference"):
             return f"r|{res['encounter']['reference']}"
         subject = self.ctx.resolve(res.get("subject"), entry)
-        who = str(subject.seq) if subject is not None else orjson.dumps(res.get("subject"), option=orjson.OPT_SORT_KEYS).decode()
+        who = str(subject.seq) if subject is not None else dumps(res.get("subject"), sort_keys=True).decode()
         return f"t|{who}|{res.get('effectiveDateTime') or entry.seq}"
 
     def _why_left(self, entry: Entry) -> tuple[str, str]:
         rtype, res = entry.resource_type, entry.resource
         if entry.role in ("encounter", "organization", "context"):
-            return "not_mapped", f"a {rtype} that no imported record refers to has no ims-record/1 counterpart"
+            return "not_mapped", f"{_a(rtype)} that no imported record refers to has no ims-record/1 counterpart"
         if entry.role == "finding" and own_finding_value(self.ctx, res) is not None:
             return "orphan", (f"finding {own_finding_value(self.ctx, res)!r}: its assessment panel is not in the input, "
                               "and a finding alone would make a partial assessment")
         if entry.role in ("finding", "treatment-finding"):
             return "orphan", "part of no IMS session in the input (its Procedure is missing or is not an IMS session)"
         if rtype in ("Observation", "Procedure"):
-            return "not_ims", f"a {rtype} coded {describe(res.get('code'))} has no ims-record/1 counterpart"
-        return "not_ims", f"a {rtype} has no ims-record/1 counterpart"
+            return "not_ims", f"{_a(rtype)} coded {describe(res.get('code'))} has no ims-record/1 counterpart"
+        return "not_ims", f"{_a(rtype)} has no ims-record/1 counterpart"
 
     def _reject(self, entry: Entry, rule: str, message: str) -> Iterator[Outcome]:
         if entry.seq < 0 or self.index.state(entry.seq) != 0:
@@ -234,7 +247,7 @@ class ReverseRun:
             assert model is not None
             out = record_dict(model)
             seen = self.index.record_seen(rtype, built.system_base or "", out["id"],
-                                          orjson.dumps(out, option=orjson.OPT_SORT_KEYS), origin)
+                                          dumps(out, sort_keys=True), origin)
             if seen is None:
                 self.index.mark(seqs, MAPPED)
                 outcome = ImportedRecord(rtype, out, built.system_base, origin, labels)
@@ -264,12 +277,16 @@ class ReverseRun:
         self.index.close()
 
 
+def _a(word: str) -> str:
+    return ("an " if word[:1].upper() in "AEIOU" else "a ") + word
+
+
 def _encode(reject: Reject) -> bytes:
-    return orjson.dumps(reject.as_dict())
+    return dumps(reject.as_dict())
 
 
 def _decode(body: bytes) -> Reject:
-    d = orjson.loads(body)
+    d = loads(body)
     return Reject(d["resource"], d["origin"], tuple(Problem(**p) for p in d["problems"]), d.get("record_type"), d.get("id"))
 
 

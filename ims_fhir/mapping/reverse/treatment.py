@@ -32,7 +32,7 @@ from typing import Any
 
 from ...errors import Problem
 from .assessment import _components, _first, _put, _score, body_site
-from .codes import FOREIGN_PROCEDURE_CONCEPTS, PANEL, PROCEDURE_CONCEPTS, describe
+from .codes import PANEL, PROCEDURE_CONCEPTS, describe
 from .context import Elements, ReverseContext, notes_text
 from .index import Entry, identifier_tokens
 from .outcomes import Built
@@ -127,10 +127,12 @@ def map_procedure(entry: Entry, ctx: ReverseContext) -> tuple[Built, list[tuple[
     data = built.data
     el = ctx.elements(entry, built)
     ctx.business_id(el, "treatment", built)
-    concepts = _concepts(ctx, el.take("code"))
-    if "ims-procedure" not in concepts and concepts & set(FOREIGN_PROCEDURE_CONCEPTS):
-        el.note("code", "assumed", f"coded only with {describe(entry.resource.get('code'))}: imported as an IMS "
-                "needling session")
+    code = el.take("code")
+    own = [c for c in code.get("coding") or () if isinstance(c, dict) and c.get("system") in ctx.codes.own_systems]
+    if _concepts(ctx, {"coding": own}) != {"ims-procedure"}:
+        standard = [c for c in code.get("coding") or () if isinstance(c, dict) and c not in own]
+        el.note("code", "assumed", f"no Gunn IMS coding, only {describe({'coding': standard})} (dry needling): "
+                "imported as an IMS needling session")
     el.skip("category")
     status = el.take("status")
     record_status = ctx.codes.treatment_status.get(status)
@@ -160,6 +162,9 @@ def map_procedure(entry: Entry, ctx: ReverseContext) -> tuple[Built, list[tuple[
         _put(data, "ended_at", period.get("end"))
     elif isinstance(when, str):
         data["started_at"] = when
+    ctx.require(built, "patient_id", "the Procedure has no subject naming the patient")
+    ctx.require(built, "practitioner_id", "the Procedure has no performer naming the practitioner")
+    ctx.require(built, "started_at", "the Procedure has no performedPeriod.start or performedDateTime")
     _assessment_id(ctx, el, built)
     ext = el.extensions({ctx.codes.extension[k]: k for k in ("session-number", "series-total", "consent-obtained")})
     _put(data, "session_number", ext.get("session-number", {}).get("valuePositiveInt"))
