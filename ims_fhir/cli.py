@@ -248,6 +248,52 @@ def dev_server(port: int) -> int:
     return serve_foreground(port)
 
 
+@cli.command("import")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Records file; FILE.rejects.ndjson, FILE.report.ndjson and FILE.summary.json go beside it.")
+@click.option("--format", "output_format", type=click.Choice(["ndjson", "json"]),
+              help="ndjson (record_type first; the default) or a JSON document (the default for a .json FILE).")
+@click.option("--clinic-id", help="Source clinic id of the JSON document, when the input has no clinic Organization.")
+@click.option("--clinic-name", help="Source clinic name of the JSON document.")
+@click.option("--system-base", help="Base of the clinic's identifier systems (chooses the clinic when there are several).")
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
+@click.option("--json", "as_json", is_flag=True, help="Print the run's summary as JSON on stdout.")
+def import_(inputs: tuple[Path, ...], out_file: Path, output_format: str | None, clinic_id: str | None,
+            clinic_name: str | None, system_base: str | None, quiet: bool, as_json: bool) -> int:
+    """Import FHIR R4 (NDJSON folders, Bulk Data export, Bundles, single resources) into ims-record/1 records.
+
+    Writes FILE, FILE.rejects.ndjson (resources and records that could not be mapped, with every
+    reason), FILE.report.ndjson (elements not mapped, values assumed) and FILE.summary.json.
+    """
+    from .importer import ImportOptions, import_fhir, output_paths
+
+    source = {k: v for k, v in (("clinic_id", clinic_id), ("clinic_name", clinic_name), ("system_base", system_base)) if v}
+    options = ImportOptions(out_file=out_file, output_format=output_format, source=source or None)
+    progress = _Progress(enabled=not quiet and not as_json and sys.stderr.isatty())
+    started = time.monotonic()
+    try:
+        summary = import_fhir(list(inputs), options, progress=progress)
+    finally:
+        progress.done()
+    elapsed = time.monotonic() - started
+    paths = output_paths(out_file)
+    if as_json:
+        click.echo(orjson.dumps(summary.as_dict() | {"elapsed_seconds": round(elapsed, 3)}, option=orjson.OPT_INDENT_2))
+    elif not quiet:
+        kinds = ", ".join(f"{n:,} {t}" for t, n in sorted(summary.records.items())) or "none"
+        click.echo(f"imported {summary.imported:,} records ({kinds}) from {summary.read:,} resources into {out_file} "
+                   f"({elapsed:.2f} s)", err=True)
+        if summary.rejected:
+            rules = ", ".join(f"{rule} {n}" for rule, n in sorted(summary.rejected_by_rule.items()))
+            click.echo(f"rejected {summary.rejected:,} resources ({rules}): see {paths['rejects']}", err=True)
+        if summary.report_by_rule:
+            rules = ", ".join(f"{rule} {n}" for rule, n in sorted(summary.report_by_rule.items()))
+            click.echo(f"{sum(summary.report_by_rule.values()):,} elements not mapped or assumed ({rules}): "
+                       f"see {paths['report']}", err=True)
+    return summary.exit_code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (the console script exits with it)."""
     args = list(sys.argv[1:] if argv is None else argv)
