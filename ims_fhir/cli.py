@@ -294,6 +294,37 @@ def import_(inputs: tuple[Path, ...], out_file: Path, output_format: str | None,
     return summary.exit_code
 
 
+@cli.command()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), envvar="IMS_FHIR_CONFIG",
+              help="TOML configuration (also IMS_FHIR_CONFIG); IMS_FHIR_* variables override it.")
+@click.option("--no-worker", is_flag=True, help="Serve the API only; run `ims-fhir worker` beside it.")
+@click.option("--log-level", default="INFO", show_default=True, type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
+def serve(config_file: Path | None, no_worker: bool, log_level: str) -> int:
+    """Run the sync service (API, dashboard and the sync worker) with waitress."""
+    from service.config import load_config
+    from service.runner import configure_logging
+    from service.runner import serve as run_serve
+
+    config = load_config(config_file)
+    configure_logging(log_level)
+    return run_serve(config, with_worker=False if no_worker else None)
+
+
+@cli.command()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), envvar="IMS_FHIR_CONFIG",
+              help="TOML configuration (also IMS_FHIR_CONFIG); IMS_FHIR_* variables override it.")
+@click.option("--once", is_flag=True, help="Send what is due, then exit.")
+@click.option("--log-level", default="INFO", show_default=True, type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
+def worker(config_file: Path | None, once: bool, log_level: str) -> int:
+    """Run the sync worker on its own: send the service's outbox to its targets."""
+    from service.config import load_config
+    from service.runner import configure_logging, run_worker
+
+    config = load_config(config_file)
+    configure_logging(log_level)
+    return run_worker(config, once=once)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (the console script exits with it)."""
     args = list(sys.argv[1:] if argv is None else argv)

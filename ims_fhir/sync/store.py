@@ -1,0 +1,215 @@
+"""The outbox and ledger: what the sync service must send, and what became of it.
+
+Terms:
+
+- *record*: one IMS record, keyed ``(record_type, record_id)`` within the service's one
+  source, stored converted (its :class:`~ims_fhir.mapping.MappedRecord`) with a content
+  hash and a *revision* that goes up each time the content changes.
+- *delivery*: one record for one target. Its *state*:
+
+  ``queued``   waiting to be sent (also after a transient failure, until ``next_attempt_at``)
+  ``sending``  claimed by a worker under a *lease* (owner + expiry); a lease that expires
+               (the worker died) makes the delivery claimable again
+  ``synced``   the server holds the record's revision ``synced_revision``; ``resources``
+               lists the server's ids and versions of its resources
+  ``failed``   the server refused the record (4xx); ``outcome`` holds its OperationOutcome.
+               Not retried on its own: fix and re-post the record, or ask for a retry
+  ``dead``     transient failures (connection, 5xx, 429) went on past the retry limit
+
+- *event*: one line of a delivery's history (queued, sending, synced, failed, retry ...).
+
+The storage sits behind :class:`Outbox` so that a PostgreSQL implementation (``SELECT ...
+FOR UPDATE SKIP LOCKED`` claims) can replace SQLite when several workers run on several
+hosts. Every method is one transaction. Times are seconds since the epoch, passed in by
+the caller (no clock in here).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+STATES = ("queued", "sending", "synced", "failed", "dead")
+
+#: order in which record kinds are sent: what others refer to goes first
+KIND_RANK = {"practitioner": 0, "patient": 0, "assessment": 1, "treatment": 2}
+
+#: bucket bounds (seconds) of the transaction latency histogram
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """A validated, converted record ready for the outbox."""
+
+    record_type: str
+    record_id: str
+    content_hash: str
+    group: bytes  # fhir.bundles.group_to_bytes of its MappedRecord
+    #: ``(record_type, record_id)`` this record must be sent after (a treatment's assessment)
+    waits_for: tuple[str, str] | None = None
+    #: conditional-create entries of its shared resources (a Patient/Practitioner), by resource id
+    shared: dict[str, bytes] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """What the outbox did with one incoming record: ``queued`` (new or changed) or ``unchanged``."""
+
+    record_type: str
+    record_id: str
+    result: str
+    revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A delivery a worker has claimed: the record's content at the claimed revision."""
+
+    target: str
+    record_type: str
+    record_id: str
+    revision: int
+    group: bytes
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """What happened to one claimed delivery.
+
+    ``kind``: ``synced`` (``resources`` = server ids and versions), ``rejected`` (the server
+    refused it: ``status`` + ``outcome``), ``transient`` (worth another try later).
+    """
+
+    record_type: str
+    record_id: str
+    kind: str
+    revision: int
+    resources: list[dict[str, Any]] = field(default_factory=list)
+    status: int | None = None
+    error: str | None = None
+    outcome: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryStatus:
+    target: str
+    state: str
+    attempts: int
+    revision: int
+    synced_revision: int | None
+    server_id: str | None
+    server_version: str | None
+    resources: list[dict[str, Any]]
+    http_status: int | None
+    error: str | None
+    outcome: dict[str, Any] | None
+    queued_at: float | None
+    updated_at: float | None
+    synced_at: float | None
+    next_attempt_at: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"target": self.target, "state": self.state, "attempts": self.attempts,
+                               "record_revision": self.revision}
+        if self.state == "synced" or self.synced_revision is not None:
+            out.update(synced_revision=self.synced_revision, server_id=self.server_id,
+                       server_version=self.server_version, resources=self.resources)
+        if self.state in ("failed", "dead", "queued") and (self.error or self.outcome):
+            out.update(http_status=self.http_status, error=self.error, outcome=self.outcome)
+        out.update(queued_at=self.queued_at, updated_at=self.updated_at, synced_at=self.synced_at)
+        if self.state == "queued":
+            out["next_attempt_at"] = self.next_attempt_at
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class RecordStatus:
+    record_type: str
+    record_id: str
+    revision: int
+    received_at: float
+    updated_at: float
+    deliveries: list[DeliveryStatus]
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    at: float
+    target: str
+    record_type: str
+    record_id: str
+    revision: int
+    event: str
+    detail: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A failed or dead delivery, for the dashboard."""
+
+    target: str
+    record_type: str
+    record_id: str
+    state: str
+    attempts: int
+    http_status: int | None
+    error: str | None
+    outcome: dict[str, Any] | None
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """What ``/metrics`` shows: depth per (target, state), counters and the latency histogram."""
+
+    depth: dict[tuple[str, str], int]
+    counters: dict[tuple[str, str], float]  # (name, target) -> value
+    latency: dict[str, tuple[list[int], int, float]]  # target -> (cumulative bucket counts, count, sum)
+
+
+class Outbox(Protocol):
+    """The storage interface of the sync service (see the module docstring)."""
+
+    def put(self, records: list[Incoming], targets: list[str], *, now: float) -> list[Stored]:
+        """Store records in one transaction; a changed record is queued again for every target."""
+
+    def claim(self, target: str, *, owner: str, limit: int, lease_seconds: float, now: float) -> list[Claimed]:
+        """Lease up to ``limit`` due deliveries of ``target``, the kinds others refer to first."""
+
+    def shared_entry(self, resource_id: str) -> bytes | None:
+        """The conditional-create entry of a Patient/Practitioner the outbox holds, by resource id."""
+
+    def complete(self, target: str, results: list[Result], *, owner: str, now: float, max_attempts: int,
+                 backoff_base: float, backoff_cap: float, latency: float | None) -> None:
+        """Record what happened to claimed deliveries (only those still leased by ``owner``)."""
+
+    def status(self, record_type: str, record_id: str) -> RecordStatus | None: ...
+
+    def history(self, record_type: str, record_id: str, *, limit: int = 100) -> list[Event]: ...
+
+    def retry(self, record_type: str, record_id: str, *, now: float, target: str | None = None) -> int:
+        """Queue a record's failed or dead deliveries again (attempts reset); returns how many."""
+
+    def retry_state(self, state: str, *, now: float, target: str | None = None) -> int:
+        """Queue every delivery in ``state`` (failed or dead) again; returns how many."""
+
+    def failures(self, *, limit: int = 20) -> list[Failure]: ...
+
+    def recent(self, *, limit: int = 20) -> list[Event]:
+        """The latest events over all records, newest first."""
+
+    def stats(self) -> Stats: ...
+
+    def pending(self, target: str | None = None) -> int:
+        """Deliveries not yet in a final state (queued or sending)."""
+
+    def ping(self) -> None:
+        """Raise if the storage cannot be reached."""
+
+    def close(self) -> None: ...
+
+
+__all__ = ["KIND_RANK", "LATENCY_BUCKETS", "STATES", "Claimed", "DeliveryStatus", "Event", "Failure", "Incoming",
+           "Outbox", "RecordStatus", "Result", "Stats", "Stored"]

@@ -1,0 +1,245 @@
+"""The sync worker: claims queued deliveries per target, sends them, writes the ledger.
+
+One round (:meth:`SyncWorker.run_once`), for each target: claim up to ``batch_records``
+due deliveries under a lease (patients and practitioners first, then assessments, then
+treatments; a treatment waits while its assessment is still queued), pack them into
+self-contained transaction Bundles, send each Bundle through the shared engine
+(:func:`ims_fhir.push.deliver`, with the client's retry policy), and record each
+record's result as soon as its Bundle is answered:
+
+- its entries went through: ``synced`` with the server's ids and versions;
+- the server refused it (4xx): ``failed`` with the server's OperationOutcome;
+- the target could not be reached or kept failing (connection, 5xx, 429, 401/403 after
+  the client's retries): queued again with backoff, ``dead`` after ``max_attempts``.
+
+Crash safety: a claim is a lease in the outbox; a worker killed mid-send leaves its
+deliveries ``sending`` until the lease expires, then any worker claims them again.
+Sending again is safe because every entry is a conditional create or a conditional
+update on a business identifier: the server ends with one copy whatever happened.
+The lease must outlast one Bundle's send (the client's retry budget plus a read
+timeout); :class:`WorkerOptions` checks it against the targets' retry policies.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import orjson
+
+from ..client import ClientConfig, FhirClient
+from ..errors import FhirError, UsageError
+from ..fhir.bundles import BundlePacker, group_from_bytes
+from ..mapping.context import Resource
+from ..push import deliver, issues_as_dicts, record_key, rejected_records
+from .store import Claimed, Outbox, Result
+
+log = logging.getLogger("ims_fhir.sync")
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A FHIR server the service sends to (from configuration only, never from a request)."""
+
+    name: str
+    client: ClientConfig
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerOptions:
+    batch_records: int = 100
+    bundle_size: int = 200
+    lease_seconds: float = 300.0
+    poll_seconds: float = 1.0
+    #: deliveries (claims) before a record that keeps failing transiently is ``dead``
+    max_attempts: int = 8
+    backoff_base: float = 5.0
+    backoff_cap: float = 600.0
+
+    def __post_init__(self) -> None:
+        if self.batch_records < 1 or self.bundle_size < 2 or self.max_attempts < 1:
+            raise UsageError("worker: batch_records >= 1, bundle_size >= 2 and max_attempts >= 1 are needed")
+        if self.lease_seconds <= 0 or self.poll_seconds <= 0:
+            raise UsageError("worker: lease_seconds and poll_seconds must be positive")
+
+    def check_lease(self, targets: list[Target]) -> None:
+        """A lease shorter than one send could let a second worker send the same records concurrently."""
+        for t in targets:
+            longest = t.client.retry.total_budget + t.client.timeout.read
+            if self.lease_seconds < longest:
+                raise UsageError(f"worker lease_seconds ({self.lease_seconds:g}) is shorter than one send to target "
+                                 f"{t.name!r} can take (retry budget + read timeout = {longest:g} s)")
+
+
+def new_owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _outcome_of(error: FhirError) -> dict[str, Any]:
+    for exc in (error, error.__cause__):
+        outcome = getattr(exc, "outcome", None)
+        if isinstance(outcome, dict) and outcome.get("resourceType") == "OperationOutcome":
+            return outcome
+    issues = issues_as_dicts(error)
+    if not issues and isinstance(error.__cause__, FhirError):
+        issues = issues_as_dicts(error.__cause__)
+    if not issues:
+        issues = [{"severity": "error", "code": "processing", "diagnostics": str(error), "expression": []}]
+    return {"resourceType": "OperationOutcome",
+            "issue": [{k: v for k, v in i.items() if v not in (None, [])} for i in issues]}
+
+
+def _status_of(error: FhirError) -> int | None:
+    status = getattr(error, "status", None) or getattr(error.__cause__, "status", None)
+    return int(status) if status else None
+
+
+class SyncWorker:
+    """Sends the outbox to the configured targets (see the module docstring)."""
+
+    def __init__(self, outbox: Outbox, targets: list[Target], organization: Resource, options: WorkerOptions, *,
+                 client_factory: Callable[[Target], FhirClient] | None = None,
+                 clock: Callable[[], float] = time.time, owner: str | None = None) -> None:
+        self.outbox = outbox
+        self.targets = targets
+        self.organization = organization
+        self.options = options
+        self.clock = clock
+        self.owner = owner or new_owner()
+        self._client_factory = client_factory or (lambda target: FhirClient(target.client))
+        self._clients: dict[str, FhirClient] = {}
+
+    def client(self, target: Target) -> FhirClient:
+        client = self._clients.get(target.name)
+        if client is None:
+            client = self._clients[target.name] = self._client_factory(target)
+        return client
+
+    def close(self) -> None:
+        for client in self._clients.values():
+            client.close()
+        self._clients.clear()
+
+    # -- one round ----------------------------------------------------------------------
+
+    def run_once(self) -> int:
+        """One claim-and-send round over every target; returns how many deliveries it handled."""
+        handled = 0
+        for target in self.targets:
+            claimed = self.outbox.claim(target.name, owner=self.owner, limit=self.options.batch_records,
+                                        lease_seconds=self.options.lease_seconds, now=self.clock())
+            if claimed:
+                self._send(target, claimed)
+                handled += len(claimed)
+        return handled
+
+    def _bundles(self, claimed: list[Claimed]) -> list[dict[str, Any]]:
+        bodies: list[bytes] = []
+        packer = BundlePacker(max_entries=self.options.bundle_size, organization=self.organization,
+                              lookup=self.outbox.shared_entry, remember=lambda rid, entry: None,
+                              defer=lambda group: None, emit=lambda body, n: bodies.append(body))
+        for item in claimed:
+            packer.add(group_from_bytes(item.group), final=True)
+        packer.flush()
+        return [orjson.loads(b) for b in bodies]
+
+    def _send(self, target: Target, claimed: list[Claimed]) -> None:
+        by_key = {(c.record_type, c.record_id): c for c in claimed}
+        down: FhirError | None = None
+        seen: set[tuple[str, str]] = set()
+        for bundle in self._bundles(claimed):
+            keys = []
+            for entry in bundle["entry"]:
+                key = record_key((entry["resource"].get("identifier") or [{}])[0])
+                if key in by_key and key not in seen and key not in keys:
+                    keys.append(key)
+            seen.update(keys)
+            started = time.monotonic()
+            latency: float | None = None
+            if down is None:
+                try:
+                    delivery = deliver(self.client(target), bundle)
+                    latency = time.monotonic() - started
+                    results = self._results(keys, by_key, delivery)
+                except FhirError as exc:  # the target, not a record: try again later
+                    down = exc
+                    log.warning("target %s: send failed (%s): %d records queued for a later attempt",
+                                target.name, type(exc).__name__, len(keys))
+            if down is not None:
+                results = [Result(k[0], k[1], "transient", by_key[k].revision, status=_status_of(down),
+                                  error=str(down)) for k in keys]
+            self.outbox.complete(target.name, results, owner=self.owner, now=self.clock(),
+                                 max_attempts=self.options.max_attempts, backoff_base=self.options.backoff_base,
+                                 backoff_cap=self.options.backoff_cap, latency=latency)
+            self._log(target, results)
+        missing = [k for k in by_key if k not in seen]  # never packed (cannot happen, but never lose one)
+        if missing:
+            self.outbox.complete(target.name, [Result(k[0], k[1], "transient", by_key[k].revision,
+                                                      error="not packed into a Bundle") for k in missing],
+                                 owner=self.owner, now=self.clock(), max_attempts=self.options.max_attempts,
+                                 backoff_base=self.options.backoff_base, backoff_cap=self.options.backoff_cap,
+                                 latency=None)
+
+    @staticmethod
+    def _results(keys: list[tuple[str, str]], by_key: dict[tuple[str, str], Claimed], delivery: Any) -> list[Result]:
+        resources: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for entry in delivery.entries:
+            if entry.record in by_key:
+                resources.setdefault(entry.record, []).append({
+                    "resourceType": entry.resource_type, "id": entry.resource_id, "version": entry.version_id,
+                    "outcome": entry.outcome})
+        refused: dict[tuple[str, str], FhirError] = {}
+        for rejection in delivery.rejections:
+            for key in rejected_records(rejection):
+                refused.setdefault(key, rejection.error)
+        results = []
+        for key in keys:
+            revision = by_key[key].revision
+            if key in resources:
+                results.append(Result(key[0], key[1], "synced", revision, resources=resources[key]))
+            elif key in refused:
+                err = refused[key]
+                results.append(Result(key[0], key[1], "rejected", revision, status=_status_of(err), error=str(err),
+                                      outcome=_outcome_of(err)))
+            else:  # only in parts that failed for another record: send it again on its own
+                results.append(Result(key[0], key[1], "transient", revision,
+                                      error="not sent: its Bundle part failed for another record"))
+        return results
+
+    @staticmethod
+    def _log(target: Target, results: list[Result]) -> None:
+        # record keys and outcomes only: never names, birth dates or the server's diagnostics
+        kinds: dict[str, int] = {}
+        for r in results:
+            kinds[r.kind] = kinds.get(r.kind, 0) + 1
+            if r.kind == "rejected":
+                log.warning("target %s: %s %s refused (HTTP %s)", target.name, r.record_type, r.record_id, r.status)
+        log.info("target %s: %d records sent: %s", target.name, len(results),
+                 ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())))
+
+    # -- the loop -----------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Rounds until ``stop`` is set; idles ``poll_seconds`` when there is nothing to do."""
+        log.info("sync worker %s started for targets %s", self.owner, ", ".join(t.name for t in self.targets))
+        try:
+            while not stop.is_set():
+                try:
+                    handled = self.run_once()
+                except Exception as exc:  # storage hiccup, bug: keep the worker alive, try again
+                    log.error("sync worker round failed: %s", type(exc).__name__, exc_info=log.isEnabledFor(logging.DEBUG))
+                    handled = 0
+                if handled == 0:
+                    stop.wait(self.options.poll_seconds)
+        finally:
+            self.close()
+            log.info("sync worker %s stopped", self.owner)
+
+
+__all__ = ["SyncWorker", "Target", "WorkerOptions", "new_owner"]

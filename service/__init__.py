@@ -1,0 +1,98 @@
+"""The ims-fhir sync service: a Flask app over the outbox in :mod:`ims_fhir.sync`.
+
+``create_app(config)`` builds one app from a :class:`~service.config.ServiceConfig`
+(see :mod:`service.config`); everything the views need hangs off
+``app.extensions["ims_fhir"]`` (:class:`ServiceState`), so two apps in one process
+(tests) share nothing. Blueprints: :mod:`service.api` (records, retry, pull),
+:mod:`service.ops` (health, readiness, metrics, OpenAPI), :mod:`service.dashboard`.
+``ims-fhir serve`` runs the app under waitress with the sync worker beside it
+(:mod:`service.runner`).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from flask import Flask, g, request
+
+from ims_fhir.client import FhirClient
+from ims_fhir.mapping import MappingContext, MappingOptions, map_organization
+from ims_fhir.sync import Outbox, Target, open_outbox
+from ims_fhir.terminology import default_terminology
+
+from .config import ServiceConfig
+
+access_log = logging.getLogger("service.access")
+
+
+@dataclass
+class ServiceState:
+    """Per-app state: the configuration, the storage, the converter's context."""
+
+    config: ServiceConfig
+    outbox: Outbox
+    mapping: MappingContext
+    organization: dict[str, Any]
+    client_factory: Callable[[Target], FhirClient]
+    clock: Callable[[], float] = time.time
+    started_at: float = field(default_factory=time.time)
+
+
+def create_app(config: ServiceConfig, *, outbox: Outbox | None = None,
+               client_factory: Callable[[Target], FhirClient] | None = None,
+               clock: Callable[[], float] = time.time) -> Flask:
+    """The Flask app of the sync service (storage and transport may be injected for tests)."""
+    app = Flask(__name__)
+    app.config.update(
+        SECRET_KEY=config.secret_key or secrets.token_urlsafe(32),
+        MAX_CONTENT_LENGTH=config.server.max_body_bytes,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=config.server.secure_cookies,
+        SESSION_COOKIE_NAME="ims_fhir_session",
+        JSON_SORT_KEYS=False,
+    )
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    mapping = MappingContext(config.source, default_terminology(), MappingOptions(cpt=config.convert.cpt))
+    state = ServiceState(
+        config=config,
+        outbox=outbox or open_outbox(config.storage_url),
+        mapping=mapping,
+        organization=map_organization(mapping),
+        client_factory=client_factory or (lambda target: FhirClient(target.client)),
+        clock=clock,
+    )
+    app.extensions["ims_fhir"] = state
+
+    from . import api, dashboard, ops, outcomes
+
+    outcomes.register(app)
+    app.register_blueprint(ops.bp)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(dashboard.bp)
+    _access_log(app)
+    return app
+
+
+def _access_log(app: Flask) -> None:
+    """One line per request: method, path, status, time. Never bodies, query values or tokens."""
+
+    @app.before_request
+    def start_timer() -> None:
+        g.started = time.monotonic()
+
+    @app.after_request
+    def log_request(response: Any) -> Any:
+        took = time.monotonic() - g.get("started", time.monotonic())
+        access_log.info("%s %s %s %.1fms", request.method, request.path, response.status_code, took * 1000)
+        ops.observe_request(app, request.endpoint or "unmatched", response.status_code, took)
+        return response
+
+
+from . import ops  # noqa: E402  (used by _access_log)
+
+__all__ = ["ServiceState", "create_app"]

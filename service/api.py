@@ -1,0 +1,185 @@
+"""The JSON API: post records, read their sync state, replay, pull.
+
+``POST /records`` takes any ims-record/1 JSON/NDJSON body. Valid records are converted
+and stored in the outbox in one transaction (202, each with the URL of its status);
+invalid ones are stored nowhere and answered 422 with every reason, while the valid
+records of the same batch still go in (the 422 OperationOutcome lists them as
+``information`` issues). Re-posting an unchanged record changes nothing; a changed one is
+queued again and re-sent as an update.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request, url_for
+
+from ims_fhir.convert import resolve_source
+from ims_fhir.records import vocabulary as v
+from ims_fhir.sync import parse_body, take
+
+from . import ServiceState
+from .auth import require
+from .outcomes import error_response, issue, outcome_response
+
+bp = Blueprint("api", __name__)
+log = logging.getLogger("service.api")
+
+
+def state() -> ServiceState:
+    return current_app.extensions["ims_fhir"]  # type: ignore[no-any-return]
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _location(record_type: str, record_id: str) -> str:
+    return url_for("api.get_record", record_type=record_type, record_id=record_id)
+
+
+@bp.post("/records")
+@require("read-write")
+def post_records() -> Response:
+    st = state()
+    body = request.get_data(cache=False)  # past MAX_CONTENT_LENGTH: 413
+    raw_records, declared = parse_body(body)
+    if declared:
+        resolve_source(declared, st.config.source.model_dump(exclude_none=True), "the posted document")
+    convert = st.config.convert
+    intake = take(raw_records, st.mapping, lenient=convert.lenient,
+                  context={"default_tz": convert.default_tz} if convert.default_tz else None)
+    stored = st.outbox.put(intake.accepted, [t.name for t in st.config.targets], now=st.clock()) if intake.accepted else []
+    accepted = [{"record_type": s.record_type, "id": s.record_id, "origin": intake.origins[(s.record_type, s.record_id)],
+                 "result": s.result, "revision": s.revision, "status": _location(s.record_type, s.record_id)}
+                for s in stored]
+    queued = sum(1 for s in stored if s.result == "queued")
+    log.info("records posted: %d accepted (%d queued, %d unchanged), %d rejected", len(stored), queued,
+             len(stored) - queued, len(intake.rejected))
+    if intake.rejected:
+        issues = []
+        for rej in intake.rejected:
+            who = f"{rej.record_type or 'record'} {rej.record_id!r}" if rej.record_id else (rej.record_type or "record")
+            for p in rej.problems:
+                issues.append(issue("error", "required" if p.rule == "required" else "invalid",
+                                    f"{who} at {rej.origin}: {p.path}: {p.message}", expression=[p.path],
+                                    location=[rej.origin], rule=p.rule))
+        for a in accepted:
+            issues.append(issue("information", "informational",
+                                f"{a['record_type']} {a['id']!r} at {a['origin']}: accepted ({a['result']}); "
+                                f"status at {a['status']}", location=[str(a["origin"])]))
+        return outcome_response(422, issues)
+    response = jsonify({"accepted": len(stored), "queued": queued, "unchanged": len(stored) - queued,
+                        "rejected": 0, "records": accepted})
+    response.status_code = 202
+    if len(accepted) == 1:
+        response.headers["Location"] = str(accepted[0]["status"])
+    return response
+
+
+def _known_type(record_type: str) -> Response | None:
+    if record_type not in v.RECORD_TYPES:
+        return error_response(404, f"{record_type!r} is not a record type (expected one of: {', '.join(v.RECORD_TYPES)})")
+    return None
+
+
+@bp.get("/records/<record_type>/<record_id>")
+@require("read", session_ok=True)
+def get_record(record_type: str, record_id: str) -> Response:
+    if (bad := _known_type(record_type)) is not None:
+        return bad
+    st = state()
+    status = st.outbox.status(record_type, record_id)
+    if status is None:
+        return error_response(404, f"no {record_type} {record_id!r} has been posted")
+    targets = []
+    for d in status.deliveries:
+        item = d.as_dict()
+        for key in ("queued_at", "updated_at", "synced_at", "next_attempt_at"):
+            if key in item:
+                item[key] = iso(item[key])
+        targets.append(item)
+    history = [{"at": iso(e.at), "target": e.target, "revision": e.revision, "event": e.event, "detail": e.detail}
+               for e in st.outbox.history(record_type, record_id, limit=50)]
+    return jsonify({"record_type": record_type, "id": record_id, "revision": status.revision,
+                    "received_at": iso(status.received_at), "updated_at": iso(status.updated_at),
+                    "targets": targets, "history": history})
+
+
+def _target_param() -> str | None:
+    target = request.args.get("target")
+    if target is not None and state().config.target(target) is None:
+        raise_unknown = error_response(422, f"{target!r} is not a configured target")
+        raise _Early(raise_unknown)
+    return target
+
+
+class _Early(Exception):
+    def __init__(self, response: Response) -> None:
+        self.response = response
+
+
+@bp.errorhandler(_Early)
+def _early(exc: _Early) -> Response:
+    return exc.response
+
+
+@bp.post("/records/<record_type>/<record_id>/retry")
+@require("read-write")
+def retry_record(record_type: str, record_id: str) -> Response:
+    if (bad := _known_type(record_type)) is not None:
+        return bad
+    st = state()
+    target = _target_param()
+    if st.outbox.status(record_type, record_id) is None:
+        return error_response(404, f"no {record_type} {record_id!r} has been posted")
+    n = st.outbox.retry(record_type, record_id, now=st.clock(), target=target)
+    log.info("retry of %s %s requested: %d deliveries queued", record_type, record_id, n)
+    response = jsonify({"requeued": n, "status": _location(record_type, record_id)})
+    response.status_code = 202
+    return response
+
+
+@bp.post("/retry")
+@require("read-write")
+def retry_all() -> Response:
+    st = state()
+    wanted = request.args.get("state")
+    if wanted not in ("dead", "failed"):
+        return error_response(422, "give ?state=dead or ?state=failed (the deliveries to queue again)")
+    target = _target_param()
+    n = st.outbox.retry_state(wanted, now=st.clock(), target=target)
+    log.info("retry of every %s delivery requested: %d queued", wanted, n)
+    response = jsonify({"requeued": n})
+    response.status_code = 202
+    return response
+
+
+@bp.post("/pull")
+@require("read-write")
+def pull() -> Response:
+    """Import from a configured target back into IMS records (the import library is not wired yet)."""
+    st = state()
+    params: dict[str, Any] = request.get_json(silent=True) or {}
+    if not isinstance(params, dict):
+        return error_response(422, "the body must be a JSON object {\"target\", \"patient\", \"since\"}")
+    params = {**request.args.to_dict(), **params}
+    unknown = sorted(set(params) - {"target", "patient", "since"})
+    if unknown:
+        return error_response(422, f"unknown parameter(s) {', '.join(unknown)} (expected target, patient, since)")
+    name = params.get("target")
+    if not name or st.config.target(str(name)) is None:
+        configured = ", ".join(t.name for t in st.config.targets)
+        return error_response(422, f"target must name a configured target ({configured}); URLs are never taken "
+                                   "from a request")
+    try:
+        from ims_fhir.importer import pull as _pull  # noqa: F401  (being written)
+    except ImportError:
+        return outcome_response(501, [issue("error", "not-supported",
+                                            "pull is not available yet: the import library (ims_fhir.importer.pull) "
+                                            "is not part of this installation")])
+    return outcome_response(501, [issue("error", "not-supported", "pull is not wired to the import library yet")])
