@@ -77,6 +77,7 @@ def run_worker(config: ServiceConfig, *, once: bool = False) -> int:
     worker = make_worker(config)
     if once:
         try:
+            worker.recover()
             while worker.run_once():
                 pass
         finally:

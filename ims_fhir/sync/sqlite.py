@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -246,6 +246,23 @@ class SQLiteOutbox:
                 claimed.append(Claimed(target, rtype, rid, revision, bytes(body), attempts + 1))
                 keys.add((rtype, rid))
         return claimed
+
+    def release_abandoned(self, is_dead: Callable[[str], bool], *, now: float) -> int:
+        with self._tx() as db:
+            owners = [r[0] for r in db.execute(
+                "SELECT DISTINCT lease_owner FROM delivery WHERE state='sending' AND lease_owner IS NOT NULL")]
+            released = 0
+            for owner in owners:
+                if not is_dead(owner):
+                    continue
+                rows = db.execute("SELECT target, record_type, record_id, sending_revision FROM delivery "
+                                  "WHERE state='sending' AND lease_owner=?", (owner,)).fetchall()
+                db.execute("UPDATE delivery SET state='queued', lease_owner=NULL, lease_until=NULL, next_attempt_at=?, "
+                           "updated_at=? WHERE state='sending' AND lease_owner=?", (now, now, owner))
+                for target, rtype, rid, revision in rows:
+                    self._event(db, now, target, rtype, rid, revision or 0, "queued", "its worker stopped mid-send")
+                released += len(rows)
+        return released
 
     def complete(self, target: str, results: list[Result], *, owner: str, now: float, max_attempts: int,
                  backoff_base: float, backoff_cap: float, latency: float | None) -> None:

@@ -27,7 +27,7 @@ the caller (no clock in here).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 STATES = ("queued", "sending", "synced", "failed", "dead")
 
@@ -180,6 +180,10 @@ class Outbox(Protocol):
 
     def shared_entry(self, resource_id: str) -> bytes | None:
         """The conditional-create entry of a Patient/Practitioner the outbox holds, by resource id."""
+
+    def release_abandoned(self, is_dead: Callable[[str], bool], *, now: float) -> int:
+        """Queue again the deliveries leased by owners ``is_dead`` says are gone (a worker on this
+        host that was killed), without waiting for their leases to expire; returns how many."""
 
     def complete(self, target: str, results: list[Result], *, owner: str, now: float, max_attempts: int,
                  backoff_base: float, backoff_cap: float, latency: float | None) -> None:

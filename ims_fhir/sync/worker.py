@@ -13,7 +13,8 @@ record's result as soon as its Bundle is answered:
   the client's retries): queued again with backoff, ``dead`` after ``max_attempts``.
 
 Crash safety: a claim is a lease in the outbox; a worker killed mid-send leaves its
-deliveries ``sending`` until the lease expires, then any worker claims them again.
+deliveries ``sending`` until the lease expires, then any worker claims them again (a
+worker starting on the same host re-queues at once the leases of a dead process there).
 Sending again is safe because every entry is a conditional create or a conditional
 update on a business identifier: the server ends with one copy whatever happened.
 The lease must outlast one Bundle's send (the client's retry budget plus a read
@@ -78,7 +79,23 @@ class WorkerOptions:
 
 
 def new_owner() -> str:
+    """``host:pid:random``: who holds a lease, so that a restarted worker can tell a dead one."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def owner_is_dead(owner: str) -> bool:
+    """True only for an owner on this host whose process is gone; anything else waits for its lease."""
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit() or int(pid_text) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def _outcome_of(error: FhirError) -> dict[str, Any]:
@@ -127,6 +144,13 @@ class SyncWorker:
         self._clients.clear()
 
     # -- one round ----------------------------------------------------------------------
+
+    def recover(self) -> int:
+        """Queue again what a killed worker of this host left ``sending`` (other leases just expire)."""
+        released = self.outbox.release_abandoned(owner_is_dead, now=self.clock())
+        if released:
+            log.info("re-queued %d deliveries left by a worker that stopped mid-send", released)
+        return released
 
     def run_once(self) -> int:
         """One claim-and-send round over every target; returns how many deliveries it handled."""
@@ -229,6 +253,10 @@ class SyncWorker:
         """Rounds until ``stop`` is set; idles ``poll_seconds`` when there is nothing to do."""
         log.info("sync worker %s started for targets %s", self.owner, ", ".join(t.name for t in self.targets))
         try:
+            try:
+                self.recover()
+            except Exception as exc:  # the leases will expire on their own
+                log.error("recovering abandoned leases failed: %s", type(exc).__name__)
             while not stop.is_set():
                 try:
                     handled = self.run_once()
@@ -242,4 +270,4 @@ class SyncWorker:
             log.info("sync worker %s stopped", self.owner)
 
 
-__all__ = ["SyncWorker", "Target", "WorkerOptions", "new_owner"]
+__all__ = ["SyncWorker", "Target", "WorkerOptions", "new_owner", "owner_is_dead"]
