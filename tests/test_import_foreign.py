@@ -204,6 +204,8 @@ def test_unresolved_patient_reference_rejects_the_record_and_says_why() -> None:
     result = reverse_resources([PRACTITIONER, obs], TERM)
     [reject] = result.rejects
     assert [(p.path, p.rule) for p in reject.problems] == [("patient_id", "unresolved_reference")]
+    assert [(i.resource, i.path) for i in result.report if i.rule == "unresolved_reference"] == [
+        ("Observation/o1", "Observation.subject")]
     # a logical reference that carries the chart number is enough
     obs = _pain(subject={"reference": "Patient/elsewhere", "identifier": {
         "type": {"coding": [{"system": TERM.systems["v2-0203"], "code": "MR"}]},

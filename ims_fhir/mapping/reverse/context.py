@@ -128,21 +128,22 @@ class ReverseContext:
     # -- identities ------------------------------------------------------------------------
     def our_identifier(self, identifiers: Any, kind: str) -> tuple[int, str, str] | None:
         """(position, system base, value) of our business identifier of ``kind``, if any."""
-        idents = [i for i in identifiers or () if isinstance(i, dict) and isinstance(i.get("value"), str)]
         suffix = f"/{kind}"
         candidates = []
-        for pos, ident in enumerate(identifiers or ()):
-            if ident not in idents:
+        for pos, ident in enumerate(identifiers if isinstance(identifiers, list) else ()):
+            if not isinstance(ident, dict) or not isinstance(ident.get("value"), str):
                 continue
             system = ident.get("system")
             if isinstance(system, str) and system.endswith(suffix) and len(system) > len(suffix):
                 base = system[: -len(suffix)]
-                if kind == "patient" and not self.codes.is_chart_type(ident.get("type")) and base not in self.bases:
+                typed = kind != "patient" or self.codes.is_chart_type(ident.get("type"))
+                if not typed and base not in self.bases:
                     continue  # a /patient system of someone else, not a chart number
-                candidates.append((base not in self.bases, pos, base, ident["value"]))
+                # a known base first, then (for a patient) the chart number's type MR, then position
+                candidates.append((base not in self.bases, not typed, pos, base, ident["value"]))
         if not candidates:
             return None
-        _, pos, base, value = min(candidates)
+        *_, pos, base, value = min(candidates)
         return pos, base, value
 
     def chart_number(self, entry: Entry) -> tuple[int, str | None, str] | None:
@@ -249,9 +250,10 @@ class ReverseContext:
             el.note(path, "assumed", f"{rtype} not in the input: {field} taken from the reference's "
                     f"identifier {_ident(ident)}")
             return ident["value"]
-        built.problems.append(Problem(field, "unresolved_reference",
-                                      f"{where} names no {rtype} in the input and carries no identifier "
-                                      f"({{system_base}}/{kind}) to take {field} from"))
+        message = (f"{where} names no {rtype} in the input and carries no identifier ({{system_base}}/{kind}) "
+                   f"to take {field} from")
+        el.note(path, "unresolved_reference", message)
+        built.problems.append(Problem(field, "unresolved_reference", message))
         return None
 
     def context_ref(self, el: Elements, name: str, built: Built) -> Entry | None:
