@@ -148,10 +148,10 @@ def map_assessment(rec: Assessment, ctx: MappingContext) -> MappedRecord:
         "status": status,
         "category": [exam],
         "code": term.concept("assessment-panel"),
-        "subject": subject,
+        "subject": ctx.logical_ref("Patient", "patient", rec.patient_id),
         "encounter": encounter_ref,
         "effectiveDateTime": rec.performed_at,
-        "performer": performer,
+        "performer": [ctx.logical_ref("Practitioner", "practitioner", rec.practitioner_id)],
     }
     if rec.notes is not None:
         panel["note"] = [{"text": rec.notes}]

@@ -96,6 +96,12 @@ class MappingContext:
     def id_for(self, kind: str, value: str) -> str:
         return resource_id(self.systems[kind], value)
 
+    def logical_ref(self, resource_type: str, kind: str, value: str) -> dict[str, Any]:
+        """A reference that also names its target's business identifier, so a receiver (or our
+        own import) can resolve it even when the target is not in the same file."""
+        system = self.systems[kind]
+        return {"reference": f"{resource_type}/{resource_id(system, value)}", "identifier": {"system": system, "value": value}}
+
     def dependency(self, resource_type: str, kind: str, value: str) -> Dependency:
         system = self.systems[kind]
         return Dependency(resource_type, resource_id(system, value), system, value)

@@ -91,20 +91,20 @@ def map_treatment(rec: Treatment, ctx: MappingContext) -> MappedRecord:
         procedure["statusReason"] = {"text": rec.status_reason}
     procedure["category"] = term.fixed_concept("procedure_category")
     procedure["code"] = _procedure_code(rec, ctx)
-    procedure["subject"] = subject
+    procedure["subject"] = ctx.logical_ref("Patient", "patient", rec.patient_id)
     procedure["encounter"] = encounter_ref
     if rec.ended_at is not None:
         procedure["performedPeriod"] = period
     else:
         procedure["performedDateTime"] = rec.started_at
-    procedure["performer"] = [{"actor": practitioner}]
+    procedure["performer"] = [{"actor": ctx.logical_ref("Practitioner", "practitioner", rec.practitioner_id)}]
     deps = [
         ctx.dependency("Patient", "patient", rec.patient_id),
         ctx.dependency("Practitioner", "practitioner", rec.practitioner_id),
         ctx.dependency("Organization", "organization", ctx.source.clinic_id),
     ]
     if rec.assessment_id is not None:
-        procedure["reasonReference"] = [{"reference": f"Observation/{ctx.id_for('assessment', rec.assessment_id)}"}]
+        procedure["reasonReference"] = [ctx.logical_ref("Observation", "assessment", rec.assessment_id)]
         deps.append(ctx.dependency("Observation", "assessment", rec.assessment_id))
     if rec.sites:
         procedure["bodySite"] = [ctx.body_site("muscle", s.muscle, s.side) for s in rec.sites]

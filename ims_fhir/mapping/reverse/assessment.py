@@ -27,7 +27,7 @@ from typing import Any
 
 from ...errors import Problem
 from .codes import FINDING_CONCEPTS, FINDING_VOCABULARIES, PANEL, describe
-from .context import Elements, ReverseContext, notes_text
+from .context import Elements, ReverseContext, notes_text, same_reference
 from .index import Entry
 from .outcomes import Built
 
@@ -321,7 +321,7 @@ def head(ctx: ReverseContext, el: Elements, built: Built) -> dict[str, Any]:
 def _shared(el: Elements, expected: dict[str, Any], what: str) -> None:
     for key in _SHARED:
         value = el.take(key)
-        if value != expected.get(key):
+        if not same_reference(value, expected.get(key)):
             el.note(key, "not_mapped", f"differs from the {what}'s {key}; the assessment keeps the {what}'s")
 
 

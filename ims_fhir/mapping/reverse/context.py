@@ -331,3 +331,19 @@ def _reference_identifiers(ref: dict[str, Any]) -> Iterable[tuple[str, str]]:
 
 def with_record(item: ReportItem, record_type: str, record_id: str | None) -> ReportItem:
     return replace(item, record_type=record_type, record_id=record_id)
+
+
+def _ref_key(value: Any) -> Any:
+    """A Reference (or list of them) reduced to what it points at: the literal reference when
+    there is one, so ``{reference, identifier}`` equals the bare ``{reference}``."""
+    if isinstance(value, list):
+        return [_ref_key(v) for v in value]
+    if isinstance(value, dict) and isinstance(value.get("reference"), str):
+        return value["reference"]
+    if isinstance(value, dict) and "actor" in value:
+        return {"actor": _ref_key(value["actor"])}
+    return value
+
+
+def same_reference(a: Any, b: Any) -> bool:
+    return _ref_key(a) == _ref_key(b)

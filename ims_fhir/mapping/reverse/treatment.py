@@ -33,7 +33,7 @@ from typing import Any
 from ...errors import Problem
 from .assessment import _components, _first, _put, _score, body_site
 from .codes import PANEL, PROCEDURE_CONCEPTS, describe
-from .context import Elements, ReverseContext, notes_text
+from .context import Elements, ReverseContext, notes_text, same_reference
 from .index import Entry, identifier_tokens
 from .outcomes import Built
 
@@ -240,11 +240,11 @@ def _part_shared(el: Elements, procedure: Entry, expected_status: str | None) ->
     status = el.take("status")
     if expected_status is not None and status != expected_status:
         el.note("status", "not_mapped", f"status {status!r} differs from the session's ({expected_status!r})")
-    if el.take("subject") != proc.get("subject"):
+    if not same_reference(el.take("subject"), proc.get("subject")):
         el.note("subject", "not_mapped", "differs from the session's subject; the treatment keeps the session's")
     actors = [p.get("actor") for p in proc.get("performer") or () if isinstance(p, dict)]
     performer = el.take("performer")
-    if performer is not None and performer != actors[:1]:
+    if performer is not None and not same_reference(performer, actors[:1]):
         el.note("performer", "not_mapped", "differs from the session's performer; the treatment keeps the session's")
     el.skip("category", "code", "encounter", "effectiveDateTime")
 
