@@ -248,6 +248,48 @@ def dev_server(port: int) -> int:
     return serve_foreground(port)
 
 
+@cli.command()
+@click.option("--server", required=True, help="FHIR R4 base URL.")
+@click.option("--auth", "auth_spec", default="none", show_default=True, envvar="IMS_FHIR_AUTH",
+              help="As for push: none | bearer:env:VAR | basic:USER:env:VAR | oauth2:TOKEN_URL:CLIENT_ID:env:VAR[:SCOPE].")
+@click.option("--ca-bundle", type=click.Path(exists=True, dir_okay=False), help="CA certificates to trust (PEM).")
+@click.option("--timeout", type=click.FloatRange(min=1), default=60.0, show_default=True)
+@click.option("--patient", metavar="SYSTEM|VALUE", help="Only this patient's data (an identifier of the Patient).")
+@click.option("--since", metavar="DATETIME", help="Only records changed since then (e.g. 2025-03-01T00:00:00Z).")
+@click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Records file (NDJSON, or a JSON document for .json); rejects, report and summary go beside it.")
+@click.option("--format", "output_format", type=click.Choice(["ndjson", "json"]))
+@click.option("--quiet", "-q", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+def pull(server: str, auth_spec: str, ca_bundle: str | None, timeout: float, patient: str | None, since: str | None,
+         out_file: Path, output_format: str | None, quiet: bool, as_json: bool) -> int:
+    """Fetch IMS data (sessions, assessments, pain scores) from a FHIR server as ims-record/1 records."""
+    from .client import ClientConfig
+    from .pull import PullOptions
+    from .pull import pull as run_pull
+
+    if since is not None:
+        from datetime import datetime
+
+        try:
+            datetime.fromisoformat(since)
+        except ValueError as exc:
+            raise click.UsageError(f"--since {since!r} is not an ISO 8601 date or date-time") from exc
+    config = ClientConfig.from_values(server, auth=auth_spec, read_timeout=timeout, ca_bundle=ca_bundle)
+    started = time.monotonic()
+    summary = run_pull(config, PullOptions(out_file=out_file, patient=patient, since=since, output_format=output_format))
+    elapsed = time.monotonic() - started
+    if as_json:
+        click.echo(orjson.dumps(summary.as_dict() | {"elapsed_seconds": round(elapsed, 3)}, option=orjson.OPT_INDENT_2))
+    elif not quiet:
+        kinds = ", ".join(f"{n:,} {t}" for t, n in sorted(summary.records.items())) or "none"
+        click.echo(f"pulled {summary.imported:,} records ({kinds}) from {summary.read:,} resources into {out_file} "
+                   f"({elapsed:.2f} s)", err=True)
+        if summary.rejected:
+            click.echo(f"{summary.rejected:,} resources could not be mapped: see the .rejects.ndjson beside {out_file}", err=True)
+    return summary.exit_code
+
+
 @cli.command("import")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False, path_type=Path),

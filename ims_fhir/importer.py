@@ -62,6 +62,8 @@ class ImportOptions:
     #: clinic_id / system_base / clinic_name from the command line
     source: dict[str, Any] | None = None
     temp_dir: str | None = None
+    #: keep only the records this accepts (``pull --since``: the records that changed)
+    record_filter: Callable[[str, str], bool] | None = None
 
 
 @dataclass
@@ -328,6 +330,9 @@ class Importer:
             elif isinstance(outcome, Reject):
                 sink.reject(outcome)
             elif isinstance(outcome, ImportedRecord):
+                keep = self.options.record_filter
+                if keep is not None and not keep(outcome.record_type, outcome.id):
+                    continue  # fetched only to resolve references
                 if base is not None and outcome.system_base not in (None, base):
                     self._moved += len(outcome.resources)
                     sink.reject(Reject(outcome.resources[0], outcome.origin, (Problem(
