@@ -45,9 +45,17 @@ def _writable() -> None:
         raise Forbidden(f"token {g.principal.name!r} is read-only; retries need a read-write token")
 
 
+def important_issues(outcome: dict[str, Any] | None, limit: int = 3) -> tuple[list[dict[str, Any]], int]:
+    """The errors of an OperationOutcome first (HAPI adds a warning per resource), at most ``limit``;
+    and how many issues are left out."""
+    issues = [i for i in (outcome or {}).get("issue", []) if isinstance(i, dict)]
+    errors = [i for i in issues if i.get("severity") in ("fatal", "error")] or issues
+    return errors[:limit], len(issues) - min(len(errors), limit)
+
+
 @bp.app_context_processor
 def _helpers() -> dict[str, Any]:
-    return {"csrf_token": csrf_token, "iso": iso, "states": STATES}
+    return {"csrf_token": csrf_token, "iso": iso, "states": STATES, "important_issues": important_issues}
 
 
 @bp.get("/login")
