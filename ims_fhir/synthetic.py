@@ -81,82 +81,26 @@ __all__ = [
 
 # ----------------------------------------------------------------- enumerations (spec)
 
-SIDES = ("left", "right", "bilateral", "midline")
-SEGMENTS = (
-    tuple(f"C{i}" for i in range(1, 9))
-    + tuple(f"T{i}" for i in range(1, 13))
-    + tuple(f"L{i}" for i in range(1, 6))
-    + tuple(f"S{i}" for i in range(1, 6))
+# One list of each enumeration in the project: the format's own (records/vocabulary.py).
+# tests/test_synthetic.py checks them against its own copy of the spec's lists.
+from .records.vocabulary import (  # noqa: E402
+    ASSESSMENT_STATUSES,
+    CONTRAINDICATIONS,
+    EVENTS,
+    INSTRUMENT_RANGES,
+    INSTRUMENTS,
+    MOVEMENTS,
+    MUSCLES,
+    REGIONS,
+    SEGMENTS,
+    SEVERITIES,
+    SEXES,
+    SIDES,
+    SIGNS,
+    TREATMENT_STATUSES,
+    TWITCH_RESPONSES,
 )
-SEXES = ("female", "male", "other", "unknown")
-ASSESSMENT_STATUSES = ("final", "preliminary", "amended", "entered-in-error")
-TREATMENT_STATUSES = ("completed", "stopped", "not-done")
-REGIONS = (
-    "head", "neck", "upper_back", "lower_back", "shoulder", "upper_arm", "elbow", "forearm",
-    "wrist_hand", "chest", "abdomen", "hip", "buttock", "groin", "thigh", "knee", "lower_leg",
-    "ankle_foot",
-)  # fmt: skip
-SIGNS = (
-    "trophedema", "pilomotor_reflex", "vasomotor_change", "sudomotor_change", "hair_loss",
-    "dermatomal_hyperalgesia", "tender_motor_points", "taut_bands", "muscle_shortening",
-    "paraspinal_tenderness",
-)  # fmt: skip
-MOVEMENTS = (
-    "cervical_flexion", "cervical_extension", "cervical_rotation", "cervical_lateral_flexion",
-    "thoracic_rotation", "lumbar_flexion", "lumbar_extension", "lumbar_lateral_flexion",
-    "shoulder_flexion", "shoulder_abduction", "shoulder_external_rotation",
-    "shoulder_internal_rotation", "elbow_extension", "wrist_extension", "hip_flexion",
-    "hip_internal_rotation", "hip_external_rotation", "knee_flexion", "knee_extension",
-    "ankle_dorsiflexion", "straight_leg_raise",
-)  # fmt: skip
-#: instrument -> (lowest, highest) score
-INSTRUMENT_RANGES: dict[str, tuple[int, int]] = {
-    "oswestry": (0, 100),
-    "ndi": (0, 50),
-    "psfs": (0, 10),
-    "quickdash": (0, 100),
-    "promis_pi_6a": (20, 80),
-}
-INSTRUMENTS = tuple(INSTRUMENT_RANGES)
-CONTRAINDICATIONS = (
-    "anticoagulant_therapy", "bleeding_disorder", "pregnancy", "needle_phobia",
-    "local_skin_infection", "metal_allergy", "immunocompromised", "lymphedema",
-    "unable_to_consent",
-)  # fmt: skip
-EVENTS = (
-    "post_needling_soreness", "bruising", "bleeding", "vasovagal_reaction", "fatigue", "nausea",
-    "pneumothorax", "other",
-)  # fmt: skip
-SEVERITIES = ("mild", "moderate", "severe")
-TWITCH_RESPONSES = ("none", "weak", "strong")
-MUSCLES = (
-    "suboccipitals", "splenius_capitis", "cervical_multifidus", "scalenes", "sternocleidomastoid",
-    "upper_trapezius", "middle_trapezius", "levator_scapulae", "rhomboids", "supraspinatus",
-    "infraspinatus", "teres_minor", "deltoid", "pectoralis_minor", "biceps_brachii",
-    "triceps_brachii", "wrist_extensors", "wrist_flexors", "thoracic_multifidus",
-    "lumbar_multifidus", "erector_spinae", "quadratus_lumborum", "iliopsoas", "gluteus_maximus",
-    "gluteus_medius", "gluteus_minimus", "piriformis", "tensor_fasciae_latae", "adductors",
-    "hamstrings", "rectus_femoris", "vastus_lateralis", "vastus_medialis", "gastrocnemius",
-    "soleus", "tibialis_anterior", "peroneals",
-)  # fmt: skip
-
-#: Every enumeration by name; full coverage tracks these.
-ENUMERATIONS: dict[str, tuple[str, ...]] = {
-    "side": SIDES,
-    "segment": SEGMENTS,
-    "sex": SEXES,
-    "assessment_status": ASSESSMENT_STATUSES,
-    "treatment_status": TREATMENT_STATUSES,
-    "region": REGIONS,
-    "sign": SIGNS,
-    "movement": MOVEMENTS,
-    "instrument": INSTRUMENTS,
-    "contraindication": CONTRAINDICATIONS,
-    "event": EVENTS,
-    "severity": SEVERITIES,
-    "twitch_response": TWITCH_RESPONSES,
-    "muscle": MUSCLES,
-}
+from .records.vocabulary import VOCABULARIES as ENUMERATIONS  # noqa: E402
 
 # ----------------------------------------------------------------- clinical tables
 
