@@ -11,12 +11,16 @@ queued again and re-sent as an update.
 from __future__ import annotations
 
 import logging
+import tempfile
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
+import orjson
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 
 from ims_fhir.convert import resolve_source
+from ims_fhir.importer import output_paths
 from ims_fhir.records import vocabulary as v
 from ims_fhir.sync import parse_body, take
 
@@ -162,24 +166,38 @@ def retry_all() -> Response:
 @bp.post("/pull")
 @require("read-write")
 def pull() -> Response:
-    """Import from a configured target back into IMS records (the import library is not wired yet)."""
+    """Import from a configured target back into IMS records (``ims_fhir.pull``); synchronous."""
+    from ims_fhir.pull import PullOptions
+    from ims_fhir.pull import pull as run_pull
+
     st = state()
-    params: dict[str, Any] = request.get_json(silent=True) or {}
+    params: Any = request.get_json(silent=True) or {}
     if not isinstance(params, dict):
         return error_response(422, "the body must be a JSON object {\"target\", \"patient\", \"since\"}")
     params = {**request.args.to_dict(), **params}
     unknown = sorted(set(params) - {"target", "patient", "since"})
     if unknown:
         return error_response(422, f"unknown parameter(s) {', '.join(unknown)} (expected target, patient, since)")
-    name = params.get("target")
-    if not name or st.config.target(str(name)) is None:
+    target = st.config.target(str(params.get("target") or ""))
+    if target is None:
         configured = ", ".join(t.name for t in st.config.targets)
         return error_response(422, f"target must name a configured target ({configured}); URLs are never taken "
                                    "from a request")
-    try:
-        from ims_fhir.importer import pull as _pull  # noqa: F401  (being written)
-    except ImportError:
-        return outcome_response(501, [issue("error", "not-supported",
-                                            "pull is not available yet: the import library (ims_fhir.importer.pull) "
-                                            "is not part of this installation")])
-    return outcome_response(501, [issue("error", "not-supported", "pull is not wired to the import library yet")])
+    with tempfile.TemporaryDirectory(prefix="ims-fhir-pull-") as tmp:
+        out = Path(tmp) / "pulled.ndjson"
+        summary = run_pull(target.client, PullOptions(out_file=out, patient=params.get("patient") or None,
+                                                      since=params.get("since") or None, output_format="ndjson"))
+        paths = output_paths(out)
+        records = _ndjson(paths["records"])
+        rejects = _ndjson(paths["rejects"])
+    log.info("pull from %s: %d records, %d rejected", target.name, len(records), len(rejects))
+    info = summary.as_dict()
+    for key in ("inputs", "files"):
+        info.pop(key, None)
+    return jsonify({"target": target.name, "summary": info, "records": records, "rejects": rejects})
+
+
+def _ndjson(path: Path) -> list[Any]:
+    if not path.exists():
+        return []
+    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]

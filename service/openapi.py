@@ -83,9 +83,14 @@ def document() -> dict[str, Any]:
                     "type": "object", "required": ["target"], "properties": {
                         "target": {"type": "string", "description": "name of a configured target"},
                         "patient": {"type": "string"}, "since": {"type": "string", "format": "date-time"}}}}}},
-                "responses": {"200": {"description": "IMS records (application/x-ndjson)"},
-                              "422": _error("no such target"), "501": _error("the import library is not wired yet"),
-                              **_AUTH_ERRORS}}},
+                "responses": {"200": {"description": "the IMS records imported, those the import rejected, and the "
+                                                     "import's summary", "content": {"application/json": {"schema": {
+                                          "type": "object", "properties": {
+                                              "target": {"type": "string"}, "summary": {"type": "object"},
+                                              "records": {"type": "array", "items": {"type": "object"}},
+                                              "rejects": {"type": "array", "items": {"type": "object"}}}}}}},
+                              "422": _error("no such target, or a bad patient/since"),
+                              "502": _error("the target failed"), **_AUTH_ERRORS}}},
             "/health": {"get": {"summary": "Liveness", "security": [],
                                 "responses": {"200": {"description": "the process answers"}}}},
             "/ready": {"get": {"summary": "Readiness: storage and every target's /metadata reachable",

@@ -147,6 +147,12 @@ def test_examples_sync_once_repost_changes_nothing_and_edit_makes_version_2(
     ready = client.get("/ready")
     assert ready.status_code == 200, ready.json
 
+    pulled = client.post("/pull", json={"target": "hospital"}, headers=rw())
+    assert pulled.status_code == 200, pulled.json
+    back = {(r["record_type"], r["id"]): r for r in pulled.json["records"]}
+    assert {(r["record_type"], r["id"]) for r in lines} <= set(back)
+    assert back[("treatment", treatment["id"])]["notes"] == treatment["notes"]
+
 
 def test_faults_while_syncing_end_with_every_record_synced_once(
         run_cli: Any, clean_fhir_server: DevServer, tmp_path: Path) -> None:

@@ -172,7 +172,9 @@ def test_pull_takes_targets_only_from_configuration(client: FlaskClient) -> None
     assert answer.status_code == 422 and "configured target" in answer.json["issue"][0]["diagnostics"]
     assert client.post("/pull", json={"target": "hospital", "url": "x"}, headers=rw()).status_code == 422
     answer = client.post("/pull", json={"target": "hospital", "patient": "P000001"}, headers=rw())
-    assert answer.status_code == 501 and answer.json["issue"][0]["code"] == "not-supported"
+    assert answer.status_code == 422 and "SYSTEM|VALUE" in answer.json["issue"][0]["diagnostics"]
+    answer = client.post("/pull", json={"target": "hospital"}, headers=rw())  # nothing listens on its port
+    assert answer.status_code == 502 and answer.json["issue"][0]["code"] == "exception"
 
 
 def test_metrics_are_prometheus_text(client: FlaskClient, app: Flask) -> None:
