@@ -372,9 +372,12 @@ def iter_bundles(paths: list[Path], options: PushOptions, workdir: Path,
             out = workdir / f"regrouped-{len(list(workdir.iterdir()))}"
             out.mkdir()
             counter = iter(range(1, 10**9))
+
+            def write(body: bytes, entries: int, out: Path = out) -> None:
+                (out / f"bundle-{next(counter):06d}.json").write_bytes(body)
+
             with WorkStore(str(workdir)) as store:
-                _ndjson_folder_bundles(path, options.bundle_size, store,
-                                       lambda body, n: (out / f"bundle-{next(counter):06d}.json").write_bytes(body))
+                _ndjson_folder_bundles(path, options.bundle_size, store, write)
             for bundle_path in sorted(out.glob("bundle-*.json")):
                 yield _load_bundle(bundle_path)
         elif path.suffix == ".json" and path.is_file() and _looks_like_bundle(path):

@@ -114,22 +114,12 @@ def get_record(record_type: str, record_id: str) -> Response:
                     "targets": targets, "history": history})
 
 
-def _target_param() -> str | None:
+def _target_param() -> tuple[str | None, Response | None]:
+    """The optional ``?target=`` of a retry: a configured target's name, or an error answer."""
     target = request.args.get("target")
     if target is not None and state().config.target(target) is None:
-        raise_unknown = error_response(422, f"{target!r} is not a configured target")
-        raise _Early(raise_unknown)
-    return target
-
-
-class _Early(Exception):
-    def __init__(self, response: Response) -> None:
-        self.response = response
-
-
-@bp.errorhandler(_Early)
-def _early(exc: _Early) -> Response:
-    return exc.response
+        return None, error_response(422, f"{target!r} is not a configured target")
+    return target, None
 
 
 @bp.post("/records/<record_type>/<record_id>/retry")
@@ -138,7 +128,9 @@ def retry_record(record_type: str, record_id: str) -> Response:
     if (bad := _known_type(record_type)) is not None:
         return bad
     st = state()
-    target = _target_param()
+    target, bad = _target_param()
+    if bad is not None:
+        return bad
     if st.outbox.status(record_type, record_id) is None:
         return error_response(404, f"no {record_type} {record_id!r} has been posted")
     n = st.outbox.retry(record_type, record_id, now=st.clock(), target=target)
@@ -155,7 +147,9 @@ def retry_all() -> Response:
     wanted = request.args.get("state")
     if wanted not in ("dead", "failed"):
         return error_response(422, "give ?state=dead or ?state=failed (the deliveries to queue again)")
-    target = _target_param()
+    target, bad = _target_param()
+    if bad is not None:
+        return bad
     n = st.outbox.retry_state(wanted, now=st.clock(), target=target)
     log.info("retry of every %s delivery requested: %d queued", wanted, n)
     response = jsonify({"requeued": n})

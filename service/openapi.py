@@ -28,7 +28,7 @@ _TARGET_PARAM = {"name": "target", "in": "query", "required": False, "schema": {
                  "description": "only this configured target"}
 _HTML = {"content": {"text/html": {"schema": {"type": "string"}}}}
 _DASHBOARD = ["dashboard"]
-_SESSION = [{"session": []}]
+_SESSION: list[dict[str, list[str]]] = [{"session": []}]
 
 
 def document() -> dict[str, Any]:

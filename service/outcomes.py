@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Response, current_app, jsonify
+from flask import Flask, Response, current_app, jsonify
 from werkzeug.exceptions import HTTPException
 
 from ims_fhir.errors import ImsFhirError, InputError, UsageError
@@ -53,7 +53,7 @@ def error_response(status: int, message: str, *, code: str | None = None) -> Res
     return outcome_response(status, [issue("error", code or _CODES.get(status, "exception"), message)], headers)
 
 
-def register(app: Any) -> None:
+def register(app: Flask) -> None:
     """Every HTTP error and every ImsFhirError answers an OperationOutcome; logged once, here."""
 
     @app.errorhandler(HTTPException)

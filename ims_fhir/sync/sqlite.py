@@ -385,7 +385,8 @@ class SQLiteOutbox:
         rows = self._db().execute(
             "SELECT target, record_type, record_id, state, attempts, http_status, error, outcome, updated_at "
             "FROM delivery WHERE state IN ('failed','dead') ORDER BY updated_at DESC LIMIT ?", (limit,)).fetchall()
-        return [Failure(*r[:7], orjson.loads(r[7]) if r[7] else None, r[8]) for r in rows]
+        return [Failure(target=r[0], record_type=r[1], record_id=r[2], state=r[3], attempts=r[4], http_status=r[5],
+                        error=r[6], outcome=orjson.loads(r[7]) if r[7] else None, updated_at=r[8]) for r in rows]
 
     def pending(self, target: str | None = None) -> int:
         sql = "SELECT COUNT(*) FROM delivery WHERE state IN ('queued','sending')"
