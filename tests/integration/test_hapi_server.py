@@ -74,6 +74,16 @@ def test_metadata_says_fhir_r4(fhir_server: DevServer, fhir: requests.Session) -
             id="missing-required",
         ),
         pytest.param({"resourceType": "Patient", "birthDate": "31/12/1980"}, "Patient.birthDate", id="bad-date"),
+        pytest.param(
+            {
+                "resourceType": "Condition",
+                "clinicalStatus": {"coding": [{"system": f"{IMS_CS}/ims-status", "code": "ongoing"}]},
+                "code": {"text": "low back pain"},
+                "subject": {"display": "a patient"},
+            },
+            "Condition.clinicalStatus",
+            id="required-binding-without-its-code",
+        ),
     ],
 )
 def test_invalid_resource_is_refused_with_422(
@@ -152,6 +162,33 @@ def test_unknown_code_systems_and_extensions_are_not_errors(
     response = fhir.post(
         f"{clean_fhir_server.base_url}/Observation",
         json=observation,
+        headers={"Prefer": "return=OperationOutcome"},
+        timeout=60,
+    )
+
+    assert response.status_code == 201, response.text
+    assert _error_issues(response.json()) == []
+
+
+def test_required_binding_accepts_our_own_coding_beside_the_hl7_one(
+    clean_fhir_server: DevServer, fhir: requests.Session
+) -> None:
+    """R4: one coding from the value set is enough; an extra coding we cannot check offline is fine."""
+    condition = {
+        "resourceType": "Condition",
+        "clinicalStatus": {
+            "coding": [
+                {"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"},
+                {"system": f"{IMS_CS}/ims-status", "code": "ongoing"},
+            ]
+        },
+        "code": {"coding": [{"system": SNOMED, "code": "279039007", "display": "Low back pain"}]},
+        "subject": {"display": "a patient"},
+    }
+
+    response = fhir.post(
+        f"{clean_fhir_server.base_url}/Condition",
+        json=condition,
         headers={"Prefer": "return=OperationOutcome"},
         timeout=60,
     )

@@ -32,6 +32,7 @@ import jakarta.persistence.EntityManagerFactory;
 import java.util.HashMap;
 import java.util.Map;
 import javax.sql.DataSource;
+import org.hl7.fhir.common.hapi.validation.support.ValidationSupportChain;
 import org.springframework.beans.factory.annotation.Qualifier;
 import org.springframework.beans.factory.config.ConfigurableListableBeanFactory;
 import org.springframework.boot.web.servlet.ServletRegistrationBean;
@@ -140,10 +141,19 @@ public class FhirServerConfig {
 	 * of the validation chain as errors; the post-processing hook turns those into warnings,
 	 * so only structural and base-R4 errors fail. Unknown extensions are allowed by the
 	 * validator (reported as information).
+	 *
+	 * <p>A CodeableConcept is accepted when any of its codings is valid, as R4 asks of bindings
+	 * ("at least one coding from the value set"): by default HAPI wants all codings valid, so a
+	 * correct HL7 code next to one of our own codes (which cannot be checked offline) was refused.
 	 */
 	@Bean
 	public FhirValidator requestValidator(
-			FhirContext fhirContext, @Qualifier("myInstanceValidator") IInstanceValidatorModule instanceValidator) {
+			FhirContext fhirContext,
+			@Qualifier("myInstanceValidator") IInstanceValidatorModule instanceValidator,
+			IValidationSupport validationSupportChain) {
+		if (validationSupportChain instanceof ValidationSupportChain chain) {
+			chain.setCodeableConceptValidationSuccessfulIfNotAllCodingsAreValid(true);
+		}
 		InterceptorService validationHooks = new InterceptorService("ims-fhir-validation");
 		validationHooks.registerInterceptor(new ValidationMessageUnknownCodeSystemPostProcessingInterceptor(
 				IValidationSupport.IssueSeverity.WARNING));
