@@ -30,25 +30,7 @@ import orjson
 
 from ..errors import InputError, Problem
 from . import vocabulary as v
-
-#: the CSV tables of the format, in spec order: file -> columns
-CSV_TABLES: dict[str, tuple[str, ...]] = {
-    "patients.csv": ("id", "family_name", "given_names", "birth_date", "sex", "identifier_system",
-                     "identifier_value", "phone", "email"),
-    "practitioners.csv": ("id", "family_name", "given_names", "registration_system", "registration_value",
-                          "ims_certified"),
-    "assessments.csv": ("id", "patient_id", "practitioner_id", "performed_at", "status", "chief_complaint",
-                        "pain_nrs", "pain_duration_weeks", "candidacy_suitable", "contraindications",
-                        "candidacy_note", "notes"),
-    "assessment_findings.csv": ("assessment_id", "kind", "code", "side", "segment", "present", "tender",
-                                "taut_band", "trigger_point", "degrees", "painful", "score", "note"),
-    "treatments.csv": ("id", "patient_id", "practitioner_id", "assessment_id", "started_at", "ended_at", "status",
-                       "status_reason", "session_number", "series_total", "consent_obtained", "pain_before_nrs",
-                       "pain_after_nrs", "notes"),
-    "treatment_sites.csv": ("treatment_id", "muscle", "side", "segment", "insertions", "needle_diameter_mm",
-                            "needle_length_mm", "twitch_response", "estim_frequency_hz", "estim_duration_min"),
-    "treatment_adverse_events.csv": ("treatment_id", "event", "severity", "muscle", "note"),
-}
+from .vocabulary import CSV_TABLES
 
 #: kind of an assessment_findings.csv row -> (record list, field the code goes to, other columns that apply)
 FINDING_KINDS: dict[str, tuple[str, str, tuple[str, ...]]] = {

@@ -115,7 +115,8 @@ def problems_from_validation_error(exc: ValidationError, record_type: str) -> li
 # models' problem, not a second one here)
 
 
-def _dt(value: Any) -> datetime | None:
+def aware_datetime(value: Any) -> datetime | None:
+    """The value as a datetime if it is an ISO 8601 string with an offset, else None."""
     if not isinstance(value, str):
         return None
     try:
@@ -153,7 +154,7 @@ def _assessment_rules(raw: dict[str, Any]) -> list[Problem]:
 def _treatment_rules(raw: dict[str, Any]) -> list[Problem]:
     problems = []
     status = raw.get("status", "completed")
-    start, end = _dt(raw.get("started_at")), _dt(raw.get("ended_at"))
+    start, end = aware_datetime(raw.get("started_at")), aware_datetime(raw.get("ended_at"))
     if start and end and end < start:
         problems.append(Problem("ended_at", "end_before_start", "is before started_at"))
     if status in ("not-done", "stopped") and raw.get("status_reason") in (None, ""):

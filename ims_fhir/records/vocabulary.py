@@ -19,6 +19,25 @@ LIST_KEYS: dict[str, str] = {
     "treatment": "treatments",
 }
 
+#: the CSV tables of the format, in spec order: file -> columns
+CSV_TABLES: dict[str, tuple[str, ...]] = {
+    "patients.csv": ("id", "family_name", "given_names", "birth_date", "sex", "identifier_system",
+                     "identifier_value", "phone", "email"),
+    "practitioners.csv": ("id", "family_name", "given_names", "registration_system", "registration_value",
+                          "ims_certified"),
+    "assessments.csv": ("id", "patient_id", "practitioner_id", "performed_at", "status", "chief_complaint",
+                        "pain_nrs", "pain_duration_weeks", "candidacy_suitable", "contraindications",
+                        "candidacy_note", "notes"),
+    "assessment_findings.csv": ("assessment_id", "kind", "code", "side", "segment", "present", "tender",
+                                "taut_band", "trigger_point", "degrees", "painful", "score", "note"),
+    "treatments.csv": ("id", "patient_id", "practitioner_id", "assessment_id", "started_at", "ended_at", "status",
+                       "status_reason", "session_number", "series_total", "consent_obtained", "pain_before_nrs",
+                       "pain_after_nrs", "notes"),
+    "treatment_sites.csv": ("treatment_id", "muscle", "side", "segment", "insertions", "needle_diameter_mm",
+                            "needle_length_mm", "twitch_response", "estim_frequency_hz", "estim_duration_min"),
+    "treatment_adverse_events.csv": ("treatment_id", "event", "severity", "muscle", "note"),
+}
+
 SIDES = ("left", "right", "bilateral", "midline")
 SEGMENTS = (
     tuple(f"C{i}" for i in range(1, 9))

@@ -83,49 +83,9 @@ __all__ = [
     "write_ndjson",
 ]
 
-FORMAT = "ims-record/1"
-
-#: Record types in the order every form uses (the JSON document's list order).
-RECORD_TYPES: tuple[str, ...] = ("patient", "practitioner", "assessment", "treatment")
-
-#: JSON-document list key per record type.
-DOCUMENT_LISTS: Mapping[str, str] = {
-    "patient": "patients",
-    "practitioner": "practitioners",
-    "assessment": "assessments",
-    "treatment": "treatments",
-}
-
-#: The CSV tables of the spec: file name -> columns, in the spec's order.
-CSV_TABLES: Mapping[str, tuple[str, ...]] = {
-    "patients.csv": (
-        "id", "family_name", "given_names", "birth_date", "sex",
-        "identifier_system", "identifier_value", "phone", "email",
-    ),
-    "practitioners.csv": (
-        "id", "family_name", "given_names", "registration_system", "registration_value",
-        "ims_certified",
-    ),
-    "assessments.csv": (
-        "id", "patient_id", "practitioner_id", "performed_at", "status", "chief_complaint",
-        "pain_nrs", "pain_duration_weeks", "candidacy_suitable", "contraindications",
-        "candidacy_note", "notes",
-    ),
-    "assessment_findings.csv": (
-        "assessment_id", "kind", "code", "side", "segment", "present", "tender", "taut_band",
-        "trigger_point", "degrees", "painful", "score", "note",
-    ),
-    "treatments.csv": (
-        "id", "patient_id", "practitioner_id", "assessment_id", "started_at", "ended_at",
-        "status", "status_reason", "session_number", "series_total", "consent_obtained",
-        "pain_before_nrs", "pain_after_nrs", "notes",
-    ),
-    "treatment_sites.csv": (
-        "treatment_id", "muscle", "side", "segment", "insertions", "needle_diameter_mm",
-        "needle_length_mm", "twitch_response", "estim_frequency_hz", "estim_duration_min",
-    ),
-    "treatment_adverse_events.csv": ("treatment_id", "event", "severity", "muscle", "note"),
-}  # fmt: skip
+# The format's constants, from the one place that holds them.
+from .vocabulary import CSV_TABLES, FORMAT, RECORD_TYPES  # noqa: E402
+from .vocabulary import LIST_KEYS as DOCUMENT_LISTS  # noqa: E402
 
 MULTI_VALUE_SEPARATOR = "|"
 CSV_LINE_TERMINATOR = "\r\n"

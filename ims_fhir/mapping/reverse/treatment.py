@@ -27,10 +27,10 @@ such a session is rejected with its partial record until the clinic confirms con
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from ...errors import Problem
+from ...records.validation import aware_datetime
 from .assessment import _components, _first, _put, _score, body_site
 from .codes import PANEL, PROCEDURE_CONCEPTS, describe
 from .context import Elements, ReverseContext, notes_text, same_reference
@@ -63,14 +63,6 @@ def _text(cc: Any) -> str:
     return describe(cc)
 
 
-def _parse(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo is not None else None
 
 
 def _assessment_id(ctx: ReverseContext, el: Elements, built: Built) -> None:
@@ -300,8 +292,8 @@ def _pain(ctx: ReverseContext, el: Elements, key: str, data: dict[str, Any]) -> 
     vkind, value = el.value_of("Integer", "Quantity")
     score = _score(el, ctx, vkind, value)
     if key == "pain-nrs":
-        when, start, end = (_parse(el.res.get("effectiveDateTime")), _parse(data.get("started_at")),
-                            _parse(data.get("ended_at")))
+        when, start, end = (aware_datetime(el.res.get("effectiveDateTime")), aware_datetime(data.get("started_at")),
+                            aware_datetime(data.get("ended_at")))
         if when is not None and start is not None and when <= start:
             key = "pain-before-treatment"
         elif when is not None and start is not None and ((end is not None and when >= end) or (end is None and when > start)):
