@@ -259,10 +259,12 @@ def dev_server(port: int) -> int:
 @click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Records file (NDJSON, or a JSON document for .json); rejects, report and summary go beside it.")
 @click.option("--format", "output_format", type=click.Choice(["ndjson", "json"]))
+@click.option("--system-base", help="With --since: the clinic whose records to look for (default: every clinic "
+                                    "with an Organization on the server).")
 @click.option("--quiet", "-q", is_flag=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 def pull(server: str, auth_spec: str, ca_bundle: str | None, timeout: float, patient: str | None, since: str | None,
-         out_file: Path, output_format: str | None, quiet: bool, as_json: bool) -> int:
+         out_file: Path, output_format: str | None, system_base: str | None, quiet: bool, as_json: bool) -> int:
     """Fetch IMS data (sessions, assessments, pain scores) from a FHIR server as ims-record/1 records."""
     from .client import ClientConfig
     from .pull import PullOptions
@@ -277,7 +279,8 @@ def pull(server: str, auth_spec: str, ca_bundle: str | None, timeout: float, pat
             raise click.UsageError(f"--since {since!r} is not an ISO 8601 date or date-time") from exc
     config = ClientConfig.from_values(server, auth=auth_spec, read_timeout=timeout, ca_bundle=ca_bundle)
     started = time.monotonic()
-    summary = run_pull(config, PullOptions(out_file=out_file, patient=patient, since=since, output_format=output_format))
+    summary = run_pull(config, PullOptions(out_file=out_file, patient=patient, since=since, output_format=output_format,
+                                           system_base=system_base))
     elapsed = time.monotonic() - started
     if as_json:
         click.echo(orjson.dumps(summary.as_dict() | {"elapsed_seconds": round(elapsed, 3)}, option=orjson.OPT_INDENT_2))

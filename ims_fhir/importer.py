@@ -39,7 +39,7 @@ import sqlite3
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator
+from typing import IO, Any, Callable, Iterable, Iterator
 
 import orjson
 
@@ -264,11 +264,16 @@ class Importer:
     def run(self, paths: list[Path]) -> ImportSummary:
         if not paths:
             raise UsageError("no input given")
-        opts, summary = self.options, self.summary
-        summary.inputs = [str(p) for p in paths]
-        out = output_paths(opts.out_file)
+        out = output_paths(self.options.out_file)
         exclude = {p.resolve() for p in out.values()}
         files = [f for p in paths for f in fhir_files(p, exclude=exclude)]  # every input checked before any output
+        return self.run_items((item for path in files for item in read_fhir_file(path)), [str(p) for p in paths])
+
+    def run_items(self, items: Iterable[FhirItem], inputs: list[str]) -> ImportSummary:
+        """Import a stream of resources (``pull`` feeds what it fetches straight in)."""
+        opts, summary = self.options, self.summary
+        summary.inputs = inputs
+        out = output_paths(opts.out_file)
         try:
             opts.out_file.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -278,7 +283,7 @@ class Importer:
         db = sqlite3.connect(db_path, isolation_level=None)
         run = ReverseRun(self.term, system_base=(opts.source or {}).get("system_base"), db=db)
         try:
-            self._load(run, files)
+            self._load(run, items)
             run.prepare()
             source = choose_source(run.sources, opts.source) if self.format == "json" else None
             sink = _Sink(out, summary)
@@ -310,17 +315,16 @@ class Importer:
         out["summary"].write_bytes(orjson.dumps(summary.as_dict(), option=orjson.OPT_INDENT_2) + b"\n")
         return summary
 
-    def _load(self, run: ReverseRun, files: list[Path]) -> None:
+    def _load(self, run: ReverseRun, items: Iterable[FhirItem]) -> None:
         n = 0
-        for path in files:
-            for item in read_fhir_file(path):
-                if item.problem is not None:
-                    run.add_unreadable(item.origin, item.origin, item.problem)
-                else:
-                    run.add(item.resource, item.origin)
-                n += 1
-                if self.progress is not None and n % 1000 == 0:
-                    self.progress(n, 0)
+        for item in items:
+            if item.problem is not None:
+                run.add_unreadable(item.origin, item.origin, item.problem)
+            else:
+                run.add(item.resource, item.origin)
+            n += 1
+            if self.progress is not None and n % 1000 == 0:
+                self.progress(n, 0)
 
     def _records(self, run: ReverseRun, sink: _Sink, source: dict[str, str] | None) -> Iterator[tuple[str, dict[str, Any]]]:
         base = source["system_base"].rstrip("/") if source else None
@@ -350,5 +354,11 @@ def import_fhir(paths: list[Path], options: ImportOptions, *, terminology: Termi
     return Importer(options, terminology=terminology, progress=progress).run(paths)
 
 
-__all__ = ["FhirItem", "ImportOptions", "ImportSummary", "Importer", "choose_source", "fhir_files", "import_fhir",
+def import_items(items: Iterable[FhirItem], inputs: list[str], options: ImportOptions, *,
+                 terminology: Terminology | None = None) -> ImportSummary:
+    """Import a stream of resources (each with its origin) into ``options.out_file``."""
+    return Importer(options, terminology=terminology).run_items(items, inputs)
+
+
+__all__ = ["FhirItem", "ImportOptions", "ImportSummary", "Importer", "choose_source", "fhir_files", "import_fhir", "import_items",
            "output_paths", "read_fhir_file"]

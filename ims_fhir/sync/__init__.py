@@ -2,7 +2,7 @@
 
 Modules: :mod:`.store` (terms, states, the :class:`Outbox` interface), :mod:`.sqlite`
 (the default SQLite/WAL storage), :mod:`.intake` (request body -> validated, converted
-work), :mod:`.worker` (claim, send through :func:`ims_fhir.push.deliver`, record).
+work), :mod:`.worker` (claim, send through :class:`ims_fhir.delivery.Sender`, record).
 The Flask service (``service/``) and ``ims-fhir worker`` both build on it.
 """
 

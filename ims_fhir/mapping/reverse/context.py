@@ -9,10 +9,12 @@ Terms:
   is named, never dropped in silence. ``id``, ``meta``, ``text`` (the narrative, a
   rendering of the data), ``language`` and ``contained`` (reached through ``#`` references)
   are bookkeeping and are not reported.
-- *system base*: ``{system_base}/{kind}`` is the system of our business identifiers; a
-  base is *known* when an Organization (``/organization``), a Patient chart number (type
-  MR, ``/patient``) or the caller names it. Our identifier of a resource is the one under
-  a known base, else the first whose system ends with ``/{kind}``.
+- *system base*: ``{system_base}/{kind}`` (:mod:`ims_fhir.identifiers`) is the system of
+  our business identifiers; a base is *known* when an Organization (``/organization``), a
+  Patient chart number (type MR, ``/patient``) or the caller names it. Our identifier of a
+  resource is the one under a known base, else the first spelled ``{some base}/{kind}``
+  (:func:`~ims_fhir.identifiers.split_system`: the import discovers the bases of data
+  written elsewhere).
 - *foreign* resource: one without our business identifier. Its record id is its first
   identifier's value, else its resource id (reported as ``assumed``).
 """
@@ -24,6 +26,7 @@ from dataclasses import replace
 from typing import Any, Iterable
 
 from ...errors import Problem
+from ...identifiers import split_system
 from .codes import UNIT_FACTORS, Codes, describe
 from .index import Entry, ResourceIndex, reference_keys, reference_type
 from .outcomes import Built, ReportItem
@@ -128,14 +131,13 @@ class ReverseContext:
     # -- identities ------------------------------------------------------------------------
     def our_identifier(self, identifiers: Any, kind: str) -> tuple[int, str, str] | None:
         """(position, system base, value) of our business identifier of ``kind``, if any."""
-        suffix = f"/{kind}"
         candidates = []
         for pos, ident in enumerate(identifiers if isinstance(identifiers, list) else ()):
             if not isinstance(ident, dict) or not isinstance(ident.get("value"), str):
                 continue
-            system = ident.get("system")
-            if isinstance(system, str) and system.endswith(suffix) and len(system) > len(suffix):
-                base = system[: -len(suffix)]
+            found = split_system(ident.get("system"))
+            if found is not None and found[1] == kind:
+                base = found[0]
                 typed = kind != "patient" or self.codes.is_chart_type(ident.get("type"))
                 if not typed and base not in self.bases:
                     continue  # a /patient system of someone else, not a chart number
@@ -242,7 +244,8 @@ class ReverseContext:
         # rules as chart_number / practitioner_number
         kind = "patient" if rtype == "Patient" else "practitioner"
         for system, value in _reference_identifiers(ref):
-            if system.endswith(f"/{kind}"):
+            found = split_system(system)
+            if found is not None and found[1] == kind:
                 return value
         ident = ref.get("identifier")
         if isinstance(ident, dict) and isinstance(ident.get("value"), str) and (
