@@ -44,9 +44,10 @@ from typing import IO, Any, Callable, Iterable, Iterator
 import orjson
 
 from .errors import InputError, Problem, UsageError
-from .mapping.reverse import ImportedRecord, Reject, ReportItem, ReverseRun
+from .mapping.reverse import ImportedRecord, ReportItem, ReverseRun
 from .mapping.reverse.index import dumps
 from .records.writers import write_json_document, write_ndjson
+from .rejects import Rejected
 from .terminology import Terminology, default_terminology
 
 OUTPUT_FORMATS = ("ndjson", "json")
@@ -223,7 +224,7 @@ class _Sink:
         self.tmp = {k: paths[k].with_name(paths[k].name + ".tmp") for k in ("rejects", "report")}
         self.files = {k: open(p, "wb", buffering=1 << 20) for k, p in self.tmp.items()}
 
-    def reject(self, reject: Reject) -> None:
+    def reject(self, reject: Rejected) -> None:
         s = self.summary
         if reject.record_type is not None:
             s.records_rejected += 1
@@ -331,7 +332,7 @@ class Importer:
         for outcome in run.outcomes():
             if isinstance(outcome, ReportItem):
                 sink.report(outcome)
-            elif isinstance(outcome, Reject):
+            elif isinstance(outcome, Rejected):
                 sink.reject(outcome)
             elif isinstance(outcome, ImportedRecord):
                 keep = self.options.record_filter
@@ -339,10 +340,10 @@ class Importer:
                     continue  # fetched only to resolve references
                 if base is not None and outcome.system_base not in (None, base):
                     self._moved += len(outcome.resources)
-                    sink.reject(Reject(outcome.resources[0], outcome.origin, (Problem(
+                    sink.reject(Rejected(outcome.record_type, outcome.id, outcome.origin, (Problem(
                         "(record)", "other_source", f"a record of the clinic {outcome.system_base}, not of the "
                         f"document's source {base} (use --format ndjson to import every clinic)"),),
-                        outcome.record_type, outcome.id, outcome.data, outcome.resources))
+                        resource=outcome.resources[0], record=outcome.data, resources=outcome.resources))
                     continue
                 self.summary.records[outcome.record_type] = self.summary.records.get(outcome.record_type, 0) + 1
                 yield outcome.record_type, outcome.data

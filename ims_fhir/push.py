@@ -25,7 +25,6 @@ on their identifiers, everything else a conditional update on its business ident
 from __future__ import annotations
 
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -113,7 +112,7 @@ def _is_fhir_ndjson(path: Path) -> bool:
         return False
 
 
-def _ndjson_folder_bundles(folder: Path, bundle_size: int, store: WorkStore, emit: Callable[[bytes, int], None]) -> None:
+def _ndjson_folder_bundles(folder: Path, bundle_size: int, store: WorkStore) -> Iterator[dict[str, Any]]:
     """Regroup a convert NDJSON folder into self-contained Bundles (types in dependency order)."""
     files = {p.stem: p for p in folder.glob("*.ndjson") if p.name != "rejects.ndjson"}
 
@@ -135,8 +134,9 @@ def _ndjson_folder_bundles(folder: Path, bundle_size: int, store: WorkStore, emi
         for res in read(rtype):
             ident = (res.get("identifier") or [{}])[0]
             index[res["id"]] = (res["resourceType"], ident.get("system", ""), ident.get("value", ""))
+    ready: list[bytes] = []
     packer = BundlePacker(max_entries=bundle_size, organization=orgs[0], lookup=store.get_dep, remember=store.put_dep,
-                          defer=lambda g: None, emit=emit)
+                          defer=lambda g: None, emit=lambda body, n: ready.append(body))
     org_id = orgs[0]["id"]
 
     def group(res: dict[str, Any]) -> MappedRecord:
@@ -162,7 +162,15 @@ def _ndjson_folder_bundles(folder: Path, bundle_size: int, store: WorkStore, emi
     for stream in streams:
         for res in stream:
             packer.add(group(res), final=True)
+            yield from _drain(ready)
     packer.flush()
+    yield from _drain(ready)
+
+
+def _drain(ready: list[bytes]) -> Iterator[dict[str, Any]]:
+    for body in ready:
+        yield orjson.loads(body)
+    ready.clear()
 
 
 @dataclass(frozen=True)
@@ -172,45 +180,42 @@ class PushOptions:
     convert: ConvertOptions | None = None
 
 
-def iter_bundles(paths: list[Path], options: PushOptions, workdir: Path,
-                 on_reject: Callable[[dict[str, Any]], None], summary: PushSummary) -> Iterator[dict[str, Any]]:
-    """The Bundles to send, input by input, in order."""
-    ims_inputs: list[Path] = []
+def iter_bundles(paths: list[Path], options: PushOptions, on_reject: Callable[[dict[str, Any]], None],
+                 summary: PushSummary) -> Iterator[dict[str, Any]]:
+    """The Bundles to send, input by input, in order, built as they are sent (nothing on disk
+    but the bounded work stores)."""
+    kinds: list[tuple[Path, str]] = []
     for path in paths:
         if not path.exists():
             raise InputError(f"{path}: no such file or folder", source=str(path))
         if path.is_dir() and sorted(path.glob("bundle-*.json")):
+            kinds.append((path, "bundles"))
+        elif path.is_dir() and any(_is_fhir_ndjson(p) for p in path.glob("*.ndjson")):
+            kinds.append((path, "fhir-ndjson"))
+        elif path.suffix == ".json" and path.is_file() and _looks_like_bundle(path):
+            kinds.append((path, "bundle"))
+        else:
+            kinds.append((path, "ims"))
+    ims_inputs = [p for p, kind in kinds if kind == "ims"]
+    base = options.convert or ConvertOptions(out_dir=Path("."))
+    conv = Converter(ConvertOptions(**{**base.__dict__, "output_format": "bundle", "bundle_size": options.bundle_size}))
+    opened = conv.open_all(ims_inputs)  # an unreadable input or a bad source stops the run before anything is sent
+    for path, kind in kinds:
+        if kind == "bundles":
             for bundle_path in sorted(path.glob("bundle-*.json")):
                 yield _load_bundle(bundle_path)
-        elif path.is_dir() and any(_is_fhir_ndjson(p) for p in path.glob("*.ndjson")):
-            out = workdir / f"regrouped-{len(list(workdir.iterdir()))}"
-            out.mkdir()
-            counter = iter(range(1, 10**9))
-
-            def write(body: bytes, entries: int, out: Path = out) -> None:
-                (out / f"bundle-{next(counter):06d}.json").write_bytes(body)
-
-            with WorkStore(str(workdir)) as store:
-                _ndjson_folder_bundles(path, options.bundle_size, store, write)
-            for bundle_path in sorted(out.glob("bundle-*.json")):
-                yield _load_bundle(bundle_path)
-        elif path.suffix == ".json" and path.is_file() and _looks_like_bundle(path):
+        elif kind == "fhir-ndjson":
+            with WorkStore(base.temp_dir) as store:
+                yield from _ndjson_folder_bundles(path, options.bundle_size, store)
+        elif kind == "bundle":
             yield _load_bundle(path)
-        else:
-            ims_inputs.append(path)
     if ims_inputs:
-        base = options.convert or ConvertOptions(out_dir=workdir)
-        out = workdir / "converted"
-        conv_opts = ConvertOptions(**{**base.__dict__, "out_dir": out, "output_format": "bundle",
-                                      "bundle_size": options.bundle_size})
-        conv = Converter(conv_opts)
-        conv.run(ims_inputs)
-        summary.rejected_records += conv.summary.rejected
-        for line in (out / "rejects.ndjson").read_bytes().splitlines():
-            if line.strip():
-                on_reject(orjson.loads(line) | {"stage": "convert"})
-        for bundle_path in sorted(out.glob("bundle-*.json")):
-            yield _load_bundle(bundle_path)
+        for kind, item in conv.outputs(ims_inputs, opened):
+            if kind == "bundle":
+                yield orjson.loads(item)
+            elif kind == "rejected":
+                summary.rejected_records += 1
+                on_reject(item.as_dict() | {"stage": "convert"})
 
 
 def _looks_like_bundle(path: Path) -> bool:
@@ -234,22 +239,21 @@ def push(paths: list[Path], client_config: ClientConfig | None, options: PushOpt
          session: Any = None) -> PushSummary:
     """Push inputs; failures go to ``report`` one line each; returns the summary."""
     summary = PushSummary()
-    with tempfile.TemporaryDirectory(prefix="ims-fhir-push-", dir=options.convert.temp_dir if options.convert else None) as tmp:
-        bundles = iter_bundles(paths, options, Path(tmp), report, summary)
-        if options.dry_run:
-            for bundle in bundles:
-                summary.bundles += 1
-                summary.entries += len(bundle.get("entry", []))
-            return summary
-        if client_config is None:
-            raise UsageError("--server is required (or use --dry-run)")
-        with FhirClient(client_config, session=session) as client:
-            client.require(push_requirements(RESOURCE_TYPES, conditional_update=True))
-            pusher = Pusher(Sender(client), summary, report)
-            for bundle in bundles:
-                pusher.push(bundle)
-                if progress is not None:
-                    progress(summary)
+    bundles = iter_bundles(paths, options, report, summary)
+    if options.dry_run:
+        for bundle in bundles:
+            summary.bundles += 1
+            summary.entries += len(bundle.get("entry", []))
+        return summary
+    if client_config is None:
+        raise UsageError("--server is required (or use --dry-run)")
+    with FhirClient(client_config, session=session) as client:
+        client.require(push_requirements(RESOURCE_TYPES, conditional_update=True))
+        pusher = Pusher(Sender(client), summary, report)
+        for bundle in bundles:
+            pusher.push(bundle)
+            if progress is not None:
+                progress(summary)
     return summary
 
 

@@ -21,14 +21,13 @@ from __future__ import annotations
 
 from .index import ResourceIndex
 from .normalise import normalise, normalise_source
-from .outcomes import ImportedRecord, ImportResult, Outcome, Reject, ReportItem
+from .outcomes import ImportedRecord, ImportResult, Outcome, ReportItem
 from .run import ReverseRun, reverse_resources
 
 __all__ = [
     "ImportResult",
     "ImportedRecord",
     "Outcome",
-    "Reject",
     "ReportItem",
     "ResourceIndex",
     "ReverseRun",
