@@ -44,8 +44,9 @@ from typing import IO, Any, Callable, Iterable, Iterator
 import orjson
 
 from .errors import InputError, Problem, UsageError
-from .mapping.reverse import ImportedRecord, ReportItem, ReverseRun
-from .mapping.reverse.index import dumps
+from .importing import ReverseRun
+from .mapping.reverse import ImportedRecord, ReportItem
+from .mapping.reverse.resources import dumps
 from .records.writers import write_json_document, write_ndjson
 from .rejects import Rejected
 from .terminology import Terminology, default_terminology

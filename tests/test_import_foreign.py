@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ims_fhir.importer import fhir_files, read_fhir_file
+from ims_fhir.importing import ImportedRecord, ImportResult, ReportItem, ReverseRun, reverse_resources
 from ims_fhir.mapping import MappingContext, map_record
-from ims_fhir.mapping.reverse import ImportedRecord, ImportResult, ReportItem, ReverseRun, reverse_resources
 from ims_fhir.records.models import Source
 from ims_fhir.records.validation import validate_record
 from ims_fhir.rejects import Rejected

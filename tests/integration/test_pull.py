@@ -12,7 +12,7 @@ import orjson
 import requests
 
 from ims_fhir.devserver import DevServer
-from ims_fhir.mapping.reverse import normalise
+from ims_fhir.importing import normalise
 from tests.conftest import EXAMPLES, SOURCE, read_ndjson
 
 HEADERS = {"Accept": "application/fhir+json", "Content-Type": "application/fhir+json"}

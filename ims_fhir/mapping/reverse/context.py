@@ -28,7 +28,7 @@ from typing import Any, Iterable
 from ...errors import Problem
 from ...identifiers import split_system
 from .codes import UNIT_FACTORS, Codes, describe
-from .index import Entry, ResourceIndex, reference_keys, reference_type
+from .resources import Entry, ResourceLookup, reference_keys, reference_type
 from .outcomes import Built, ReportItem
 
 #: elements that are bookkeeping, not data: never reported
@@ -113,7 +113,7 @@ def notes_text(el: Elements, notes: Any, path: str = "note") -> str | None:
 class ReverseContext:
     """Per-run state shared by the reverse mappers."""
 
-    def __init__(self, codes: Codes, index: ResourceIndex, bases: set[str]) -> None:
+    def __init__(self, codes: Codes, index: ResourceLookup, bases: set[str]) -> None:
         self.codes = codes
         self.index = index
         self.bases = bases
@@ -324,7 +324,7 @@ def _ident(ident: Any) -> str:
 def _reference_identifiers(ref: dict[str, Any]) -> Iterable[tuple[str, str]]:
     text = ref.get("reference")
     if isinstance(text, str) and "?" in text:
-        from .index import identifier_tokens
+        from .resources import identifier_tokens
 
         yield from identifier_tokens(text.partition("?")[2])
     ident = ref.get("identifier")

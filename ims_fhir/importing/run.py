@@ -1,5 +1,9 @@
 """One reverse run: resources in (any order, any mix of files and Bundles), outcomes out.
 
+The stateful side of the import direction: the resource index (SQLite), validation of
+the resources and of the rebuilt records; the mapping itself (:mod:`ims_fhir.mapping.reverse`)
+is pure.
+
 1. :meth:`ReverseRun.add` each resource (a Bundle is unpacked, its entries' ``fullUrl``
    kept). It is validated with the R4 models first: an invalid resource, a resource with
    a ``modifierExtension`` (its meaning would change in ways we cannot know) or a second
@@ -28,19 +32,20 @@ import sqlite3
 from typing import Any, Iterable, Iterator
 
 
-from ...errors import Problem
-from ...fhir.validation import validate_resource
-from ...records.models import record_dict
-from ...records.validation import validate_record
-from ...rejects import Rejected
-from ...terminology import Terminology, default_terminology
-from .assessment import finding_kind, map_panel, map_standalone, own_finding_value
-from .codes import PANEL, TREATMENT_FINDING_CONCEPTS, Codes, describe
-from .context import ReverseContext, with_record
-from .index import COVERED, MAPPED, REJECTED, Entry, ResourceIndex, aliases, dumps, loads, resource_label
-from .outcomes import Built, ImportedRecord, ImportResult, Outcome, ReportItem
-from .people import map_patient, map_practitioner, organization_source
-from .treatment import is_ims_procedure, map_procedure
+from ..errors import Problem
+from ..fhir.validation import validate_resource
+from ..mapping.reverse.assessment import finding_kind, map_panel, map_standalone, own_finding_value
+from ..mapping.reverse.codes import PANEL, TREATMENT_FINDING_CONCEPTS, Codes, describe
+from ..mapping.reverse.context import ReverseContext, with_record
+from ..mapping.reverse.outcomes import Built, ImportedRecord, ImportResult, Outcome, ReportItem
+from ..mapping.reverse.people import map_patient, map_practitioner, organization_source
+from ..mapping.reverse.resources import COVERED, MAPPED, REJECTED, Entry, aliases, dumps, loads, resource_label
+from ..mapping.reverse.treatment import is_ims_procedure, map_procedure
+from ..records.models import record_dict
+from ..records.validation import validate_record
+from ..rejects import Rejected
+from ..terminology import Terminology, default_terminology
+from .index import ResourceIndex
 
 
 class ReverseRun:

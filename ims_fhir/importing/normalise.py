@@ -10,8 +10,8 @@ from __future__ import annotations
 import copy
 from typing import Any, Mapping
 
-from ...records.models import record_dict
-from ...records.validation import validate_record
+from ..records.models import record_dict
+from ..records.validation import validate_record
 
 
 def normalise(record_type: str, record: Mapping[str, Any]) -> dict[str, Any]:
