@@ -3,8 +3,9 @@
 read (any form) -> :class:`~ims_fhir.pipeline.RecordPipeline` (validate, check duplicates
 and, with ``strict_refs``, references, map) -> ``Converted | Rejected`` -> a sink:
 :class:`FileSink` writes NDJSON per resource type or transaction Bundles, ``rejects.ndjson``
-and ``summary.json``; ``push`` sends the Bundles of :meth:`Converter.outputs` as they come. Every record read ends up counted as converted or listed as rejected
-with every reason; one bad record never stops the batch. Memory stays flat: records
+and ``summary.json``; ``push`` sends the Bundles of :meth:`Converter.outputs` as they come.
+Every record read ends up counted as converted or listed as rejected with every reason;
+one bad record never stops the batch. Memory stays flat: records
 stream through, and what must be remembered lives in a :class:`WorkStore` on disk.
 
 Output is deterministic: the same input gives byte-identical files (no clock, ids
@@ -14,9 +15,10 @@ derived from business identifiers, fixed key order).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import orjson
 from pydantic import ValidationError
@@ -307,7 +309,8 @@ class Converter:
     @staticmethod
     def _unresolved(record_type: str, model: Any, scope: str, store: WorkStore) -> list[Problem]:
         problems = []
-        for field_name, target in (("patient_id", "patient"), ("practitioner_id", "practitioner"), ("assessment_id", "assessment")):
+        refs = (("patient_id", "patient"), ("practitioner_id", "practitioner"), ("assessment_id", "assessment"))
+        for field_name, target in refs:
             ref = getattr(model, field_name, None)
             if ref is not None and not store.is_seen("valid:" + scope, target, ref):
                 problems.append(Problem(field_name, "unresolved_reference",

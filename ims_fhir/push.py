@@ -25,14 +25,15 @@ on their identifiers, everything else a conditional update on its business ident
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import orjson
 
-from .client import ClientConfig, EntryResponse, FhirClient, push_requirements
-from .convert import ConvertOptions, Converter
+from .client import ClientConfig, FhirClient, push_requirements
+from .convert import Converter, ConvertOptions
 from .delivery import Refusal, Sender, references
 from .errors import InputError, UsageError
 from .fhir.bundles import BundlePacker
@@ -226,7 +227,7 @@ def _looks_like_bundle(path: Path) -> bool:
 
 def _load_bundle(path: Path) -> dict[str, Any]:
     try:
-        bundle = orjson.loads(path.read_bytes())
+        bundle: dict[str, Any] = orjson.loads(path.read_bytes())
     except (OSError, orjson.JSONDecodeError) as exc:
         raise InputError(f"{path}: not a readable Bundle ({exc})", source=str(path)) from exc
     if bundle.get("resourceType") != "Bundle" or bundle.get("type") != "transaction":

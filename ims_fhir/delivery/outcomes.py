@@ -75,7 +75,8 @@ def _outcome_codes(raw_response: Mapping[str, Any]) -> set[str]:
 def entry_results(bundle: Bundle, response: FhirResponse, scheme: IdentifierScheme | None) -> list[EntryResult]:
     """Per-entry results of a transaction-response, in the order of the request's entries."""
     results = []
-    for entry, raw in zip(bundle.get("entry", []), (response.resource or {}).get("entry", [])):
+    # a transaction-response has one entry per request entry, in order (FHIR R4 3.1.0.11.4)
+    for entry, raw in zip(bundle.get("entry", []), (response.resource or {}).get("entry", []), strict=False):
         parsed = EntryResponse.from_entry(raw)
         method = entry["request"]["method"]
         resource = entry["resource"]

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import sqlite3
 from collections import OrderedDict
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from ..mapping.reverse.resources import (
     COVERED,
@@ -22,6 +23,7 @@ from ..mapping.reverse.resources import (
     loads,
     reference_keys,
 )
+
 
 class ResourceIndex:
     """The resource set, indexed; see the module docstring."""

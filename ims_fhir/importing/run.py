@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import copy
 import sqlite3
-from typing import Any, Iterable, Iterator
-
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from ..errors import Problem
 from ..fhir.validation import validate_resource
@@ -126,7 +126,7 @@ class ReverseRun:
                 continue
             request = entry.get("request") if isinstance(entry, dict) else None
             what = f"a {request.get('method')} entry" if isinstance(request, dict) and request.get("method") else "an entry"
-            label = entry.get("fullUrl") if isinstance(entry, dict) and isinstance(entry.get("fullUrl"), str) else where
+            label = str(entry["fullUrl"]) if isinstance(entry, dict) and isinstance(entry.get("fullUrl"), str) else where
             self.add_unreadable(label, where, Problem("Bundle.entry.resource", "no_resource",
                                                       f"{what} without a resource has no ims-record/1 counterpart"))
 
@@ -249,8 +249,9 @@ class ReverseRun:
         if problems:
             self.index.mark(seqs, COVERED)
             outcome = Rejected(rtype, record_id, origin, tuple(problems), resource=label, record=data, resources=labels)
+        elif model is None:  # the models found nothing wrong yet gave no record: cannot happen
+            raise RuntimeError(f"validate_record gave neither a {rtype} nor a problem")
         else:
-            assert model is not None
             out = record_dict(model)
             seen = self.index.record_seen(rtype, built.system_base or "", out["id"],
                                           dumps(out, sort_keys=True), origin)

@@ -63,7 +63,7 @@ _NS_BYTES = ID_NAMESPACE.bytes
 
 def resource_id(system: str, value: str) -> str:
     """``str(uuid.uuid5(ID_NAMESPACE, f"{system}|{value}"))``, computed without building UUID objects."""
-    digest = bytearray(hashlib.sha1(_NS_BYTES + f"{system}|{value}".encode()).digest()[:16])
+    digest = bytearray(hashlib.sha1(_NS_BYTES + f"{system}|{value}".encode(), usedforsecurity=False).digest()[:16])
     digest[6] = (digest[6] & 0x0F) | 0x50
     digest[8] = (digest[8] & 0x3F) | 0x80
     h = digest.hex()

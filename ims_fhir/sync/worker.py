@@ -29,15 +29,16 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 
 from ..client import ClientConfig, FhirClient
+from ..delivery import BundleResult, Sender, operation_outcome, status_of
 from ..errors import FhirError, UsageError
 from ..fhir.bundles import BundlePacker, group_from_bytes
-from ..delivery import BundleResult, Sender, operation_outcome, status_of
 from ..identifiers import IdentifierScheme, RecordKey
 from ..mapping.context import Resource
 from .store import Claimed, Outbox, Result

@@ -17,7 +17,7 @@ import orjson
 import requests
 
 from ims_fhir.client import ClientConfig, FhirClient, RetryPolicy
-from ims_fhir.convert import ConvertOptions, Converter
+from ims_fhir.convert import Converter, ConvertOptions
 from ims_fhir.identifiers import IdentifierScheme
 from tests.client.scripted import BASE, FakeClock, Reply, ScriptedAdapter, outcome
 from tests.conftest import EXAMPLES, SOURCE

@@ -22,14 +22,15 @@ Terms:
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import replace
-from typing import Any, Iterable
+from typing import Any
 
 from ...errors import Problem
 from ...identifiers import split_system
 from .codes import UNIT_FACTORS, Codes, describe
-from .resources import Entry, ResourceLookup, reference_keys, reference_type
 from .outcomes import Built, ReportItem
+from .resources import Entry, ResourceLookup, reference_keys, reference_type
 
 #: elements that are bookkeeping, not data: never reported
 IGNORED = frozenset({"resourceType", "id", "meta", "text", "language", "contained"})
@@ -244,15 +245,15 @@ class ReverseContext:
         # rules as chart_number / practitioner_number
         kind = "patient" if rtype == "Patient" else "practitioner"
         for system, value in _reference_identifiers(ref):
-            found = split_system(system)
-            if found is not None and found[1] == kind:
+            split = split_system(system)
+            if split is not None and split[1] == kind:
                 return value
         ident = ref.get("identifier")
         if isinstance(ident, dict) and isinstance(ident.get("value"), str) and (
                 rtype == "Practitioner" or self.codes.is_chart_type(ident.get("type"))):
             el.note(path, "assumed", f"{rtype} not in the input: {field} taken from the reference's "
                     f"identifier {_ident(ident)}")
-            return ident["value"]
+            return str(ident["value"])
         message = (f"{where} names no {rtype} in the input and carries no identifier ({{system_base}}/{kind}) "
                    f"to take {field} from")
         el.note(path, "unresolved_reference", message)
@@ -349,4 +350,4 @@ def _ref_key(value: Any) -> Any:
 
 
 def same_reference(a: Any, b: Any) -> bool:
-    return _ref_key(a) == _ref_key(b)
+    return bool(_ref_key(a) == _ref_key(b))

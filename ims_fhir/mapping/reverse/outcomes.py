@@ -20,7 +20,7 @@ had to assume, with the reason: nothing is dropped without a word.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 from ...errors import Problem
 from ...rejects import Rejected
@@ -63,7 +63,7 @@ class ImportedRecord:
         return str(self.data["id"])
 
 
-Outcome = Union[ImportedRecord, Rejected, ReportItem]
+Outcome = ImportedRecord | Rejected | ReportItem
 
 
 @dataclass

@@ -35,8 +35,8 @@ from ...records.validation import aware_datetime
 from .assessment import _components, _first, _put, _score, body_site
 from .codes import PANEL, PROCEDURE_CONCEPTS, describe
 from .context import Elements, ReverseContext, notes_text, same_reference
-from .resources import Entry, identifier_tokens
 from .outcomes import Built
+from .resources import Entry, identifier_tokens
 
 
 def is_ims_procedure(ctx: ReverseContext, code: Any) -> bool:
