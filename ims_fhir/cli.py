@@ -256,11 +256,11 @@ def dev_server(port: int) -> int:
 @click.option("--timeout", type=click.FloatRange(min=1), default=60.0, show_default=True)
 @click.option("--patient", metavar="SYSTEM|VALUE", help="Only this patient's data (an identifier of the Patient).")
 @click.option("--since", metavar="DATETIME", help="Only records changed since then (e.g. 2025-03-01T00:00:00Z).")
+@click.option("--system-base", help="With --since: the clinic whose records to look for (default: every clinic "
+                                    "with an Organization on the server).")
 @click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Records file (NDJSON, or a JSON document for .json); rejects, report and summary go beside it.")
 @click.option("--format", "output_format", type=click.Choice(["ndjson", "json"]))
-@click.option("--system-base", help="With --since: the clinic whose records to look for (default: every clinic "
-                                    "with an Organization on the server).")
 @click.option("--quiet", "-q", is_flag=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 def pull(server: str, auth_spec: str, ca_bundle: str | None, timeout: float, patient: str | None, since: str | None,
