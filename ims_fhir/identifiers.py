@@ -20,7 +20,7 @@ identifier is ours.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -134,9 +134,6 @@ class IdentifierScheme:
         if not isinstance(identifiers, list) or not identifiers:
             return None
         return self.record_key(identifiers[0])
-
-    def owns(self, identifiers: Iterable[Any]) -> bool:
-        return any(self.parse(i) is not None for i in identifiers)
 
     # -- finding the scheme ------------------------------------------------------------------
     @classmethod

@@ -16,11 +16,15 @@ Terms:
   (``accepted`` / ``refused`` / ``not_sent``).
 - :class:`IdentityMap`: where a sender reports the server id and version of every entry
   that went through (keyed by business identifier), for If-Match updates and for
-  referencing resources the hospital owns. Optional.
+  referencing resources the hospital owns. Optional. A strategy that updates with
+  ``If-Match`` sets ``request.ifMatch`` from it; a 412 to such an entry is then a version
+  conflict, not an ambiguous match (:func:`~.outcomes.is_ambiguous_match` tells them apart).
 
 Errors that concern the whole target rather than a record (connection, 5xx/429 after the
 client's retries, 401/403, capability) are raised, never turned into refusals.
-Bounded concurrency is per target: one Sender (and one client) per worker thread.
+Concurrency is bounded per target: a Sender holds one client (one connection pool) and
+sends one Bundle at a time; parallel sending means several Senders of a target, one per
+thread, up to the target's limit (the sync worker keeps one Sender per target).
 """
 
 from __future__ import annotations
