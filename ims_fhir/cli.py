@@ -19,6 +19,8 @@ from . import __version__
 from .errors import ImsFhirError
 
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
+#: Missing one of these means the ``service`` extra is not installed (the app or its dependencies).
+_SERVICE_MODULES = frozenset({"ims_fhir_service", "flask", "waitress", "jinja2", "werkzeug"})
 
 
 class _Progress:
@@ -242,9 +244,18 @@ def codesystems(out_dir: Path | None) -> int:
 @cli.command("dev-server")
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
 def dev_server(port: int) -> int:
-    """Build (once, cached) and run a local HAPI FHIR R4 server for trying sync (needs Java 17 and Maven)."""
-    from .devserver import serve_foreground
+    """Build (once, cached) and run a local HAPI FHIR R4 server for trying sync (needs Java 17 and Maven).
 
+    A development tool: comes with the dev extra (pip install "ims-fhir[dev]") or a checkout.
+    """
+    try:
+        from .dev.hapi import serve_foreground
+    except ImportError as exc:
+        if exc.name is None or not exc.name.startswith("ims_fhir.dev"):
+            raise
+        click.echo('ims-fhir dev-server is a development tool: pip install "ims-fhir[dev]" '
+                   "(or pip install -e \".[dev]\" in a checkout); it also needs Java 17+ and Maven", err=True)
+        return EXIT_USAGE
     return serve_foreground(port)
 
 
@@ -342,11 +353,17 @@ def import_(inputs: tuple[Path, ...], out_file: Path, output_format: str | None,
 @click.option("--no-worker", is_flag=True, help="Serve the API only; run `ims-fhir worker` beside it.")
 @click.option("--log-level", default="INFO", show_default=True, type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
 def serve(config_file: Path | None, no_worker: bool, log_level: str) -> int:
-    """Run the sync service (API, dashboard and the sync worker) with waitress."""
-    from service.config import load_config
-    from service.runner import configure_logging
-    from service.runner import serve as run_serve
+    """Run the sync service (API, dashboard and the sync worker) with waitress (extra: ims-fhir[service])."""
+    from .sync.runner import configure_logging
 
+    try:
+        from ims_fhir_service.config import load_config
+        from ims_fhir_service.runner import serve as run_serve
+    except ImportError as exc:
+        if exc.name not in _SERVICE_MODULES:
+            raise
+        click.echo('ims-fhir serve needs the service extra: pip install "ims-fhir[service]"', err=True)
+        return EXIT_USAGE
     config = load_config(config_file)
     configure_logging(log_level)
     return run_serve(config, with_worker=False if no_worker else None)
@@ -359,10 +376,10 @@ def serve(config_file: Path | None, no_worker: bool, log_level: str) -> int:
 @click.option("--log-level", default="INFO", show_default=True, type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
 def worker(config_file: Path | None, once: bool, log_level: str) -> int:
     """Run the sync worker on its own: send the service's outbox to its targets."""
-    from service.config import load_config
-    from service.runner import configure_logging, run_worker
+    from .sync.config import load_sync_config
+    from .sync.runner import configure_logging, run_worker
 
-    config = load_config(config_file)
+    config = load_sync_config(config_file)
     configure_logging(log_level)
     return run_worker(config, once=once)
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from ims_fhir import synthetic
+from ims_fhir.dev import synthetic
 from ims_fhir.records.writers import RECORD_TYPES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -465,7 +465,7 @@ def _tree(root: Path) -> dict[str, bytes]:
 
 def test_committed_examples_are_what_the_generator_writes(tmp_path: Path) -> None:
     assert synthetic.main(["examples", "--out", str(tmp_path)]) == 0
-    assert _tree(tmp_path) == _tree(EXAMPLES), "run: python -m ims_fhir.synthetic examples"
+    assert _tree(tmp_path) == _tree(EXAMPLES), "run: python -m ims_fhir.dev.synthetic examples"
 
 
 def test_example_forms_hold_the_same_records() -> None:

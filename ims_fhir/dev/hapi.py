@@ -7,7 +7,8 @@ Terms used here:
 
 module source
     The Maven module that defines the server: ``<repo>/hapi-server`` in a checkout, or
-    ``ims_fhir/hapi_server`` inside an installed wheel (see :func:`locate_module_source`).
+    ``ims_fhir/dev/hapi_server`` inside an installed wheel (its ``pom.xml`` and ``src/``,
+    about 30 kB; see :func:`locate_module_source`).
 source hash
     A SHA-256 over the module's ``pom.xml`` and ``src/`` (paths and bytes), shortened to 16
     hex digits. A change to any of them gives a new hash and so a new build.
@@ -26,9 +27,9 @@ Needs Java 17+ (``$JAVA_HOME/bin/java``, else ``java`` on PATH) and Maven (``mvn
 PATH) to build, and only Java to run a built artifact. No module-level state: every
 function takes its settings as arguments.
 
-Command line: ``python -m ims_fhir.devserver build`` builds (or finds) the artifact and
-prints its path; ``python -m ims_fhir.devserver serve [--port N]`` runs the server in the
-foreground.
+Command line: ``python -m ims_fhir.dev.hapi build`` builds (or finds) the artifact and
+prints its path; ``python -m ims_fhir.dev.hapi serve [--port N]`` runs the server in the
+foreground (as ``ims-fhir dev-server``).
 """
 
 from __future__ import annotations
@@ -130,14 +131,14 @@ def check_toolchain(*, need_maven: bool = True) -> Toolchain:
 
 
 def locate_module_source() -> Path:
-    """Find the Maven module: ``ims_fhir/hapi_server`` (wheel) or ``<repo>/hapi-server``."""
+    """Find the Maven module: ``ims_fhir/dev/hapi_server`` (wheel) or ``<repo>/hapi-server`` (checkout)."""
     package_dir = Path(__file__).resolve().parent
-    for candidate in (package_dir / "hapi_server", package_dir.parent / "hapi-server"):
+    for candidate in (package_dir / "hapi_server", package_dir.parent.parent / "hapi-server"):
         if (candidate / "pom.xml").is_file():
             return candidate
     raise ToolchainError(
         f"the hapi-server Maven module was not found next to {package_dir} "
-        "(expected ims_fhir/hapi_server in a wheel or hapi-server/ in a checkout)"
+        "(expected ims_fhir/dev/hapi_server in a wheel or hapi-server/ in a checkout)"
     )
 
 
@@ -521,9 +522,9 @@ def _sigterm_as_keyboard_interrupt() -> Iterator[None]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m ims_fhir.devserver build|serve``."""
+    """``python -m ims_fhir.dev.hapi build|serve``."""
     parser = argparse.ArgumentParser(
-        prog="python -m ims_fhir.devserver",
+        prog="python -m ims_fhir.dev.hapi",
         description="Build or run the local HAPI FHIR JPA server (FHIR R4, in-memory H2).",
     )
     commands = parser.add_subparsers(dest="command", required=True)
