@@ -106,7 +106,8 @@ def main() -> int:
     seconds_s, rss_s, _ = _child(_pin() + cli + [str(small), "--out", str(work / "out-small"), "--quiet", *SOURCE_ARGS])
     res_small = sum(json.loads((work / "out-small" / "summary.json").read_text())["resources"].values())
     rows.append(("convert, small input", n_small, res_small, seconds_s, rss_s))
-    seconds_v, rss_v, _ = _child(_pin() + cli + [str(small), "--out", str(work / "out-validate"), "--quiet", "--validate", *SOURCE_ARGS])
+    validate_args = [str(small), "--out", str(work / "out-validate"), "--quiet", "--validate", *SOURCE_ARGS]
+    seconds_v, rss_v, _ = _child(_pin() + cli + validate_args)
     rows.append(("convert --validate", n_small, res_small, seconds_v, rss_v))
     seconds_n, rss_n, out = _child(_pin() + [py, "-c", NAIVE, str(small), str(work / "naive.ndjson")])
     naive = json.loads(out.strip().splitlines()[-1])

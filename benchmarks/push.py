@@ -29,8 +29,8 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ims_fhir.dev import hapi  # noqa: E402
 from ims_fhir.client import ClientConfig  # noqa: E402
+from ims_fhir.dev import hapi  # noqa: E402
 from ims_fhir.push import PushOptions, push  # noqa: E402
 
 HEADERS = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}

@@ -30,8 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from ims_fhir.dev import hapi  # noqa: E402
-from ims_fhir.sync import SyncWorker  # noqa: E402
 from ims_fhir.dev.synthetic import generate  # noqa: E402
+from ims_fhir.sync import SyncWorker  # noqa: E402
 from ims_fhir_service import create_app  # noqa: E402
 from ims_fhir_service.auth import hash_token  # noqa: E402
 from ims_fhir_service.config import config_from_mapping  # noqa: E402

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import click
 import orjson
@@ -122,7 +123,8 @@ def convert(inputs: tuple[Path, ...], out_dir: Path, output_format: str, clinic_
               help="none | bearer:env:VAR | basic:USER:env:VAR | oauth2:TOKEN_URL:CLIENT_ID:env:VAR[:SCOPE] "
                    "(secrets from environment variables; also read from IMS_FHIR_AUTH).")
 @click.option("--ca-bundle", type=click.Path(exists=True, dir_okay=False), help="CA certificates to trust (PEM).")
-@click.option("--timeout", type=click.FloatRange(min=1), default=60.0, show_default=True, help="Read timeout per request, seconds.")
+@click.option("--timeout", type=click.FloatRange(min=1), default=60.0, show_default=True,
+              help="Read timeout per request, seconds.")
 @click.option("--max-attempts", type=click.IntRange(min=1), default=5, show_default=True,
               help="Attempts per request on connection errors, timeouts, 429 and 5xx (with backoff, Retry-After honoured).")
 @click.option("--bundle-size", type=click.IntRange(min=2), default=200, show_default=True)
@@ -138,7 +140,8 @@ def convert(inputs: tuple[Path, ...], out_dir: Path, output_format: str, clinic_
 @click.option("--quiet", "-q", is_flag=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 def push(inputs: tuple[Path, ...], server: str | None, auth_spec: str, ca_bundle: str | None, timeout: float,
-         max_attempts: int, bundle_size: int, report_file: Path | None, dry_run: bool, clinic_id: str | None, clinic_name: str | None,
+         max_attempts: int, bundle_size: int, report_file: Path | None, dry_run: bool, clinic_id: str | None,
+         clinic_name: str | None,
          system_base: str | None, lenient: bool, default_tz: str | None, no_cpt: bool, quiet: bool, as_json: bool) -> int:
     """Send IMS records, or the output of convert, to a FHIR server as transaction Bundles.
 
@@ -205,7 +208,8 @@ def push(inputs: tuple[Path, ...], server: str | None, auth_spec: str, ca_bundle
                 who = ", ".join(f"{r['record_type']} {r['id']}" for r in item.get("records", []))
                 click.echo(f"  failed: {who}: {item.get('error')}", err=True)
         if len(lines) > 5:
-            click.echo(f"  ... and {len(lines) - 5} more" + (f" (see {report_file})" if report_file else " (use --report FILE)"), err=True)
+            where = f" (see {report_file})" if report_file else " (use --report FILE)"
+            click.echo(f"  ... and {len(lines) - 5} more{where}", err=True)
     return summary.exit_code
 
 

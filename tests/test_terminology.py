@@ -31,7 +31,8 @@ def _copy_tables(tmp_path: Path) -> Path:
     (lambda s: s + "\n[muscle.concepts.bicepz]\ndisplay = \"Bicepz\"\n", "bicepz is not a slug"),
     (lambda s: s.replace('display = "Deltoid"', 'display = ""'), "deltoid has no display"),
     (lambda s: s.replace('code = "6423006"', 'code = "35259002"'), "used for both"),
-    (lambda s: s.replace('confidence = "medium", source = "SlicerTotalSegmentator', 'confidence = "low", source = "SlicerTotalSegmentator'),
+    (lambda s: s.replace('confidence = "medium", source = "SlicerTotalSegmentator',
+                         'confidence = "low", source = "SlicerTotalSegmentator'),
      "only high or medium"),
 ])
 def test_broken_tables_fail_at_load(tmp_path: Path, edit: Any, message: str) -> None:
@@ -102,7 +103,8 @@ def test_fixed_fhir_codes_and_systems_are_recorded() -> None:
     fhir = tomllib.loads((mappings_dir() / "fhir.toml").read_text(encoding="utf-8"))
     systems = {row["URI"].strip("`") for row in _doc_table("Code systems")}
     assert set(fhir["systems"].values()) <= systems
-    recorded = {(row["system"].strip("`"), row["code"], row["display"]) for row in _doc_table("FHIR codes from the specification")}
+    rows = _doc_table("FHIR codes from the specification")
+    recorded = {(row["system"].strip("`"), row["code"], row["display"]) for row in rows}
     fixed = [*fhir["categories"].values(), fhir["encounter_class"], fhir["chart_identifier_type"]]
     for row in fixed:
         assert (fhir["systems"][row["system"]], row["code"], row["display"]) in recorded, row

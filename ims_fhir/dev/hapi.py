@@ -226,7 +226,8 @@ def build(
         return artifact
 
     toolchain = check_toolchain(need_maven=True)
-    assert toolchain.mvn is not None
+    if toolchain.mvn is None:  # check_toolchain(need_maven=True) raises first; this narrows the type
+        raise ToolchainError("Maven (mvn) is needed to build the HAPI FHIR dev server")
     log_path = log_path or cache_root / f"{digest}.build.log"
     with _exclusive_lock(cache_root / f"{digest}.lock"):
         if artifact.is_file() and not force:  # another process built it while we waited

@@ -65,7 +65,7 @@ class ServerSettings:
     port: int = 8000
     threads: int = 4
     max_body_bytes: int = 10 * 1024 * 1024
-    secret_key_env: str = "IMS_FHIR_SECRET_KEY"
+    secret_key_env: str = "IMS_FHIR_SECRET_KEY"  # noqa: S105  (the name of a variable, not a secret)
     secure_cookies: bool = False
 
 

@@ -28,8 +28,8 @@ from tests.conftest import SOURCE
 from tests.service.conftest import RW_TOKEN, service_settings
 from tests.service.support import artifacts, leaks, personal_data
 
-from .test_service import expected_counts
 from .test_push import counts
+from .test_service import expected_counts
 
 PATIENTS = 40
 

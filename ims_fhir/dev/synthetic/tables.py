@@ -18,7 +18,6 @@ import datetime as dt
 from dataclasses import dataclass
 
 # ----------------------------------------------------------------- enumerations (spec)
-
 # One list of each enumeration in the project: the format's own (records/vocabulary.py).
 # tests/test_synthetic.py checks them against its own copy of the spec's lists.
 from ims_fhir.records.vocabulary import (
@@ -39,6 +38,55 @@ from ims_fhir.records.vocabulary import (
     TWITCH_RESPONSES,
 )
 from ims_fhir.records.vocabulary import VOCABULARIES as ENUMERATIONS
+
+__all__ = [
+    "ABSOLUTE_CONTRAINDICATIONS",
+    "ASSESSMENT_NOTES",
+    "ASSESSMENT_STATUSES",
+    "AXIAL_REGIONS",
+    "CONTRAINDICATIONS",
+    "ENUMERATIONS",
+    "EVENTS",
+    "EVENT_NOTES",
+    "EVENT_SEVERITIES",
+    "EVENT_WEIGHTS",
+    "FAMILY_NAMES",
+    "FIRST_VISIT",
+    "GIVEN_NAMES",
+    "INSTRUMENTS",
+    "INSTRUMENT_RANGES",
+    "MOVEMENTS",
+    "MRN_SYSTEM",
+    "MUSCLES",
+    "MUSCLE_INFO",
+    "NEEDLES",
+    "NOT_DONE_REASONS",
+    "PALPATION_NOTES",
+    "PHN_SYSTEM",
+    "PROFILES",
+    "PROFILE_WEIGHTS",
+    "Profile",
+    "REGIONS",
+    "REGISTRATION_SYSTEM",
+    "RELATIVE_CONTRAINDICATIONS",
+    "ROM_NORMAL",
+    "SEGMENTAL_SIGNS",
+    "SEGMENTS",
+    "SEVERITIES",
+    "SEXES",
+    "SIDES",
+    "SIGNS",
+    "SIGN_NOTES",
+    "STOPPED_REASONS",
+    "SYSTEM_BASE",
+    "TREATMENT_NOTES",
+    "TREATMENT_STATUSES",
+    "TWITCH_RESPONSES",
+    "UNSIDED_MOVEMENTS",
+    "UNSUITABLE_REASON",
+    "VISIT_SPAN_DAYS",
+    "segment_range",
+]
 
 # ----------------------------------------------------------------- clinical tables
 
