@@ -272,19 +272,19 @@ def codesystems(out_dir: Path | None) -> int:
 
 
 @cli.command("dev-server")
-@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True, help="Port on 127.0.0.1.")
 def dev_server(port: int) -> int:
     """Build (once, cached) and run a local HAPI FHIR R4 server for trying sync (needs Java 17 and Maven).
 
-    A development tool: comes with the dev extra (pip install "ims-fhir[dev]") or a checkout.
+    A development tool: it runs from a checkout of ims-fhir (pip install -e ".[dev]").
     """
     try:
         from .dev.hapi import serve_foreground
     except ImportError as exc:
         if exc.name is None or not exc.name.startswith("ims_fhir.dev"):
             raise
-        click.echo('ims-fhir dev-server is a development tool: pip install "ims-fhir[dev]" '
-                   "(or pip install -e \".[dev]\" in a checkout); it also needs Java 17+ and Maven", err=True)
+        click.echo("ims-fhir dev-server is a development tool and is not in the installed package: in a checkout of "
+                   'ims-fhir run pip install -e ".[dev]" (it also needs Java 17+ and Maven)', err=True)
         return EXIT_USAGE
     return serve_foreground(port)
 

@@ -80,7 +80,7 @@ def test_installed_wheel_finds_its_tables_and_has_no_dev_server(wheel: Path, tmp
     """, cwd=tmp_path, pythonpath=site)
     assert probe.returncode == 2, probe.stderr
     assert Path(probe.stdout.strip()).is_relative_to(site)
-    assert 'pip install "ims-fhir[dev]"' in probe.stderr and "Traceback" not in probe.stderr
+    assert 'pip install -e ".[dev]"' in probe.stderr and "Traceback" not in probe.stderr
 
 
 def test_library_never_imports_the_service_or_flask(tmp_path: Path) -> None:

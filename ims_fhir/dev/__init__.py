@@ -5,5 +5,6 @@
 - :mod:`ims_fhir.dev.hapi`: builds and runs the local HAPI FHIR server that the tests and
   ``ims-fhir dev-server`` use, ``python -m ims_fhir.dev.hapi build``.
 
-Installed with the ``dev`` extra (``pip install "ims-fhir[dev]"``) or from a checkout.
+Not in the wheel: users of the package never run them. They run from a checkout
+(``pip install -e ".[dev]"``, which also brings the linters), where ``hapi-server/`` is.
 """

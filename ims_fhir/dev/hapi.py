@@ -6,9 +6,9 @@ validates every write against base R4, so whatever ims-fhir sends is proven vali
 Terms used here:
 
 module source
-    The Maven module that defines the server: ``<repo>/hapi-server`` in a checkout, or
-    ``ims_fhir/dev/hapi_server`` inside an installed wheel (its ``pom.xml`` and ``src/``,
-    about 30 kB; see :func:`locate_module_source`).
+    The Maven module that defines the server: ``<repo>/hapi-server`` of the checkout this
+    module runs from (the development tools are not in the wheel; see
+    :func:`locate_module_source`).
 source hash
     A SHA-256 over the module's ``pom.xml`` and ``src/`` (paths and bytes), shortened to 16
     hex digits. A change to any of them gives a new hash and so a new build.
@@ -131,14 +131,14 @@ def check_toolchain(*, need_maven: bool = True) -> Toolchain:
 
 
 def locate_module_source() -> Path:
-    """Find the Maven module: ``ims_fhir/dev/hapi_server`` (wheel) or ``<repo>/hapi-server`` (checkout)."""
-    package_dir = Path(__file__).resolve().parent
-    for candidate in (package_dir / "hapi_server", package_dir.parent.parent / "hapi-server"):
-        if (candidate / "pom.xml").is_file():
-            return candidate
+    """Find the Maven module: ``<repo>/hapi-server`` of the checkout (``ims_fhir/dev/`` is two levels below)."""
+    repo = Path(__file__).resolve().parent.parent.parent
+    candidate = repo / "hapi-server"
+    if (candidate / "pom.xml").is_file():
+        return candidate
     raise ToolchainError(
-        f"the hapi-server Maven module was not found next to {package_dir} "
-        "(expected ims_fhir/dev/hapi_server in a wheel or hapi-server/ in a checkout)"
+        f"the hapi-server Maven module was not found in {repo}: the HAPI FHIR dev server runs from a checkout "
+        'of ims-fhir (pip install -e ".[dev]")'
     )
 
 
