@@ -89,10 +89,10 @@ def main() -> int:
     big = work / "export.ndjson"
     small = work / "export-small.ndjson"
     t0 = time.perf_counter()
-    subprocess.run([py, "-m", "ims_fhir.synthetic", "export", "--patients", str(patients), "--seed", str(args.seed),
+    subprocess.run([py, "-m", "ims_fhir.dev.synthetic", "export", "--patients", str(patients), "--seed", str(args.seed),
                     "--format", "ndjson", "--out", str(big)], check=True, capture_output=True)
     gen_seconds = time.perf_counter() - t0
-    subprocess.run([py, "-m", "ims_fhir.synthetic", "export", "--patients", str(max(1, round(args.naive_records / 8))),
+    subprocess.run([py, "-m", "ims_fhir.dev.synthetic", "export", "--patients", str(max(1, round(args.naive_records / 8))),
                     "--seed", str(args.seed + 1), "--format", "ndjson", "--out", str(small)], check=True, capture_output=True)
     n_big = sum(1 for _ in big.open("rb"))
     n_small = sum(1 for _ in small.open("rb"))

@@ -73,7 +73,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="ims-fhir-push-bench-") as tmp:
         work = Path(tmp)
         export = work / "export.ndjson"
-        subprocess.run([py, "-m", "ims_fhir.synthetic", "export", "--patients", str(max(1, args.records // 8)),
+        subprocess.run([py, "-m", "ims_fhir.dev.synthetic", "export", "--patients", str(max(1, args.records // 8)),
                         "--seed", str(args.seed), "--format", "ndjson", "--out", str(export)], check=True, capture_output=True)
         src = ["--clinic-id", "bench", "--system-base", "https://bench.example.org/ims"]
         subprocess.run([py, "-m", "ims_fhir", "convert", str(export), "--out", str(work / "bundles"), "--format", "bundle",

@@ -1,4 +1,4 @@
-"""Tests for ims_fhir.synthetic: valid, deterministic, covering synthetic records.
+"""Tests for ims_fhir.dev.synthetic: valid, deterministic, covering synthetic records.
 
 The rules below are an independent reading of the spec (ims-record-format.md), kept
 here on purpose rather than borrowed from the validating models, so that the generator
