@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 import requests
 
-from ims_fhir.devserver import DevServer
+from ims_fhir.dev.hapi import DevServer
 from ims_fhir.importing import normalise
 from tests.conftest import EXAMPLES, SOURCE, read_ndjson
 

@@ -29,7 +29,7 @@ from .auth import require
 from .outcomes import error_response, issue, outcome_response
 
 bp = Blueprint("api", __name__)
-log = logging.getLogger("service.api")
+log = logging.getLogger("ims_fhir_service.api")
 
 
 def state() -> ServiceState:
