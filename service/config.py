@@ -70,8 +70,7 @@ from pydantic import ValidationError
 from ims_fhir.client import ClientConfig
 from ims_fhir.errors import ConfigurationError, UsageError
 from ims_fhir.records.models import Source
-from ims_fhir.sync import Target, WorkerOptions
-from ims_fhir.sync.sqlite import path_from_url
+from ims_fhir.sync import Target, WorkerOptions, check_storage_url
 
 SCOPES = ("read", "read-write")
 _NAME = re.compile(r"[a-z][a-z0-9-]{0,62}")
@@ -233,8 +232,8 @@ def config_from_mapping(data: Mapping[str, Any], *, environ: Mapping[str, str] |
     storage = merged.get("storage", {})
     unknown_storage = sorted(set(storage) - {"url"})
     if unknown_storage or not storage.get("url"):
-        raise ConfigurationError(f"{where}: [storage] needs url (sqlite:///PATH) and nothing else")
-    path_from_url(str(storage["url"]))  # a URL the storage layer understands, or ConfigurationError now
+        raise ConfigurationError(f"{where}: [storage] needs url (sqlite:///PATH or postgresql://...) and nothing else")
+    check_storage_url(str(storage["url"]))  # a URL the storage layer understands, or ConfigurationError now
     worker_data = dict(merged.get("worker", {}))
     enabled = _coerce(worker_data.pop("enabled", True), True, "worker.enabled")
     targets = tuple(_target(t, environ) for t in merged.get("targets", []))

@@ -156,7 +156,8 @@ def test_retry_endpoints(client: FlaskClient, app: Flask) -> None:
     outbox = app.extensions["ims_fhir"].outbox
     (claimed,) = outbox.claim("hospital", owner="w1", limit=10, lease_seconds=60, now=2e9)
     outbox.complete("hospital", [Result("patient", "PZ1", "transient", 1, status=503, error="busy")], owner="w1",
-                    now=2e9, max_attempts=1, backoff_base=1, backoff_cap=1, latency=None)
+                    now=2e9, max_attempts=1, backoff_base=1, backoff_cap=1, latency=None,
+                    dead_after=0)
     assert client.get("/records/patient/PZ1", headers=rw()).json["targets"][0]["state"] == "dead"
     assert client.post("/retry", headers=rw()).status_code == 422
     assert client.post("/retry?state=dead&target=elsewhere", headers=rw()).status_code == 422
