@@ -10,6 +10,8 @@ code reads the environment after that. The file::
 
     [storage]
     url = "sqlite:///var/lib/ims-fhir/outbox.sqlite"
+    # or "postgresql://ims@db.example.org:5432/imsfhir" (extra [postgres]; several
+    # `ims-fhir worker` processes on several hosts; the password in PGPASSWORD or ~/.pgpass)
 
     [server]                      # ims-fhir serve (waitress)
     host = "127.0.0.1"
@@ -18,6 +20,9 @@ code reads the environment after that. The file::
     max_body_bytes = 10485760     # larger request bodies get 413
     secret_key_env = "IMS_FHIR_SECRET_KEY"   # signs the dashboard's session cookie
     secure_cookies = false        # true behind TLS
+    max_queue_depth = 100000      # backpressure: POST /records answers 429 (stores nothing) while a
+                                  # target has more deliveries queued or sending; 0 = no limit
+    queue_retry_after = 30        # seconds, the Retry-After of that 429
 
     [worker]                      # the background sender (in serve, or ims-fhir worker)
     enabled = true
@@ -28,6 +33,8 @@ code reads the environment after that. The file::
     max_attempts = 8
     backoff_base = 5.0
     backoff_cap = 600.0
+    dead_after_seconds = 259200   # a transient failure (connection, 5xx, 429) is dead only after
+                                  # max_attempts attempts AND this long since the first (72 h)
 
     [convert]
     lenient = false
@@ -95,6 +102,8 @@ class ServerSettings:
     max_body_bytes: int = 10 * 1024 * 1024
     secret_key_env: str = "IMS_FHIR_SECRET_KEY"
     secure_cookies: bool = False
+    max_queue_depth: int = 100_000
+    queue_retry_after: int = 30
 
 
 @dataclass(frozen=True, slots=True)
