@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import ConfigurationError
 from .sql import INSERT_DELIVERY, INSERT_EVENT, UPSERT_DELIVERY, UPSERT_SHARED, SqlOutbox
-from .store import KIND_RANK, Claimed, Incoming, Result, Stored
+from .store import DEAD_AFTER, KIND_RANK, Claimed, Incoming, Result, Stored
 
 if TYPE_CHECKING:
     import psycopg
@@ -135,9 +135,8 @@ class PostgresOutbox(SqlOutbox):
                                       application_name="ims-fhir")
             except self._pg.Error as exc:
                 # the server's message names host and database, never the password
-                raise ConfigurationError(f"storage {_where(self.url)}: cannot connect "
-                                         f"({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__})"
-                                         ) from None
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ConfigurationError(f"storage {_where(self.url)}: cannot connect ({reason})") from None
             self._local.db = db
             with self._lock:
                 self._connections.append(db)
@@ -191,10 +190,11 @@ class PostgresOutbox(SqlOutbox):
                                                       lease_seconds=lease_seconds, now=now))
 
     def complete(self, target: str, results: list[Result], *, owner: str, now: float, max_attempts: int,
-                 backoff_base: float, backoff_cap: float, latency: float | None, dead_after: float = 72 * 3600.0) -> None:
-        self._retrying(lambda: SqlOutbox.complete(self, target, results, owner=owner, now=now, max_attempts=max_attempts,
-                                                  backoff_base=backoff_base, backoff_cap=backoff_cap, latency=latency,
-                                                  dead_after=dead_after))
+                 backoff_base: float, backoff_cap: float, latency: float | None,
+                 dead_after: float = DEAD_AFTER) -> None:
+        self._retrying(lambda: SqlOutbox.complete(
+            self, target, results, owner=owner, now=now, max_attempts=max_attempts, backoff_base=backoff_base,
+            backoff_cap=backoff_cap, latency=latency, dead_after=dead_after))
 
     def release_abandoned(self, is_dead: Callable[[str], bool], *, now: float) -> int:
         return self._retrying(lambda: SqlOutbox.release_abandoned(self, is_dead, now=now))
@@ -240,7 +240,7 @@ class PostgresOutbox(SqlOutbox):
                 else:
                     updates.append((revision, rec.content_hash, rec.group, waits[0], waits[1], now,
                                     rec.record_type, rec.record_id))
-                for target, n in zip(targets, seq):
+                for target, n in zip(targets, seq, strict=True):
                     deliveries.append((target, rec.record_type, rec.record_id, rec.patient, rank, n, now, now, now))
                     events.append((now, target, rec.record_type, rec.record_id, revision, "queued",
                                    "new record" if old is None else "changed"))
@@ -258,7 +258,8 @@ class PostgresOutbox(SqlOutbox):
                     "(SELECT * FROM unnest(%s::text[], %s::text[]))",
                     ([r.record_type for r, _, _ in unchanged], [r.record_id for r, _, _ in unchanged])).fetchall()}
                 for rec, revision, seq in unchanged:
-                    missing = [(t, n) for t, n in zip(targets, seq) if (t, rec.record_type, rec.record_id) not in have]
+                    missing = [(t, n) for t, n in zip(targets, seq, strict=True)
+                               if (t, rec.record_type, rec.record_id) not in have]
                     for target, n in missing:
                         news.append((target, rec.record_type, rec.record_id, rec.patient,
                                      KIND_RANK.get(rec.record_type, 9), n, now, now, now))

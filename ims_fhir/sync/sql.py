@@ -75,6 +75,16 @@ INSERT_EVENT = ("INSERT INTO event (at, target, record_type, record_id, revision
 UPSERT_SHARED = ("INSERT INTO shared (resource_id, entry) VALUES (?,?) "
                  "ON CONFLICT (resource_id) DO UPDATE SET entry=excluded.entry")
 
+#: the due deliveries of a target, kinds others refer to first, then in arrival order
+CLAIM = ("SELECT d.record_type, d.record_id, d.attempts, d.patient, d.rank, d.seq, r.revision, r.body, "
+         "r.waits_type, r.waits_id FROM delivery d JOIN record r "
+         "ON r.record_type=d.record_type AND r.record_id=d.record_id "
+         "WHERE d.target=? AND ((d.state='queued' AND d.next_attempt_at<=?) OR "
+         "(d.state='sending' AND d.lease_until<?)) ORDER BY d.rank, d.seq LIMIT ?")
+
+LEASED = ("SELECT state, lease_owner, attempts, first_failed_at FROM delivery "
+          "WHERE target=? AND record_type=? AND record_id=?")
+
 COUNT = ("INSERT INTO counter (name, target, value) VALUES (?,?,?) "
          "ON CONFLICT (name, target) DO UPDATE SET value=counter.value+excluded.value")
 
@@ -173,7 +183,7 @@ class SqlOutbox:
                  only_missing: bool, detail: str = "new target") -> bool:
         added = False
         rank = KIND_RANK.get(rec.record_type, 9)
-        for target, n in zip(targets, seq):
+        for target, n in zip(targets, seq, strict=True):
             params = (target, rec.record_type, rec.record_id, rec.patient, rank, n, now, now, now)
             cur = self._x(db, INSERT_DELIVERY if only_missing else UPSERT_DELIVERY, params)
             if only_missing and cur.rowcount < 1:
@@ -195,13 +205,7 @@ class SqlOutbox:
     def claim(self, target: str, *, owner: str, limit: int, lease_seconds: float, now: float) -> list[Claimed]:
         claimed: list[Claimed] = []
         with self._tx() as db:
-            rows = self._x(db,
-                "SELECT d.record_type, d.record_id, d.attempts, d.patient, d.rank, d.seq, r.revision, r.body, "
-                "r.waits_type, r.waits_id FROM delivery d JOIN record r "
-                "ON r.record_type=d.record_type AND r.record_id=d.record_id "
-                "WHERE d.target=? AND ((d.state='queued' AND d.next_attempt_at<=?) OR "
-                "(d.state='sending' AND d.lease_until<?)) ORDER BY d.rank, d.seq LIMIT ?" + self.lock_clause,
-                (target, now, now, limit * LOOKAHEAD)).fetchall()
+            rows = self._x(db, CLAIM + self.lock_clause, (target, now, now, limit * LOOKAHEAD)).fetchall()
             if not rows:
                 return []
             pending = self._pending_of_patients(db, target, sorted({r[3] for r in rows if r[3] is not None}))
@@ -234,9 +238,9 @@ class SqlOutbox:
         for i in range(0, len(patients), 500):
             chunk = patients[i:i + 500]
             marks = ",".join("?" * len(chunk))
-            for patient, rank, seq, rtype, rid in self._x(db,
-                    f"SELECT patient, rank, seq, record_type, record_id FROM delivery WHERE target=? "  # noqa: S608
-                    f"AND state IN ('queued','sending') AND patient IN ({marks})", (target, *chunk)).fetchall():
+            sql = ("SELECT patient, rank, seq, record_type, record_id FROM delivery WHERE target=? "  # noqa: S608
+                   f"AND state IN ('queued','sending') AND patient IN ({marks})")  # only '?' marks are added
+            for patient, rank, seq, rtype, rid in self._x(db, sql, (target, *chunk)).fetchall():
                 out.setdefault(patient, []).append((int(rank), int(seq), (rtype, rid)))
         return out
 
@@ -251,7 +255,8 @@ class SqlOutbox:
                 rows = self._x(db, "SELECT target, record_type, record_id, sending_revision FROM delivery "
                                    "WHERE state='sending' AND lease_owner=?", (owner,)).fetchall()
                 self._x(db, "UPDATE delivery SET state='queued', lease_owner=NULL, lease_until=NULL, "
-                            "next_attempt_at=?, updated_at=? WHERE state='sending' AND lease_owner=?", (now, now, owner))
+                            "next_attempt_at=?, updated_at=? WHERE state='sending' AND lease_owner=?",
+                        (now, now, owner))
                 for target, rtype, rid, revision in rows:
                     self._event(db, now, target, rtype, rid, revision or 0, "queued", "its worker stopped mid-send")
                 released += len(rows)
@@ -263,8 +268,7 @@ class SqlOutbox:
         with self._tx() as db:
             for res in results:
                 key = (target, res.record_type, res.record_id)
-                row = self._x(db, "SELECT state, lease_owner, attempts, first_failed_at FROM delivery "
-                                  "WHERE target=? AND record_type=? AND record_id=?" + self.row_lock, key).fetchone()
+                row = self._x(db, LEASED + self.row_lock, key).fetchone()
                 if row is None or row[0] != "sending" or row[1] != owner:
                     continue  # the lease ran out and someone else took it over; their result counts
                 _, _, attempts, first_failed = row
@@ -340,9 +344,10 @@ class SqlOutbox:
             where += " AND d.target=?"
             params = (*params, target)
         with self._tx() as db:
-            rows = self._x(db, "SELECT d.target, d.record_type, d.record_id, r.revision FROM delivery d "  # noqa: S608
-                               "JOIN record r ON r.record_type=d.record_type AND r.record_id=d.record_id "
-                               f"WHERE {where}", params).fetchall()
+            sql = ("SELECT d.target, d.record_type, d.record_id, r.revision FROM delivery d "  # noqa: S608
+                   "JOIN record r ON r.record_type=d.record_type AND r.record_id=d.record_id "
+                   f"WHERE {where}")  # where: a fixed condition of this module, values as '?' parameters
+            rows = self._x(db, sql, params).fetchall()
             self._xm(db, "UPDATE delivery SET state='queued', attempts=0, first_failed_at=NULL, next_attempt_at=?, "
                          "updated_at=?, queued_at=? WHERE target=? AND record_type=? AND record_id=?",
                      [(now, now, now, tgt, rtype, rid) for tgt, rtype, rid, _ in rows])
@@ -354,8 +359,8 @@ class SqlOutbox:
 
     def status(self, record_type: str, record_id: str) -> RecordStatus | None:
         with self._tx(write=False) as db:
-            rec = self._x(db, "SELECT revision, received_at, updated_at FROM record WHERE record_type=? AND record_id=?",
-                          (record_type, record_id)).fetchone()
+            rec = self._x(db, "SELECT revision, received_at, updated_at FROM record "
+                              "WHERE record_type=? AND record_id=?", (record_type, record_id)).fetchone()
             if rec is None:
                 return None
             rows = self._x(db,

@@ -12,6 +12,7 @@ import pytest
 
 from ims_fhir.sync import Incoming, Outbox, Result, SQLiteOutbox, open_outbox
 from ims_fhir.sync.sqlite import MIGRATIONS
+from ims_fhir.sync.store import DeliveryStatus
 
 T = "hospital"
 
@@ -32,6 +33,12 @@ def done(box: Outbox, owner: str, results: list[Result], now: float = 100.0, **k
     box.complete(T, results, owner=owner, now=now, max_attempts=int(kw.get("max_attempts", 3)),
                  backoff_base=kw.get("backoff", 10.0), backoff_cap=60.0, latency=None,
                  dead_after=kw.get("dead_after", 3600.0))
+
+
+def delivery(box: Outbox, rtype: str, rid: str) -> DeliveryStatus:
+    status = box.status(rtype, rid)
+    assert status is not None
+    return status.deliveries[0]
 
 
 def synced(rtype: str, rid: str, revision: int = 1) -> Result:
@@ -61,9 +68,9 @@ def test_a_lease_excludes_others_until_it_expires(outbox: Outbox) -> None:
     (again,) = outbox.claim(T, owner="b", limit=5, lease_seconds=10, now=13.0)
     assert again.attempts == 0  # a send cut short by an expired lease is no attempt
     done(outbox, "a", [synced("patient", "P1")])  # the first owner lost its lease: its result is ignored
-    assert outbox.status("patient", "P1").deliveries[0].state == "sending"
+    assert delivery(outbox, "patient", "P1").state == "sending"
     done(outbox, "b", [synced("patient", "P1")])
-    assert outbox.status("patient", "P1").deliveries[0].state == "synced"
+    assert delivery(outbox, "patient", "P1").state == "synced"
 
 
 def test_a_record_changed_while_it_is_sent_is_sent_again(outbox: Outbox) -> None:
@@ -71,8 +78,8 @@ def test_a_record_changed_while_it_is_sent_is_sent_again(outbox: Outbox) -> None
     (claimed,) = outbox.claim(T, owner="w", limit=5, lease_seconds=60, now=2.0)
     assert outbox.put([rec("patient", "P1", "v2")], [T], now=3.0)[0].revision == 2
     done(outbox, "w", [synced("patient", "P1", claimed.revision)])
-    (delivery,) = outbox.status("patient", "P1").deliveries
-    assert delivery.state == "queued" and delivery.synced_revision == 1
+    current = delivery(outbox, "patient", "P1")
+    assert current.state == "queued" and current.synced_revision == 1
     (next_claim,) = outbox.claim(T, owner="w", limit=5, lease_seconds=60, now=200.0)
     assert next_claim.revision == 2 and next_claim.group == b"v2"
 
@@ -87,11 +94,11 @@ def test_transient_failures_back_off_and_die_only_after_the_attempts_and_the_age
         if attempt == 1:
             assert outbox.claim(T, owner="w", limit=5, lease_seconds=5, now=now + 5) == []  # backing off
     # past max_attempts (3) but not 300 s since the first failure (at 2.0): still queued
-    (d,) = outbox.status("patient", "P1").deliveries
+    d = delivery(outbox, "patient", "P1")
     assert (d.state, d.attempts) == ("queued", 4)
     outbox.claim(T, owner="w", limit=5, lease_seconds=5, now=400.0)
     done(outbox, "w", busy, now=400.0, dead_after=300.0)
-    assert outbox.status("patient", "P1").deliveries[0].state == "dead"
+    assert delivery(outbox, "patient", "P1").state == "dead"
     assert [f.record_id for f in outbox.failures()] == ["P1"]
     assert outbox.retry_state("dead", now=410.0) == 1
     assert outbox.claim(T, owner="w", limit=5, lease_seconds=5, now=410.0)[0].attempts == 0
@@ -107,7 +114,7 @@ def test_a_success_ends_the_failure_streak(outbox: Outbox) -> None:
     outbox.claim(T, owner="w", limit=5, lease_seconds=5, now=501.0)
     done(outbox, "w", [Result("patient", "P1", "transient", 2, error="reset")], now=501.0, dead_after=100.0,
          max_attempts=1)
-    assert outbox.status("patient", "P1").deliveries[0].state == "queued"  # a new streak began at 501
+    assert delivery(outbox, "patient", "P1").state == "queued"  # a new streak began at 501
 
 
 def test_one_patients_records_go_in_order_whoever_claims_them(outbox: Outbox) -> None:
@@ -143,7 +150,7 @@ def test_an_expired_lease_is_taken_over_without_counting_an_attempt(outbox: Outb
     (t1,) = outbox.claim(T, owner="b", limit=1, lease_seconds=10, now=13.0)
     assert (t1.record_id, t1.attempts) == ("T1", 0)
     done(outbox, "b", [synced("treatment", "T1")], now=14.0)
-    assert outbox.status("treatment", "T1").deliveries[0].attempts == 0
+    assert delivery(outbox, "treatment", "T1").attempts == 0
 
 
 def test_workers_in_threads_share_the_queue_once_each_and_in_patient_order(storage_url: str) -> None:
@@ -214,7 +221,7 @@ def test_a_refused_record_fails_at_once_with_the_outcome(outbox: Outbox) -> None
     outbox.claim(T, owner="w", limit=5, lease_seconds=5, now=2.0)
     oo = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "invalid"}]}
     done(outbox, "w", [Result("patient", "P1", "rejected", 1, status=422, error="no", outcome=oo)])
-    (d,) = outbox.status("patient", "P1").deliveries
+    d = delivery(outbox, "patient", "P1")
     assert (d.state, d.http_status, d.outcome) == ("failed", 422, oo)
     assert outbox.claim(T, owner="w", limit=5, lease_seconds=5, now=1e6) == []  # not retried on its own
     assert outbox.retry("patient", "P1", now=3.0) == 1
