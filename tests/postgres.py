@@ -99,7 +99,7 @@ def start_postgres() -> PostgresServer:
     try:
         import psycopg  # noqa: F401
     except ImportError:
-        raise RuntimeError("psycopg 3 is missing: pip install -e '.[postgres,test]'") from None
+        raise RuntimeError("psycopg 3 is missing: pip install -e '.[test]'") from None
     root = Path(tempfile.mkdtemp(prefix="ims-fhir-pg-"))
     run_as: list[str] = []
     if os.geteuid() == 0:
