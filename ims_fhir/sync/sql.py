@@ -286,10 +286,10 @@ class SqlOutbox:
                     self._event(db, now, target, res.record_type, res.record_id, res.revision, "failed",
                                 f"HTTP {res.status}" if res.status else res.error)
                     self._count(db, "failed", target)
-                else:
+                else:  # transient: dead by count and age; conflict: by count only
                     attempts = int(attempts) + 1
                     first = now if first_failed is None else float(first_failed)
-                    dead = attempts >= max_attempts and now - first >= dead_after
+                    dead = attempts >= max_attempts and (res.kind == "conflict" or now - first >= dead_after)
                     wait = min(backoff_cap, backoff_base * 2.0 ** max(attempts - 1, 0))
                     self._x(db, "UPDATE delivery SET state=?, attempts=?, first_failed_at=?, http_status=?, error=?, "
                                 "outcome=?, lease_owner=NULL, lease_until=NULL, next_attempt_at=?, updated_at=? "

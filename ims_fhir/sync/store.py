@@ -15,7 +15,8 @@ Terms:
   ``failed``   the server refused the record (4xx); ``outcome`` holds its OperationOutcome.
                Not retried on its own: fix and re-post the record, or ask for a retry
   ``dead``     transient failures (connection, 5xx, 429) went on past the retry limit
-               *and* past the maximum age (see *attempt*)
+               *and* past the maximum age, or conflicts (409/412) past the retry limit
+               (see *attempt*)
 
 - *patient*: the patient a record belongs to (a patient record: itself; an assessment or
   treatment: its ``patient_id``; a practitioner: none). The records of one patient are
@@ -25,7 +26,8 @@ Terms:
 - *attempt*: one answer that counts against a delivery: a refusal by the server or a
   transport/server failure (connection, timeout, 5xx, 429). A send cut short by a crash
   or an expired lease is no attempt. Dead-lettering is by cause and age: a refusal is
-  ``failed`` at once; a transient failure is ``dead`` only after ``max_attempts`` attempts
+  ``failed`` at once; a conflict (409/412, a clash with a concurrent write) is retried and
+  ``dead`` after ``max_attempts``; a transient failure is ``dead`` only after ``max_attempts`` attempts
   *and* ``dead_after`` seconds since the first failure of the streak (72 h by default),
   so an outage of hours never kills a queue.
 - *event*: one line of a delivery's history (queued, sending, synced, failed, retry ...).
@@ -98,7 +100,9 @@ class Result:
     """What happened to one claimed delivery.
 
     ``kind``: ``synced`` (``resources`` = server ids and versions), ``rejected`` (the server
-    refused it: ``status`` + ``outcome``), ``transient`` (worth another try later).
+    refused it: ``status`` + ``outcome``), ``conflict`` (the server refused it for a clash with
+    a concurrent write, 409/412: retried, ``dead`` after ``max_attempts``), ``transient``
+    (worth another try later).
     """
 
     record_type: str

@@ -8,7 +8,9 @@ self-contained transaction Bundles, send each Bundle through the shared engine
 record's result as soon as its Bundle is answered:
 
 - its entries went through: ``synced`` with the server's ids and versions;
-- the server refused it (4xx): ``failed`` with the server's OperationOutcome;
+- the server refused it (4xx): ``failed`` with the server's OperationOutcome; but a
+  conflict (409/412: a clash with a concurrent write) is queued again with backoff and
+  ``dead`` only after ``max_attempts``;
 - the target could not be reached or kept failing (connection, 5xx, 429, 401/403 after
   the client's retries): queued again with backoff; ``dead`` only after ``max_attempts``
   such attempts *and* ``dead_after_seconds`` since the first of them (72 h by default), so
@@ -237,7 +239,11 @@ class SyncWorker:
                 results.append(Result(key[0], key[1], "synced", revision, resources=resources[key]))
             elif key in refused:
                 err = refused[key]
-                results.append(Result(key[0], key[1], "rejected", revision, status=_status_of(err), error=str(err),
+                status = _status_of(err)
+                # 409/412: a clash with a concurrent write (another sender, a re-send after a
+                # crash): worth another try, unlike a refusal of the content
+                kind = "conflict" if status in (409, 412) else "rejected"
+                results.append(Result(key[0], key[1], kind, revision, status=status, error=str(err),
                                       outcome=_outcome_of(err)))
             else:  # only in parts that failed for another record: send it again on its own
                 results.append(Result(key[0], key[1], "transient", revision,

@@ -192,7 +192,7 @@ def _post(url: str, body: bytes) -> requests.Response:
 def test_three_workers_on_postgresql_kill_9_of_a_worker_and_of_serve_keep_every_record_once_and_in_order(
         run_cli: Any, clean_fhir_server: DevServer, tmp_path: Path, postgres_url: str) -> None:
     base = clean_fhir_server.base_url
-    records = [{"record_type": t, **r} for t, r in generate(PATIENTS, seed=21, treatments_per_patient=(3, 5))]
+    records = [{"record_type": t, **r} for t, r in generate(24, seed=21, treatments_per_patient=(3, 5))]
     export = tmp_path / "export.ndjson"
     export.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
     expected = expected_counts(run_cli, tmp_path, export)
@@ -204,8 +204,8 @@ def test_three_workers_on_postgresql_kill_9_of_a_worker_and_of_serve_keep_every_
     settings = service_settings(tmp_path, base_url=base, storage_url=postgres_url,
                                 server={"port": port, "threads": 2, "max_body_bytes": 4 * 1024 * 1024},
                                 worker={"enabled": False, "batch_records": 6, "bundle_size": 200,
-                                        "lease_seconds": 20, "poll_seconds": 0.1})
-    settings["targets"][0].update(timeout=10, retry_budget=5)
+                                        "lease_seconds": 70, "poll_seconds": 0.1})
+    settings["targets"][0].update(timeout=60, retry_budget=5)
     config = tmp_path / "service.toml"
     config.write_text(_toml(settings), encoding="utf-8")
     log = artifacts() / "test_service_crash_workers.log"

@@ -242,3 +242,15 @@ def test_a_new_target_gets_records_already_stored(outbox: Outbox) -> None:
     assert stored.result == "queued"
     assert outbox.pending("lab") == 1 and outbox.pending(T) == 1
     assert outbox.put([rec("patient", "P1")], [T, "lab"], now=3.0)[0].result == "unchanged"
+
+
+def test_a_conflict_is_retried_and_dead_after_the_attempts_whatever_its_age(outbox: Outbox) -> None:
+    outbox.put([rec("patient", "P1")], [T], now=1.0)
+    clash = [Result("patient", "P1", "conflict", 1, status=409, error="concurrent write")]
+    for now in (2.0, 100.0):
+        outbox.claim(T, owner="w", limit=5, lease_seconds=5, now=now)
+        done(outbox, "w", clash, now=now, max_attempts=2, dead_after=1e9)
+        if now == 2.0:
+            assert delivery(outbox, "patient", "P1").state == "queued"  # retried, unlike a refusal
+    d = delivery(outbox, "patient", "P1")
+    assert (d.state, d.attempts, d.http_status) == ("dead", 2, 409)
