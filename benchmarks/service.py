@@ -37,11 +37,11 @@ import waitress
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ims_fhir import devserver  # noqa: E402
-from ims_fhir.synthetic import generate  # noqa: E402
-from service import create_app  # noqa: E402
-from service.auth import hash_token  # noqa: E402
-from service.config import config_from_mapping  # noqa: E402
+from ims_fhir.dev import hapi  # noqa: E402
+from ims_fhir.dev.synthetic import generate  # noqa: E402
+from ims_fhir_service import create_app  # noqa: E402
+from ims_fhir_service.auth import hash_token  # noqa: E402
+from ims_fhir_service.config import config_from_mapping  # noqa: E402
 
 TOKEN = "benchmark-token-not-a-secret"
 
@@ -146,7 +146,7 @@ def main() -> int:
     try:
         if base is None:
             print("starting the local HAPI FHIR server ...", file=sys.stderr)
-            server = devserver.start(log_path=Path(tempfile.gettempdir()) / "ims-fhir-bench-hapi.log")
+            server = hapi.start(log_path=Path(tempfile.gettempdir()) / "ims-fhir-bench-hapi.log")
             base = server.base_url
         for storage, workers in setups:
             url = "sqlite"

@@ -2,9 +2,10 @@
 
 Modules: :mod:`.store` (terms, states, the :class:`Outbox` interface), :mod:`.sql` (the
 SQL both storages share), :mod:`.sqlite` (the default SQLite/WAL storage),
-:mod:`.postgres` (PostgreSQL, for several workers on several hosts), :mod:`.intake` (request body -> validated, converted
-work), :mod:`.worker` (claim, send through :func:`ims_fhir.push.deliver`, record).
-The Flask service (``service/``) and ``ims-fhir worker`` both build on it.
+:mod:`.postgres` (PostgreSQL, for several workers on several hosts), :mod:`.intake`
+(request body -> validated, converted work), :mod:`.worker` (claim, send through
+:class:`ims_fhir.delivery.Sender`, record). The Flask service (``ims_fhir_service``) and
+``ims-fhir worker`` (:mod:`.runner`, :mod:`.config`) build on it.
 """
 
 from __future__ import annotations

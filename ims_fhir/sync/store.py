@@ -41,8 +41,9 @@ transaction. Times are seconds since the epoch, passed in by the caller (no cloc
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 STATES = ("queued", "sending", "synced", "failed", "dead")
 

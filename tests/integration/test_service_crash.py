@@ -31,8 +31,8 @@ from typing import Any
 import orjson
 import requests
 
-from ims_fhir.devserver import DevServer
-from ims_fhir.synthetic import generate
+from ims_fhir.dev.hapi import DevServer
+from ims_fhir.dev.synthetic import generate
 from tests.conftest import SOURCE
 from tests.service.conftest import RW_TOKEN, service_settings
 from tests.service.support import artifacts, leaks, personal_data

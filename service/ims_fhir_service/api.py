@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from .auth import require
 from .outcomes import error_response, issue, outcome_response
 
 bp = Blueprint("api", __name__)
-log = logging.getLogger("service.api")
+log = logging.getLogger("ims_fhir_service.api")
 
 
 def state() -> ServiceState:
@@ -42,7 +42,7 @@ def state() -> ServiceState:
 def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _location(record_type: str, record_id: str) -> str:
@@ -56,10 +56,10 @@ def post_records() -> Response:
     if (busy := _backpressure(st)) is not None:
         return busy
     body = request.get_data(cache=False)  # past MAX_CONTENT_LENGTH: 413
-    raw_records, declared = parse_body(body)
+    convert = st.config.convert
+    raw_records, declared = parse_body(body, lenient=convert.lenient)
     if declared:
         resolve_source(declared, st.config.source.model_dump(exclude_none=True), "the posted document")
-    convert = st.config.convert
     intake = take(raw_records, st.mapping, lenient=convert.lenient,
                   context={"default_tz": convert.default_tz} if convert.default_tz else None)
     stored = st.outbox.put(intake.accepted, [t.name for t in st.config.targets], now=st.clock()) if intake.accepted else []
