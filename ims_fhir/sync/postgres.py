@@ -22,8 +22,8 @@ How several workers share the queue:
 Transactions run at READ COMMITTED; one that PostgreSQL aborts for a deadlock or a
 serialization failure (two intakes of the same new record) is run again, up to
 :data:`TX_ATTEMPTS` times. Migrations (:data:`MIGRATIONS`) run under an advisory lock when
-the outbox is opened. Intake writes a whole batch with a few statements (executemany in
-pipeline mode), not a round trip per record.
+the outbox is opened. Intake writes a whole batch with a few statements (one per table, the
+rows as typed arrays sent in binary through ``unnest``), not a round trip per record.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import ConfigurationError
-from .sql import INSERT_DELIVERY, INSERT_EVENT, UPSERT_DELIVERY, UPSERT_SHARED, SqlOutbox
+from .sql import UPSERT_DELIVERY, SqlOutbox
 from .store import DEAD_AFTER, KIND_RANK, Claimed, Incoming, Result, Stored
 
 if TYPE_CHECKING:
@@ -49,6 +49,18 @@ TX_ATTEMPTS = 5
 
 #: a key of ``pg_advisory_xact_lock`` held while migrations run ("imsfhir" in ASCII)
 MIGRATION_LOCK = 0x696D7366686972
+
+_DELIVERY_COLUMNS = ("target, record_type, record_id, patient, rank, seq, state, attempts, next_attempt_at, "
+                     "queued_at, updated_at")
+_DELIVERY_TYPES = ("text", "text", "text", "text", "int4", "int8", "float8", "float8", "float8")
+_DELIVERY_ROWS = ("SELECT u.target, u.record_type, u.record_id, u.patient, u.rank, u.seq, 'queued', 0, u.next_attempt_at, "
+                  "u.queued_at, u.updated_at FROM unnest({}) AS u(target, record_type, record_id, patient, rank, seq, "
+                  "next_attempt_at, queued_at, updated_at)")
+#: :data:`~.sql.UPSERT_DELIVERY` for many rows in one statement
+UPSERT_DELIVERY_BULK = (f"INSERT INTO delivery ({_DELIVERY_COLUMNS}) {_DELIVERY_ROWS} "
+                        + UPSERT_DELIVERY[UPSERT_DELIVERY.index("ON CONFLICT"):])
+INSERT_DELIVERY_BULK = (f"INSERT INTO delivery ({_DELIVERY_COLUMNS}) {_DELIVERY_ROWS} "
+                        "ON CONFLICT (target, record_type, record_id) DO NOTHING")
 
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
@@ -80,6 +92,16 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX event_record ON event (record_type, record_id, seq)",
         """CREATE TABLE counter (name TEXT NOT NULL, target TEXT NOT NULL, value DOUBLE PRECISION NOT NULL,
             PRIMARY KEY (name, target))""",
+    ),
+    (  # 2: a converted record is about 10 kB of JSON: compressed with lz4 (where the server has
+       # it; pglz cost intake much of its time) and kept in the row rather than in TOAST chunks
+        """DO $$ BEGIN
+            IF EXISTS (SELECT 1 FROM pg_settings WHERE name = 'default_toast_compression' AND 'lz4' = ANY(enumvals)) THEN
+                EXECUTE 'ALTER TABLE record ALTER COLUMN body SET COMPRESSION lz4';
+                EXECUTE 'ALTER TABLE shared ALTER COLUMN entry SET COMPRESSION lz4';
+            END IF;
+        END $$""",
+        "ALTER TABLE record ALTER COLUMN body SET STORAGE MAIN",
     ),
 )
 
@@ -204,6 +226,14 @@ class PostgresOutbox(SqlOutbox):
 
     # -- intake, batched ------------------------------------------------------------------
 
+    @staticmethod
+    def _bulk(db: psycopg.Connection[Any], sql: str, types: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
+        """One statement for many rows: ``{}`` in ``sql`` becomes one typed array parameter per column."""
+        if not rows:
+            return
+        arrays = ", ".join(f"%b::{t}[]" for t in types)  # binary: no hex-escaped bytea to parse
+        db.execute(sql.format(arrays), [list(column) for column in zip(*rows, strict=True)])
+
     def put(self, records: list[Incoming], targets: list[str], *, now: float) -> list[Stored]:
         keys = [(r.record_type, r.record_id) for r in records]
         if len(set(keys)) != len(keys):  # the same record twice in one batch: one after the other
@@ -245,12 +275,18 @@ class PostgresOutbox(SqlOutbox):
                     events.append((now, target, rec.record_type, rec.record_id, revision, "queued",
                                    "new record" if old is None else "changed"))
                 out.append(Stored(rec.record_type, rec.record_id, "queued", revision))
-            self._xm(db, UPSERT_SHARED, sorted(shared.items()))
-            self._xm(db, "INSERT INTO record (record_type, record_id, revision, content_hash, body, waits_type, "
-                         "waits_id, received_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?)", inserts)
-            self._xm(db, "UPDATE record SET revision=?, content_hash=?, body=?, waits_type=?, waits_id=?, updated_at=? "
-                         "WHERE record_type=? AND record_id=?", updates)
-            self._xm(db, UPSERT_DELIVERY, sorted(deliveries, key=lambda d: d[:3]))
+            self._bulk(db, "INSERT INTO shared (resource_id, entry) SELECT * FROM unnest({}) "
+                           "ON CONFLICT (resource_id) DO UPDATE SET entry=excluded.entry",
+                       ("text", "bytea"), sorted(shared.items()))
+            self._bulk(db, "INSERT INTO record (record_type, record_id, revision, content_hash, body, waits_type, "
+                           "waits_id, received_at, updated_at) SELECT * FROM unnest({})",
+                       ("text", "text", "int4", "text", "bytea", "text", "text", "float8", "float8"), inserts)
+            self._bulk(db, "UPDATE record SET revision=u.revision, content_hash=u.content_hash, body=u.body, "
+                           "waits_type=u.waits_type, waits_id=u.waits_id, updated_at=u.updated_at FROM unnest({}) "
+                           "AS u(revision, content_hash, body, waits_type, waits_id, updated_at, record_type, "
+                           "record_id) WHERE record.record_type=u.record_type AND record.record_id=u.record_id",
+                       ("int4", "text", "bytea", "text", "text", "float8", "text", "text"), updates)
+            self._bulk(db, UPSERT_DELIVERY_BULK, _DELIVERY_TYPES, sorted(deliveries, key=lambda d: d[:3]))
             if unchanged:
                 # unchanged records: only a target added to the configuration since gets them
                 have = {tuple(r) for r in db.execute(
@@ -265,8 +301,10 @@ class PostgresOutbox(SqlOutbox):
                                      KIND_RANK.get(rec.record_type, 9), n, now, now, now))
                         events.append((now, target, rec.record_type, rec.record_id, revision, "queued", "new target"))
                     out.append(Stored(rec.record_type, rec.record_id, "queued" if missing else "unchanged", revision))
-            self._xm(db, INSERT_DELIVERY, news)
-            self._xm(db, INSERT_EVENT, events)
+            self._bulk(db, INSERT_DELIVERY_BULK, _DELIVERY_TYPES, news)
+            self._bulk(db, "INSERT INTO event (at, target, record_type, record_id, revision, event, detail) "
+                           "SELECT * FROM unnest({})",
+                       ("float8", "text", "text", "text", "int4", "text", "text"), events)
         position = {k: i for i, k in enumerate((r.record_type, r.record_id) for r in records)}
         return sorted(out, key=lambda s: position[(s.record_type, s.record_id)])
 
