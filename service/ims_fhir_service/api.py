@@ -5,14 +5,17 @@ and stored in the outbox in one transaction (202, each with the URL of its statu
 invalid ones are stored nowhere and answered 422 with every reason, while the valid
 records of the same batch still go in (the 422 OperationOutcome lists them as
 ``information`` issues). Re-posting an unchanged record changes nothing; a changed one is
-queued again and re-sent as an update.
+queued again and re-sent as an update. Backpressure: while a target has more than
+``[server] max_queue_depth`` deliveries queued or sending, ``POST /records`` answers 429 with
+``Retry-After`` and an OperationOutcome, and stores nothing (the client sends the batch again
+later).
 """
 
 from __future__ import annotations
 
 import logging
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +42,7 @@ def state() -> ServiceState:
 def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _location(record_type: str, record_id: str) -> str:
@@ -50,6 +53,8 @@ def _location(record_type: str, record_id: str) -> str:
 @require("read-write")
 def post_records() -> Response:
     st = state()
+    if (busy := _backpressure(st)) is not None:
+        return busy
     body = request.get_data(cache=False)  # past MAX_CONTENT_LENGTH: 413
     convert = st.config.convert
     raw_records, declared = parse_body(body, lenient=convert.lenient)
@@ -83,6 +88,23 @@ def post_records() -> Response:
     if len(accepted) == 1:
         response.headers["Location"] = str(accepted[0]["status"])
     return response
+
+
+def _backpressure(st: ServiceState) -> Response | None:
+    """429 while a target's queue is deeper than configured (nothing of the request is read or stored)."""
+    limit = st.config.server.max_queue_depth
+    if limit <= 0:
+        return None
+    for target in st.config.targets:
+        depth = st.outbox.pending(target.name)
+        if depth > limit:
+            log.warning("records refused for now: %d deliveries to %s pending (limit %d)", depth, target.name, limit)
+            wait = str(st.config.server.queue_retry_after)
+            return outcome_response(429, [issue("error", "throttled", (
+                f"the queue to target {target.name!r} holds {depth} deliveries, above the limit of {limit}: "
+                f"nothing of this request was stored; send it again after {wait} seconds"))],
+                headers={"Retry-After": wait})
+    return None
 
 
 def _known_type(record_type: str) -> Response | None:

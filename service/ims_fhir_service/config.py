@@ -13,6 +13,9 @@ the same file); the service adds::
     max_body_bytes = 10485760     # larger request bodies get 413
     secret_key_env = "IMS_FHIR_SECRET_KEY"   # signs the dashboard's session cookie
     secure_cookies = false        # true behind TLS
+    max_queue_depth = 100000      # backpressure: POST /records answers 429 (stores nothing) while a
+                                  # target has more deliveries queued or sending; 0 = no limit
+    queue_retry_after = 30        # seconds, the Retry-After of that 429
 
     [[tokens]]                    # API tokens, stored as SHA-256 digests, never in clear
     name = "clinic-export"
@@ -67,6 +70,8 @@ class ServerSettings:
     max_body_bytes: int = 10 * 1024 * 1024
     secret_key_env: str = "IMS_FHIR_SECRET_KEY"  # noqa: S105  (the name of a variable, not a secret)
     secure_cookies: bool = False
+    max_queue_depth: int = 100_000
+    queue_retry_after: int = 30
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,8 @@ def document() -> dict[str, Any]:
                             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Accepted"}}}},
                     "400": _error("the body is not JSON or NDJSON"),
                     "413": _error("the body is larger than server.max_body_bytes"),
+                    "429": _error("a target's queue is deeper than server.max_queue_depth: nothing was stored; "
+                                  "send the batch again after Retry-After seconds"),
                     "422": _error("some records are invalid (error issues: every reason, with the field path in "
                                   "expression and the record's place in the body in location); the valid records of "
                                   "the batch were stored (information issues)"),

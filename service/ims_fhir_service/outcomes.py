@@ -19,7 +19,7 @@ from ims_fhir.errors import ImsFhirError, InputError, UsageError
 RULE_SYSTEM = "https://ims-fhir.github.io/fhir/CodeSystem/ims-record-rule"
 
 _CODES = {400: "invalid", 401: "login", 403: "forbidden", 404: "not-found", 405: "not-supported",
-          413: "too-costly", 415: "not-supported", 422: "invalid", 501: "not-supported", 503: "transient"}
+          413: "too-costly", 415: "not-supported", 422: "invalid", 429: "throttled", 501: "not-supported", 503: "transient"}
 
 
 def issue(severity: str, code: str, diagnostics: str, *, expression: list[str] | None = None,
