@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import json
 import math
 import os
 import re
@@ -113,16 +114,75 @@ def _check_readable(path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------
+# duplicate keys: JSON parsers keep the last of two equal keys silently; the format refuses them
+
+_KEY_END = re.compile(rb'"\s*:')
+
+
+def _count_keys(value: Any) -> int:
+    n = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            n += len(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return n
+
+
+class _Duplicate(Exception):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _Duplicate(key)
+        out[key] = value
+    return out
+
+
+def duplicate_key(raw: bytes | str, parsed: Any) -> str | None:
+    """The first key that an object of ``raw`` (already ``parsed``) repeats, or None.
+
+    Fast path: every key ends with ``"`` then ``:``, and inside strings a quote is escaped, so
+    when the text has no more such ends than ``parsed`` has keys, no key was lost.
+    """
+    data = raw.encode("utf-8") if isinstance(raw, str) else raw
+    if len(_KEY_END.findall(data)) <= _count_keys(parsed):
+        return None
+    try:
+        json.loads(data, object_pairs_hook=_no_duplicates)
+    except _Duplicate as dup:
+        return str(dup.args[0])
+    except ValueError:
+        return None  # orjson read it; a difference in corner cases is not a duplicate
+    return None
+
+
+def duplicate_problem(key: str) -> Problem:
+    shown = key if len(key) <= 60 else key[:57] + "..."
+    return Problem("(record)", "duplicate_key", f"the key {shown!r} appears twice in one object "
+                                                "(which value was meant is unknown)")
+
+
+# ---------------------------------------------------------------------------------------
 # JSON document
 
 
 def _read_json_document(path: Path, *, lenient: bool) -> tuple[dict[str, Any] | None, Iterator[RawRecord]]:
     try:
-        doc = orjson.loads(path.read_bytes())
+        raw = path.read_bytes()
+        doc = orjson.loads(raw)
     except OSError as exc:
         raise InputError(f"{path}: cannot read ({exc.strerror or exc})", source=str(path)) from exc
     except orjson.JSONDecodeError as exc:
         raise InputError(f"{path}: not valid JSON ({exc})", source=str(path)) from exc
+    if (dup := duplicate_key(raw, doc)) is not None:
+        raise InputError(f"{path}: {duplicate_problem(dup).message}", source=str(path))
     if not isinstance(doc, dict):
         raise InputError(f"{path}: a JSON document must be an object with \"format\": \"{v.FORMAT}\"", source=str(path))
     fmt = doc.get("format")
@@ -182,6 +242,10 @@ def parse_ndjson_line(line: bytes | str, origin: str) -> RawRecord:
                                                       f"not valid JSON: {exc.msg} (at character {exc.pos + 1})")])
     if not isinstance(obj, dict):
         return RawRecord(None, None, origin, [Problem("(line)", "type", "a line must hold one JSON object")])
+    if (dup := duplicate_key(line, obj)) is not None:
+        rtype = obj.pop("record_type", None)
+        return RawRecord(rtype if isinstance(rtype, str) and rtype in v.RECORD_TYPES else None, obj, origin,
+                         [duplicate_problem(dup)])
     record_type = obj.pop("record_type", None)
     if record_type is None:
         return RawRecord(None, obj, origin, [Problem("record_type", "required", "is required on every NDJSON line")])
