@@ -348,7 +348,7 @@ def serve(config_file: Path | None, no_worker: bool, log_level: str) -> int:
     from service.runner import serve as run_serve
 
     config = load_config(config_file)
-    configure_logging(log_level)
+    configure_logging(log_level, config.server.log_format)
     return run_serve(config, with_worker=False if no_worker else None)
 
 
@@ -363,7 +363,7 @@ def worker(config_file: Path | None, once: bool, log_level: str) -> int:
     from service.runner import configure_logging, run_worker
 
     config = load_config(config_file)
-    configure_logging(log_level)
+    configure_logging(log_level, config.server.log_format)
     return run_worker(config, once=once)
 
 

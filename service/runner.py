@@ -14,19 +14,54 @@ import signal
 import sys
 import threading
 from types import FrameType
+from typing import Any, TextIO
 
 from ims_fhir.mapping import MappingContext, MappingOptions, map_organization
 from ims_fhir.sync import SyncWorker, open_outbox
 from ims_fhir.terminology import default_terminology
 
 from .config import ServiceConfig
+from .hardening import log_formatter
+from .outcomes import _error_task_class
 
 log = logging.getLogger("service")
 
 
-def configure_logging(level: str = "INFO") -> None:
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def configure_logging(level: str = "INFO", log_format: str = "text", *, stream: TextIO | None = None) -> None:
+    """Log lines to stderr: text (escaped, one line per message) or JSON lines (``[server] log_format``)."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(log_formatter(log_format))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(getattr(logging, level.upper(), logging.INFO))
+    # waitress logs request-derived text too ("connection limit reached", bad requests): same handler
+    logging.getLogger("waitress").setLevel(logging.WARNING)
+
+
+def waitress_options(config: ServiceConfig) -> dict[str, Any]:
+    """waitress's settings from ``[server]``: limits that keep slow or idle clients from taking every connection.
+
+    A half-sent request occupies a connection, not a thread; ``connection_limit`` bounds them
+    and ``channel_timeout`` closes those idle that long (checked every ``cleanup_interval``).
+    In production put a reverse proxy in front (docs/deployment.md): it buffers whole
+    requests, so slow clients never reach waitress.
+    """
+    srv = config.server
+    options: dict[str, Any] = dict(
+        host=srv.host, port=srv.port, threads=srv.threads, ident="ims-fhir",
+        # waitress's own limit sits above the app's, so the app answers 413 as an OperationOutcome
+        max_request_body_size=srv.max_body_bytes + 1024 * 1024,
+        max_request_header_size=srv.max_request_header_size,
+        channel_timeout=srv.channel_timeout, connection_limit=srv.connection_limit,
+        cleanup_interval=srv.cleanup_interval, backlog=srv.backlog,
+        asyncore_use_poll=True,  # select() fails past 1024 descriptors; poll() does not
+        clear_untrusted_proxy_headers=True)
+    if srv.trusted_proxy:
+        options.update(trusted_proxy=srv.trusted_proxy, trusted_proxy_count=1,
+                       trusted_proxy_headers={"x-forwarded-proto", "x-forwarded-for"})
+    return options
 
 
 def make_worker(config: ServiceConfig) -> SyncWorker:
@@ -59,10 +94,12 @@ def serve(config: ServiceConfig, *, with_worker: bool | None = None) -> int:
     _on_signals(stop)
     srv = config.server
     log.info("serving on http://%s:%d (targets: %s)", srv.host, srv.port, ", ".join(t.name for t in config.targets))
+    server = waitress.create_server(app, **waitress_options(config))
+    # waitress's own error answers (a chunked body over the limit, a malformed request) as OperationOutcomes
+    server.channel_class = type("OutcomeChannel", (server.channel_class,),
+                                {"error_task_class": _error_task_class()})
     try:
-        # waitress's own limit sits above the app's, so the app answers 413 as an OperationOutcome
-        waitress.serve(app, host=srv.host, port=srv.port, threads=srv.threads, ident="ims-fhir",
-                       max_request_body_size=srv.max_body_bytes + 1024 * 1024, clear_untrusted_proxy_headers=True)
+        server.run()
     except KeyboardInterrupt:
         pass
     finally:
@@ -92,4 +129,4 @@ def run_worker(config: ServiceConfig, *, once: bool = False) -> int:
     return 0
 
 
-__all__ = ["configure_logging", "make_worker", "run_worker", "serve"]
+__all__ = ["configure_logging", "make_worker", "run_worker", "serve", "waitress_options"]
