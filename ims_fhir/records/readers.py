@@ -158,8 +158,8 @@ def duplicate_key(raw: bytes | str, parsed: Any) -> str | None:
         json.loads(data, object_pairs_hook=_no_duplicates)
     except _Duplicate as dup:
         return str(dup.args[0])
-    except ValueError:
-        return None  # orjson read it; a difference in corner cases is not a duplicate
+    except (ValueError, RecursionError):
+        return None  # orjson read it (it nests deeper than json); a difference in corner cases is not a duplicate
     return None
 
 
