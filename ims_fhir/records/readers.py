@@ -119,6 +119,28 @@ def _check_readable(path: Path) -> None:
 _KEY_END = re.compile(rb'"\s*:')
 
 
+#: the deepest nesting of arrays and objects a record (or document) may have; ims-record/1 needs 5
+MAX_DEPTH = 32
+
+
+def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether ``value`` nests arrays/objects deeper than ``limit`` (checked without recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def depth_problem() -> Problem:
+    return Problem("(record)", "too_deep", f"arrays and objects nest deeper than {MAX_DEPTH} levels")
+
+
 def _count_keys(value: Any) -> int:
     n = 0
     stack = [value]
@@ -181,6 +203,8 @@ def _read_json_document(path: Path, *, lenient: bool) -> tuple[dict[str, Any] | 
         raise InputError(f"{path}: cannot read ({exc.strerror or exc})", source=str(path)) from exc
     except orjson.JSONDecodeError as exc:
         raise InputError(f"{path}: not valid JSON ({exc})", source=str(path)) from exc
+    if too_deep(doc):
+        raise InputError(f"{path}: {depth_problem().message}", source=str(path))
     if (dup := duplicate_key(raw, doc)) is not None:
         raise InputError(f"{path}: {duplicate_problem(dup).message}", source=str(path))
     if not isinstance(doc, dict):
@@ -242,6 +266,8 @@ def parse_ndjson_line(line: bytes | str, origin: str) -> RawRecord:
                                                       f"not valid JSON: {exc.msg} (at character {exc.pos + 1})")])
     if not isinstance(obj, dict):
         return RawRecord(None, None, origin, [Problem("(line)", "type", "a line must hold one JSON object")])
+    if too_deep(obj):
+        return RawRecord(None, None, origin, [depth_problem()])
     if (dup := duplicate_key(line, obj)) is not None:
         rtype = obj.pop("record_type", None)
         return RawRecord(rtype if isinstance(rtype, str) and rtype in v.RECORD_TYPES else None, obj, origin,

@@ -25,7 +25,7 @@ from ..errors import InputError, Problem
 from ..fhir.bundles import SHARED_TYPES, entry_for, group_to_bytes
 from ..mapping import MappedRecord, MappingContext, map_record
 from ..records import vocabulary as v
-from ..records.readers import RawRecord, duplicate_key, duplicate_problem, parse_ndjson_line
+from ..records.readers import MAX_DEPTH, RawRecord, depth_problem, duplicate_key, duplicate_problem, parse_ndjson_line, too_deep
 from ..records.validation import record_id_of, validate_record
 from .store import Incoming
 
@@ -62,6 +62,8 @@ def parse_body(body: bytes) -> tuple[list[RawRecord], dict[str, Any] | None]:
         data = None
         if b"\n" not in text:
             raise InputError("the request body is not JSON or NDJSON") from None
+    if data is not None and too_deep(data, MAX_DEPTH + 2):  # + the body's array or document around records
+        raise InputError(f"the request body: {depth_problem().message}")
     if data is not None and (dup := duplicate_key(text, data)) is not None:
         raise InputError(f"the request body: {duplicate_problem(dup).message}")
     if data is None:  # NDJSON: several lines

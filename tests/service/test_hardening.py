@@ -353,3 +353,14 @@ def test_the_cookie_is_secure_over_https_or_when_configured(app: Flask, make_con
     answer = configured.test_client().post("/login", data={"token": RW_TOKEN})
     assert "; Secure" in answer.headers["Set-Cookie"]
     configured.extensions["ims_fhir"].outbox.close()
+
+
+def test_deeply_nested_json_is_a_clear_refusal(client: FlaskClient) -> None:
+    # found by the fuzz suite: orjson reads 1,000 levels but writes only 254 (a 500 before)
+    for depth in (40, 330, 1000):
+        body = b'{"a":' * depth + b"1" + b"}" * depth
+        answer = client.post("/records", data=body, headers=rw())
+        assert answer.status_code in (400, 422) and "deeper than 32" in answer.get_data(as_text=True)
+        lines = b'{"record_type": "patient", "id": "PN1", "family_name": "A"}\n' + body
+        answer = client.post("/records", data=lines, headers=rw())
+        assert answer.status_code == 422 and "deeper than 32" in answer.get_data(as_text=True)
