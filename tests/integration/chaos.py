@@ -298,8 +298,11 @@ def run_chaos(hapi_base: str, workdir: Path, *, faults: int = 1000, patients: in
             return sum(1 for e in proxy.log if e.action != "pass")
 
         kills = 0
+        rounds = 0
+        forced = {3: "kill_serve", 6: "kill_worker"}  # every run has both kills, however short
         while kills + applied() < faults and time.monotonic() < deadline:
-            kind = rng.choices(kinds, weights)[0]
+            rounds += 1
+            kind = forced.get(rounds) or rng.choices(kinds, weights)[0]
             if kind == "kill_serve":
                 serve.kill9()
                 result.faults["kill_serve"] += 1
