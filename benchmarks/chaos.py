@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ims_fhir import devserver  # noqa: E402
+from ims_fhir.dev import hapi  # noqa: E402
 from tests.integration.chaos import run_chaos  # noqa: E402
 
 
@@ -47,8 +47,8 @@ def main() -> int:
     base = args.fhir_base
     if base is None:
         print("starting the local HAPI FHIR server ...", file=sys.stderr)
-        server = devserver.start(log_path=Path(tempfile.gettempdir()) / "ims-fhir-chaos-hapi.log",
-                                 artifact=devserver.build())
+        server = hapi.start(log_path=Path(tempfile.gettempdir()) / "ims-fhir-chaos-hapi.log",
+                            artifact=hapi.build())
         base = server.base_url
     started = time.monotonic()
     try:

@@ -44,7 +44,7 @@ from typing import Any
 import orjson
 import requests
 
-from ims_fhir.synthetic import generate
+from ims_fhir.dev.synthetic import generate
 
 from .faultproxy import LOOPBACK, Fault, FaultProxy
 
@@ -229,7 +229,7 @@ def run_chaos(hapi_base: str, workdir: Path, *, faults: int = 1000, patients: in
     port = _free_port()
     url = f"http://{LOOPBACK}:{port}"
     db_path = workdir / "outbox.sqlite"
-    from service.auth import hash_token
+    from ims_fhir_service.auth import hash_token
 
     settings = {
         "source": source,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ims_fhir.devserver import DevServer
+from ims_fhir.dev.hapi import DevServer
 from tests.service.support import artifacts
 
 from .chaos import run_chaos

@@ -35,9 +35,9 @@ from hypothesis import strategies as st
 from werkzeug.test import TestResponse
 
 from ims_fhir.records import vocabulary as v
-from service import create_app
-from service.auth import hash_token
-from service.config import config_from_mapping
+from ims_fhir_service import create_app
+from ims_fhir_service.auth import hash_token
+from ims_fhir_service.config import config_from_mapping
 from tests.conftest import EXAMPLES
 
 from .conftest import RO_TOKEN, RW_TOKEN, service_settings

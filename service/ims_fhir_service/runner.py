@@ -1,43 +1,36 @@
-"""Running the service: ``ims-fhir serve`` (waitress + the sync worker) and ``ims-fhir worker``.
+"""Running the service: ``ims-fhir serve`` (waitress + the sync worker).
 
 The app is served by waitress, a production WSGI server (never Flask's development
 server). The worker runs in a thread of the same process unless ``[worker] enabled =
 false``; then run ``ims-fhir worker`` beside it (several may run: claims are leases).
 SIGTERM and SIGINT stop both cleanly; a ``kill -9`` loses nothing (see
-:mod:`ims_fhir.sync.worker`).
+:mod:`ims_fhir.sync.worker`). The worker itself is built by :mod:`ims_fhir.sync.runner`.
+waitress's limits come from ``[server]`` (:func:`waitress_options`; docs/deployment.md).
 """
 
 from __future__ import annotations
 
 import logging
 import signal
-import sys
 import threading
 from types import FrameType
-from typing import Any, TextIO
+from typing import Any
 
-from ims_fhir.mapping import MappingContext, MappingOptions, map_organization
-from ims_fhir.sync import SyncWorker, open_outbox
-from ims_fhir.terminology import default_terminology
+from ims_fhir.sync.runner import make_worker
 
 from .config import ServiceConfig
-from .hardening import log_formatter
 from .outcomes import _error_task_class
 
-log = logging.getLogger("service")
+log = logging.getLogger("ims_fhir_service")
 
 
-def configure_logging(level: str = "INFO", log_format: str = "text", *, stream: TextIO | None = None) -> None:
-    """Log lines to stderr: text (escaped, one line per message) or JSON lines (``[server] log_format``)."""
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(log_formatter(log_format))
-    root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
-    root.addHandler(handler)
-    root.setLevel(getattr(logging, level.upper(), logging.INFO))
-    # waitress logs request-derived text too ("connection limit reached", bad requests): same handler
-    logging.getLogger("waitress").setLevel(logging.WARNING)
+def _on_signals(stop: threading.Event) -> None:
+    def handler(signum: int, frame: FrameType | None) -> None:
+        log.info("signal %d: stopping", signum)
+        stop.set()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def waitress_options(config: ServiceConfig) -> dict[str, Any]:
@@ -64,23 +57,9 @@ def waitress_options(config: ServiceConfig) -> dict[str, Any]:
     return options
 
 
-def make_worker(config: ServiceConfig) -> SyncWorker:
-    mapping = MappingContext(config.source, default_terminology(), MappingOptions(cpt=config.convert.cpt))
-    return SyncWorker(open_outbox(config.storage_url), list(config.targets), map_organization(mapping), config.worker)
-
-
-def _on_signals(stop: threading.Event) -> None:
-    def handler(signum: int, frame: FrameType | None) -> None:
-        log.info("signal %d: stopping", signum)
-        stop.set()
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, handler)
-
-
 def serve(config: ServiceConfig, *, with_worker: bool | None = None) -> int:
     """Serve the app with waitress (and the worker in a thread); returns when stopped."""
-    import waitress
+    from waitress.server import create_server
 
     from . import create_app
 
@@ -94,10 +73,9 @@ def serve(config: ServiceConfig, *, with_worker: bool | None = None) -> int:
     _on_signals(stop)
     srv = config.server
     log.info("serving on http://%s:%d (targets: %s)", srv.host, srv.port, ", ".join(t.name for t in config.targets))
-    server = waitress.create_server(app, **waitress_options(config))
+    server: Any = create_server(app, **waitress_options(config))
     # waitress's own error answers (a chunked body over the limit, a malformed request) as OperationOutcomes
-    server.channel_class = type("OutcomeChannel", (server.channel_class,),
-                                {"error_task_class": _error_task_class()})
+    server.channel_class = type("OutcomeChannel", (server.channel_class,), {"error_task_class": _error_task_class()})
     try:
         server.run()
     except KeyboardInterrupt:
@@ -109,24 +87,4 @@ def serve(config: ServiceConfig, *, with_worker: bool | None = None) -> int:
     return 0
 
 
-def run_worker(config: ServiceConfig, *, once: bool = False) -> int:
-    """The worker on its own; ``once`` runs rounds until the queue has nothing due, then returns."""
-    worker = make_worker(config)
-    if once:
-        try:
-            worker.recover()
-            while worker.run_once():
-                pass
-        finally:
-            worker.close()
-        return 0
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
-    try:
-        worker.run(stop)
-    except KeyboardInterrupt:
-        stop.set()
-    return 0
-
-
-__all__ = ["configure_logging", "make_worker", "run_worker", "serve", "waitress_options"]
+__all__ = ["serve", "waitress_options"]

@@ -132,17 +132,19 @@ def waitress_outcome(status: int, reason: str, body: str) -> bytes:
 
 
 def _error_task_class() -> type:
-    from waitress.task import ErrorTask  # type: ignore[import-untyped]
+    from waitress.task import ErrorTask
 
-    class OutcomeErrorTask(ErrorTask):  # type: ignore[misc]
+    class OutcomeErrorTask(ErrorTask):
         """waitress's own error answers (413 of a chunked body, 400, 431) as OperationOutcomes."""
 
         def execute(self) -> None:
-            error = self.request.error
-            body = waitress_outcome(int(error.code), str(error.reason), str(error.body))
-            self.status = f"{error.code} {error.reason}"
-            self.response_headers.extend([("Content-Type", "application/fhir+json"),
-                                          ("X-Content-Type-Options", "nosniff"), ("Cache-Control", "no-store")])
+            error: Any = getattr(self.request, "error", None) or self.request  # the parser's error
+            code, reason = int(getattr(error, "code", 400)), str(getattr(error, "reason", "Bad Request"))
+            body = waitress_outcome(code, reason, str(getattr(error, "body", "")))
+            self.status = f"{code} {reason}"
+            headers: Any = self.response_headers
+            headers.extend([("Content-Type", "application/fhir+json"), ("X-Content-Type-Options", "nosniff"),
+                            ("Cache-Control", "no-store")])
             self.set_close_on_finish()
             self.content_length = len(body)
             self.write(body)

@@ -7,8 +7,7 @@ Terms:
   ``/ui/records/patient/P1``. Anything a browser could read as another origin (``//host``,
   ``/\\host``, a scheme, a tab or newline that browsers drop) is refused and the
   dashboard's home is used instead.
-- *clean*: text from a request made safe for a log line: control characters written as
-  escapes (``\\n``, ``\\x00``), so one request is always one line, and cut to a length.
+- *clean*: text from a request made safe for a log line (:func:`ims_fhir.logs.clean`).
 - *throttle*: at most ``limit`` login attempts per minute per client address and per
   token; more answer 429 with ``Retry-After``. Failed bearer tokens count for the address.
 - *session registry*: the server side of a dashboard login. The signed cookie carries a
@@ -18,8 +17,6 @@ Terms:
 
 from __future__ import annotations
 
-import json
-import logging
 import secrets
 import threading
 import time
@@ -30,6 +27,8 @@ from urllib.parse import urlsplit
 
 from flask import Flask, Request, Response, request
 from flask.sessions import SecureCookieSessionInterface
+
+from ims_fhir.logs import clean
 
 # ---------------------------------------------------------------------------------------
 # redirects
@@ -47,75 +46,6 @@ def local_path(value: str | None, *, max_length: int = 2000) -> str | None:
     if parts.scheme or parts.netloc:
         return None
     return value
-
-
-# ---------------------------------------------------------------------------------------
-# logs
-
-_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
-
-
-def clean(value: object, limit: int = 300) -> str:
-    """``value`` as one printable line of at most ``limit`` characters (plus a count of the rest)."""
-    text = str(value)
-    cut = len(text) > limit
-    if cut:
-        rest = len(text) - limit
-        text = text[:limit]
-    out = []
-    for c in text:
-        if c in _ESCAPES:
-            out.append(_ESCAPES[c])
-        elif not c.isprintable():
-            code = ord(c)
-            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
-        else:
-            out.append(c)
-    line = "".join(out)
-    return f"{line}...(+{rest} chars)" if cut else line
-
-
-class SafeFormatter(logging.Formatter):
-    """The text format: every message escaped to one line and length-capped."""
-
-    def __init__(self, fmt: str, *, limit: int = 2000) -> None:
-        super().__init__(fmt)
-        self.limit = limit
-
-    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
-        record.message = clean(record.message, self.limit)
-        return super().formatMessage(record)
-
-    def formatException(self, ei: Any) -> str:  # noqa: N802
-        return clean(super().formatException(ei), self.limit * 4)
-
-
-class JsonFormatter(logging.Formatter):
-    """The JSON-lines format: ``{"time", "level", "logger", "message", ...}`` one object per line.
-
-    Fields passed with ``extra={"fields": {...}}`` are added, each value length-capped.
-    """
-
-    def __init__(self, *, limit: int = 2000) -> None:
-        super().__init__()
-        self.limit = limit
-
-    def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
-            "level": record.levelname, "logger": record.name,
-            "message": clean(record.getMessage(), self.limit)}
-        for key, value in (getattr(record, "fields", None) or {}).items():
-            out[str(key)] = value if isinstance(value, (int, float, bool)) or value is None else clean(value)
-        if record.exc_info:
-            out["exception"] = clean(self.formatException(record.exc_info), self.limit * 4)
-        return json.dumps(out, ensure_ascii=True)
-
-
-def log_formatter(kind: str) -> logging.Formatter:
-    if kind == "json":
-        return JsonFormatter()
-    return SafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 # ---------------------------------------------------------------------------------------
@@ -233,5 +163,4 @@ def security_headers(response: Response) -> Response:
     return response
 
 
-__all__ = ["CSP", "JsonFormatter", "SafeFormatter", "SessionInterface", "SessionRegistry", "Throttle", "clean",
-           "local_path", "log_formatter", "security_headers"]
+__all__ = ["CSP", "SessionInterface", "SessionRegistry", "Throttle", "clean", "local_path", "security_headers"]

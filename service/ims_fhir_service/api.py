@@ -37,7 +37,7 @@ from .hardening import clean
 from .outcomes import error_response, issue, outcome_response
 
 bp = Blueprint("api", __name__)
-log = logging.getLogger("service.api")
+log = logging.getLogger("ims_fhir_service.api")
 
 
 def state() -> ServiceState:
@@ -88,10 +88,10 @@ def post_records() -> Response:
     if (bad := _content_type(RECORD_TYPES)) is not None:
         return bad
     body = request.get_data(cache=False)  # past MAX_CONTENT_LENGTH: 413
-    raw_records, declared = parse_body(body)
+    convert = st.config.convert
+    raw_records, declared = parse_body(body, lenient=convert.lenient)
     if declared:
         resolve_source(declared, st.config.source.model_dump(exclude_none=True), "the posted document")
-    convert = st.config.convert
     intake = take(raw_records, st.mapping, lenient=convert.lenient,
                   context={"default_tz": convert.default_tz} if convert.default_tz else None)
     stored = st.outbox.put(intake.accepted, [t.name for t in st.config.targets], now=st.clock()) if intake.accepted else []

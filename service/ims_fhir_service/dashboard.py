@@ -24,7 +24,7 @@ from .hardening import clean, local_path
 
 bp = Blueprint("dashboard", __name__, template_folder="templates", static_folder="static",
                static_url_path="/static")
-log = logging.getLogger("service.dashboard")
+log = logging.getLogger("ims_fhir_service.dashboard")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
