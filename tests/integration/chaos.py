@@ -57,7 +57,7 @@ TYPES = ("Organization", "Patient", "Practitioner", "Encounter", "Observation", 
 WEIGHTS = {"kill_serve": 1, "kill_worker": 3, "reset": 5, "reset_after_write": 4, "error_500": 4, "error_503": 4,
            "error_429": 3, "delay": 3, "timeout": 1, "outage": 1}
 #: the client's read timeout toward the FHIR server, and how long a "timeout" fault holds the answer
-READ_TIMEOUT = 15.0
+READ_TIMEOUT = 10.0
 
 
 @dataclass
