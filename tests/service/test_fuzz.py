@@ -10,7 +10,9 @@ running ``ims-fhir serve`` (waitress in front, raw malformed HTTP too). Every an
 - store nothing for a refused ``POST /records`` (a 422 stores at most the records it lists
   as accepted),
 
-and the service must be healthy afterwards (``/health``, a valid post still accepted).
+and the service must be healthy after each test (``/health``, a valid post still accepted,
+the outbox passes ``PRAGMA quick_check``). Each test checks its own share of the requests
+(the shares add up to more than 10,000), whatever process pytest-xdist runs it in.
 The figures (requests sent, time) go to ``test-artifacts/fuzz.txt``.
 """
 
@@ -20,10 +22,10 @@ import os
 import socket
 import sqlite3
 import time
-from urllib.parse import unquote_to_bytes
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 import orjson
 import pytest
@@ -74,7 +76,8 @@ def fuzz_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
     app.extensions["ims_fhir"].outbox.close()
     total = sum(COUNTS.values())
     lines = [f"{name}: {n} requests" for name, n in sorted(COUNTS.items())] + [f"total (test client): {total}"]
-    (artifacts() / "fuzz.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    (artifacts() / f"fuzz{'-' + worker if worker else ''}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +94,21 @@ def _records(app: Flask) -> int:
         _READERS[path] = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
                                          check_same_thread=False)
     return int(_READERS[path].execute("SELECT COUNT(*) FROM record").fetchone()[0])
+
+
+def healthy_after(app: Flask, name: str, minimum: int) -> None:
+    """After a test's requests: it sent at least ``minimum`` (scaled), and the service still works.
+
+    Each test checks its own share (the shares add up to more than 10,000), so the suite
+    holds however pytest-xdist spreads the tests over processes."""
+    assert COUNTS.get(name, 0) >= minimum * SCALE, (name, COUNTS)
+    web = app.test_client()
+    assert web.get("/health").status_code == 200
+    key = f"FZ-OK-{name}"
+    answer = web.post("/records", json={**BASE_RECORDS["patient"], "id": key}, headers=_auth("rw"))
+    assert answer.status_code in (202,), answer.get_data(as_text=True)[:300]
+    assert web.get(f"/records/patient/{key}", headers=_auth("ro")).status_code == 200
+    assert web.get("/ready").json["checks"]["storage"] == "ok"  # the outbox passes quick_check
 
 
 def _api(path: str) -> bool:
@@ -235,7 +253,7 @@ header_values = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint
 
 @fuzz(500)
 @given(body=bodies(), auth=auths, content_type=content_types, cut=st.integers(0, 10**6))
-def test_fuzz_post_records(fuzz_app: Flask, web: FlaskClient, body: bytes, auth: str, content_type: str,
+def _fuzz_post_records(fuzz_app: Flask, web: FlaskClient, body: bytes, auth: str, content_type: str,
                            cut: int) -> None:
     # each generated body goes in four ways: as drawn, as JSON and as NDJSON with a write token, and cut short
     variants = [({**_auth(auth), **({"Content-Type": content_type} if content_type else {})}, body),
@@ -256,10 +274,14 @@ def test_fuzz_post_records(fuzz_app: Flask, web: FlaskClient, body: bytes, auth:
         else:
             assert added == 0, (answer.status_code, data[:200])
 
+def test_fuzz_post_records(fuzz_app: Flask, web: FlaskClient) -> None:
+    _fuzz_post_records(fuzz_app=fuzz_app, web=web)
+    healthy_after(fuzz_app, "post_records", 2000)
 
-@fuzz(750)
+
+@fuzz(800)
 @given(method=methods, path=paths(), auth=auths, body=st.binary(max_size=100))
-def test_fuzz_paths_and_methods(fuzz_app: Flask, web: FlaskClient, method: str, path: str, auth: str,
+def _fuzz_paths_and_methods(fuzz_app: Flask, web: FlaskClient, method: str, path: str, auth: str,
                                 body: bytes) -> None:
     # the drawn request, then the same path with every method and the other credentials
     bare = path.split("?")[0]
@@ -277,20 +299,24 @@ def test_fuzz_paths_and_methods(fuzz_app: Flask, web: FlaskClient, method: str, 
         if not stores:
             assert _records(fuzz_app) == before
 
+def test_fuzz_paths_and_methods(fuzz_app: Flask, web: FlaskClient) -> None:
+    _fuzz_paths_and_methods(fuzz_app=fuzz_app, web=web)
+    healthy_after(fuzz_app, "paths_and_methods", 6400)
+
 
 @fuzz(600)
 @given(path=st.sampled_from(["/records", "/records/patient/P000001", "/metrics", "/ready", "/pull", "/retry",
                              "/openapi.json", "/", "/ui/lookup"]),
        method=st.sampled_from(["GET", "POST"]),
        headers=st.dictionaries(header_names, header_values, max_size=5), body=st.binary(max_size=100))
-def test_fuzz_headers(fuzz_app: Flask, web: FlaskClient, path: str, method: str, headers: dict[str, str],
+def _fuzz_headers(fuzz_app: Flask, web: FlaskClient, path: str, method: str, headers: dict[str, str],
                       body: bytes) -> None:
     for verb in (method, "GET" if method == "POST" else "POST"):
         before = _records(fuzz_app)
         try:
             answer = web.open(path, method=verb, data=body, headers=headers)
         except (ValueError, UnicodeError):
-            return  # the test client itself refuses such a header; a real server answers 400 (fuzzed live below)
+            continue  # the test client itself refuses such a header; a real server answers 400 (fuzzed live below)
         check(answer, path, "headers")
         if answer.status_code != 202:
             assert _records(fuzz_app) == before
@@ -299,13 +325,17 @@ def test_fuzz_headers(fuzz_app: Flask, web: FlaskClient, path: str, method: str,
 form_values = st.one_of(hostile_strings, st.sampled_from([RW_TOKEN, RO_TOKEN, "/", "/ui/records/patient/P1",
                                                            "//evil.example", "/\t/evil.example", "/\\evil"]))
 
+def test_fuzz_headers(fuzz_app: Flask, web: FlaskClient) -> None:
+    _fuzz_headers(fuzz_app=fuzz_app, web=web)
+    healthy_after(fuzz_app, "headers", 900)
+
 
 @fuzz(500)
 @given(action=st.sampled_from(["login", "retry", "retry_dead", "logout", "lookup", "record"]),
        form=st.dictionaries(st.sampled_from(["token", "next", "back", "csrf", "target", "record_type", "record_id",
                                              "x"]), form_values, max_size=5),
        rtype=segments, rid=segments, logged_in=st.booleans(), good_csrf=st.booleans())
-def test_fuzz_dashboard_forms(fuzz_app: Flask, action: str, form: dict[str, str], rtype: str, rid: str,
+def _fuzz_dashboard_forms(fuzz_app: Flask, action: str, form: dict[str, str], rtype: str, rid: str,
                               logged_in: bool, good_csrf: bool) -> None:
     browser = fuzz_app.test_client()
     if logged_in:
@@ -325,13 +355,17 @@ def test_fuzz_dashboard_forms(fuzz_app: Flask, action: str, form: dict[str, str]
     assert not location.startswith("//") and "\\" not in location and "://" not in location, location
     assert not any(ord(c) < 0x20 for c in location)
 
+def test_fuzz_dashboard_forms(fuzz_app: Flask) -> None:
+    _fuzz_dashboard_forms(fuzz_app=fuzz_app)
+    healthy_after(fuzz_app, "dashboard_forms", 500)
+
 
 @fuzz(350)
 @given(params=st.dictionaries(st.sampled_from(["target", "patient", "since", "x"]), json_values | hostile_strings,
                               max_size=4),
        where=st.sampled_from(["json", "query", "form"]), state=st.one_of(st.none(), hostile_strings,
                                                                           st.sampled_from(["dead", "failed"])))
-def test_fuzz_pull_and_retry_parameters(fuzz_app: Flask, web: FlaskClient, params: dict[str, Any], where: str,
+def _fuzz_pull_and_retry_parameters(fuzz_app: Flask, web: FlaskClient, params: dict[str, Any], where: str,
                                         state: str | None) -> None:
     headers = _auth("rw")
     try:
@@ -354,16 +388,9 @@ def test_fuzz_pull_and_retry_parameters(fuzz_app: Flask, web: FlaskClient, param
         return
     check(retried, "/retry", "pull_and_retry")
 
-
-def test_fuzz_left_the_service_healthy(fuzz_app: Flask, web: FlaskClient) -> None:
-    assert web.get("/health").status_code == 200
-    patient = {**BASE_RECORDS["patient"], "id": "FZ-HEALTHY"}
-    answer = web.post("/records", json=patient, headers=_auth("rw"))
-    assert answer.status_code == 202, answer.get_data(as_text=True)
-    assert web.get("/records/patient/FZ-HEALTHY", headers=_auth("ro")).status_code == 200
-    ready = web.get("/ready")
-    assert ready.json["checks"]["storage"] == "ok"  # the outbox passed quick_check after all that
-    assert sum(COUNTS.values()) >= 10_000 * SCALE, COUNTS
+def test_fuzz_pull_and_retry_parameters(fuzz_app: Flask, web: FlaskClient) -> None:
+    _fuzz_pull_and_retry_parameters(fuzz_app=fuzz_app, web=web)
+    healthy_after(fuzz_app, "pull_and_retry", 300)
 
 
 # -- against a running ims-fhir serve -----------------------------------------------------------
