@@ -323,7 +323,7 @@ def run_chaos(hapi_base: str, workdir: Path, *, faults: int = 1000, patients: in
                     "timeout": (Fault.delay(READ_TIMEOUT + 2, forward="before"), 1),
                     "outage": (Fault.error(503) if rng.random() < 0.5 else Fault.reset(), rng.randint(5, 15)),
                 }[kind]
-                proxy.inject(fault, times=times, skip=rng.randint(0, 2))
+                proxy.inject(fault, times=times, skip=rng.choice((0, 0, 0, 1)))
                 wait_until = time.monotonic() + 90
                 while proxy.pending() and time.monotonic() < wait_until:
                     time.sleep(0.05)
