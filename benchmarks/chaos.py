@@ -1,6 +1,6 @@
 """Chaos run of the sync service (on demand; a CI-sized run is tests/integration/test_chaos.py).
 
-    python benchmarks/chaos.py [--faults 1000] [--patients 60] [--seed 13] [--max-seconds 1800]
+    python benchmarks/chaos.py [--faults 1000] [--patients 60] [--seed 13] [--workers 2] [--max-seconds 1800]
                                [--drain-seconds 600] [--fhir-base URL] [--json]
 
 Runs ``ims-fhir serve`` and ``ims-fhir worker`` as subprocesses against the local HAPI FHIR
@@ -36,6 +36,7 @@ def main() -> int:
     parser.add_argument("--faults", type=int, default=1000)
     parser.add_argument("--patients", type=int, default=60)
     parser.add_argument("--seed", type=int, default=13)
+    parser.add_argument("--workers", type=int, default=2, help="ims-fhir worker processes (they share the outbox)")
     parser.add_argument("--max-seconds", type=float, default=1800.0)
     parser.add_argument("--drain-seconds", type=float, default=600.0)
     parser.add_argument("--fhir-base", help="a running FHIR R4 server on 127.0.0.1 (default: start the local HAPI)")
@@ -55,7 +56,7 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="ims-fhir-chaos-") as tmp:
             workdir = args.workdir or Path(tmp)
             result = run_chaos(base, workdir, faults=args.faults, patients=args.patients, seed=args.seed,
-                               max_seconds=args.max_seconds, drain_seconds=args.drain_seconds,
+                               max_seconds=args.max_seconds, drain_seconds=args.drain_seconds, workers=args.workers,
                                log=lambda line: print(line, file=sys.stderr))
     finally:
         if server is not None:

@@ -1,6 +1,6 @@
 """Chaos run of the sync service against a real FHIR server: kill -9, resets, 5xx, delays, outages.
 
-:func:`run_chaos` starts ``ims-fhir serve`` (API only) and ``ims-fhir worker`` as two
+:func:`run_chaos` starts ``ims-fhir serve`` (API only) and ``workers`` ``ims-fhir worker`` processes as
 subprocesses, puts a :class:`~tests.integration.faultproxy.FaultProxy` between the worker
 and the FHIR server, posts synthetic records (and keeps posting edits of them, so that
 there is always traffic to disturb), and injects faults until ``faults`` have happened:
@@ -55,7 +55,7 @@ PRIMARY = {"patient": "Patient", "practitioner": "Practitioner", "assessment": "
 TYPES = ("Organization", "Patient", "Practitioner", "Encounter", "Observation", "Procedure")
 #: fault kind -> weight
 WEIGHTS = {"kill_serve": 1, "kill_worker": 3, "reset": 5, "reset_after_write": 4, "error_500": 4, "error_503": 4,
-           "error_429": 3, "delay": 3, "timeout": 1, "outage": 1}
+           "error_429": 3, "delay": 3, "timeout": 1, "outage": 3}
 #: the client's read timeout toward the FHIR server, and how long a "timeout" fault holds the answer
 READ_TIMEOUT = 10.0
 
@@ -212,7 +212,7 @@ def _edit(record: dict[str, Any], n: int) -> dict[str, Any]:
 
 def run_chaos(hapi_base: str, workdir: Path, *, faults: int = 1000, patients: int = 60, seed: int = 13,
               max_seconds: float = 1800.0, drain_seconds: float = 600.0, system_base: str | None = None,
-              log: Callable[[str], None] = print) -> ChaosResult:
+              workers: int = 1, log: Callable[[str], None] = print) -> ChaosResult:
     """See the module docstring. ``hapi_base``: a FHIR server on 127.0.0.1; the run's records live under
     a system base of their own (``system_base``, by default stamped with the time), so it need not be empty."""
     system_base = system_base or f"{SYSTEM_BASE}/run-{int(time.time() * 1000)}"
@@ -251,7 +251,8 @@ def run_chaos(hapi_base: str, workdir: Path, *, faults: int = 1000, patients: in
             return False
 
     serve = _Process(["serve", "--config", str(config), "--no-worker"], workdir / "serve.log", healthy)
-    worker = _Process(["worker", "--config", str(config)], workdir / "worker.log")
+    pool = [_Process(["worker", "--config", str(config)], workdir / f"worker{'' if i == 0 else i + 1}.log")
+            for i in range(workers)]  # several workers share the outbox through leases
     stop_posting = threading.Event()
     headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/x-ndjson"}
 
@@ -286,7 +287,8 @@ def run_chaos(hapi_base: str, workdir: Path, *, faults: int = 1000, patients: in
             result.edits_posted += len(batch)
 
     serve.start()
-    worker.start()
+    for worker in pool:
+        worker.start()
     posting = threading.Thread(target=poster, name="chaos-poster", daemon=True)
     started = time.monotonic()
     try:
@@ -309,7 +311,7 @@ def run_chaos(hapi_base: str, workdir: Path, *, faults: int = 1000, patients: in
                 kills += 1
             elif kind == "kill_worker":
                 time.sleep(rng.uniform(0, 1.5))  # let it get into a send
-                worker.kill9()
+                rng.choice(pool).kill9()
                 result.faults["kill_worker"] += 1
                 kills += 1
             else:
@@ -353,7 +355,8 @@ def run_chaos(hapi_base: str, workdir: Path, *, faults: int = 1000, patients: in
         result.ledger = _states(db_path)
     finally:
         stop_posting.set()
-        worker.stop()
+        for worker in pool:
+            worker.stop()
         serve.stop()
         proxy.stop()
 
