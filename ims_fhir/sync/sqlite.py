@@ -80,6 +80,7 @@ class SQLiteOutbox(SqlOutbox):
         self._lock = threading.Lock()
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            self._refuse_damaged()
         with self._tx() as db:  # the write lock: one process applies a step, the others see it done
             self._migrate(db, MIGRATIONS)
 
@@ -133,6 +134,34 @@ class SQLiteOutbox(SqlOutbox):
                     pass
             self._connections.clear()
         self._local = threading.local()
+
+    # -- integrity ------------------------------------------------------------------
+
+    def check_integrity(self) -> str | None:
+        """``PRAGMA quick_check``: None when the file is sound, else SQLite's first complaint."""
+        try:
+            rows = self._db().execute("PRAGMA quick_check(5)").fetchall()
+        except sqlite3.DatabaseError as exc:
+            return str(exc)
+        found = [str(r[0]) for r in rows if r and r[0] != "ok"]
+        return "; ".join(found)[:500] if found else None
+
+    def _refuse_damaged(self) -> None:
+        """A file that exists must be a sound outbox: an empty (0-byte) or damaged file is an error, never
+        silently a new, empty outbox (that would lose every queued record). A missing file is a new outbox."""
+        path = Path(self.path)
+        if not path.exists():
+            return
+        wal = Path(self.path + "-wal")
+        if path.is_file() and path.stat().st_size == 0 and not (wal.exists() and wal.stat().st_size > 0):
+            raise ConfigurationError(
+                f"storage {self.path}: the file is empty (0 bytes), not an outbox; if a new outbox is meant, "
+                "delete the file; otherwise restore it from a backup")
+        problem = self.check_integrity()
+        if problem is not None:
+            self.close()
+            raise ConfigurationError(f"storage {self.path}: the outbox is damaged (PRAGMA quick_check: {problem}); "
+                                     "restore it from a backup")
 
 
 __all__ = ["MIGRATIONS", "SQLiteOutbox", "path_from_url"]

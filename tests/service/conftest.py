@@ -68,7 +68,8 @@ def client(app: Flask) -> FlaskClient:
 
 
 def rw() -> dict[str, str]:
-    return {"Authorization": f"Bearer {RW_TOKEN}"}
+    # POST /records needs a Content-Type (415 without); the service reads NDJSON under either
+    return {"Authorization": f"Bearer {RW_TOKEN}", "Content-Type": "application/json"}
 
 
 def ro() -> dict[str, str]:

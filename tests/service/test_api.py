@@ -44,7 +44,9 @@ def test_health_needs_no_token_and_ready_says_what_is_missing(client: FlaskClien
     ready = client.get("/ready")  # the configured target (port 9) answers nothing
     assert ready.status_code == 503
     assert ready.json["checks"]["storage"] == "ok"
-    assert ready.json["checks"]["targets"]["hospital"].startswith("unreachable")
+    assert ready.json["checks"]["targets"] == "1 of 1 unreachable"  # names only for a token holder
+    named = client.get("/ready", headers=ro())
+    assert named.json["checks"]["targets"]["hospital"].startswith("unreachable")
 
 
 @pytest.mark.parametrize(("method", "path"), [
