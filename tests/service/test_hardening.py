@@ -135,6 +135,10 @@ def _zero_a_middle_page(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
+SQLITE_ONLY = pytest.mark.parametrize("storage_url", ["sqlite"], indirect=True)  # a file to damage
+
+
+@SQLITE_ONLY
 def test_a_damaged_outbox_is_refused_at_start(client: FlaskClient, app: Flask) -> None:
     path = _filled_outbox(client, app)
     _zero_a_middle_page(path)
@@ -142,6 +146,7 @@ def test_a_damaged_outbox_is_refused_at_start(client: FlaskClient, app: Flask) -
         open_outbox(f"sqlite:///{path}")
 
 
+@SQLITE_ONLY
 def test_ready_reports_damage_that_happens_while_running(client: FlaskClient, app: Flask,
                                                          make_config: Callable[..., ServiceConfig]) -> None:
     path = _filled_outbox(client, app)
