@@ -22,7 +22,6 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from typing import Any
 from urllib.parse import urlsplit
 
 from flask import Flask, Request, Response, request

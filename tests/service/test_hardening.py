@@ -23,9 +23,9 @@ from ims_fhir.errors import ConfigurationError
 from ims_fhir.records.models import json_schema
 from ims_fhir.records.validation import validate_record
 from ims_fhir.sync import open_outbox
+from ims_fhir.sync.runner import configure_logging
 from ims_fhir_service import create_app
 from ims_fhir_service.config import ServiceConfig
-from ims_fhir.sync.runner import configure_logging
 
 from .conftest import RO_TOKEN, RW_TOKEN, rw
 
