@@ -127,6 +127,10 @@ class _Writers:
             fh = self._files[rtype] = self._open(f"{rtype}.ndjson")
         fh.write(orjson.dumps(resource) + b"\n")
 
+    def group(self, group: MappedRecord) -> None:
+        for res in group.resources:
+            self.resource(res)
+
     def bundle(self, body: bytes, entries: int) -> None:
         self.summary.bundles += 1
         with self._open(f"bundle-{self.summary.bundles:04d}.json") as fh:
@@ -214,9 +218,7 @@ class Converter:
                 self._convert_all(opened, store, writers)
             finally:
                 writers.close()
-        (opts.out_dir / "summary.json").write_bytes(
-            orjson.dumps(self.summary.as_dict() | {"files": sorted(self.summary.files + ["summary.json"])},
-                         option=orjson.OPT_INDENT_2) + b"\n")
+        write_summary(opts.out_dir, self.summary)
         return self.summary
 
     def _collect_valid_ids(self, paths: list[Path], store: WorkStore) -> None:
@@ -230,40 +232,54 @@ class Converter:
                     store.first_seen("valid:" + source.system_base, raw.record_type, model.id, raw.origin)  # type: ignore[attr-defined]
 
     def _convert_all(self, opened: list[tuple[Input, Source]], store: WorkStore, writers: _Writers) -> None:
-        opts = self.options
-        summary = self.summary
         packers: dict[tuple[str, str], BundlePacker] = {}
-
         for inp, source in opened:
-            ctx, new = self._mapping_context(source)
-            scope = source.system_base
-            if new:
-                org = map_organization(ctx)
-                summary.resources["Organization"] = summary.resources.get("Organization", 0) + 1
-                if opts.output_format == "ndjson":
-                    writers.resource(org)
-                else:
-                    packers[(source.clinic_id, scope)] = BundlePacker(
-                        max_entries=opts.bundle_size, organization=org, lookup=store.get_dep, remember=store.put_dep,
-                        defer=lambda g: store.defer(group_to_bytes(g)), emit=writers.bundle)
-            packer = packers.get((source.clinic_id, scope))
-            for raw in inp.records:
-                summary.read += 1
-                group = self._one(raw, ctx, scope, store, writers)
-                if group is not None:
-                    if packer is not None:
-                        packer.add(group)
-                    else:
-                        for res in group.resources:
-                            writers.resource(res)
-                if self.progress is not None and summary.read % 1000 == 0:
-                    self.progress(summary.read, summary.rejected)
+            ctx, packer = self._start_source(source, store, writers, packers)
+            if packer is not None:
+                sink: Callable[[MappedRecord], None] = packer.add
+            else:
+                sink = writers.group
+            self._convert_records(inp.records, ctx, source.system_base, store, writers, sink)
+        self._finish_packers(packers, store)
+        if self.progress is not None:
+            self.progress(self.summary.read, self.summary.rejected)
+
+    def _start_source(self, source: Source, store: WorkStore, writers: _Writers,
+                      packers: dict[tuple[str, str], BundlePacker]) -> tuple[MappingContext, BundlePacker | None]:
+        """The mapping context of an input's source; the first input of a source also gives
+        its Organization (a line of Organization.ndjson, or the head of its Bundle packer)."""
+        opts = self.options
+        ctx, new = self._mapping_context(source)
+        key = (source.clinic_id, source.system_base)
+        if new:
+            org = map_organization(ctx)
+            self.summary.resources["Organization"] = self.summary.resources.get("Organization", 0) + 1
+            if opts.output_format == "ndjson":
+                writers.resource(org)
+            else:
+                packers[key] = BundlePacker(
+                    max_entries=opts.bundle_size, organization=org, lookup=store.get_dep, remember=store.put_dep,
+                    defer=lambda g: store.defer(group_to_bytes(g)), emit=writers.bundle)
+        return ctx, packers.get(key)
+
+    def _convert_records(self, records: Iterable[RawRecord], ctx: MappingContext, scope: str, store: WorkStore,
+                         writers: _Writers, sink: Callable[[MappedRecord], None]) -> None:
+        """Validate and map records in order; each converted record's group goes to ``sink``."""
+        summary = self.summary
+        for raw in records:
+            summary.read += 1
+            group = self._one(raw, ctx, scope, store, writers)
+            if group is not None:
+                sink(group)
+            if self.progress is not None and summary.read % 1000 == 0:
+                self.progress(summary.read, summary.rejected)
+
+    def _finish_packers(self, packers: dict[tuple[str, str], BundlePacker], store: WorkStore) -> None:
+        """Bundle mode: the groups held back for a dependency, then the last Bundles."""
         for packer in packers.values():
             for body in store.deferred():
                 packer.add(group_from_bytes(body), final=True)
             packer.flush()
-        if self.progress is not None:
-            self.progress(summary.read, summary.rejected)
 
     def _one(self, raw: RawRecord, ctx: MappingContext, scope: str, store: WorkStore,
              writers: _Writers) -> MappedRecord | None:
@@ -314,10 +330,27 @@ class Converter:
         return problems
 
 
+def write_summary(out_dir: Path, summary: Summary) -> None:
+    """``summary.json`` of a run (it lists itself among the files)."""
+    (out_dir / "summary.json").write_bytes(
+        orjson.dumps(summary.as_dict() | {"files": sorted(set(summary.files) | {"summary.json"})},
+                     option=orjson.OPT_INDENT_2) + b"\n")
+
+
 def convert(paths: list[Path], options: ConvertOptions, *, terminology: Terminology | None = None,
-            progress: Callable[[int, int], None] | None = None) -> Summary:
-    """Convert inputs to FHIR files in ``options.out_dir``; returns the run's summary."""
+            progress: Callable[[int, int], None] | None = None, jobs: int = 1) -> Summary:
+    """Convert inputs to FHIR files in ``options.out_dir``; returns the run's summary.
+
+    ``jobs`` > 1 shards the inputs across that many processes (:mod:`ims_fhir.parallel`);
+    the output is byte-identical to ``jobs=1``.
+    """
+    if jobs < 1:
+        raise UsageError("--jobs must be at least 1")
+    if jobs > 1:
+        from .parallel import convert_parallel
+
+        return convert_parallel(paths, options, jobs=jobs, terminology=terminology, progress=progress)
     return Converter(options, terminology=terminology, progress=progress).run(paths)
 
 
-__all__ = ["ConvertOptions", "Converter", "Summary", "convert", "resolve_source"]
+__all__ = ["ConvertOptions", "Converter", "Summary", "convert", "resolve_source", "write_summary"]
