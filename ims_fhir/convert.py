@@ -137,18 +137,22 @@ class _Writers:
             fh.write(body + b"\n")
 
     def reject(self, raw: RawRecord, record_id: str | None, problems: list[Problem]) -> None:
-        line = {
-            "record_type": raw.record_type,
-            "id": record_id,
-            "origin": raw.origin,
-            "problems": [_with_child_origin(p, raw.child_origins).as_dict() for p in problems],
-        }
-        self.rejects.write(orjson.dumps(line) + b"\n")
+        self.rejects.write(reject_line(raw, record_id, problems) + b"\n")
 
     def close(self) -> None:
         for fh in self._files.values():
             fh.close()
         self.rejects.close()
+
+
+def reject_line(raw: RawRecord, record_id: str | None, problems: list[Problem]) -> bytes:
+    """One line of ``rejects.ndjson`` (without its newline)."""
+    return orjson.dumps({
+        "record_type": raw.record_type,
+        "id": record_id,
+        "origin": raw.origin,
+        "problems": [_with_child_origin(p, raw.child_origins).as_dict() for p in problems],
+    })
 
 
 def _with_child_origin(problem: Problem, origins: dict[str, str]) -> Problem:
@@ -353,4 +357,4 @@ def convert(paths: list[Path], options: ConvertOptions, *, terminology: Terminol
     return Converter(options, terminology=terminology, progress=progress).run(paths)
 
 
-__all__ = ["ConvertOptions", "Converter", "Summary", "convert", "resolve_source", "write_summary"]
+__all__ = ["ConvertOptions", "Converter", "Summary", "convert", "reject_line", "resolve_source", "write_summary"]

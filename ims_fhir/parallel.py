@@ -43,12 +43,13 @@ import sqlite3
 import struct
 import sys
 import tempfile
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator
+from typing import IO, Any
 
-from .convert import ConvertOptions, Converter, Summary, _prepare_out_dir, _Writers, write_summary
+from .convert import Converter, ConvertOptions, Summary, _prepare_out_dir, _Writers, write_summary
 from .errors import InputError, UsageError
 from .fhir.bundles import BundlePacker, group_from_bytes, group_to_bytes
 from .mapping import MappedRecord
@@ -134,7 +135,7 @@ def _shards(path: Path, form: str, jobs: int, records: Iterator[RawRecord] | Non
     return [_Shard(unit, bounds[k], bounds[k + 1] if k + 1 < jobs else None) for k in range(jobs)]
 
 
-def _count_newlines(fh: IO[bytes], upto: int) -> int:
+def _count_newlines(fh: Any, upto: int) -> int:
     count = 0
     left = upto
     while left > 0:
