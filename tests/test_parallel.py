@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import filecmp
 import gzip
 import time
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -20,26 +22,28 @@ BAD = EXAMPLES.parent / "bad" / "records.ndjson"
 SOURCE_ARGS = ["--clinic-id", SOURCE["clinic_id"], "--system-base", SOURCE["system_base"]]
 
 
-def _tree(folder: Path) -> dict[str, bytes]:
-    """Every file of an output folder (hidden scratch folders would show up too)."""
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+class _Tree(dict[str, Path]):
+    """The files of an output folder (hidden scratch folders would show up too), read on demand."""
+
+    def bytes(self, name: str) -> bytes:
+        return self[name].read_bytes()
 
 
-def _run(run_cli: Any, inputs: list[Path], out: Path, *extra: str) -> tuple[int, dict[str, bytes]]:
+def _run(run_cli: Any, inputs: list[Path], out: Path, *extra: str) -> tuple[int, _Tree]:
     needs_source = any(p.suffix in (".ndjson", ".gz") for p in inputs)
     result = run_cli("convert", *inputs, "--out", out, "--quiet", *extra, *(SOURCE_ARGS if needs_source else []))
     assert result.code in (0, 1), result.err
-    return result.code, _tree(out)
+    return result.code, _Tree((p.name, p) for p in sorted(out.iterdir()))
 
 
-def _same_as_one_job(run_cli: Any, tmp_path: Path, inputs: list[Path], *extra: str, jobs: tuple[int, ...] = (2,)) -> dict[str, bytes]:
+def _same_as_one_job(run_cli: Any, tmp_path: Path, inputs: list[Path], *extra: str, jobs: tuple[int, ...] = (2,)) -> _Tree:
     code, one = _run(run_cli, inputs, tmp_path / "jobs-1", *extra)
     for n in jobs:
         code_n, many = _run(run_cli, inputs, tmp_path / f"jobs-{n}", *extra, "--jobs", str(n))
         assert code_n == code
         assert sorted(many) == sorted(one), f"--jobs {n} wrote other files"
         for name in one:
-            assert many[name] == one[name], f"--jobs {n}: {name} differs from --jobs 1"
+            assert filecmp.cmp(many[name], one[name], shallow=False), f"--jobs {n}: {name} differs from --jobs 1"
     return one
 
 
@@ -55,10 +59,10 @@ INPUTS = {
 @pytest.mark.parametrize("form", sorted(INPUTS))
 def test_examples_identical_with_two_jobs(run_cli: Any, tmp_path: Path, form: str, fmt: str) -> None:
     one = _same_as_one_job(run_cli, tmp_path, INPUTS[form], "--format", fmt, "--bundle-size", "40")
-    summary = orjson.loads(one["summary.json"])
+    summary = orjson.loads(one.bytes("summary.json"))
     assert summary["read"] >= 10
     if form == "bad":
-        assert summary["rejected"] > 3 and one["rejects.ndjson"].count(b"\n") == summary["rejected"]
+        assert summary["rejected"] > 3 and one.bytes("rejects.ndjson").count(b"\n") == summary["rejected"]
     if fmt == "bundle" and form != "bad":
         assert summary["bundles"] > 1
 
@@ -79,7 +83,7 @@ def _reversed_and_repeated(tmp_path: Path) -> list[Path]:
 def test_later_patients_duplicates_and_several_inputs(run_cli: Any, tmp_path: Path, fmt: str) -> None:
     inputs = _reversed_and_repeated(tmp_path)
     one = _same_as_one_job(run_cli, tmp_path, inputs, "--format", fmt, "--bundle-size", "30", jobs=(2, 3))
-    rejects = [orjson.loads(line) for line in one["rejects.ndjson"].splitlines()]
+    rejects = [orjson.loads(line) for line in one.bytes("rejects.ndjson").splitlines()]
     duplicates = [r for r in rejects if any(p["rule"] == "duplicate_id" for p in r["problems"])]
     assert len(duplicates) > 20
     # the duplicate of a record in another input names the first occurrence
@@ -93,7 +97,7 @@ def test_strict_refs_identical(run_cli: Any, tmp_path: Path) -> None:
     extra.write_bytes(orjson.dumps(orphan) + b"\n")
     # the orphan comes first: its reference is checked against ids the other shards find
     one = _same_as_one_job(run_cli, tmp_path, [extra, EXAMPLES / "records.ndjson"], "--strict-refs", jobs=(2,))
-    summary = orjson.loads(one["summary.json"])
+    summary = orjson.loads(one.bytes("summary.json"))
     assert summary["rejected_by_rule"] == {"unresolved_reference": 1}
     assert summary["converted"] == len(records)
 
@@ -141,10 +145,16 @@ def test_unreadable_input_in_a_worker_is_one_clear_error(run_cli: Any, tmp_path:
 def big_input(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """About 200,000 generated records, a few broken lines among them."""
     path = tmp_path_factory.mktemp("big") / "export.ndjson"
-    records = list(generate(25_000, seed=12, practitioners=5))
-    records[1000:1000] = [("treatment", {"id": "T-BROKEN", "patient_id": "nobody", "status": "sideways"})]
-    records[150_000:150_000] = [("assessment", {"id": "A-BROKEN", "pain": {"nrs": 12}})]
-    write_ndjson(path, records)
+
+    def records() -> Iterator[tuple[str, dict[str, Any]]]:  # streamed: the test stays small in memory
+        for i, record in enumerate(generate(25_000, seed=12, practitioners=5)):
+            if i == 1000:
+                yield "treatment", {"id": "T-BROKEN", "patient_id": "nobody", "status": "sideways"}
+            if i == 150_000:
+                yield "assessment", {"id": "A-BROKEN", "pain": {"nrs": 12}}
+            yield record
+
+    write_ndjson(path, records())
     with path.open("ab") as fh:
         fh.write(b'{"record_type": "patient", "id": \n')
     return path
@@ -153,7 +163,7 @@ def big_input(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_generated_200k_identical_with_two_jobs(run_cli: Any, tmp_path: Path, big_input: Path) -> None:
     started = time.monotonic()
     one = _same_as_one_job(run_cli, tmp_path, [big_input])
-    summary = orjson.loads(one["summary.json"])
+    summary = orjson.loads(one.bytes("summary.json"))
     assert summary["read"] >= 200_000
     assert summary["rejected"] == 3
     print(f"200k --jobs 1 and --jobs 2 compared in {time.monotonic() - started:.1f} s")
