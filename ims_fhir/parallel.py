@@ -345,8 +345,7 @@ class _Pool:
             done, pending = wait(pending, timeout=0.25, return_when=FIRST_EXCEPTION)
             for fut in done:
                 if fut.exception() is not None:
-                    for other in pending:
-                        other.cancel()
+                    self.stop()
                     raise fut.exception()  # type: ignore[misc]
             if self.progress is not None and self.counter is not None:
                 self.progress(self.counter[0], self.counter[1])
@@ -354,6 +353,13 @@ class _Pool:
 
     def map(self, fn: Callable[..., Any], *args: list[Any]) -> list[Any]:
         return list(self.executor.map(fn, *args))
+
+    def stop(self) -> None:
+        """A task failed: the run is over, stop the others now rather than at the end of their shards."""
+        processes = getattr(self.executor, "_processes", None) or {}
+        for process in list(processes.values()):
+            process.terminate()
+        self.executor.shutdown(wait=True, cancel_futures=True)
 
     def close(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)
