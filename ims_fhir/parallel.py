@@ -49,7 +49,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
-from .convert import Converter, ConvertOptions, Summary, _prepare_out_dir, _Writers, write_summary
+from .convert import (
+    Converter,
+    ConvertOptions,
+    Summary,
+    _prepare_out_dir,
+    _Writers,
+    write_summary,
+)
 from .errors import InputError, UsageError
 from .fhir.bundles import BundlePacker, group_from_bytes, group_to_bytes
 from .mapping import MappedRecord

@@ -39,7 +39,6 @@ Run on a cluster (the package and its dependencies must be importable on the exe
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -204,11 +203,33 @@ class SparkConversion:
         self.lines.write.mode(mode).partitionBy("dataset").text(out)
 
 
+def _expand(spark: SparkSession, paths: Sequence[str]) -> list[str]:
+    """Files behind paths, globs and folders (any Hadoop file system), in order: line numbers are per file."""
+    sc = spark.sparkContext
+    jvm: Any = sc._jvm
+    conf = sc._jsc.hadoopConfiguration()
+    files: list[str] = []
+    for path in paths:
+        hpath = jvm.org.apache.hadoop.fs.Path(path)
+        fs = hpath.getFileSystem(conf)
+        matches = fs.globStatus(hpath)
+        if not matches:
+            raise UsageError(f"{path}: no such file or folder")
+        for status in sorted(matches, key=lambda st: st.getPath().toString()):
+            if status.isDirectory():
+                inside = [st.getPath().toString() for st in fs.listStatus(status.getPath())
+                          if st.isFile() and not st.getPath().getName().startswith(("_", "."))]
+                files.extend(sorted(inside))
+            else:
+                files.append(status.getPath().toString())
+    return files
+
+
 def _numbered_lines(spark: SparkSession, paths: Sequence[str], partitions: int | None) -> RDD[tuple[Position, str, Any]]:
     sc = spark.sparkContext
     parts = []
-    for index, path in enumerate(paths):
-        name = os.path.basename(path.rstrip("/"))
+    for index, path in enumerate(_expand(spark, paths)):
+        name = path.rstrip("/").rsplit("/", 1)[-1]
         lines = sc.textFile(path, minPartitions=partitions)
 
         def number(pair: tuple[str, int], index: int = index, name: str = name) -> tuple[Position, str, Any]:
