@@ -6,8 +6,10 @@
 1. Generates a seeded synthetic NDJSON export (about 1 assessment and 6 treatments per patient).
 2. Runs ``ims-fhir convert INPUT --jobs N`` for each N (best of ``--repeat`` runs, as other
    work on the machine slows single runs down) and prints records/s, the speed-up over
-   ``--jobs 1`` and the peak RSS of every process of the run (the parent and each worker:
-   VmHWM from /proc, sampled until each process ends).
+   ``--jobs 1``, the CPU seconds of all its processes (a figure the machine's load does not
+   distort: --jobs N can only reach N x if it adds little CPU work), and the peak RSS of every
+   process of the run (the parent, the fork server and each worker: VmHWM from /proc,
+   sampled until each process ends).
 3. Runs ``ims_fhir.spark`` on ``local[2]`` (driver memory 1g) over ``--spark-records`` records
    and compares it with ``convert --jobs 2`` on the same input; Spark's start-up is
    reported apart from the conversion.
@@ -66,18 +68,25 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
-def _hwm_kb(pid: int) -> tuple[str, int] | None:
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _hwm_kb(pid: int) -> tuple[str, int, float] | None:
+    """(name, peak RSS in kB, CPU seconds so far) of a process."""
     try:
         with open(f"/proc/{pid}/status") as fh:
             fields = dict(line.split(":", 1) for line in fh if ":" in line)
-        return fields["Name"].strip(), int(fields["VmHWM"].split()[0])
-    except (OSError, KeyError, ValueError):
+        with open(f"/proc/{pid}/stat") as fh:
+            stat = fh.read().rsplit(")", 1)[1].split()
+        cpu = (int(stat[11]) + int(stat[12])) / _TICK
+        return fields["Name"].strip(), int(fields["VmHWM"].split()[0]), cpu
+    except (OSError, KeyError, ValueError, IndexError):
         return None
 
 
-def _run(cmd: list[str]) -> tuple[float, dict[int, tuple[str, int]], str]:
-    """Run a command; returns (seconds, {pid: (name, peak RSS kB)} of it and its descendants, stdout)."""
-    peaks: dict[int, tuple[str, int]] = {}
+def _run(cmd: list[str]) -> tuple[float, dict[int, tuple[str, int, float]], str]:
+    """Run a command; returns (seconds, {pid: (name, peak RSS kB, CPU s)} of it and its descendants, stdout)."""
+    peaks: dict[int, tuple[str, int, float]] = {}
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out, stderr=err)
@@ -88,7 +97,7 @@ def _run(cmd: list[str]) -> tuple[float, dict[int, tuple[str, int]], str]:
                 for pid in _descendants(proc.pid):
                     got = _hwm_kb(pid)
                     if got is not None:
-                        peaks[pid] = (got[0], max(got[1], peaks.get(pid, ("", 0))[1]))
+                        peaks[pid] = (got[0], max(got[1], peaks.get(pid, ("", 0, 0.0))[1]), got[2])
                 done.wait(0.1)
 
         sampler = threading.Thread(target=sample, daemon=True)
@@ -137,11 +146,12 @@ def main() -> int:
     n = _generate(inp, args.records, args.seed)
     print(f"input: {n:,} records ({inp.stat().st_size / 1e6:,.0f} MB) generated in {time.perf_counter() - t0:.1f} s; "
           f"{os.cpu_count()} CPUs; load average {_load()}")
-    print(f"{'run':<22}{'seconds':>9}{'records/s':>11}{'speed-up':>10}  {'peak RSS MB per process':<34}{'load before/after'}")
+    print(f"{'run':<22}{'seconds':>9}{'records/s':>11}{'speed-up':>10}{'CPU s':>8}  {'peak RSS MB per process':<30}"
+          "load before -> after")
     runs: dict[str, dict[str, object]] = {}
     base = None
     for jobs in [int(j) for j in args.jobs.split(",")]:
-        best: tuple[float, dict[int, tuple[str, int]]] | None = None
+        best: tuple[float, dict[int, tuple[str, int, float]]] | None = None
         loads = []
         for _ in range(args.repeat):
             before = _load()
@@ -154,11 +164,14 @@ def main() -> int:
         seconds, peaks = best
         rate = n / seconds
         base = base or rate
-        rss = sorted(kb // 1024 for name, kb in peaks.values() if name.startswith("python"))
-        print(f"{'convert --jobs ' + str(jobs):<22}{seconds:>9.1f}{rate:>11,.0f}{rate / base:>9.2f}x  "
-              f"{', '.join(map(str, rss)):<34}{'; '.join(loads)}")
+        rss = sorted(kb // 1024 for name, kb, _ in peaks.values() if name.startswith("python"))
+        cpu = sum(c for name, _, c in peaks.values() if name.startswith("python"))
+        print(f"{'convert --jobs ' + str(jobs):<22}{seconds:>9.1f}{rate:>11,.0f}{rate / base:>9.2f}x{cpu:>8.1f}  "
+              f"{', '.join(map(str, rss)):<30}{'; '.join(loads)}")
         runs[f"jobs_{jobs}"] = {"seconds": round(seconds, 2), "records_per_s": round(rate), "speedup": round(rate / base, 2),
-                                "peak_rss_mb_per_process": rss, "load": loads}
+                                "cpu_seconds": round(cpu, 1), "peak_rss_mb_per_process": rss, "load": loads,
+                                "cpu_seconds_per_process": sorted(round(c, 1) for name, _, c in peaks.values()
+                                                                  if name.startswith("python"))}
     figures["convert"] = runs
 
     if not args.no_spark:
