@@ -199,8 +199,22 @@ class SparkConversion:
         return self.lines.where(F.col("dataset") == REJECTS).select(F.col("value").alias("reject"))
 
     def write(self, out: str, *, mode: str = "error") -> None:
-        """``out/dataset=<ResourceType>/part-*.txt`` and ``out/dataset=rejects/part-*.txt``, in one job."""
-        self.lines.write.mode(mode).partitionBy("dataset").text(out)
+        """``out/dataset=<ResourceType>/part-*.txt`` and ``out/dataset=rejects/part-*.txt``, in one job.
+
+        Each task keeps a file open per resource type (``spark.sql.maxConcurrentOutputFileWriters``,
+        set for this write only) instead of sorting its rows by type first.
+        """
+        conf = self.lines.sparkSession.conf
+        key = "spark.sql.maxConcurrentOutputFileWriters"
+        before = conf.get(key, None)
+        conf.set(key, "16")
+        try:
+            self.lines.write.mode(mode).partitionBy("dataset").text(out)
+        finally:
+            if before is None:
+                conf.unset(key)
+            else:
+                conf.set(key, before)
 
 
 def _expand(spark: SparkSession, paths: Sequence[str]) -> list[str]:
