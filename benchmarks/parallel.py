@@ -120,7 +120,7 @@ def _load() -> str:
 
 def _generate(path: Path, records: int, seed: int) -> int:
     patients = max(1, round(records / 8))  # patient + 1 assessment + 6 treatments
-    subprocess.run([sys.executable, "-m", "ims_fhir.synthetic", "export", "--patients", str(patients), "--seed", str(seed),
+    subprocess.run([sys.executable, "-m", "ims_fhir.dev.synthetic", "export", "--patients", str(patients), "--seed", str(seed),
                     "--format", "ndjson", "--out", str(path)], check=True, capture_output=True)
     with open(path, "rb") as fh:
         return sum(block.count(b"\n") for block in iter(lambda: fh.read(1 << 22), b""))
@@ -190,7 +190,8 @@ def main() -> int:
         total, peaks, out = _run([py, "-c", SPARK, str(sinp), str(work / "out-spark")])
         timing = json.loads(out.strip().splitlines()[-1])
         ratio = timing["convert_s"] / seconds2
-        print(f"spark local[2]: {sn:,} records converted in {timing['convert_s']:.1f} s ({sn / timing['convert_s']:,.0f} records/s; "
+        rate = sn / timing["convert_s"]
+        print(f"spark local[2]: {sn:,} records converted in {timing['convert_s']:.1f} s ({rate:,.0f} records/s; "
               f"start-up {timing['startup_s']:.1f} s more) vs convert --jobs 2 {seconds2:.1f} s: {ratio:.2f}x the time "
               f"(target <= 2x); load {before} -> {_load()}")
         figures["spark"] = {"records": sn, "convert_s": round(timing["convert_s"], 2), "startup_s": round(timing["startup_s"], 2),

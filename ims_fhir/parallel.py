@@ -49,20 +49,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
-from .convert import (
-    Converter,
-    ConvertOptions,
-    Summary,
-    _prepare_out_dir,
-    _Writers,
-    write_summary,
-)
+import orjson
+
+from .convert import Converter, ConvertOptions, FileSink, Summary, _prepare_out_dir
 from .errors import InputError, UsageError
 from .fhir.bundles import BundlePacker, group_from_bytes, group_to_bytes
-from .mapping import MappedRecord
+from .mapping import MappedRecord, map_organization
+from .pipeline import RecordPipeline
 from .records.models import Source
 from .records.readers import RawRecord, open_input, parse_ndjson_line
-from .records.validation import validate_record
+from .rejects import Rejected
 from .terminology import Terminology
 from .workstore import WorkStore
 
@@ -263,47 +259,55 @@ def _run_task(task: _Task) -> _Result:
 
 def _valid_ids(task: _Task, store: _KeptStore) -> _Result:
     """First pass of --strict-refs over one shard, as Converter._collect_valid_ids."""
-    context = {"default_tz": task.options.default_tz} if task.options.default_tz else None
+    pipeline = RecordPipeline(lenient=task.options.lenient, default_tz=task.options.default_tz)
     for raw in _records(task):
         if raw.problems or raw.record_type is None:
             continue
-        model, _ = validate_record(raw.record_type, raw.data, context=context, lenient=task.options.lenient)
+        model, _ = pipeline.validate(raw)
         if model is not None:
-            store.first_seen("valid:" + task.source.system_base, raw.record_type, model.id, raw.origin)  # type: ignore[attr-defined]
+            store.first_seen("valid:" + task.source.system_base, raw.record_type, model.id, raw.origin)
     return _Result(task.seq, store.path, Summary(), task.options.out_dir)
 
 
 def _convert_task(task: _Task, store: _KeptStore) -> _Result:
+    """One shard through the converter's pipeline, as Converter._convert_all does for a whole input."""
     opts = task.options
-    task.options.out_dir.mkdir(parents=True, exist_ok=True)
+    opts.out_dir.mkdir(parents=True, exist_ok=True)
     conv = Converter(opts, terminology=task.terminology, progress=_progress_reporter())
     summary = conv.summary
-    writers = _Writers(opts.out_dir, summary)
-    groups_path: Path | None = None
-    groups_fh: IO[bytes] | None = None
+    pipeline = RecordPipeline(lenient=opts.lenient, default_tz=opts.default_tz, seen=store,
+                              check_refs=(lambda t, m, scope: conv._unresolved(t, m, scope, store))
+                              if opts.strict_refs else None, validate_fhir=opts.validate)
+    ctx, _ = conv._mapping_context(task.source)
+    sink = FileSink(opts.out_dir, summary)
+    ndjson = opts.output_format == "ndjson"
+    groups_path = None if ndjson else task.work_dir / _GROUPS
+    groups = open(groups_path, "wb", buffering=1 << 20) if groups_path is not None else None  # noqa: SIM115
     try:
-        if opts.output_format == "ndjson":
-            if task.organization:
-                ctx, _ = conv._start_source(task.source, store, writers, {})
+        if ndjson and task.organization:
+            summary.resources["Organization"] = summary.resources.get("Organization", 0) + 1
+            sink.resource(map_organization(ctx))
+        for raw in _records(task):
+            summary.read += 1
+            outcome = pipeline.one(raw, ctx)
+            if isinstance(outcome, Rejected):
+                conv._count_rejected(outcome)
+                sink.reject(outcome)
             else:
-                ctx, _ = conv._mapping_context(task.source)
-            sink: Callable[[MappedRecord], None] = writers.group
-        else:
-            ctx, _ = conv._mapping_context(task.source)
-            groups_path = task.work_dir / _GROUPS
-            groups_fh = open(groups_path, "wb", buffering=1 << 20)  # noqa: SIM115 (closed below)
-            out = groups_fh
-
-            def sink(group: MappedRecord) -> None:
-                out.write(group_to_bytes(group) + b"\n")
-
-        conv._convert_records(_records(task), ctx, task.source.system_base, store, writers, sink)
+                conv._count_converted(outcome)
+                if groups is not None:
+                    groups.write(group_to_bytes(outcome.group) + b"\n")
+                else:
+                    for res in outcome.group.resources:
+                        sink.resource(res)
+            if conv.progress is not None and summary.read % 1000 == 0:
+                conv.progress(summary.read, summary.rejected)
         if conv.progress is not None:
             conv.progress(summary.read, summary.rejected)
     finally:
-        writers.close()
-        if groups_fh is not None:
-            groups_fh.close()
+        sink.close()
+        if groups is not None:
+            groups.close()
     return _Result(task.seq, store.path, summary, opts.out_dir, groups_path, list(summary.files))
 
 
@@ -418,7 +422,7 @@ def convert_parallel(paths: list[Path], options: ConvertOptions, *, jobs: int, t
     summary.inputs = [str(p) for p in paths]
     # open every input first: an unreadable input or a bad source stops the run before any output
     plans = [(inp.path, inp.form, source, _shards(inp.path, inp.form, jobs, inp.records if inp.form == "json" else None))
-             for inp, source in conv._open_all(paths)]
+             for inp, source in conv.open_all(paths)]
     out = options.out_dir
     _prepare_out_dir(out)
     work = Path(tempfile.mkdtemp(prefix=".ims-fhir-jobs-", dir=options.temp_dir or out))
@@ -433,7 +437,9 @@ def convert_parallel(paths: list[Path], options: ConvertOptions, *, jobs: int, t
     finally:
         pool.close()
         shutil.rmtree(work, ignore_errors=True)
-    write_summary(out, summary)
+    (out / "summary.json").write_bytes(  # as Converter.run
+        orjson.dumps(summary.as_dict() | {"files": sorted(set(summary.files) | {"summary.json"})},
+                     option=orjson.OPT_INDENT_2) + b"\n")
     if progress is not None:
         progress(summary.read, summary.rejected)
     return summary
@@ -497,28 +503,38 @@ def _merge_ndjson(out: Path, results: list[_Result], summary: Summary) -> None:
 
 def _pack_bundles(conv: Converter, plans: list[tuple[Path, str, Source, list[_Shard]]], results: list[_Result],
                   work: Path) -> None:
-    """The parent's part in bundle mode: the packer of ``--jobs 1`` over the tasks' groups in order."""
+    """The parent's part in bundle mode: the packing of Converter._convert_all over the tasks' groups in order."""
     summary = conv.summary
+    opts = conv.options
     with WorkStore(str(work)) as store:
-        writers = _Writers(conv.options.out_dir, summary)
+        sink = FileSink(opts.out_dir, summary)
         try:
             packers: dict[tuple[str, str], BundlePacker] = {}
             seq = 0
             for _path, _form, source, shards in plans:
-                _, packer = conv._start_source(source, store, writers, packers)
-                assert packer is not None
+                ctx, new = conv._mapping_context(source)
+                key = (source.clinic_id, source.system_base)
+                if new:
+                    org = map_organization(ctx)
+                    summary.resources["Organization"] = summary.resources.get("Organization", 0) + 1
+                    packers[key] = BundlePacker(
+                        max_entries=opts.bundle_size, organization=org, lookup=store.get_dep, remember=store.put_dep,
+                        defer=lambda g: store.defer(group_to_bytes(g)), emit=lambda body, entries: sink.bundle(body))
+                packer = packers[key]
                 for _shard in shards:
                     result = results[seq]
                     seq += 1
-                    assert result.groups is not None
-                    for group in _read_groups(result.groups):
+                    for group in _read_groups(result.groups or work / "missing"):
                         packer.add(group)
-            conv._finish_packers(packers, store)
+            for packer in packers.values():
+                for body in store.deferred():
+                    packer.add(group_from_bytes(body), final=True)
+                packer.flush()
             for result in results:
                 _add(summary, result.summary)
-                _append(writers.rejects, result.out_dir / "rejects.ndjson")
+                _append(sink.rejects, result.out_dir / "rejects.ndjson")
         finally:
-            writers.close()
+            sink.close()
 
 
 __all__ = ["convert_parallel"]

@@ -1,8 +1,8 @@
 """Batch conversion on Apache Spark: an IMS record dataset -> FHIR NDJSON, partitioned by type.
 
 The same conversion as ``ims-fhir convert`` (NDJSON output): every record goes through the
-converter's own validation, duplicate check and mappers, run inside ``mapPartitions`` on the
-executors. The output holds the same resources and the same rejects, as a dataset
+same :class:`~ims_fhir.pipeline.RecordPipeline` (validation, duplicate check, mappers), run
+inside ``mapPartitions`` on the executors. The output holds the same resources and the same rejects, as a dataset
 partitioned by resource type instead of one file per type (compare sorted lines).
 
 Terms:
@@ -42,18 +42,18 @@ import argparse
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from .convert import Converter, ConvertOptions, reject_line
-from .errors import ImsFhirError, Problem, UsageError
-from .mapping import map_organization
-from .records import vocabulary as v
+from .errors import ImsFhirError, UsageError
+from .mapping import MappingContext, MappingOptions, map_organization
+from .pipeline import RecordPipeline
 from .records.models import Source
 from .records.readers import RawRecord, parse_ndjson_line
 from .records.validation import record_id_of
+from .rejects import Rejected
+from .terminology import default_terminology
 
 if TYPE_CHECKING:
     from pyspark import RDD
@@ -80,9 +80,11 @@ class SparkOptions:
         data = {"clinic_id": self.clinic_id, "system_base": self.system_base, "clinic_name": self.clinic_name}
         return Source.model_validate({k: val for k, val in data.items() if val is not None})
 
-    def convert_options(self) -> ConvertOptions:
-        return ConvertOptions(out_dir=Path("."), lenient=self.lenient, validate=self.validate,
-                              default_tz=self.default_tz, cpt=self.cpt)
+    def context(self) -> MappingContext:
+        return MappingContext(self.source(), default_terminology(), MappingOptions(cpt=self.cpt))
+
+    def pipeline(self, seen: Any) -> RecordPipeline:
+        return RecordPipeline(lenient=self.lenient, default_tz=self.default_tz, seen=seen, validate_fhir=self.validate)
 
 
 # ------------------------------------------------------------------------- executors' side
@@ -103,15 +105,7 @@ def _raw(item: tuple[Position, str, Any]) -> RawRecord:
         # Hadoop's reader drops the line's end; the file reader keeps it (so "at character N" of a
         # malformed line counts it): put it back
         return parse_ndjson_line(body.encode() + b"\n", origin)
-    data = _drop_nulls(body)
-    record_type = data.pop("record_type", None)
-    if record_type is None:
-        return RawRecord(None, data, origin, [Problem("record_type", "required", "is required on every record")])
-    if record_type not in v.RECORD_TYPES:
-        return RawRecord(str(record_type), data, origin, [Problem(
-            "record_type", "unknown_record_type",
-            f"{record_type!r} is not a record type of {v.FORMAT} (expected one of: {', '.join(v.RECORD_TYPES)})")])
-    return RawRecord(record_type, data, origin)
+    return parse_ndjson_line(orjson.dumps(_drop_nulls(body)), origin)  # as a record object of POST /records
 
 
 def _is_record(item: tuple[Position, str, Any]) -> bool:
@@ -120,7 +114,7 @@ def _is_record(item: tuple[Position, str, Any]) -> bool:
 
 
 def _key(item: tuple[Position, str, Any]) -> list[tuple[tuple[str, str], tuple[Position, str, int]]]:
-    """(record type, id) of a record that takes part in the duplicate check, as Converter._one."""
+    """(record type, id) of a record that takes part in the duplicate check, as RecordPipeline.one."""
     raw = _raw(item)
     record_id = record_id_of(raw.data)
     if raw.record_type is None or raw.data is None or record_id is None \
@@ -135,7 +129,7 @@ def _first(a: tuple[Position, str, int], b: tuple[Position, str, int]) -> tuple[
 
 
 class _Duplicates:
-    """Stands in for the WorkStore in Converter._one: the ids used more than once, known upfront."""
+    """The pipeline's FirstSeen store here: the ids used more than once, known from the first pass."""
 
     def __init__(self, first_origins: dict[tuple[str, str], str]) -> None:
         self.first_origins = first_origins
@@ -145,31 +139,17 @@ class _Duplicates:
         return first if first is not None and first != origin else None
 
 
-class _Rejects:
-    """Stands in for the writers in Converter._one: collects reject lines."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def reject(self, raw: RawRecord, record_id: str | None, problems: list[Problem]) -> None:
-        self.lines.append(reject_line(raw, record_id, problems).decode())
-
-
 def _convert_partition(options: SparkOptions, duplicates: Any) -> Any:
     def run(items: Iterable[tuple[Position, str, Any]]) -> Iterator[tuple[str, str]]:
-        source = options.source()
-        conv = Converter(options.convert_options())
-        ctx, _ = conv._mapping_context(source)
-        store: Any = _Duplicates(duplicates.value)
-        rejects = _Rejects()
-        writers: Any = rejects
+        ctx = options.context()
+        pipeline = options.pipeline(_Duplicates(duplicates.value))
         for item in items:
-            group = conv._one(_raw(item), ctx, source.system_base, store, writers)
-            if group is not None:
-                for res in group.resources:
+            outcome = pipeline.one(_raw(item), ctx)
+            if isinstance(outcome, Rejected):
+                yield REJECTS, orjson.dumps(outcome.as_dict()).decode()
+            else:
+                for res in outcome.group.resources:
                     yield res["resourceType"], orjson.dumps(res).decode()
-            elif rejects.lines:
-                yield REJECTS, rejects.lines.pop()
 
     return run
 
@@ -271,13 +251,12 @@ def convert_dataset(spark: SparkSession, options: SparkOptions, *, paths: Sequen
     """Convert NDJSON files (``paths``) or a DataFrame of records (``frame``); lazy until written."""
     if (paths is None) == (frame is None):
         raise UsageError("give either NDJSON paths or a DataFrame of records")
-    source = options.source()  # a bad source fails here, on the driver
+    options.source()  # a bad source fails here, on the driver
     if paths is not None:
         if not paths:
             raise UsageError("no input given")
         items = _numbered_lines(spark, list(paths), partitions)
-    else:
-        assert frame is not None
+    elif frame is not None:
         items = _numbered_rows(frame, name)
     items = items.filter(_is_record)
     # pass 1: ids used more than once, with where they were first used
@@ -286,7 +265,7 @@ def convert_dataset(spark: SparkSession, options: SparkOptions, *, paths: Sequen
     duplicates = spark.sparkContext.broadcast(dict(repeated))
     # pass 2: the conversion, with the converter's own per-record code
     converted = items.mapPartitions(_convert_partition(options, duplicates))
-    org = map_organization(Converter(options.convert_options())._mapping_context(source)[0])
+    org = map_organization(options.context())
     organization = spark.sparkContext.parallelize([("Organization", orjson.dumps(org).decode())], 1)
     rows = organization.union(converted)
     return SparkConversion(spark.createDataFrame(rows, "dataset string, value string"))

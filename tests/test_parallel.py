@@ -5,17 +5,17 @@ from __future__ import annotations
 import filecmp
 import gzip
 import time
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
+from ims_fhir.dev.synthetic import generate
 from ims_fhir.parallel import _ndjson_shard, _Shard, _shards
 from ims_fhir.records.readers import open_input
 from ims_fhir.records.writers import write_ndjson
-from ims_fhir.synthetic import generate
 from tests.conftest import EXAMPLES, SOURCE
 
 BAD = EXAMPLES.parent / "bad" / "records.ndjson"
@@ -85,7 +85,7 @@ def test_later_patients_duplicates_and_several_inputs(run_cli: Any, tmp_path: Pa
     one = _same_as_one_job(run_cli, tmp_path, inputs, "--format", fmt, "--bundle-size", "30", jobs=(2, 3))
     rejects = [orjson.loads(line) for line in one.bytes("rejects.ndjson").splitlines()]
     duplicates = [r for r in rejects if any(p["rule"] == "duplicate_id" for p in r["problems"])]
-    assert len(duplicates) > 20
+    assert len(duplicates) >= 10
     # the duplicate of a record in another input names the first occurrence
     assert any("reversed.ndjson:" in p["message"] for r in duplicates if r["origin"].startswith("again") for p in r["problems"])
 

@@ -13,10 +13,13 @@ import orjson
 import pytest
 from pyspark.sql import SparkSession
 
+from ims_fhir.dev.synthetic import generate
 from ims_fhir.records.writers import write_ndjson
 from ims_fhir.spark import SparkOptions, convert_dataset, main
-from ims_fhir.synthetic import generate
 from tests.conftest import EXAMPLES, SOURCE
+
+# one Spark per test session: under pytest-xdist every test of this file goes to the same worker
+pytestmark = pytest.mark.xdist_group("spark-local")
 
 BAD = EXAMPLES.parent / "bad" / "records.ndjson"
 OPTIONS = SparkOptions(SOURCE["clinic_id"], SOURCE["system_base"], SOURCE.get("clinic_name"))
