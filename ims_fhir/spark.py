@@ -139,17 +139,34 @@ class _Duplicates:
         return first if first is not None and first != origin else None
 
 
+#: lines per row handed to the JVM: one row per line would cost more than the conversion itself
+CHUNK = 500
+
+
 def _convert_partition(options: SparkOptions, duplicates: Any) -> Any:
     def run(items: Iterable[tuple[Position, str, Any]]) -> Iterator[tuple[str, str]]:
         ctx = options.context()
         pipeline = options.pipeline(_Duplicates(duplicates.value))
+        pending: dict[str, list[bytes]] = {}
         for item in items:
             outcome = pipeline.one(_raw(item), ctx)
             if isinstance(outcome, Rejected):
-                yield REJECTS, orjson.dumps(outcome.as_dict()).decode()
+                lines = pending.setdefault(REJECTS, [])
+                lines.append(orjson.dumps(outcome.as_dict()))
+                if len(lines) >= CHUNK:
+                    yield REJECTS, b"\n".join(lines).decode()
+                    lines.clear()
             else:
                 for res in outcome.group.resources:
-                    yield res["resourceType"], orjson.dumps(res).decode()
+                    rtype = res["resourceType"]
+                    lines = pending.setdefault(rtype, [])
+                    lines.append(orjson.dumps(res))
+                    if len(lines) >= CHUNK:
+                        yield rtype, b"\n".join(lines).decode()
+                        lines.clear()
+        for kind, lines in pending.items():
+            if lines:
+                yield kind, b"\n".join(lines).decode()
 
     return run
 
@@ -159,7 +176,8 @@ def _convert_partition(options: SparkOptions, duplicates: Any) -> Any:
 
 @dataclass
 class SparkConversion:
-    """The converted dataset: one row per output line, ``dataset`` = resource type or ``rejects``."""
+    """The converted dataset: ``dataset`` (resource type or ``rejects``) and ``value``, up to
+    :data:`CHUNK` NDJSON lines of that dataset (written as they are, they are NDJSON files)."""
 
     lines: DataFrame
 
@@ -169,14 +187,14 @@ class SparkConversion:
         from pyspark.sql import functions as F
 
         return self.lines.where(F.col("dataset") != REJECTS).select(
-            F.col("dataset").alias("resourceType"), F.col("value").alias("resource"))
+            F.col("dataset").alias("resourceType"), F.explode(F.split("value", "\n")).alias("resource"))
 
     @property
     def rejects(self) -> DataFrame:
         """``reject``: the line of ``rejects.ndjson`` (record_type, id, origin, problems)."""
         from pyspark.sql import functions as F
 
-        return self.lines.where(F.col("dataset") == REJECTS).select(F.col("value").alias("reject"))
+        return self.lines.where(F.col("dataset") == REJECTS).select(F.explode(F.split("value", "\n")).alias("reject"))
 
     def write(self, out: str, *, mode: str = "error") -> None:
         """``out/dataset=<ResourceType>/part-*.txt`` and ``out/dataset=rejects/part-*.txt``, in one job.
