@@ -87,11 +87,13 @@ def cli() -> None:
 @click.option("--strict-refs", is_flag=True, help="Reject records whose patient, practitioner or assessment is not in the input.")
 @click.option("--default-tz", metavar="ZONE", help="IANA time zone for date-times written without an offset.")
 @click.option("--no-cpt", is_flag=True, help="Do not add CPT 20560/20561 codes to treatments.")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Worker processes; the output is byte-identical whatever the number.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run's summary as JSON on stdout.")
 def convert(inputs: tuple[Path, ...], out_dir: Path, output_format: str, clinic_id: str | None, clinic_name: str | None,
             system_base: str | None, bundle_size: int, validate: bool, lenient: bool, strict_refs: bool,
-            default_tz: str | None, no_cpt: bool, quiet: bool, as_json: bool) -> int:
+            default_tz: str | None, no_cpt: bool, jobs: int, quiet: bool, as_json: bool) -> int:
     """Convert IMS records (JSON document, NDJSON[.gz] or CSV folder) to FHIR R4.
 
     Writes OUT/<ResourceType>.ndjson (or OUT/bundle-0001.json ...), OUT/rejects.ndjson
@@ -116,7 +118,7 @@ def convert(inputs: tuple[Path, ...], out_dir: Path, output_format: str, clinic_
     progress = _Progress(enabled=not quiet and not as_json and sys.stderr.isatty())
     started = time.monotonic()
     try:
-        summary = run_convert(list(inputs), options, progress=progress)
+        summary = run_convert(list(inputs), options, progress=progress, jobs=jobs)
     finally:
         progress.done()
     elapsed = time.monotonic() - started

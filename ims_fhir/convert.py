@@ -319,8 +319,18 @@ class Converter:
 
 
 def convert(paths: list[Path], options: ConvertOptions, *, terminology: Terminology | None = None,
-            progress: Callable[[int, int], None] | None = None) -> Summary:
-    """Convert inputs to FHIR files in ``options.out_dir``; returns the run's summary."""
+            progress: Callable[[int, int], None] | None = None, jobs: int = 1) -> Summary:
+    """Convert inputs to FHIR files in ``options.out_dir``; returns the run's summary.
+
+    ``jobs`` > 1 shards the inputs across that many processes (:mod:`ims_fhir.parallel`);
+    the output is byte-identical to ``jobs=1``.
+    """
+    if jobs < 1:
+        raise UsageError("--jobs must be at least 1")
+    if jobs > 1:
+        from .parallel import convert_parallel
+
+        return convert_parallel(paths, options, jobs=jobs, terminology=terminology, progress=progress)
     return Converter(options, terminology=terminology, progress=progress).run(paths)
 
 
