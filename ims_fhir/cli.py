@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Sequence
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,9 @@ from . import __version__
 from .errors import ImsFhirError
 
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
-#: Missing one of these means the ``service`` extra is not installed (the app or its dependencies).
-_SERVICE_MODULES = frozenset({"ims_fhir_service", "flask", "waitress", "jinja2", "werkzeug"})
+#: Commands that optional parts of the distribution plug in (``[project.entry-points."ims_fhir.commands"]``
+#: in pyproject.toml, e.g. ``serve`` from the service). They are loaded by name, only when asked for.
+PLUGIN_GROUP = "ims_fhir.commands"
 
 
 def _count(n: int, noun: str, plural: str | None = None) -> str:
@@ -65,7 +67,47 @@ def _check_csv_folders(inputs: Sequence[Path]) -> None:
                              f"(expected one or more of {', '.join(CSV_TABLES)})")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _PluggableGroup(click.Group):
+    """A click group that also offers the commands registered under :data:`PLUGIN_GROUP`.
+
+    A plugin whose extra is not installed (its import fails) still shows up: asked for, it
+    says which ``pip install`` brings it, and exits 2."""
+
+    def _plugins(self) -> dict[str, EntryPoint]:
+        return {ep.name: ep for ep in entry_points(group=PLUGIN_GROUP) if ep.name not in self.commands}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self._plugins()])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        found = super().get_command(ctx, cmd_name)
+        if found is not None:
+            return found
+        ep = self._plugins().get(cmd_name)
+        if ep is None:
+            return None
+        try:
+            loaded = ep.load()
+        except ImportError:
+            return _missing_extra(cmd_name, ep)
+        return loaded if isinstance(loaded, click.Command) else None
+
+
+def _missing_extra(name: str, ep: EntryPoint) -> click.Command:
+    extra = ",".join(ep.extras) or name
+    install = f'pip install "ims-fhir[{extra}]"'
+
+    @click.command(name=name, context_settings={"ignore_unknown_options": True, "help_option_names": []},
+                   help=f"Not installed here: {install}", add_help_option=False)
+    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+    def missing(args: tuple[str, ...]) -> int:
+        click.echo(f"ims-fhir {name} needs the {extra} extra: {install}", err=True)
+        return EXIT_USAGE
+
+    return missing
+
+
+@click.group(cls=_PluggableGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="ims-fhir")
 def cli() -> None:
     """Convert Gunn IMS physiotherapy records (ims-record/1) to and from HL7 FHIR R4."""
@@ -385,28 +427,6 @@ def import_(inputs: tuple[Path, ...], out_file: Path, output_format: str | None,
             click.echo(f"{_count(sum(summary.report_by_rule.values()), 'element')} not mapped or assumed ({rules}): "
                        f"see {paths['report']}", err=True)
     return summary.exit_code
-
-
-@cli.command()
-@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), envvar="IMS_FHIR_CONFIG",
-              help="TOML configuration (also IMS_FHIR_CONFIG); IMS_FHIR_* variables override it.")
-@click.option("--no-worker", is_flag=True, help="Serve the API only; run `ims-fhir worker` beside it.")
-@click.option("--log-level", default="INFO", show_default=True, type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
-def serve(config_file: Path | None, no_worker: bool, log_level: str) -> int:
-    """Run the sync service (API, dashboard and the sync worker) with waitress (extra: ims-fhir[service])."""
-    from .sync.runner import configure_logging
-
-    try:
-        from ims_fhir_service.config import load_config
-        from ims_fhir_service.runner import serve as run_serve
-    except ImportError as exc:
-        if exc.name not in _SERVICE_MODULES:
-            raise
-        click.echo('ims-fhir serve needs the service extra: pip install "ims-fhir[service]"', err=True)
-        return EXIT_USAGE
-    config = load_config(config_file)
-    configure_logging(log_level, config.server.log_format)
-    return run_serve(config, with_worker=False if no_worker else None)
 
 
 @cli.command()

@@ -2,6 +2,7 @@
 
 - the sync layer (the worker, the outbox, intake) and the sending engine import no command
   module (``push``, ``pull``, ``cli``), directly or through another module;
+- no module of the library imports the service (``ims_fhir_service``) or Flask;
 - the mapping package does no I/O: no file, database, network or process module, no
   ``open()``, no validation run, and nothing of the layers that do I/O.
 """
@@ -103,3 +104,11 @@ def test_the_mapping_package_does_no_io() -> None:
         names = {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) for alias in node.names}
         assert "open" not in calls, f"{module} opens a file"
         assert not names & {"validate_record", "validate_resource"}, f"{module} runs validation"
+
+
+def test_no_module_of_the_library_imports_the_service_or_flask() -> None:
+    """``ims-fhir serve`` comes in through the ``ims_fhir.commands`` entry point, not an import."""
+    web = {"ims_fhir_service", "service", "flask", "waitress", "werkzeug", "jinja2"}
+    for module in MODULES:
+        found = {m for m in imports(module) if m.partition(".")[0] in web}
+        assert not found, f"{module} imports {sorted(found)}"
