@@ -46,6 +46,27 @@ class _Progress:
             sys.stderr.flush()
 
 
+_AUTH_HELP = ("none | bearer:env:VAR | basic:USER:env:VAR | oauth2:TOKEN_URL:CLIENT_ID:env:VAR[:SCOPE] | "
+              "smart:CLIENT_ID:PRIVATE_KEY_FILE[:SCOPES] (SMART Backend Services; secrets from environment "
+              "variables; also read from IMS_FHIR_AUTH).")
+
+
+def _tls_options(command: Any) -> Any:
+    """--token-url, --ca-bundle, --client-cert, --client-key: how push and pull reach a hospital server."""
+    for option in reversed([
+        click.option("--token-url", envvar="IMS_FHIR_TOKEN_URL",
+                     help="SMART token endpoint; default: discovered from [server]/.well-known/smart-configuration."),
+        click.option("--ca-bundle", type=click.Path(exists=True, dir_okay=False), envvar="IMS_FHIR_CA_BUNDLE",
+                     help="CA certificates to trust instead of the system's (PEM), e.g. the hospital's private CA."),
+        click.option("--client-cert", type=click.Path(exists=True, dir_okay=False), envvar="IMS_FHIR_CLIENT_CERT",
+                     help="Client certificate for mutual TLS (PEM; may hold the key too)."),
+        click.option("--client-key", type=click.Path(exists=True, dir_okay=False), envvar="IMS_FHIR_CLIENT_KEY",
+                     help="Private key of --client-cert (PEM, unencrypted), when not in the same file."),
+    ]):
+        command = option(command)
+    return command
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="ims-fhir")
 def cli() -> None:
@@ -116,10 +137,8 @@ def convert(inputs: tuple[Path, ...], out_dir: Path, output_format: str, clinic_
 @cli.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--server", help="FHIR R4 base URL, e.g. https://fhir.hospital.example.org/r4.")
-@click.option("--auth", "auth_spec", default="none", show_default=True, envvar="IMS_FHIR_AUTH",
-              help="none | bearer:env:VAR | basic:USER:env:VAR | oauth2:TOKEN_URL:CLIENT_ID:env:VAR[:SCOPE] "
-                   "(secrets from environment variables; also read from IMS_FHIR_AUTH).")
-@click.option("--ca-bundle", type=click.Path(exists=True, dir_okay=False), help="CA certificates to trust (PEM).")
+@click.option("--auth", "auth_spec", default="none", show_default=True, envvar="IMS_FHIR_AUTH", help=_AUTH_HELP)
+@_tls_options
 @click.option("--timeout", type=click.FloatRange(min=1), default=60.0, show_default=True, help="Read timeout per request, seconds.")
 @click.option("--max-attempts", type=click.IntRange(min=1), default=5, show_default=True,
               help="Attempts per request on connection errors, timeouts, 429 and 5xx (with backoff, Retry-After honoured).")
@@ -135,7 +154,8 @@ def convert(inputs: tuple[Path, ...], out_dir: Path, output_format: str, clinic_
 @click.option("--no-cpt", is_flag=True)
 @click.option("--quiet", "-q", is_flag=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
-def push(inputs: tuple[Path, ...], server: str | None, auth_spec: str, ca_bundle: str | None, timeout: float,
+def push(inputs: tuple[Path, ...], server: str | None, auth_spec: str, token_url: str | None, ca_bundle: str | None,
+         client_cert: str | None, client_key: str | None, timeout: float,
          max_attempts: int, bundle_size: int, report_file: Path | None, dry_run: bool, clinic_id: str | None, clinic_name: str | None,
          system_base: str | None, lenient: bool, default_tz: str | None, no_cpt: bool, quiet: bool, as_json: bool) -> int:
     """Send IMS records, or the output of convert, to a FHIR server as transaction Bundles.
@@ -156,7 +176,8 @@ def push(inputs: tuple[Path, ...], server: str | None, auth_spec: str, ca_bundle
     config = None
     if server:
         config = ClientConfig.from_values(server, auth=auth_spec, read_timeout=timeout, ca_bundle=ca_bundle,
-                                          max_attempts=max_attempts)
+                                          max_attempts=max_attempts, token_url=token_url, client_cert=client_cert,
+                                          client_key=client_key)
     elif not dry_run:
         raise click.UsageError("--server is required (or use --dry-run)")
     lines: list[bytes] = []
@@ -250,9 +271,8 @@ def dev_server(port: int) -> int:
 
 @cli.command()
 @click.option("--server", required=True, help="FHIR R4 base URL.")
-@click.option("--auth", "auth_spec", default="none", show_default=True, envvar="IMS_FHIR_AUTH",
-              help="As for push: none | bearer:env:VAR | basic:USER:env:VAR | oauth2:TOKEN_URL:CLIENT_ID:env:VAR[:SCOPE].")
-@click.option("--ca-bundle", type=click.Path(exists=True, dir_okay=False), help="CA certificates to trust (PEM).")
+@click.option("--auth", "auth_spec", default="none", show_default=True, envvar="IMS_FHIR_AUTH", help=_AUTH_HELP)
+@_tls_options
 @click.option("--timeout", type=click.FloatRange(min=1), default=60.0, show_default=True)
 @click.option("--patient", metavar="SYSTEM|VALUE", help="Only this patient's data (an identifier of the Patient).")
 @click.option("--since", metavar="DATETIME", help="Only records changed since then (e.g. 2025-03-01T00:00:00Z).")
@@ -261,7 +281,8 @@ def dev_server(port: int) -> int:
 @click.option("--format", "output_format", type=click.Choice(["ndjson", "json"]))
 @click.option("--quiet", "-q", is_flag=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
-def pull(server: str, auth_spec: str, ca_bundle: str | None, timeout: float, patient: str | None, since: str | None,
+def pull(server: str, auth_spec: str, token_url: str | None, ca_bundle: str | None, client_cert: str | None,
+         client_key: str | None, timeout: float, patient: str | None, since: str | None,
          out_file: Path, output_format: str | None, quiet: bool, as_json: bool) -> int:
     """Fetch IMS data (sessions, assessments, pain scores) from a FHIR server as ims-record/1 records."""
     from .client import ClientConfig
@@ -275,7 +296,8 @@ def pull(server: str, auth_spec: str, ca_bundle: str | None, timeout: float, pat
             datetime.fromisoformat(since)
         except ValueError as exc:
             raise click.UsageError(f"--since {since!r} is not an ISO 8601 date or date-time") from exc
-    config = ClientConfig.from_values(server, auth=auth_spec, read_timeout=timeout, ca_bundle=ca_bundle)
+    config = ClientConfig.from_values(server, auth=auth_spec, read_timeout=timeout, ca_bundle=ca_bundle,
+                                      token_url=token_url, client_cert=client_cert, client_key=client_key)
     started = time.monotonic()
     summary = run_pull(config, PullOptions(out_file=out_file, patient=patient, since=since, output_format=output_format))
     elapsed = time.monotonic() - started
@@ -288,6 +310,32 @@ def pull(server: str, auth_spec: str, ca_bundle: str | None, timeout: float, pat
         if summary.rejected:
             click.echo(f"{summary.rejected:,} resources could not be mapped: see the .rejects.ndjson beside {out_file}", err=True)
     return summary.exit_code
+
+
+@cli.group()
+def keys() -> None:
+    """Signing keys for SMART Backend Services (private_key_jwt)."""
+
+
+@keys.command("generate")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for private-key.pem (mode 0600) and jwks.json (created if missing).")
+@click.option("--alg", type=click.Choice(["RS384", "ES384"]), default="RS384", show_default=True,
+              help="RS384: RSA 3072 bit; ES384: EC P-384.")
+@click.option("--force", is_flag=True, help="Replace key files that already exist.")
+def keys_generate(out_dir: Path, alg: str, force: bool) -> int:
+    """Make a key pair: keep private-key.pem secret, give jwks.json to the hospital.
+
+    The JWKS holds only the public key, with its kid (RFC 7638 thumbprint), alg and use: sig.
+    Use the key with --auth smart:CLIENT_ID:OUT/private-key.pem once the hospital has
+    registered the JWKS and told you the client id.
+    """
+    from .client.smart import write_key_files
+
+    key = write_key_files(out_dir, "ES384" if alg == "ES384" else "RS384", overwrite=force)
+    click.echo(f"wrote {out_dir / 'private-key.pem'} (private, mode 0600) and {out_dir / 'jwks.json'} "
+               f"(public; give it to the hospital): {key.alg}, kid {key.kid}", err=True)
+    return EXIT_OK
 
 
 @cli.command("import")

@@ -32,6 +32,9 @@ from .importer import ImportOptions, ImportSummary, import_fhir
 from .push import record_key
 from .terminology import Terminology, default_terminology
 
+#: Searches pull makes; Encounters only come as _include of Procedures and panels.
+PULL_REQUIREMENTS = tuple(on_type(t, "search-type")
+                          for t in ("Procedure", "Observation", "Patient", "Practitioner", "Encounter"))
 _PROCEDURE_INCLUDES = ["Procedure:subject", "Procedure:performer", "Procedure:encounter", "Procedure:reason-reference"]
 _PANEL_INCLUDES = ["Observation:has-member", "Observation:subject", "Observation:performer", "Observation:encounter"]
 
@@ -94,7 +97,7 @@ def pull(config: ClientConfig, options: PullOptions, *, terminology: Terminology
                           if c["system"] != term.concept_system)
 
     with tempfile.TemporaryDirectory(prefix="ims-fhir-pull-") as tmp, FhirClient(config, session=session) as client:
-        client.require([on_type(t, "search-type") for t in ("Procedure", "Observation", "Patient", "Practitioner")])
+        client.require(PULL_REQUIREMENTS)
         collector = _Collector(Path(tmp) / "pulled.ndjson")
         changed: set[tuple[str, str]] | None = None
         try:
@@ -150,4 +153,4 @@ def _pull_changed(client: FhirClient, collector: _Collector, common: list[tuple[
     return changed
 
 
-__all__ = ["PullOptions", "pull"]
+__all__ = ["PULL_REQUIREMENTS", "PullOptions", "pull"]

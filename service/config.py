@@ -38,6 +38,10 @@ code reads the environment after that. The file::
     name = "hospital"
     base_url = "https://fhir.hospital.example.org/r4"
     auth = "bearer:env:HOSPITAL_FHIR_TOKEN"   # the client's auth spec: secrets stay in the environment
+    # auth = "smart:clinic-42:/etc/ims-fhir/private-key.pem"   # SMART Backend Services (private_key_jwt)
+    # token_url = "https://auth.hospital.example.org/token"     # optional: else discovered from base_url
+    # ca_bundle = "/etc/ims-fhir/hospital-ca.pem"               # the hospital's private CA
+    # client_cert = "/etc/ims-fhir/clinic.crt"                  # mutual TLS (client_key if separate)
     timeout = 60
     max_attempts = 5
     retry_budget = 120
@@ -67,13 +71,17 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ims_fhir.client import ClientConfig
+from ims_fhir.client import ClientConfig, push_requirements
 from ims_fhir.errors import ConfigurationError, UsageError
+from ims_fhir.pull import PULL_REQUIREMENTS
+from ims_fhir.push import RESOURCE_TYPES
 from ims_fhir.records.models import Source
 from ims_fhir.sync import Target, WorkerOptions
 from ims_fhir.sync.sqlite import path_from_url
 
 SCOPES = ("read", "read-write")
+#: What the service does on a target: push (the worker) and pull (POST /pull).
+SERVICE_NEEDS = (*push_requirements(RESOURCE_TYPES, conditional_update=True), *PULL_REQUIREMENTS)
 _NAME = re.compile(r"[a-z][a-z0-9-]{0,62}")
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 
@@ -160,7 +168,7 @@ def _target(data: Mapping[str, Any], environ: Mapping[str, str]) -> Target:
     if not _NAME.fullmatch(name):
         raise ConfigurationError(f"target name {name!r}: use lower-case letters, digits and '-'")
     allowed = {"name", "base_url", "auth", "timeout", "connect_timeout", "max_attempts", "retry_budget",
-               "ca_bundle", "verify", "check_capabilities"}
+               "ca_bundle", "verify", "check_capabilities", "token_url", "client_cert", "client_key"}
     unknown = sorted(set(data) - allowed)
     if unknown:
         raise ConfigurationError(f"target {name}: unknown key(s) {', '.join(unknown)}")
@@ -175,10 +183,19 @@ def _target(data: Mapping[str, Any], environ: Mapping[str, str]) -> Target:
             total_budget=float(_coerce(data.get("retry_budget", 120.0), 120.0, f"target {name}.retry_budget")),
             ca_bundle=data.get("ca_bundle"), verify=bool(_coerce(data.get("verify", True), True, "verify")),
             check_capabilities=bool(_coerce(data.get("check_capabilities", True), True, "check_capabilities")),
-            environ=environ)
+            environ=environ, token_url=_optional(data, "token_url"), client_cert=_optional(data, "client_cert"),
+            client_key=_optional(data, "client_key"))
     except UsageError as exc:
         raise ConfigurationError(f"target {name}: {exc}") from exc
+    # The service pushes (worker) and pulls (POST /pull) on every target: a SMART auth asks for
+    # the scopes of both, and no more.
+    client.auth.declare_needs(SERVICE_NEEDS)
     return Target(name, client)
+
+
+def _optional(data: Mapping[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    return str(value) if value not in (None, "") else None
 
 
 def _token(data: Mapping[str, Any]) -> TokenConfig:

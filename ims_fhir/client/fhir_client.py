@@ -133,7 +133,13 @@ class FhirClient:
         return self._capabilities
 
     def require(self, needs: Iterable[Requirement]) -> ServerCapabilities:
-        """Check up front that the server is R4 and supports every requirement (one error lists all gaps)."""
+        """Check up front that the server is R4 and supports every requirement (one error lists all gaps).
+
+        The requirements are first announced to the auth (:meth:`Auth.declare_needs`), so
+        that a scheme which asks for scopes asks for exactly these.
+        """
+        needs = list(needs)
+        self.config.auth.declare_needs(needs)
         capabilities = self.capabilities()
         capabilities.require(needs)
         return capabilities

@@ -48,7 +48,9 @@ class Transport:
         self.clock = clock or Clock()
         self._owns_session = session is None
         self.session = session if session is not None else requests.Session()
-        self.auth_context = AuthContext(post_form=self._post_form, clock=self.clock)
+        self.auth_context = AuthContext(
+            post_form=self._post_form, clock=self.clock, get=self._get, base_url=config.base_url
+        )
 
     def __repr__(self) -> str:
         return f"Transport(base_url={self.config.base_url!r}, auth={self.config.auth!r})"
@@ -96,6 +98,7 @@ class Transport:
                     headers=send_headers,
                     timeout=self.config.timeout.as_requests(),
                     verify=self.config.requests_verify,
+                    cert=self.config.requests_cert,
                     # A redirected POST/PUT would be replayed as GET by requests; refuse instead.
                     allow_redirects=method in ("GET", "HEAD"),
                 )
@@ -147,6 +150,10 @@ class Transport:
     def _post_form(self, url: str, form: Mapping[str, str], headers: Mapping[str, str]) -> requests.Response:
         # Token requests: a client-credentials grant may be repeated safely (it only issues a token).
         return self.request("POST", url, idempotent=True, form=form, headers=headers, authenticate=False, check=False)
+
+    def _get(self, url: str, headers: Mapping[str, str]) -> requests.Response:
+        # Discovery documents (.well-known/smart-configuration) are public: no credentials.
+        return self.request("GET", url, idempotent=True, headers=headers, authenticate=False, check=False)
 
 
 __all__ = ["FHIR_JSON", "Transport"]
