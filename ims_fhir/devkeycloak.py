@@ -245,6 +245,8 @@ def start(
     env.update({
         "JAVA_HOME": str(Path(java).parent.parent),
         "JAVA_OPTS_KC_HEAP": heap,
+        # Quarkus resets thread locals through java.lang internals; Java 24+ must open them.
+        "JAVA_OPTS_APPEND": "--add-opens=java.base/java.lang=ALL-UNNAMED",
         "KC_BOOTSTRAP_ADMIN_USERNAME": ADMIN_USER,
         "KC_BOOTSTRAP_ADMIN_PASSWORD": admin_password,
     })

@@ -174,7 +174,7 @@ def test_revoked_client_fails_the_cli_and_the_service_target(
     app = create_app(config_from_mapping(service_settings(
         tmp_path, base_url=smart_setup.base_url,
         targets=[{"name": "hospital", "base_url": smart_setup.base_url, "auth": smart_setup.auth(),
-                  "timeout": 30, "retry_budget": 15, "max_attempts": 2}]), environ={}))
+                  "timeout": 10, "retry_budget": 15, "max_attempts": 2}]), environ={}))
     app.config["TESTING"] = True
     client = app.test_client()
     lines = [orjson.loads(x) for x in (EXAMPLES / "records.ndjson").read_bytes().splitlines() if x.strip()]
