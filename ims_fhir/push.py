@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterator
 
 import orjson
 
-from .client import ClientConfig, EntryResponse, FhirClient, push_requirements
+from .client import ClientConfig, EntryResponse, FhirClient, delivery_requirements
 from .convert import ConvertOptions, Converter
 from .errors import (
     FhirAmbiguousMatchError,
@@ -208,7 +208,7 @@ def deliver(client: FhirClient, bundle: dict[str, Any]) -> Delivery:
     """
     delivery = Delivery()
     try:
-        response = client.transaction(bundle)
+        response = client.send_bundle(bundle)
     except FhirAuthError:
         raise
     except (FhirClientSideError, FhirAmbiguousMatchError) as exc:
@@ -218,7 +218,7 @@ def deliver(client: FhirClient, bundle: dict[str, Any]) -> Delivery:
             return delivery
         for keys, part in parts:
             try:
-                delivery.entries.extend(_entry_results(part, client.transaction(part)))
+                delivery.entries.extend(_entry_results(part, client.send_bundle(part)))
             except FhirAuthError:
                 raise
             except (FhirClientSideError, FhirAmbiguousMatchError) as part_exc:
@@ -430,7 +430,7 @@ def push(paths: list[Path], client_config: ClientConfig | None, options: PushOpt
         if client_config is None:
             raise UsageError("--server is required (or use --dry-run)")
         with FhirClient(client_config, session=session) as client:
-            client.require(push_requirements(RESOURCE_TYPES, conditional_update=True))
+            client.require(delivery_requirements(RESOURCE_TYPES))
             pusher = Pusher(client, summary, report)
             for bundle in bundles:
                 pusher.push(bundle)

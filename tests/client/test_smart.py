@@ -36,7 +36,9 @@ WELL_KNOWN = f"{BASE}/.well-known/smart-configuration"
 PATIENT = {"resourceType": "Patient", "id": "p1"}
 
 
-def smart_configuration(capabilities: tuple[str, ...] = ("permission-v2", "client-confidential-asymmetric")) -> dict[str, object]:
+def smart_configuration(
+    capabilities: tuple[str, ...] = ("permission-v2", "client-confidential-asymmetric"),
+) -> dict[str, object]:
     return {"token_endpoint": TOKEN_URL, "capabilities": list(capabilities),
             "token_endpoint_auth_methods_supported": ["private_key_jwt"],
             "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384"]}
@@ -210,7 +212,9 @@ def test_v1_scopes_when_discovery_says_v1(
     assert endpoint.forms[0]["scope"] == "system/Procedure.read"
 
 
-def test_token_url_skips_discovery(make_client: Callable[..., FhirClient], adapter: ScriptedAdapter, es_key: SigningKey) -> None:
+def test_token_url_skips_discovery(
+    make_client: Callable[..., FhirClient], adapter: ScriptedAdapter, es_key: SigningKey,
+) -> None:
     endpoint = TokenEndpoint()
     other = "https://other-auth.test/token"
     adapter.route("POST", other, endpoint)
@@ -233,7 +237,8 @@ def test_refusal_is_one_line_without_secrets(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    endpoint = TokenEndpoint(status=401, body={"error": "invalid_client", "error_description": "Invalid client credentials"})
+    refusal = {"error": "invalid_client", "error_description": "Invalid client credentials"}
+    endpoint = TokenEndpoint(status=401, body=refusal)
     adapter.route("GET", WELL_KNOWN, lambda r: Reply(200, smart_configuration()))
     adapter.route("POST", TOKEN_URL, endpoint)
     auth = SmartBackendAuth("clinic-42", es_key)
@@ -299,3 +304,4 @@ def test_client_certificate_is_passed_for_mutual_tls(
     assert "k.pem" not in repr(ClientConfig(BASE, client_cert=str(cert), client_key=str(key)))
     with pytest.raises(UsageError, match="without a client certificate"):
         ClientConfig(BASE, client_key=str(key))
+

@@ -119,7 +119,8 @@ def test_token_endpoint_given_explicitly_and_an_rs384_key(
     first = orjson.loads((smart_setup.key_dir / "jwks.json").read_bytes())
     both = {"keys": first["keys"] + jwks["keys"]}
     smart_setup.keycloak.update_client(smart_setup.realm, smart_setup.client_id,
-                                       {"attributes": {"use.jwks.string": "true", "jwks.string": orjson.dumps(both).decode()}})
+                                       {"attributes": {"use.jwks.string": "true",
+                                                       "jwks.string": orjson.dumps(both).decode()}})
     pulled = tmp_path / "pulled.ndjson"
     code, _, err = run(capsys, "pull", "--server", smart_setup.base_url, "--out", pulled,
                        "--auth", smart_setup.auth(key_file=keys / "private-key.pem"),
@@ -172,9 +173,9 @@ def test_revoked_client_fails_the_cli_and_the_service_target(
     from .test_service import drain, states
 
     app = create_app(config_from_mapping(service_settings(
-        tmp_path, base_url=smart_setup.base_url,
+        tmp_path, base_url=smart_setup.base_url, worker={"lease_seconds": 300},
         targets=[{"name": "hospital", "base_url": smart_setup.base_url, "auth": smart_setup.auth(),
-                  "timeout": 10, "retry_budget": 15, "max_attempts": 2}]), environ={}))
+                  "timeout": 120, "retry_budget": 60, "max_attempts": 2}]), environ={}))
     app.config["TESTING"] = True
     client = app.test_client()
     lines = [orjson.loads(x) for x in (EXAMPLES / "records.ndjson").read_bytes().splitlines() if x.strip()]

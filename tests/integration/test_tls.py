@@ -47,7 +47,8 @@ def test_private_ca_bundle(run_cli: Any, clean_fhir_server: DevServer, pki: Pki,
         untrusted = run_cli("push", CLINIC, "--server", gateway.base_url)
         assert untrusted.code == 2
         assert "TLS error" in one_error_line(untrusted) and "CERTIFICATE_VERIFY_FAILED" in untrusted.err
-        wrong_ca = run_cli("pull", "--server", gateway.base_url, "--ca-bundle", pki.other_ca, "--out", tmp_path / "x.ndjson")
+        wrong_ca = run_cli("pull", "--server", gateway.base_url, "--ca-bundle", pki.other_ca,
+                           "--out", tmp_path / "x.ndjson")
         assert wrong_ca.code == 2 and "TLS error" in one_error_line(wrong_ca)
 
         pushed = run_cli("push", CLINIC, "--server", gateway.base_url, "--ca-bundle", pki.ca, "--json")
@@ -77,10 +78,11 @@ def test_mutual_tls_needs_the_client_certificate(
 def test_service_target_with_private_ca_and_client_certificate(
         clean_fhir_server: DevServer, pki: Pki, tmp_path: Path) -> None:
     with FaultProxy(clean_fhir_server.base_url, tls=server_context(pki, require_client_cert=True)) as gateway:
-        target = {"name": "hospital", "base_url": gateway.base_url, "timeout": 10, "retry_budget": 15,
+        target = {"name": "hospital", "base_url": gateway.base_url, "timeout": 120, "retry_budget": 60,
                   "max_attempts": 3, "ca_bundle": str(pki.ca), "client_cert": str(pki.client),
                   "client_key": str(pki.client_key)}
-        app = create_app(config_from_mapping(service_settings(tmp_path, targets=[target]), environ={}))
+        settings = service_settings(tmp_path, targets=[target], worker={"lease_seconds": 300})
+        app = create_app(config_from_mapping(settings, environ={}))
         client = app.test_client()
         body = (EXAMPLES / "records.ndjson").read_bytes()
         assert client.post("/records", data=body, headers=rw(), content_type="application/x-ndjson").status_code == 202
