@@ -143,6 +143,8 @@ def convert(inputs: tuple[Path, ...], out_dir: Path, output_format: str, clinic_
 @click.option("--max-attempts", type=click.IntRange(min=1), default=5, show_default=True,
               help="Attempts per request on connection errors, timeouts, 429 and 5xx (with backoff, Retry-After honoured).")
 @click.option("--bundle-size", type=click.IntRange(min=2), default=200, show_default=True)
+@click.option("--concurrency", type=click.IntRange(min=1, max=64), default=1, show_default=True,
+              help="Bundles in flight at once (a patient's Bundles still go in order); helps over slow links.")
 @click.option("--report", "report_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Write one JSON line per rejected or failed record, with the server's OperationOutcome.")
 @click.option("--dry-run", is_flag=True, help="Build the Bundles and count them; send nothing.")
@@ -156,7 +158,7 @@ def convert(inputs: tuple[Path, ...], out_dir: Path, output_format: str, clinic_
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 def push(inputs: tuple[Path, ...], server: str | None, auth_spec: str, token_url: str | None, ca_bundle: str | None,
          client_cert: str | None, client_key: str | None, timeout: float,
-         max_attempts: int, bundle_size: int, report_file: Path | None, dry_run: bool, clinic_id: str | None, clinic_name: str | None,
+         max_attempts: int, bundle_size: int, concurrency: int, report_file: Path | None, dry_run: bool, clinic_id: str | None, clinic_name: str | None,
          system_base: str | None, lenient: bool, default_tz: str | None, no_cpt: bool, quiet: bool, as_json: bool) -> int:
     """Send IMS records, or the output of convert, to a FHIR server as transaction Bundles.
 
@@ -199,7 +201,8 @@ def push(inputs: tuple[Path, ...], server: str | None, auth_spec: str, token_url
 
     try:
         summary = run_push(list(inputs), config, PushOptions(bundle_size=bundle_size, dry_run=dry_run,
-                                                              convert=convert_options), report=report, progress=progress)
+                                                              convert=convert_options, concurrency=concurrency),
+                           report=report, progress=progress)
     finally:
         if report_fh:
             report_fh.close()

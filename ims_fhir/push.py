@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import re
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -33,6 +34,7 @@ from typing import Any, Callable, Iterator
 import orjson
 
 from .client import ClientConfig, EntryResponse, FhirClient, delivery_requirements
+from .client.keyed_pool import KeyedPool
 from .convert import ConvertOptions, Converter
 from .errors import (
     FhirAmbiguousMatchError,
@@ -264,8 +266,11 @@ class Pusher:
         self._reported: set[tuple[str, str]] = set()
 
     def push(self, bundle: dict[str, Any]) -> None:
+        self.record(deliver(self.client, bundle))
+
+    def record(self, delivery: Delivery) -> None:
+        """Tally one delivered Bundle (call from one thread at a time)."""
         self.summary.bundles += 1
-        delivery = deliver(self.client, bundle)
         for result in delivery.entries:
             self.summary.entries += 1
             setattr(self.summary, result.outcome, getattr(self.summary, result.outcome) + 1)
@@ -356,6 +361,60 @@ class PushOptions:
     bundle_size: int = 200
     dry_run: bool = False
     convert: ConvertOptions | None = None
+    #: Bundles in flight at once; one patient's Bundles still go one after the other, in order.
+    concurrency: int = 1
+
+
+def patient_keys(bundle: dict[str, Any]) -> set[str]:
+    """The patients a Bundle is about (``system|value`` of its Patient entries)."""
+    keys = set()
+    for entry in bundle.get("entry", []):
+        resource = entry.get("resource") or {}
+        if resource.get("resourceType") == "Patient":
+            for ident in resource.get("identifier") or []:
+                keys.add(f"{ident.get('system', '')}|{ident.get('value', '')}")
+    return keys
+
+
+def _push_concurrently(client: FhirClient, config: ClientConfig, pusher: Pusher, bundles: Iterator[dict[str, Any]],
+                       concurrency: int, progress: Callable[[PushSummary], None] | None, session: Any) -> None:
+    """Deliver with up to ``concurrency`` Bundles in flight (see :class:`~ims_fhir.client.keyed_pool.KeyedPool`).
+
+    Each worker thread has its own client (its own connection pool) sharing the auth (one
+    token), the CapabilityStatement and the throttle (one 429 back-off for the target).
+    """
+    local = threading.local()
+    clients: list[FhirClient] = []
+    lock = threading.Lock()
+
+    def worker_client() -> FhirClient:
+        mine: FhirClient | None = getattr(local, "client", None)
+        if mine is None:
+            mine = FhirClient(config, session=session, throttle=client.transport.throttle)
+            mine._capabilities = client._capabilities  # same server, same statement
+            local.client = mine
+            with lock:
+                clients.append(mine)
+        return mine
+
+    def done(delivery: Delivery) -> None:
+        with lock:
+            pusher.record(delivery)
+            if progress is not None:
+                progress(pusher.summary)
+
+    pool: KeyedPool[Delivery] = KeyedPool(concurrency, on_done=done)
+    try:
+        for bundle in bundles:
+            if pool.failed:
+                break  # the target is down or refuses us: stop feeding, report the error
+            pool.submit(patient_keys(bundle), lambda b=bundle: deliver(worker_client(), b))  # type: ignore[misc]
+    finally:
+        try:
+            pool.close()
+        finally:
+            for c in clients:
+                c.close()
 
 
 def iter_bundles(paths: list[Path], options: PushOptions, workdir: Path,
@@ -432,6 +491,9 @@ def push(paths: list[Path], client_config: ClientConfig | None, options: PushOpt
         with FhirClient(client_config, session=session) as client:
             client.require(delivery_requirements(RESOURCE_TYPES))
             pusher = Pusher(client, summary, report)
+            if options.concurrency > 1:
+                _push_concurrently(client, client_config, pusher, bundles, options.concurrency, progress, session)
+                return summary
             for bundle in bundles:
                 pusher.push(bundle)
                 if progress is not None:
