@@ -28,6 +28,7 @@ code reads the environment after that. The file::
     max_attempts = 8
     backoff_base = 5.0
     backoff_cap = 600.0
+    concurrency = 1               # Bundles in flight per target (a patient's still in order)
 
     [convert]
     lenient = false

@@ -35,10 +35,11 @@ from typing import Any, Callable
 import orjson
 
 from ..client import ClientConfig, FhirClient
+from ..client.keyed_pool import KeyedPool
 from ..errors import FhirError, UsageError
 from ..fhir.bundles import BundlePacker, group_from_bytes
 from ..mapping.context import Resource
-from ..push import deliver, issues_as_dicts, record_key, rejected_records
+from ..push import Delivery, deliver, issues_as_dicts, patient_keys, record_key, rejected_records
 from .store import Claimed, Outbox, Result
 
 log = logging.getLogger("ims_fhir.sync")
@@ -62,10 +63,14 @@ class WorkerOptions:
     max_attempts: int = 8
     backoff_base: float = 5.0
     backoff_cap: float = 600.0
+    #: Bundles in flight at once per target; one patient's Bundles still go in order.
+    concurrency: int = 1
 
     def __post_init__(self) -> None:
         if self.batch_records < 1 or self.bundle_size < 2 or self.max_attempts < 1:
             raise UsageError("worker: batch_records >= 1, bundle_size >= 2 and max_attempts >= 1 are needed")
+        if not 1 <= self.concurrency <= 64:
+            raise UsageError("worker: concurrency must be 1-64")
         if self.lease_seconds <= 0 or self.poll_seconds <= 0:
             raise UsageError("worker: lease_seconds and poll_seconds must be positive")
 
@@ -177,7 +182,9 @@ class SyncWorker:
         by_key = {(c.record_type, c.record_id): c for c in claimed}
         down: FhirError | None = None
         seen: set[tuple[str, str]] = set()
-        for bundle in self._bundles(claimed):
+        bundles = self._bundles(claimed)
+        ahead = self._deliver_concurrently(target, bundles) if self.options.concurrency > 1 else {}
+        for index, bundle in enumerate(bundles):
             keys = []
             for entry in bundle["entry"]:
                 key = record_key((entry["resource"].get("identifier") or [{}])[0])
@@ -188,8 +195,14 @@ class SyncWorker:
             latency: float | None = None
             if down is None:
                 try:
-                    delivery = deliver(self.client(target), bundle)
-                    latency = time.monotonic() - started
+                    if index in ahead:  # sent already, concurrently with the others
+                        outcome, latency = ahead[index]
+                        if isinstance(outcome, FhirError):
+                            raise outcome
+                        delivery = outcome
+                    else:
+                        delivery = deliver(self.client(target), bundle)
+                        latency = time.monotonic() - started
                     results = self._results(keys, by_key, delivery)
                 except FhirError as exc:  # the target, not a record: try again later
                     down = exc
@@ -209,6 +222,48 @@ class SyncWorker:
                                  owner=self.owner, now=self.clock(), max_attempts=self.options.max_attempts,
                                  backoff_base=self.options.backoff_base, backoff_cap=self.options.backoff_cap,
                                  latency=None)
+
+    def _deliver_concurrently(self, target: Target, bundles: list[dict[str, Any]]
+                              ) -> dict[int, tuple[Delivery | FhirError, float]]:
+        """Send ``bundles`` with up to ``concurrency`` in flight, a patient's in order (KeyedPool).
+
+        Worker threads have their own clients sharing the target's throttle (one 429
+        back-off); the outcomes are recorded afterwards, in this thread, bundle by bundle.
+        """
+        shared = self.client(target)
+        local = threading.local()
+        made: list[FhirClient] = []
+        outcomes: dict[int, tuple[Delivery | FhirError, float]] = {}
+        lock = threading.Lock()
+
+        def job(index: int, bundle: dict[str, Any]) -> None:
+            mine: FhirClient | None = getattr(local, "client", None)
+            if mine is None:
+                mine = self._client_factory(target)
+                mine.transport.throttle = shared.transport.throttle
+                local.client = mine
+                with lock:
+                    made.append(mine)
+            started = time.monotonic()
+            outcome: Delivery | FhirError
+            try:
+                outcome = deliver(mine, bundle)
+            except FhirError as exc:  # the target, not a record: recorded like a sequential failure
+                outcome = exc
+            with lock:
+                outcomes[index] = (outcome, time.monotonic() - started)
+
+        pool: KeyedPool[None] = KeyedPool(self.options.concurrency, on_done=lambda _: None)
+        try:
+            for index, bundle in enumerate(bundles):
+                pool.submit(patient_keys(bundle), lambda i=index, b=bundle: job(i, b))  # type: ignore[misc]
+        finally:
+            try:
+                pool.close()
+            finally:
+                for client in made:
+                    client.close()
+        return outcomes
 
     @staticmethod
     def _results(keys: list[tuple[str, str]], by_key: dict[tuple[str, str], Claimed], delivery: Any) -> list[Result]:
