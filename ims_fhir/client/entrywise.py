@@ -38,7 +38,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from ims_fhir.client.capability import ServerCapabilities
-from ims_fhir.client.response import FhirResponse, Resource
+from ims_fhir.client.response import FhirResponse, Resource, parse_location
 from ims_fhir.errors import FhirAmbiguousMatchError, FhirConflictError, FhirNotFoundError, UsageError
 
 if TYPE_CHECKING:
@@ -155,8 +155,9 @@ class _Sender:
         elif method == "PUT" and "?" in url:
             result = self.update_matching(resource, url.partition("?")[2])
         elif method == "PUT":
-            response = self.client.update(resource | {"id": url.rpartition("/")[2]}, prefer="OperationOutcome")
-            result = self._from(response, resource_type)
+            resource_id = url.rpartition("/")[2]
+            response = self.client.update(resource | {"id": resource_id}, prefer="OperationOutcome")
+            result = self._from(response, resource_type, resource_id)
         else:
             raise UsageError(f"cannot send a {method or '?'} entry one by one (only POST and PUT)")
         location = result["response"].get("location", "")
@@ -193,18 +194,22 @@ class _Sender:
                 if exc.status == 412 and attempt == 1:
                     continue  # changed meanwhile: look again
                 raise
-            result = self._from(response, resource_type)
+            result = self._from(response, resource_type, current["id"])
             if before is not None and response.version_id == before:
                 result["response"]["outcome"] = _outcome(NO_CHANGE, "no change")
             return result
         raise AssertionError("unreachable")  # pragma: no cover
 
     @staticmethod
-    def _from(response: FhirResponse, resource_type: str) -> dict[str, Any]:
+    def _from(response: FhirResponse, resource_type: str, resource_id: str | None = None) -> dict[str, Any]:
+        """The entry response of one write. After an update HAPI names the stored version in
+        ``Content-Location`` only (no ``Location``), so that is read too."""
         body = response.resource if response.resource and response.resource.get("resourceType") == "OperationOutcome" \
             else None
-        return _entry(response.status, response.resource_type or resource_type, response.resource_id,
-                      response.version_id, body)
+        where = parse_location(response.location) or parse_location(response.content_location)
+        found_id = response.resource_id or (where[1] if where else None) or resource_id
+        version = response.version_id or (where[2] if where else None)
+        return _entry(response.status, (where[0] if where else None) or resource_type, found_id, version, body)
 
 
 def send_entrywise(client: FhirClient, bundle: Resource) -> FhirResponse:

@@ -192,7 +192,11 @@ def test_revoked_client_fails_the_cli_and_the_service_target(
         line = error_line(err)
         assert "refused client" in line and smart_setup.client_id in line
 
-        # The service: a fresh worker has no token yet; the target fails with the reason, nothing is lost.
+        # The service: access tokens are self-contained, so the one it holds stays good until it
+        # expires (5 min); expire it now. The next token request is refused: the target fails
+        # with the reason, nothing is lost.
+        for target in app.extensions["ims_fhir"].config.targets:
+            target.client.auth.on_unauthorized()
         treatment = next(r for r in lines[:13] if r["record_type"] == "treatment")
         edited = treatment | {"notes": "edited while the hospital had revoked the clinic"}
         assert client.post("/records", data=orjson.dumps(edited), headers=rw()).status_code == 202
