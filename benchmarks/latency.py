@@ -32,8 +32,8 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ims_fhir import devserver  # noqa: E402
 from ims_fhir.client import ClientConfig  # noqa: E402
+from ims_fhir.dev import hapi as devserver  # noqa: E402
 from ims_fhir.push import PushOptions, push  # noqa: E402
 from tests.integration.faultproxy import FaultProxy, ProxyRequest  # noqa: E402
 
@@ -102,7 +102,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="ims-fhir-latency-bench-") as tmp:
         work = Path(tmp)
         export = work / "export.ndjson"
-        subprocess.run([py, "-m", "ims_fhir.synthetic", "export", "--patients", str(max(1, args.records // 8)),
+        subprocess.run([py, "-m", "ims_fhir.dev.synthetic", "export", "--patients", str(max(1, args.records // 8)),
                         "--seed", str(args.seed), "--format", "ndjson", "--out", str(export)],
                        check=True, capture_output=True)
         src = ["--clinic-id", "bench", "--system-base", "https://bench.example.org/ims"]

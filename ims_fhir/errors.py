@@ -20,7 +20,7 @@ are logged once, at the top (CLI or Flask error handler).
         ├── FhirTransportError        exit_code 2  connection refused, reset, timeout, TLS (after retries)
         ├── FhirServerError           exit_code 1  the server answered with an error status; carries status + OperationOutcome issues
         │   ├── FhirClientSideError        4xx other than the ones below
-        │   │   ├── FhirAuthError          401 / 403, token endpoint refusal   exit_code 2
+        │   │   ├── FhirAuthError          401 / 403, token refusal  exit_code 2
         │   │   ├── FhirNotFoundError      404 / 410
         │   │   ├── FhirConflictError      409 / 412 (version conflict, If-Match failed)
         │   │   └── FhirUnprocessableError 422 (validation failed)

@@ -327,7 +327,12 @@ class FhirClient:
 
         Either way the answer is a ``transaction-response`` Bundle with one entry per entry.
         """
-        if not self.config.check_capabilities or self.capabilities().supports_all(_bundle_needs(bundle)):
+        if not self.config.check_capabilities:
+            return self.transaction(bundle)
+        capabilities = self.capabilities()
+        # A type the statement does not list is left to the server's transaction to judge.
+        needs = [n for n in _bundle_needs(bundle) if n.resource_type is None or n.resource_type in capabilities.types]
+        if capabilities.supports_all(needs):
             return self.transaction(bundle)
         from ims_fhir.client.entrywise import send_entrywise
 

@@ -53,17 +53,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import jwt
 import orjson
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from ims_fhir.client.auth import AccessToken, AuthContext, CachedTokenAuth, request_token
 from ims_fhir.client.capability import Requirement
 from ims_fhir.client.errors import shown_url
 from ims_fhir.errors import ConfigurationError, FhirAuthError, FhirCapabilityError, UsageError
-
-import jwt
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 _log = logging.getLogger(__name__)
 

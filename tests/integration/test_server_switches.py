@@ -19,7 +19,8 @@ import orjson
 import pytest
 import requests
 
-from ims_fhir import devserver, synthetic
+from ims_fhir.dev import hapi as devserver
+from ims_fhir.dev.synthetic.cli import main as synthetic_main
 from ims_fhir.errors import ToolchainError
 from tests.conftest import EXAMPLES, SOURCE, output_resources
 
@@ -143,7 +144,7 @@ def test_push_adapts_exactly_once_idempotent_edits_in_place(
 def test_generated_records_land_exactly_once(reduced_server: tuple[str, str], run_cli: Any, tmp_path: Path) -> None:
     _, base = reduced_server
     export = tmp_path / "generated.json"
-    assert synthetic.main(["export", "--patients", "6", "--seed", "41", "--format", "json", "--out", str(export)]) == 0
+    assert synthetic_main(["export", "--patients", "6", "--seed", "41", "--format", "json", "--out", str(export)]) == 0
     pushed = run_cli("push", export, "--server", base, "--json")
     assert pushed.code == 0, pushed.err
     assert orjson.loads(pushed.out)["failed_records"] == 0

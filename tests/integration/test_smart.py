@@ -24,8 +24,8 @@ import requests
 
 from ims_fhir.cli import main as cli_main
 from ims_fhir.client import Clock
-from service import create_app
-from service.config import config_from_mapping
+from ims_fhir_service import create_app
+from ims_fhir_service.config import config_from_mapping
 from tests.conftest import EXAMPLES
 from tests.service.conftest import rw, service_settings
 

@@ -17,10 +17,10 @@ from typing import Any
 import orjson
 import pytest
 
-from ims_fhir.devserver import DevServer
+from ims_fhir.dev.hapi import DevServer
 from ims_fhir.sync import SyncWorker
-from service import create_app
-from service.config import config_from_mapping
+from ims_fhir_service import create_app
+from ims_fhir_service.config import config_from_mapping
 from tests.conftest import EXAMPLES
 from tests.service.conftest import rw, service_settings
 

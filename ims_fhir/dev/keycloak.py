@@ -26,8 +26,8 @@ realm
 Keycloak 26 needs Java 21 or newer (the HAPI server runs on 17): :func:`find_java` looks at
 ``$KEYCLOAK_JAVA_HOME``, ``$JAVA_HOME``, ``java`` on PATH and ``/usr/lib/jvm/*``.
 
-Command line: ``python -m ims_fhir.devkeycloak install`` prints the distribution's path;
-``python -m ims_fhir.devkeycloak serve [--port N] [--realm FILE]`` runs it in the foreground.
+Command line: ``python -m ims_fhir.dev.keycloak install`` prints the distribution's path;
+``python -m ims_fhir.dev.keycloak serve [--port N] [--realm FILE]`` runs it in the foreground.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from typing import Any
 
 import requests
 
-from ims_fhir.devserver import HOST, _exclusive_lock, _java_major, _log_tail, free_port
+from ims_fhir.dev.hapi import HOST, _exclusive_lock, _java_major, _log_tail, free_port
 from ims_fhir.errors import ImsFhirError, ToolchainError
 
 KEYCLOAK_VERSION = "26.5.6"
@@ -291,10 +291,10 @@ def _wait_until_ready(server: KeycloakServer, timeout: float) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m ims_fhir.devkeycloak install|serve``."""
+    """``python -m ims_fhir.dev.keycloak install|serve``."""
     import json
 
-    parser = argparse.ArgumentParser(prog="python -m ims_fhir.devkeycloak",
+    parser = argparse.ArgumentParser(prog="python -m ims_fhir.dev.keycloak",
                                      description="Install or run a local Keycloak (dev mode) for SMART tests.")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("install", help="fetch and unpack Keycloak; print its path")
