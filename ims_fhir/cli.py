@@ -56,6 +56,27 @@ class _Progress:
             sys.stderr.flush()
 
 
+_AUTH_HELP = ("none | bearer:env:VAR | basic:USER:env:VAR | oauth2:TOKEN_URL:CLIENT_ID:env:VAR[:SCOPE] | "
+              "smart:CLIENT_ID:PRIVATE_KEY_FILE[:SCOPES] (SMART Backend Services; secrets from environment "
+              "variables; also read from IMS_FHIR_AUTH).")
+
+
+def _tls_options(command: Any) -> Any:
+    """--token-url, --ca-bundle, --client-cert, --client-key: how push and pull reach a hospital server."""
+    for option in reversed([
+        click.option("--token-url", envvar="IMS_FHIR_TOKEN_URL",
+                     help="SMART token endpoint; default: discovered from [server]/.well-known/smart-configuration."),
+        click.option("--ca-bundle", type=click.Path(exists=True, dir_okay=False), envvar="IMS_FHIR_CA_BUNDLE",
+                     help="CA certificates to trust instead of the system's (PEM), e.g. the hospital's private CA."),
+        click.option("--client-cert", type=click.Path(exists=True, dir_okay=False), envvar="IMS_FHIR_CLIENT_CERT",
+                     help="Client certificate for mutual TLS (PEM; may hold the key too)."),
+        click.option("--client-key", type=click.Path(exists=True, dir_okay=False), envvar="IMS_FHIR_CLIENT_KEY",
+                     help="Private key of --client-cert (PEM, unencrypted), when not in the same file."),
+    ]):
+        command = option(command)
+    return command
+
+
 def _check_csv_folders(inputs: Sequence[Path]) -> None:
     """A folder given as input is a CSV folder: it must hold at least one table of the format."""
     from .errors import UsageError
@@ -182,16 +203,16 @@ def convert(inputs: tuple[Path, ...], out_dir: Path, output_format: str, clinic_
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--server", metavar="URL",
               help="FHIR R4 base URL, e.g. https://fhir.hospital.example.org/r4.  [required unless --dry-run]")
-@click.option("--auth", "auth_spec", default="none", show_default=True, envvar="IMS_FHIR_AUTH",
-              help="none | bearer:env:VAR | basic:USER:env:VAR | oauth2:TOKEN_URL:CLIENT_ID:env:VAR[:SCOPE] "
-                   "(secrets from environment variables; also read from IMS_FHIR_AUTH).")
-@click.option("--ca-bundle", type=click.Path(exists=True, dir_okay=False), help="CA certificates to trust (PEM).")
+@click.option("--auth", "auth_spec", default="none", show_default=True, envvar="IMS_FHIR_AUTH", help=_AUTH_HELP)
+@_tls_options
 @click.option("--timeout", type=click.FloatRange(min=1), default=60.0, show_default=True,
               help="Read timeout per request, seconds.")
 @click.option("--max-attempts", type=click.IntRange(min=1), default=5, show_default=True,
               help="Attempts per request on connection errors, timeouts, 429 and 5xx (with backoff, Retry-After honoured).")
 @click.option("--bundle-size", type=click.IntRange(min=2), default=200, show_default=True,
               help="Most entries per transaction Bundle (IMS record inputs; a record's resources stay together).")
+@click.option("--concurrency", type=click.IntRange(min=1, max=64), default=1, show_default=True,
+              help="Bundles in flight at once (a patient's Bundles still go in order); helps over slow links.")
 @click.option("--report", "report_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Write one JSON line per rejected or failed record, with the server's OperationOutcome.")
 @click.option("--dry-run", is_flag=True, help="Build the Bundles and count them; send nothing.")
@@ -203,9 +224,9 @@ def convert(inputs: tuple[Path, ...], out_dir: Path, output_format: str, clinic_
 @click.option("--no-cpt", is_flag=True, help="Do not add CPT 20560/20561 codes to treatments.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
-def push(inputs: tuple[Path, ...], server: str | None, auth_spec: str, ca_bundle: str | None, timeout: float,
-         max_attempts: int, bundle_size: int, report_file: Path | None, dry_run: bool, clinic_id: str | None,
-         clinic_name: str | None,
+def push(inputs: tuple[Path, ...], server: str | None, auth_spec: str, token_url: str | None, ca_bundle: str | None,
+         client_cert: str | None, client_key: str | None, timeout: float, max_attempts: int, bundle_size: int,
+         concurrency: int, report_file: Path | None, dry_run: bool, clinic_id: str | None, clinic_name: str | None,
          system_base: str | None, lenient: bool, default_tz: str | None, no_cpt: bool, quiet: bool, as_json: bool) -> int:
     """Send IMS records, or the output of convert, to a FHIR server as transaction Bundles.
 
@@ -225,7 +246,8 @@ def push(inputs: tuple[Path, ...], server: str | None, auth_spec: str, ca_bundle
     config = None
     if server:
         config = ClientConfig.from_values(server, auth=auth_spec, read_timeout=timeout, ca_bundle=ca_bundle,
-                                          max_attempts=max_attempts)
+                                          max_attempts=max_attempts, token_url=token_url, client_cert=client_cert,
+                                          client_key=client_key)
     elif not dry_run:
         raise click.UsageError("--server is required (or use --dry-run)")
     lines: list[bytes] = []
@@ -247,7 +269,8 @@ def push(inputs: tuple[Path, ...], server: str | None, auth_spec: str, ca_bundle
 
     try:
         summary = run_push(list(inputs), config, PushOptions(bundle_size=bundle_size, dry_run=dry_run,
-                                                              convert=convert_options), report=report, progress=progress)
+                                                              convert=convert_options, concurrency=concurrency),
+                           report=report, progress=progress)
     finally:
         if report_fh:
             report_fh.close()
@@ -335,9 +358,8 @@ def dev_server(port: int) -> int:
 
 @cli.command()
 @click.option("--server", required=True, metavar="URL", help="FHIR R4 base URL, e.g. https://fhir.hospital.example.org/r4.")
-@click.option("--auth", "auth_spec", default="none", show_default=True, envvar="IMS_FHIR_AUTH",
-              help="As for push: none | bearer:env:VAR | basic:USER:env:VAR | oauth2:TOKEN_URL:CLIENT_ID:env:VAR[:SCOPE].")
-@click.option("--ca-bundle", type=click.Path(exists=True, dir_okay=False), help="CA certificates to trust (PEM).")
+@click.option("--auth", "auth_spec", default="none", show_default=True, envvar="IMS_FHIR_AUTH", help=_AUTH_HELP)
+@_tls_options
 @click.option("--timeout", type=click.FloatRange(min=1), default=60.0, show_default=True,
               help="Read timeout per request, seconds.")
 @click.option("--patient", metavar="SYSTEM|VALUE", help="Only this patient's data (an identifier of the Patient).")
@@ -350,7 +372,8 @@ def dev_server(port: int) -> int:
               help="ndjson (record_type first; the default) or a JSON document (the default for a .json FILE).")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
-def pull(server: str, auth_spec: str, ca_bundle: str | None, timeout: float, patient: str | None, since: str | None,
+def pull(server: str, auth_spec: str, token_url: str | None, ca_bundle: str | None, client_cert: str | None,
+         client_key: str | None, timeout: float, patient: str | None, since: str | None,
          out_file: Path, output_format: str | None, system_base: str | None, quiet: bool, as_json: bool) -> int:
     """Fetch IMS data (sessions, assessments, pain scores) from a FHIR server as ims-record/1 records."""
     from .client import ClientConfig
@@ -364,7 +387,8 @@ def pull(server: str, auth_spec: str, ca_bundle: str | None, timeout: float, pat
             datetime.fromisoformat(since)
         except ValueError as exc:
             raise click.UsageError(f"--since {since!r} is not an ISO 8601 date or date-time") from exc
-    config = ClientConfig.from_values(server, auth=auth_spec, read_timeout=timeout, ca_bundle=ca_bundle)
+    config = ClientConfig.from_values(server, auth=auth_spec, read_timeout=timeout, ca_bundle=ca_bundle,
+                                      token_url=token_url, client_cert=client_cert, client_key=client_key)
     started = time.monotonic()
     summary = run_pull(config, PullOptions(out_file=out_file, patient=patient, since=since, output_format=output_format,
                                            system_base=system_base))
@@ -380,6 +404,32 @@ def pull(server: str, auth_spec: str, ca_bundle: str | None, timeout: float, pat
             click.echo(f"{_count(summary.rejected, 'resource')} could not be mapped: see the .rejects.ndjson beside {out_file}",
                        err=True)
     return summary.exit_code
+
+
+@cli.group()
+def keys() -> None:
+    """Signing keys for SMART Backend Services (private_key_jwt)."""
+
+
+@keys.command("generate")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for private-key.pem (mode 0600) and jwks.json (created if missing).")
+@click.option("--alg", type=click.Choice(["RS384", "ES384"]), default="RS384", show_default=True,
+              help="RS384: RSA 3072 bit; ES384: EC P-384.")
+@click.option("--force", is_flag=True, help="Replace key files that already exist.")
+def keys_generate(out_dir: Path, alg: str, force: bool) -> int:
+    """Make a key pair: keep private-key.pem secret, give jwks.json to the hospital.
+
+    The JWKS holds only the public key, with its kid (RFC 7638 thumbprint), alg and use: sig.
+    Use the key with --auth smart:CLIENT_ID:OUT/private-key.pem once the hospital has
+    registered the JWKS and told you the client id.
+    """
+    from .client.smart import write_key_files
+
+    key = write_key_files(out_dir, "ES384" if alg == "ES384" else "RS384", overwrite=force)
+    click.echo(f"wrote {out_dir / 'private-key.pem'} (private, mode 0600) and {out_dir / 'jwks.json'} "
+               f"(public; give it to the hospital): {key.alg}, kid {key.kid}", err=True)
+    return EXIT_OK
 
 
 @cli.command("import")

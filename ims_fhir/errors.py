@@ -20,7 +20,7 @@ are logged once, at the top (CLI or Flask error handler).
         ├── FhirTransportError        exit_code 2  connection refused, reset, timeout, TLS (after retries)
         ├── FhirServerError           exit_code 1  the server answered with an error status; carries status + OperationOutcome issues
         │   ├── FhirClientSideError        4xx other than the ones below
-        │   │   ├── FhirAuthError          401 / 403
+        │   │   ├── FhirAuthError          401 / 403, token refusal  exit_code 2
         │   │   ├── FhirNotFoundError      404 / 410
         │   │   ├── FhirConflictError      409 / 412 (version conflict, If-Match failed)
         │   │   └── FhirUnprocessableError 422 (validation failed)
@@ -196,7 +196,10 @@ class FhirClientSideError(FhirServerError):
 
 
 class FhirAuthError(FhirClientSideError):
-    """401 or 403."""
+    """401 or 403, or the token endpoint refused the client: the whole target is unusable
+    until credentials or registration are fixed, so the CLI exits 2 (like a connection error)."""
+
+    exit_code = 2
 
 
 class FhirNotFoundError(FhirClientSideError):

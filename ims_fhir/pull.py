@@ -33,6 +33,9 @@ from .identifiers import IdentifierScheme, RecordKey
 from .importer import FhirItem, ImportOptions, ImportSummary, import_items
 from .terminology import Terminology, default_terminology
 
+#: Searches pull makes; Encounters only come as _include of Procedures and panels.
+PULL_REQUIREMENTS = tuple(on_type(t, "search-type")
+                          for t in ("Procedure", "Observation", "Patient", "Practitioner", "Encounter"))
 _PROCEDURE_INCLUDES = ["Procedure:subject", "Procedure:performer", "Procedure:encounter", "Procedure:reason-reference"]
 _PANEL_INCLUDES = ["Observation:has-member", "Observation:subject", "Observation:performer", "Observation:encounter"]
 
@@ -97,10 +100,10 @@ def pull(config: ClientConfig, options: PullOptions, *, terminology: Terminology
                           if c["system"] != term.concept_system)
 
     with FhirClient(config, session=session) as client:
-        needed = ["Procedure", "Observation", "Patient", "Practitioner"]
+        needs = list(PULL_REQUIREMENTS)
         if options.since is not None and options.system_base is None:
-            needed.append("Organization")
-        client.require([on_type(t, "search-type") for t in needed])
+            needs.append(on_type("Organization", "search-type"))
+        client.require(needs)
         fetched = _Fetched(client.base_url)
         changed: set[RecordKey] = set()
 
@@ -165,4 +168,4 @@ def _changed(client: FhirClient, schemes: list[IdentifierScheme], common: list[t
                                + [("_revinclude", "Observation:part-of")])
 
 
-__all__ = ["PullOptions", "pull"]
+__all__ = ["PULL_REQUIREMENTS", "PullOptions", "pull"]

@@ -25,6 +25,7 @@ on their identifiers, everything else a conditional update on its business ident
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,9 +33,10 @@ from typing import Any
 
 import orjson
 
-from .client import ClientConfig, FhirClient, push_requirements
+from .client import ClientConfig, FhirClient, delivery_requirements
+from .client.keyed_pool import KeyedPool
 from .convert import Converter, ConvertOptions
-from .delivery import Refusal, Sender, references
+from .delivery import BundleResult, Refusal, Sender, patient_keys, references
 from .errors import InputError, UsageError
 from .fhir.bundles import BundlePacker
 from .mapping.context import Dependency, MappedRecord
@@ -78,8 +80,11 @@ class Pusher:
         self._reported: set[tuple[str, str]] = set()
 
     def push(self, bundle: dict[str, Any]) -> None:
+        self.record(self.sender.send(bundle))
+
+    def record(self, result: BundleResult) -> None:
+        """Tally one delivered Bundle (from one thread at a time)."""
         self.summary.bundles += 1
-        result = self.sender.send(bundle)
         for entry in result.entries:
             self.summary.entries += 1
             setattr(self.summary, entry.outcome, getattr(self.summary, entry.outcome) + 1)
@@ -179,6 +184,50 @@ class PushOptions:
     bundle_size: int = 200
     dry_run: bool = False
     convert: ConvertOptions | None = None
+    #: Bundles in flight at once; one patient's Bundles still go one after the other, in order.
+    concurrency: int = 1
+
+
+def _push_concurrently(client: FhirClient, config: ClientConfig, pusher: Pusher, bundles: Iterator[dict[str, Any]],
+                       concurrency: int, progress: Callable[[PushSummary], None] | None, session: Any) -> None:
+    """Deliver with up to ``concurrency`` Bundles in flight (see :class:`~ims_fhir.client.keyed_pool.KeyedPool`).
+
+    One :class:`~ims_fhir.delivery.Sender` per worker thread (the engine's rule: one client,
+    one connection pool, one Bundle at a time per Sender); the clients share the auth (one
+    token), the CapabilityStatement and the throttle (one 429 back-off for the target).
+    """
+    local = threading.local()
+    clients: list[FhirClient] = []
+    lock = threading.Lock()
+
+    def sender() -> Sender:
+        mine: Sender | None = getattr(local, "sender", None)
+        if mine is None:
+            worker = FhirClient(config, session=session, throttle=client.transport.throttle)
+            worker._capabilities = client._capabilities  # same server, same statement
+            mine = local.sender = Sender(worker, scheme=pusher.sender.scheme)
+            with lock:
+                clients.append(worker)
+        return mine
+
+    def done(result: BundleResult) -> None:
+        with lock:
+            pusher.record(result)
+            if progress is not None:
+                progress(pusher.summary)
+
+    pool: KeyedPool[BundleResult] = KeyedPool(concurrency, on_done=done)
+    try:
+        for bundle in bundles:
+            if pool.failed:
+                break  # the target is down or refuses us: stop feeding, report the error
+            pool.submit(patient_keys(bundle), lambda b=bundle: sender().send(b))  # type: ignore[misc]
+    finally:
+        try:
+            pool.close()
+        finally:
+            for worker in clients:
+                worker.close()
 
 
 def iter_bundles(paths: list[Path], options: PushOptions, on_reject: Callable[[dict[str, Any]], None],
@@ -249,8 +298,13 @@ def push(paths: list[Path], client_config: ClientConfig | None, options: PushOpt
     if client_config is None:
         raise UsageError("--server is required (or use --dry-run)")
     with FhirClient(client_config, session=session) as client:
-        client.require(push_requirements(RESOURCE_TYPES, conditional_update=True))
+        # The least a server must offer; transactions and conditional create/update are used
+        # when declared, else emulated entry by entry (ims_fhir.client.entrywise).
+        client.require(delivery_requirements(RESOURCE_TYPES))
         pusher = Pusher(Sender(client), summary, report)
+        if options.concurrency > 1:
+            _push_concurrently(client, client_config, pusher, bundles, options.concurrency, progress, session)
+            return summary
         for bundle in bundles:
             pusher.push(bundle)
             if progress is not None:

@@ -23,7 +23,14 @@ client authentication
     :meth:`CachedTokenAuth.fetch_token`.
 auth context
     :class:`AuthContext`, what the transport lends an auth object: a way to POST a form
-    (same session, TLS settings, timeouts and retry policy as FHIR calls) and the clock.
+    and to GET a document (same session, TLS settings, timeouts and retry policy as FHIR
+    calls), the FHIR base URL and the clock.
+needs
+    The interactions the running command will perform (a list of
+    :class:`~ims_fhir.client.capability.Requirement`), announced by
+    :meth:`FhirClient.require` through :meth:`Auth.declare_needs` before the first
+    request. Schemes that ask for scopes (SMART Backend Services) derive least-privilege
+    scopes from them; the others ignore them.
 
 Secrets are never part of ``repr()``/``str()`` of these objects, nor of error messages.
 """
@@ -33,9 +40,9 @@ from __future__ import annotations
 import abc
 import base64
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote_plus
 
 import orjson
@@ -45,8 +52,13 @@ from ims_fhir.client.errors import error_for_response
 from ims_fhir.client.retry import Clock
 from ims_fhir.errors import FhirAuthError, UsageError
 
+if TYPE_CHECKING:
+    from ims_fhir.client.capability import Requirement
+
 #: POST a form: (url, form fields, extra headers) -> the final response (any status).
 FormPoster = Callable[[str, Mapping[str, str], Mapping[str, str]], requests.Response]
+#: GET a document without credentials: (url, extra headers) -> the final response (any status).
+Getter = Callable[[str, Mapping[str, str]], requests.Response]
 
 _HIDDEN = "***"
 
@@ -57,6 +69,8 @@ class AuthContext:
 
     post_form: FormPoster
     clock: Clock
+    get: Getter | None = None
+    base_url: str = ""
 
 
 class Auth(abc.ABC):
@@ -69,6 +83,9 @@ class Auth(abc.ABC):
     def on_unauthorized(self) -> bool:
         """The server answered 401: drop cached credentials; True if trying again may help."""
         return False
+
+    def declare_needs(self, needs: Iterable[Requirement]) -> None:  # noqa: B027 - optional hook
+        """The command will perform ``needs``; schemes that request scopes adapt (default: ignore)."""
 
     def __str__(self) -> str:
         return repr(self)
@@ -217,40 +234,59 @@ class OAuth2ClientCredentials(CachedTokenAuth):
 
     def fetch_token(self, context: AuthContext) -> AccessToken:
         headers, form = self.client_authentication(context)
-        form = {"grant_type": "client_credentials", **form}
-        if self.scope:
-            form["scope"] = self.scope
-        fetched_at = context.clock.monotonic()
-        response = context.post_form(self.token_url, form, {"Accept": "application/json", **headers})
-        body = _json_or_none(response.content)
-        if response.status_code in (408, 429) or response.status_code >= 500:
-            # The token endpoint is down or busy (after retries): a server problem, not a refusal.
-            raise error_for_response(response, method="POST")
-        if response.status_code != 200:
-            reason = _oauth_error(body) or f"HTTP {response.status_code} {response.reason or ''}".strip()
-            raise FhirAuthError(
-                f"token endpoint {self.token_url} refused client {self.client_id!r}: {reason}",
-                status=response.status_code,
-                url=self.token_url,
-            )
-        value = body.get("access_token") if isinstance(body, dict) else None
-        if not isinstance(value, str) or not value:
-            raise FhirAuthError(
-                f"token endpoint {self.token_url} answered without an access_token",
-                status=response.status_code,
-                url=self.token_url,
-            )
-        assert isinstance(body, dict)
-        token_type = str(body.get("token_type") or "Bearer")
-        if token_type.lower() != "bearer":
-            raise FhirAuthError(
-                f"token endpoint {self.token_url} issued a {token_type!r} token; only bearer tokens are supported",
-                status=response.status_code,
-                url=self.token_url,
-            )
-        expires_in = body.get("expires_in")
-        lifetime = float(expires_in) if isinstance(expires_in, (int, float)) and expires_in > 0 else None
-        return AccessToken(value=value, refresh_at=self.refresh_time(fetched_at, lifetime))
+        return request_token(self, context, self.token_url, self.client_id, form, headers=headers, scope=self.scope)
+
+
+def request_token(
+    auth: CachedTokenAuth,
+    context: AuthContext,
+    token_url: str,
+    client_id: str,
+    client_form: Mapping[str, str],
+    *,
+    headers: Mapping[str, str] | None = None,
+    scope: str | None = None,
+) -> AccessToken:
+    """Run the client credentials grant against ``token_url`` and read the token response.
+
+    ``client_form`` (and ``headers``) carry the client authentication. A refusal raises
+    :class:`FhirAuthError` naming the endpoint, the client id and the server's
+    ``error: error_description`` (never the request's secrets); 408/429/5xx after the
+    retry policy raise the usual server-side error.
+    """
+    form = {"grant_type": "client_credentials", **client_form}
+    if scope:
+        form["scope"] = scope
+    fetched_at = context.clock.monotonic()
+    response = context.post_form(token_url, form, {"Accept": "application/json", **(headers or {})})
+    body = _json_or_none(response.content)
+    if response.status_code in (408, 429) or response.status_code >= 500:
+        # The token endpoint is down or busy (after retries): a server problem, not a refusal.
+        raise error_for_response(response, method="POST")
+    if response.status_code != 200:
+        reason = _oauth_error(body) or f"HTTP {response.status_code} {response.reason or ''}".strip()
+        raise FhirAuthError(
+            f"token endpoint {token_url} refused client {client_id!r}: {reason}",
+            status=response.status_code,
+            url=token_url,
+        )
+    value = body.get("access_token") if isinstance(body, dict) else None
+    if not isinstance(body, dict) or not isinstance(value, str) or not value:
+        raise FhirAuthError(
+            f"token endpoint {token_url} answered without an access_token",
+            status=response.status_code,
+            url=token_url,
+        )
+    token_type = str(body.get("token_type") or "Bearer")
+    if token_type.lower() != "bearer":
+        raise FhirAuthError(
+            f"token endpoint {token_url} issued a {token_type!r} token; only bearer tokens are supported",
+            status=response.status_code,
+            url=token_url,
+        )
+    expires_in = body.get("expires_in")
+    lifetime = float(expires_in) if isinstance(expires_in, (int, float)) and expires_in > 0 else None
+    return AccessToken(value=value, refresh_at=auth.refresh_time(fetched_at, lifetime))
 
 
 def _form_escape(text: str) -> str:
@@ -281,6 +317,8 @@ __all__ = [
     "BearerTokenAuth",
     "CachedTokenAuth",
     "FormPoster",
+    "Getter",
     "NoAuth",
     "OAuth2ClientCredentials",
+    "request_token",
 ]

@@ -11,6 +11,13 @@ other users of the machine through ``ps`` and shell history)::
                                                   secret is read from VAR (env only);
                                                   SCOPE is the rest of the string and may
                                                   hold spaces, e.g. "system/*.read system/*.write"
+    smart:CLIENT_ID:KEY_FILE[:SCOPES]             SMART Backend Services (private_key_jwt): the
+                                                  assertion is signed with the PEM private key in
+                                                  KEY_FILE (RS384 or ES384); the token endpoint is
+                                                  discovered from [base]/.well-known/smart-configuration
+                                                  unless ``token_url`` (--token-url) is given;
+                                                  without SCOPES the least-privilege scopes of the
+                                                  command are asked for
 
 Examples::
 
@@ -18,6 +25,8 @@ Examples::
     --auth bearer:env:FHIR_TOKEN
     --auth basic:importer:env:FHIR_PASSWORD
     --auth "oauth2:https://auth.example.org:8443/token:ims-fhir:env:IMS_FHIR_SECRET:system/*.write"
+    --auth smart:clinic-42:/etc/ims-fhir/private-key.pem
+    --auth "smart:clinic-42:/etc/ims-fhir/private-key.pem:system/Patient.cus system/Observation.cus"
 
 Terms: *spec* is the whole string, *scheme* the part before the first ``:``. An unknown
 scheme or malformed spec is a :class:`~ims_fhir.errors.UsageError`; an ``env:`` variable
@@ -36,7 +45,7 @@ from ims_fhir.errors import ConfigurationError, UsageError
 
 AUTH_SPEC_HELP = (
     "none | bearer:TOKEN | bearer:env:VAR | basic:USER:PASSWORD | basic:USER:env:VAR | "
-    "oauth2:TOKEN_URL:CLIENT_ID:env:VAR[:SCOPE]"
+    "oauth2:TOKEN_URL:CLIENT_ID:env:VAR[:SCOPE] | smart:CLIENT_ID:KEY_FILE[:SCOPES]"
 )
 
 _ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
@@ -48,14 +57,27 @@ _OAUTH2 = re.compile(
 )
 
 
-def parse_auth_spec(spec: str, *, environ: Mapping[str, str] | None = None) -> Auth:
+def parse_auth_spec(
+    spec: str, *, environ: Mapping[str, str] | None = None, token_url: str | None = None
+) -> Auth:
     """Build the :class:`Auth` an auth spec describes (syntax in the module docstring).
 
     ``environ`` defaults to ``os.environ``; pass a mapping to keep tests hermetic.
+    ``token_url`` (``--token-url``) applies to ``smart:`` only.
     """
     env = os.environ if environ is None else environ
     scheme, sep, rest = spec.strip().partition(":")
     scheme = scheme.lower()
+    if token_url is not None and scheme != "smart":
+        raise UsageError("--token-url applies to --auth smart:... only")
+    if scheme == "smart":
+        client, sep1, tail = rest.partition(":")
+        key_file, _, scopes = tail.partition(":")
+        if not client or not sep1 or not key_file:
+            raise UsageError("auth spec 'smart:...' must be smart:CLIENT_ID:KEY_FILE[:SCOPES]")
+        from ims_fhir.client.smart import SmartBackendAuth
+
+        return SmartBackendAuth(client, key_file, scopes=scopes or None, token_url=token_url)
     if scheme == "none" and not sep:
         return NoAuth()
     if scheme == "bearer" and rest:

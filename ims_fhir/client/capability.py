@@ -86,6 +86,16 @@ def push_requirements(resource_types: Iterable[str], *, conditional_update: bool
     return needs
 
 
+def delivery_requirements(resource_types: Iterable[str]) -> list[Requirement]:
+    """The least a server must offer for ims-fhir to deliver to it: per resource type create,
+    update and search. Transactions and conditional create/update are used when declared and
+    otherwise emulated (see :mod:`ims_fhir.client.entrywise`)."""
+    needs: list[Requirement] = []
+    for resource_type in sorted(set(resource_types)):
+        needs.extend(on_type(resource_type, i) for i in ("create", "update", "search-type"))
+    return needs
+
+
 @dataclass(frozen=True, slots=True)
 class TypeCapability:
     """What the server supports for one resource type."""
@@ -178,6 +188,9 @@ class ServerCapabilities:
             return kind.conditional_update
         return kind.conditional_delete in ("single", "multiple")
 
+    def supports_all(self, needs: Iterable[Requirement]) -> bool:
+        return all(self.supports(n) for n in needs)
+
     def missing(self, needs: Iterable[Requirement]) -> list[Requirement]:
         return [n for n in needs if not self.supports(n)]
 
@@ -196,6 +209,7 @@ __all__ = [
     "Requirement",
     "ServerCapabilities",
     "TypeCapability",
+    "delivery_requirements",
     "on_type",
     "push_requirements",
     "system",

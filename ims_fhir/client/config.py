@@ -11,9 +11,13 @@ timeout
     :class:`Timeout`: seconds to open a connection (``connect``) and to wait between
     bytes of the answer (``read``), as ``requests`` understands them.
 verify / CA bundle
-    TLS certificates are verified by default; ``ca_bundle`` names a PEM file of extra
-    trusted CAs (a hospital's internal CA). ``verify=False`` exists for local
-    experiments only and cannot be combined with a bundle.
+    TLS certificates are verified by default; ``ca_bundle`` names a PEM file of the CAs to
+    trust instead of the system's (a hospital's private CA). ``verify=False`` exists for
+    local experiments only and cannot be combined with a bundle.
+client certificate
+    For mutual TLS: ``client_cert`` is a PEM file with the clinic's certificate (and its
+    chain), ``client_key`` the PEM private key when it is not in the same file. The key
+    must be unencrypted (``requests`` cannot ask for a passphrase); keep it mode 0600.
 """
 
 from __future__ import annotations
@@ -84,6 +88,8 @@ class ClientConfig:
     ca_bundle: str | None = None
     user_agent: str = DEFAULT_USER_AGENT
     check_capabilities: bool = True
+    client_cert: str | None = None
+    client_key: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "base_url", normalize_base_url(self.base_url))
@@ -94,6 +100,18 @@ class ClientConfig:
                 raise UsageError("a CA bundle was given but TLS verification is off; choose one")
             if not os.path.isfile(self.ca_bundle):
                 raise UsageError(f"CA bundle {self.ca_bundle!r} is not a readable file")
+        if self.client_key is not None and self.client_cert is None:
+            raise UsageError("a client key was given without a client certificate (--client-cert)")
+        for what, path in (("client certificate", self.client_cert), ("client key", self.client_key)):
+            if path is not None and not os.path.isfile(path):
+                raise UsageError(f"{what} {path!r} is not a readable file")
+
+    @property
+    def requests_cert(self) -> str | tuple[str, str] | None:
+        """The ``cert=`` argument for ``requests`` (mutual TLS): the PEM file(s) or None."""
+        if self.client_cert is None:
+            return None
+        return (self.client_cert, self.client_key) if self.client_key is not None else self.client_cert
 
     @property
     def requests_verify(self) -> bool | str:
@@ -116,12 +134,15 @@ class ClientConfig:
         user_agent: str | None = None,
         check_capabilities: bool = True,
         environ: Mapping[str, str] | None = None,
+        token_url: str | None = None,
+        client_cert: str | None = None,
+        client_key: str | None = None,
     ) -> ClientConfig:
         """Build a config from plain values; ``auth`` may be an auth spec string
         (see :mod:`ims_fhir.client.auth_spec`), read with ``environ`` (default ``os.environ``)."""
         return cls(
             base_url=base_url,
-            auth=parse_auth_spec(auth, environ=environ) if isinstance(auth, str) else auth,
+            auth=parse_auth_spec(auth, environ=environ, token_url=token_url) if isinstance(auth, str) else auth,
             timeout=Timeout(connect=connect_timeout, read=read_timeout),
             retry=RetryPolicy(
                 max_attempts=max_attempts, total_budget=total_budget, retry_transactions=retry_transactions
@@ -130,6 +151,8 @@ class ClientConfig:
             ca_bundle=ca_bundle,
             user_agent=user_agent or DEFAULT_USER_AGENT,
             check_capabilities=check_capabilities,
+            client_cert=client_cert,
+            client_key=client_key,
         )
 
 

@@ -43,6 +43,7 @@ from ims_fhir.client.config import ClientConfig
 from ims_fhir.client.errors import shown_url, summarize_body
 from ims_fhir.client.response import FhirResponse, Resource
 from ims_fhir.client.retry import Clock
+from ims_fhir.client.throttle import Throttle
 from ims_fhir.client.transport import FHIR_JSON, Transport
 from ims_fhir.errors import FhirAmbiguousMatchError, FhirConflictError, FhirError, UsageError
 
@@ -89,6 +90,21 @@ def _if_match(version: str) -> str:
     return f'W/"{_check_id(text.strip(chr(34)), "version id")}"'
 
 
+def _bundle_needs(bundle: Resource) -> list[Requirement]:
+    """What sending ``bundle`` as a transaction needs: the interaction and each entry's conditional one."""
+    needs = {system("transaction")}
+    for entry in bundle.get("entry") or ():
+        request = entry.get("request") or {}
+        resource_type = str(request.get("url", "")).split("?")[0].split("/")[0]
+        if not _TYPE.fullmatch(resource_type):
+            continue
+        if request.get("method") == "POST" and request.get("ifNoneExist"):
+            needs.add(on_type(resource_type, "create", conditional=True))
+        elif request.get("method") == "PUT" and "?" in str(request.get("url", "")):
+            needs.add(on_type(resource_type, "update", conditional=True))
+    return sorted(needs, key=lambda n: (n.resource_type or "", n.interaction))
+
+
 class FhirClient:
     """A FHIR R4 REST client for one server (see the module docstring).
 
@@ -98,10 +114,15 @@ class FhirClient:
     """
 
     def __init__(
-        self, config: ClientConfig, *, session: requests.Session | None = None, clock: Clock | None = None
+        self,
+        config: ClientConfig,
+        *,
+        session: requests.Session | None = None,
+        clock: Clock | None = None,
+        throttle: Throttle | None = None,
     ) -> None:
         self.config = config
-        self.transport = Transport(config, session=session, clock=clock)
+        self.transport = Transport(config, session=session, clock=clock, throttle=throttle)
         self._capabilities: ServerCapabilities | None = None
 
     def __repr__(self) -> str:
@@ -133,7 +154,13 @@ class FhirClient:
         return self._capabilities
 
     def require(self, needs: Iterable[Requirement]) -> ServerCapabilities:
-        """Check up front that the server is R4 and supports every requirement (one error lists all gaps)."""
+        """Check up front that the server is R4 and supports every requirement (one error lists all gaps).
+
+        The requirements are first announced to the auth (:meth:`Auth.declare_needs`), so
+        that a scheme which asks for scopes asks for exactly these.
+        """
+        needs = list(needs)
+        self.config.auth.declare_needs(needs)
         capabilities = self.capabilities()
         capabilities.require(needs)
         return capabilities
@@ -292,6 +319,24 @@ class FhirClient:
         if not result or result.get("resourceType") != "Bundle" or result.get("type") != "transaction-response":
             raise FhirError(f"POST {self.base_url} (transaction) did not return a transaction-response Bundle")
         return response
+
+    def send_bundle(self, bundle: Resource) -> FhirResponse:
+        """Apply a transaction Bundle: as a ``transaction`` when the server declares one and the
+        conditional creates/updates its entries use, otherwise entry by entry in dependency
+        order (:func:`~ims_fhir.client.entrywise.send_entrywise`).
+
+        Either way the answer is a ``transaction-response`` Bundle with one entry per entry.
+        """
+        if not self.config.check_capabilities:
+            return self.transaction(bundle)
+        capabilities = self.capabilities()
+        # A type the statement does not list is left to the server's transaction to judge.
+        needs = [n for n in _bundle_needs(bundle) if n.resource_type is None or n.resource_type in capabilities.types]
+        if capabilities.supports_all(needs):
+            return self.transaction(bundle)
+        from ims_fhir.client.entrywise import send_entrywise
+
+        return send_entrywise(self, bundle)
 
     # -- plumbing ---------------------------------------------------------------------
 

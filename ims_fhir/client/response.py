@@ -141,6 +141,9 @@ class FhirResponse:
     resource_id: str | None = None
     last_modified: datetime | None = None
     url: str | None = None
+    #: ``Content-Location`` as sent: after a write, the stored version (HAPI sends it instead
+    #: of ``Location`` for updates); after a search, the search URL. Not read into resource_id.
+    content_location: str | None = None
 
     @classmethod
     def build(
@@ -163,6 +166,7 @@ class FhirResponse:
             last_modified=parse_http_date(headers.get("Last-Modified"))
             or parse_instant(_meta(resource).get("lastUpdated")),
             url=url,
+            content_location=headers.get("Content-Location"),
         )
 
     @property

@@ -16,6 +16,7 @@ Typical use::
 from __future__ import annotations
 
 from .engine import (
+    DELIVERED_TYPES,
     BundleResult,
     IdentityMap,
     RecordResult,
@@ -36,9 +37,9 @@ from .outcomes import (
     operation_outcome,
     status_of,
 )
-from .split import record_parts, references
+from .split import patient_keys, record_parts, references
 
-__all__ = ["HAPI_AMBIGUOUS_MATCH", "BundleResult", "EntryResult", "IdentityMap", "RecordResult", "RecordState",
+__all__ = ["DELIVERED_TYPES", "HAPI_AMBIGUOUS_MATCH", "BundleResult", "EntryResult", "IdentityMap", "RecordResult", "RecordState",
            "Refusal", "Sender", "Strategy", "TransactionStrategy", "entry_outcome", "entry_results",
-           "is_ambiguous_match", "issues_as_dicts", "operation_outcome", "record_parts", "references", "refusal",
+           "is_ambiguous_match", "issues_as_dicts", "operation_outcome", "record_parts", "patient_keys", "references", "refusal",
            "status_of"]

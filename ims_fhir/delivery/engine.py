@@ -49,6 +49,8 @@ from .outcomes import (
 from .split import record_parts
 
 Bundle = dict[str, Any]
+#: The resource types ims-fhir delivers (what a target must accept).
+DELIVERED_TYPES = ("Organization", "Patient", "Practitioner", "Encounter", "Observation", "Procedure")
 RecordState = Literal["accepted", "refused", "not_sent"]
 
 
@@ -136,7 +138,7 @@ class TransactionStrategy:
     def send(self, client: FhirClient, bundle: Bundle, scheme: IdentifierScheme | None) -> BundleResult:
         result = BundleResult()
         try:
-            response = client.transaction(bundle)
+            response = client.send_bundle(bundle)
         except FhirAuthError:
             raise
         except _REFUSED as exc:
@@ -146,7 +148,7 @@ class TransactionStrategy:
                 return result
             for key, part in parts:
                 try:
-                    result.entries.extend(entry_results(part, client.transaction(part), scheme))
+                    result.entries.extend(entry_results(part, client.send_bundle(part), scheme))
                 except FhirAuthError:
                     raise
                 except _REFUSED as part_exc:
@@ -191,5 +193,5 @@ class Sender:
         return result
 
 
-__all__ = ["BundleResult", "IdentityMap", "RecordResult", "RecordState", "Refusal", "Sender", "Strategy",
+__all__ = ["DELIVERED_TYPES", "BundleResult", "IdentityMap", "RecordResult", "RecordState", "Refusal", "Sender", "Strategy",
            "TransactionStrategy", "refusal"]

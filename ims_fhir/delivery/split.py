@@ -62,4 +62,16 @@ def record_parts(bundle: Bundle, scheme: IdentifierScheme | None) -> list[tuple[
     return parts
 
 
-__all__ = ["record_parts", "references"]
+def patient_keys(bundle: dict[str, Any]) -> set[str]:
+    """The patients a Bundle is about (``system|value`` of its Patient entries): concurrent
+    delivery never has two Bundles of one patient in flight (see ``client.keyed_pool``)."""
+    keys = set()
+    for entry in bundle.get("entry", []):
+        resource = entry.get("resource") or {}
+        if resource.get("resourceType") == "Patient":
+            for ident in resource.get("identifier") or []:
+                keys.add(f"{ident.get('system', '')}|{ident.get('value', '')}")
+    return keys
+
+
+__all__ = ["patient_keys", "record_parts", "references"]

@@ -378,8 +378,14 @@ def start(
     java_opts: Sequence[str] = DEFAULT_JAVA_OPTS,
     cache_root: Path | None = None,
     maven_repo: Path | None = None,
+    server_args: Sequence[str] = (),
 ) -> DevServer:
     """Start the server on ``127.0.0.1:port`` (a free port when None) and wait until ready.
+
+    ``server_args`` are passed to the server: its optional modes, e.g.
+    ``--ims.auth.issuer=URL --ims.auth.audience=AUD`` (SMART-protected: every request but
+    ``/metadata`` needs a token of that issuer) or ``--ims.disable=transaction`` (see
+    ``hapi-server/src/main/java/org/imsfhir/hapi/modes``).
 
     Builds the artifact first if needed (see :func:`build`). Ready means
     ``GET /fhir/metadata`` answered 200. The JVM's output goes to ``log_path``. If the JVM
@@ -396,7 +402,7 @@ def start(
 
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    command = [toolchain.java, *java_opts, "-jar", str(artifact), f"--server.port={port}"]
+    command = [toolchain.java, *java_opts, "-jar", str(artifact), f"--server.port={port}", *server_args]
     with open(log_path, "ab") as log:
         log.write(("$ " + " ".join(command) + "\n").encode())
         log.flush()

@@ -26,6 +26,7 @@ reads the environment after the configuration is built. The worker's sections::
     backoff_cap = 600.0
     dead_after_seconds = 259200   # a transient failure (connection, 5xx, 429) is dead only after
                                   # max_attempts attempts AND this long since the first (72 h)
+    concurrency = 1               # Bundles in flight per target (a patient's still in order)
 
     [convert]
     lenient = false
@@ -36,6 +37,10 @@ reads the environment after the configuration is built. The worker's sections::
     name = "hospital"
     base_url = "https://fhir.hospital.example.org/r4"
     auth = "bearer:env:HOSPITAL_FHIR_TOKEN"   # the client's auth spec: secrets stay in the environment
+    # auth = "smart:clinic-42:/etc/ims-fhir/private-key.pem"   # SMART Backend Services (private_key_jwt)
+    # token_url = "https://auth.hospital.example.org/token"     # optional: else discovered from base_url
+    # ca_bundle = "/etc/ims-fhir/hospital-ca.pem"               # the hospital's private CA
+    # client_cert = "/etc/ims-fhir/clinic.crt"                  # mutual TLS (client_key if separate)
     timeout = 60
     max_attempts = 5
     retry_budget = 120
@@ -67,13 +72,18 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
-from ims_fhir.client import ClientConfig
+from ims_fhir.client import ClientConfig, delivery_requirements
+from ims_fhir.delivery import DELIVERED_TYPES
 from ims_fhir.errors import ConfigurationError, UsageError
 from ims_fhir.records.models import Source
 
 from .postgres import is_postgres_url
 from .sqlite import path_from_url
 from .worker import Target, WorkerOptions
+
+#: What the service does on a target, push (the worker) and pull (POST /pull): create, update
+#: and search of the delivered types (pull's searches are among them).
+SERVICE_NEEDS = tuple(delivery_requirements(DELIVERED_TYPES))
 
 #: The tables of the file the worker reads (``[[targets]]`` is an array of tables).
 SYNC_SECTIONS: tuple[str, ...] = ("source", "storage", "worker", "convert")
@@ -177,7 +187,7 @@ def target_from_mapping(data: Mapping[str, Any], environ: Mapping[str, str]) -> 
     if not NAME.fullmatch(name):
         raise ConfigurationError(f"target name {name!r}: use lower-case letters, digits and '-'")
     allowed = {"name", "base_url", "auth", "timeout", "connect_timeout", "max_attempts", "retry_budget",
-               "ca_bundle", "verify", "check_capabilities"}
+               "ca_bundle", "verify", "check_capabilities", "token_url", "client_cert", "client_key"}
     unknown = sorted(set(data) - allowed)
     if unknown:
         raise ConfigurationError(f"target {name}: unknown key(s) {', '.join(unknown)}")
@@ -192,10 +202,19 @@ def target_from_mapping(data: Mapping[str, Any], environ: Mapping[str, str]) -> 
             total_budget=float(coerce(data.get("retry_budget", 120.0), 120.0, f"target {name}.retry_budget")),
             ca_bundle=data.get("ca_bundle"), verify=bool(coerce(data.get("verify", True), True, "verify")),
             check_capabilities=bool(coerce(data.get("check_capabilities", True), True, "check_capabilities")),
-            environ=environ)
+            environ=environ, token_url=_optional(data, "token_url"), client_cert=_optional(data, "client_cert"),
+            client_key=_optional(data, "client_key"))
     except UsageError as exc:
         raise ConfigurationError(f"target {name}: {exc}") from exc
+    # The service pushes (the worker) and pulls (POST /pull) on every target: a SMART auth asks
+    # for the scopes of both, and no more.
+    client.auth.declare_needs(SERVICE_NEEDS)
     return Target(name, client)
+
+
+def _optional(data: Mapping[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    return str(value) if value not in (None, "") else None
 
 
 def sync_config_from_merged(merged: Mapping[str, Any], environ: Mapping[str, str], *, where: str,

@@ -41,7 +41,8 @@ from typing import Any
 import orjson
 
 from ..client import ClientConfig, FhirClient
-from ..delivery import BundleResult, Sender, operation_outcome, status_of
+from ..client.keyed_pool import KeyedPool
+from ..delivery import BundleResult, Sender, operation_outcome, patient_keys, status_of
 from ..errors import FhirError, UsageError
 from ..fhir.bundles import BundlePacker, group_from_bytes
 from ..identifiers import IdentifierScheme, RecordKey
@@ -71,10 +72,14 @@ class WorkerOptions:
     backoff_cap: float = 600.0
     #: and seconds since the first failure of a streak, before a transiently failing record is ``dead``
     dead_after_seconds: float = DEAD_AFTER
+    #: Bundles in flight at once per target; one patient's Bundles still go in order.
+    concurrency: int = 1
 
     def __post_init__(self) -> None:
         if self.batch_records < 1 or self.bundle_size < 2 or self.max_attempts < 1:
             raise UsageError("worker: batch_records >= 1, bundle_size >= 2 and max_attempts >= 1 are needed")
+        if not 1 <= self.concurrency <= 64:
+            raise UsageError("worker: concurrency must be 1-64")
         if self.lease_seconds <= 0 or self.poll_seconds <= 0:
             raise UsageError("worker: lease_seconds and poll_seconds must be positive")
         if self.dead_after_seconds < 0:
@@ -182,7 +187,9 @@ class SyncWorker:
         by_key = {(c.record_type, c.record_id): c for c in claimed}
         down: FhirError | None = None
         seen: set[tuple[str, str]] = set()
-        for bundle in self._bundles(claimed):
+        bundles = self._bundles(claimed)
+        ahead = self._deliver_concurrently(target, bundles) if self.options.concurrency > 1 else {}
+        for index, bundle in enumerate(bundles):
             keys = []
             for entry in bundle["entry"]:
                 key = self.scheme.record_of(entry["resource"])
@@ -193,8 +200,14 @@ class SyncWorker:
             latency: float | None = None
             if down is None:
                 try:
-                    sent = self.sender(target).send(bundle)
-                    latency = time.monotonic() - started
+                    if index in ahead:  # sent already, concurrently with the others
+                        outcome, latency = ahead[index]
+                        if isinstance(outcome, FhirError):
+                            raise outcome
+                        sent = outcome
+                    else:
+                        sent = self.sender(target).send(bundle)
+                        latency = time.monotonic() - started
                     results = self._results(keys, by_key, sent)
                 except FhirError as exc:  # the target, not a record: try again later
                     down = exc
@@ -215,6 +228,48 @@ class SyncWorker:
                                  owner=self.owner, now=self.clock(), max_attempts=self.options.max_attempts,
                                  backoff_base=self.options.backoff_base, backoff_cap=self.options.backoff_cap,
                                  latency=None, dead_after=self.options.dead_after_seconds)
+
+    def _deliver_concurrently(self, target: Target, bundles: list[dict[str, Any]]
+                              ) -> dict[int, tuple[BundleResult | FhirError, float]]:
+        """Send ``bundles`` with up to ``concurrency`` in flight, a patient's in order (KeyedPool).
+
+        Worker threads have their own clients sharing the target's throttle (one 429
+        back-off); the outcomes are recorded afterwards, in this thread, bundle by bundle.
+        """
+        shared = self.client(target)
+        local = threading.local()
+        made: list[FhirClient] = []
+        outcomes: dict[int, tuple[BundleResult | FhirError, float]] = {}
+        lock = threading.Lock()
+
+        def job(index: int, bundle: dict[str, Any]) -> None:
+            mine: Sender | None = getattr(local, "sender", None)
+            if mine is None:
+                worker = self._client_factory(target)
+                worker.transport.throttle = shared.transport.throttle
+                mine = local.sender = Sender(worker, scheme=self.scheme)
+                with lock:
+                    made.append(worker)
+            started = time.monotonic()
+            outcome: BundleResult | FhirError
+            try:
+                outcome = mine.send(bundle)
+            except FhirError as exc:  # the target, not a record: recorded like a sequential failure
+                outcome = exc
+            with lock:
+                outcomes[index] = (outcome, time.monotonic() - started)
+
+        pool: KeyedPool[None] = KeyedPool(self.options.concurrency, on_done=lambda _: None)
+        try:
+            for index, bundle in enumerate(bundles):
+                pool.submit(patient_keys(bundle), lambda i=index, b=bundle: job(i, b))  # type: ignore[misc]
+        finally:
+            try:
+                pool.close()
+            finally:
+                for client in made:
+                    client.close()
+        return outcomes
 
     @staticmethod
     def _results(keys: list[RecordKey], by_key: dict[RecordKey, Claimed], sent: BundleResult) -> list[Result]:

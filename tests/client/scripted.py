@@ -134,6 +134,7 @@ class Sent:
     request: requests.PreparedRequest
     timeout: Any
     verify: Any
+    cert: Any = None
 
     @property
     def method(self) -> str:
@@ -212,7 +213,7 @@ class ScriptedAdapter(BaseAdapter):
         cert: Any = None,
         proxies: Any = None,
     ) -> requests.Response:
-        self.sent.append(Sent(request, timeout, verify))
+        self.sent.append(Sent(request, timeout, verify, cert))
         url = str(request.url)
         answer: Reply | BaseException
         route = next((h for m, p, h in self.routes if m == request.method and url.startswith(p)), None)

@@ -6,8 +6,9 @@ from collections.abc import Callable
 from email.utils import formatdate
 
 import pytest
+import requests
 
-from ims_fhir.client import FhirClient, RetryPolicy, parse_retry_after
+from ims_fhir.client import ClientConfig, FhirClient, RetryPolicy, parse_retry_after
 from ims_fhir.errors import (
     FhirClientSideError,
     FhirNotFoundError,
@@ -17,7 +18,16 @@ from ims_fhir.errors import (
     UsageError,
 )
 
-from .scripted import FakeClock, Reply, ScriptedAdapter, connection_refused, connection_reset, outcome, read_timeout
+from .scripted import (
+    BASE,
+    FakeClock,
+    Reply,
+    ScriptedAdapter,
+    connection_refused,
+    connection_reset,
+    outcome,
+    read_timeout,
+)
 
 PATIENT = {"resourceType": "Patient", "id": "p1", "meta": {"versionId": "1"}}
 
@@ -213,3 +223,24 @@ def test_parse_retry_after_dates() -> None:
 def test_policy_refuses_nonsense(kwargs: dict[str, object]) -> None:
     with pytest.raises(UsageError):
         RetryPolicy(**kwargs)  # type: ignore[arg-type]
+
+
+def test_a_429_pauses_every_worker_of_the_target(session: requests.Session, adapter: ScriptedAdapter,
+                                                 clock: FakeClock) -> None:
+    from ims_fhir.client.throttle import Throttle
+
+    shared = Throttle()
+    config = ClientConfig(BASE, retry=RetryPolicy(max_attempts=3), check_capabilities=False)
+    first = FhirClient(config, session=session, clock=clock.clock(), throttle=shared)
+    second = FhirClient(config, session=session, clock=clock.clock(), throttle=shared)
+    adapter.queue(Reply(429, None, {"Retry-After": "7"}))
+    shared_sleeps_before = len(clock.sleeps)
+    # The first worker is told to wait 7 s; it holds the throttle and sleeps.
+    adapter.queue(Reply(200, PATIENT))
+    first.read("Patient", "p1")
+    assert clock.sleeps[shared_sleeps_before:] == [7.0]
+    # A second worker starting inside those 7 s waits for the rest before it sends.
+    shared.hold(5, clock.clock())
+    adapter.queue(Reply(200, PATIENT))
+    second.read("Patient", "p1")
+    assert clock.sleeps[-1] == 5.0

@@ -25,6 +25,10 @@ rule
     next ``times`` requests that satisfy ``when`` (a predicate on :class:`ProxyRequest`),
     after letting ``skip`` of them pass. Rules are tried in the order they were added;
     a request no rule claims is passed through.
+TLS
+    With ``tls=`` (a server-side ``ssl.SSLContext``) the proxy terminates TLS, like a
+    hospital's gateway; with ``verify_mode = CERT_REQUIRED`` on that context it demands a
+    client certificate (mutual TLS). The upstream stays plain HTTP on 127.0.0.1.
 bounds
     The proxy stops by itself after ``lifetime`` seconds or ``max_requests`` requests;
     delays are capped at ``max_delay`` and end early when the proxy stops; idle
@@ -35,6 +39,7 @@ from __future__ import annotations
 
 import http.client
 import socket
+import ssl
 import struct
 import threading
 from collections.abc import Callable
@@ -153,6 +158,9 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     proxy: FaultProxy
 
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # a refused TLS handshake (no or wrong client certificate) is expected in the TLS tests
+
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -228,6 +236,7 @@ class FaultProxy:
         max_requests: int = 5000,
         max_delay: float = 60.0,
         upstream_timeout: float = 120.0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         parts = urlsplit(upstream_base_url)
         if parts.scheme != "http" or parts.hostname not in (LOOPBACK, "localhost") or parts.port is None:
@@ -242,13 +251,19 @@ class FaultProxy:
         self._stopped = threading.Event()
         self._server = _Server((LOOPBACK, 0), _Handler)
         self._server.proxy = self
+        self.scheme = "http"
+        if tls is not None:
+            # TLS termination, as a hospital's gateway does: the proxy holds the certificate
+            # (and, for mutual TLS, a context that requires the client's), the upstream is plain HTTP.
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
+            self.scheme = "https"
         self.port: int = self._server.server_address[1]
         self._thread: threading.Thread | None = None
         self._timer: threading.Timer | None = None
 
     @property
     def base_url(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}{self.base_path}"
+        return f"{self.scheme}://{LOOPBACK}:{self.port}{self.base_path}"
 
     def is_transaction(self, request: ProxyRequest) -> bool:
         """A predicate for :meth:`inject`: POST to the FHIR base (a transaction or batch)."""

@@ -1,0 +1,55 @@
+"""KeyedPool: bounded concurrency, per-key order, a failure never blocks the others."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from ims_fhir.client.keyed_pool import KeyedPool
+
+
+def test_bounded_in_flight_and_one_key_at_a_time_in_order() -> None:
+    lock = threading.Lock()
+    running: list[str] = []
+    peak = 0
+    order: dict[str, list[int]] = {}
+    done: list[int] = []
+
+    def job(key: str, n: int) -> int:
+        nonlocal peak
+        with lock:
+            assert key not in running  # never two jobs of one key at once
+            running.append(key)
+            peak = max(peak, len(running))
+            order.setdefault(key, []).append(n)
+        time.sleep(0.01)
+        with lock:
+            running.remove(key)
+        return n
+
+    pool: KeyedPool[int] = KeyedPool(3, on_done=done.append)
+    for n in range(40):
+        key = f"patient-{n % 5}"
+        pool.submit([key], lambda k=key, i=n: job(k, i))  # type: ignore[misc]
+    pool.close()
+    assert sorted(done) == list(range(40))
+    assert peak <= 3 and peak >= 2
+    for key, numbers in order.items():
+        assert numbers == sorted(numbers), key  # submission order kept per key
+
+
+def test_a_failing_job_does_not_block_others_and_is_reraised() -> None:
+    done: list[int] = []
+    pool: KeyedPool[int] = KeyedPool(2, on_done=done.append)
+
+    def boom() -> int:
+        raise RuntimeError("target down")
+
+    pool.submit(["a"], boom)
+    for n in range(5):
+        pool.submit(["a" if n == 0 else "b"], lambda i=n: i)  # type: ignore[misc]
+    with pytest.raises(RuntimeError, match="target down"):
+        pool.close()
+    assert sorted(done) == [0, 1, 2, 3, 4]

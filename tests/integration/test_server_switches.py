@@ -1,0 +1,163 @@
+"""Servers that support less: the test server with ``--ims.disable=...``, and push adapting.
+
+A hospital server may lack transactions or conditional create/update; the test server is
+made to lack them too (nothing else changes): its CapabilityStatement no longer declares
+them and using them anyway answers 501 with an OperationOutcome. ``ims-fhir push`` reads
+the CapabilityStatement and adapts (entries one by one in dependency order; search, then
+PUT with If-Match or create, where conditional update is missing). Shown for both servers:
+the examples and generated records land exactly once, a second push changes nothing, and
+an edited record is updated in place (same id, version 2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import requests
+
+from ims_fhir.dev import hapi as devserver
+from ims_fhir.dev.synthetic.cli import main as synthetic_main
+from ims_fhir.errors import ToolchainError
+from tests.conftest import EXAMPLES, SOURCE, output_resources
+
+from .test_push import counts, search
+
+HEADERS = {"Accept": "application/fhir+json", "Content-Type": "application/fhir+json"}
+SYSTEM = "https://clinic.example.org/ims/patient"
+MODES = {"no-transaction": "transaction", "no-conditional": "conditional-update,conditional-create"}
+
+
+@pytest.fixture(scope="module", params=sorted(MODES))
+def reduced_server(
+        request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """(mode, FHIR base) of a server started with ``--ims.disable=<MODES[mode]>``."""
+    logs = tmp_path_factory.mktemp(f"reduced-{request.param}")
+    failure = None
+    try:
+        artifact = devserver.build(log_path=logs / "build.log")
+        server = devserver.start(log_path=logs / "hapi.log", artifact=artifact,
+                                 server_args=[f"--ims.disable={MODES[request.param]}"])
+    except ToolchainError as exc:
+        failure = str(exc)
+    if failure is not None:
+        pytest.fail(failure, pytrace=False)
+    try:
+        yield request.param, server.base_url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def http() -> Iterator[requests.Session]:
+    with requests.Session() as s:
+        s.trust_env = False
+        s.headers.update(HEADERS)
+        yield s
+
+
+def patient(value: str) -> dict[str, Any]:
+    return {"resourceType": "Patient", "identifier": [{"system": SYSTEM, "value": value}], "gender": "unknown"}
+
+
+def bundle(kind: str, *entries: dict[str, Any]) -> dict[str, Any]:
+    return {"resourceType": "Bundle", "type": kind, "entry": list(entries)}
+
+
+def test_capability_statement_no_longer_declares_them(reduced_server: tuple[str, str], http: requests.Session) -> None:
+    mode, base = reduced_server
+    statement = http.get(f"{base}/metadata", timeout=60).json()
+    (rest,) = statement["rest"]
+    has_transaction = "transaction" in {i["code"] for i in rest.get("interaction", [])}
+    patient_type = next(r for r in rest["resource"] if r["type"] == "Patient")
+    if mode == "no-transaction":
+        assert not has_transaction and patient_type["conditionalUpdate"] is True
+    else:
+        assert has_transaction and patient_type["conditionalCreate"] is False
+        assert patient_type["conditionalUpdate"] is False
+
+
+def test_using_them_anyway_is_501_with_an_operation_outcome(
+        reduced_server: tuple[str, str], http: requests.Session) -> None:
+    mode, base = reduced_server
+    value = f"sw-{mode}"
+    if mode == "no-transaction":
+        entry = {"resource": patient(value), "request": {"method": "POST", "url": "Patient"}}
+        refused = [http.post(base, json=bundle("transaction", entry), timeout=60)]
+    else:
+        refused = [
+            http.put(f"{base}/Patient", params={"identifier": f"{SYSTEM}|{value}"}, json=patient(value), timeout=60),
+            http.post(f"{base}/Patient", json=patient(value), timeout=60,
+                      headers={"If-None-Exist": f"identifier={SYSTEM}|{value}"}),
+            http.post(base, timeout=60, json=bundle("transaction", {"resource": patient(value), "request": {
+                "method": "PUT", "url": f"Patient?identifier={SYSTEM}|{value}"}})),
+        ]
+    for response in refused:
+        assert response.status_code == 501, response.text[:300]
+        outcome = response.json()
+        assert outcome["resourceType"] == "OperationOutcome"
+        assert "disabled on this server" in outcome["issue"][0]["diagnostics"]
+    hits = http.get(f"{base}/Patient", params={"identifier": f"{SYSTEM}|{value}"}, timeout=60).json()
+    assert hits.get("total", 0) == 0  # nothing of it was stored
+    batch = http.post(base, timeout=60, json=bundle("batch", {"resource": patient(value + "-b"), "request": {
+        "method": "POST", "url": "Patient"}}))
+    assert batch.status_code == 200 and batch.json()["entry"][0]["response"]["status"].startswith("201")
+
+
+def _expected(run_cli: Any, tmp_path: Path, source: Path, *extra: str) -> dict[str, int]:
+    out = tmp_path / f"expected-{source.stem}"
+    assert run_cli("convert", source, "--out", out, *extra).code == 0
+    return {t: len(rs) for t, rs in output_resources(out).items()}
+
+
+def test_push_adapts_exactly_once_idempotent_edits_in_place(
+        reduced_server: tuple[str, str], run_cli: Any, tmp_path: Path) -> None:
+    _, base = reduced_server
+    empty = counts(base)  # the test before may have left a Patient or two of its own
+    first = run_cli("push", EXAMPLES / "clinic.json", "--server", base, "--json")
+    assert first.code == 0, first.err
+    summary = orjson.loads(first.out)
+    assert summary["failed_records"] == 0 and summary["created"] > 200
+    expected = _expected(run_cli, tmp_path, EXAMPLES / "clinic.json")
+    added = {t: counts(base)[t] - empty[t] for t in expected}
+    assert added == expected
+
+    second = orjson.loads(run_cli("push", EXAMPLES / "clinic.json", "--server", base, "--json").out)
+    assert second["created"] == 0 and second["updated"] == 0 and second["unchanged"] == summary["sent"]
+    assert {t: counts(base)[t] - empty[t] for t in expected} == expected
+
+    doc = orjson.loads((EXAMPLES / "clinic.json").read_bytes())
+    treatment = doc["treatments"][0]
+    (procedure,) = search(base, "Procedure", identifier=f"{SOURCE['system_base']}/treatment|{treatment['id']}")
+    treatment["notes"] = "Edited after the session, pushed to a server that supports less."
+    edited = tmp_path / "edited.json"
+    edited.write_bytes(orjson.dumps({**doc, "treatments": [treatment]}))
+    third = orjson.loads(run_cli("push", edited, "--server", base, "--json").out)
+    assert third["by_type"]["Procedure"] == {"updated": 1}
+    (after,) = search(base, "Procedure", identifier=f"{SOURCE['system_base']}/treatment|{treatment['id']}")
+    assert after["id"] == procedure["id"] and after["meta"]["versionId"] == str(int(procedure["meta"]["versionId"]) + 1)
+
+
+def test_generated_records_land_exactly_once(reduced_server: tuple[str, str], run_cli: Any, tmp_path: Path) -> None:
+    _, base = reduced_server
+    export = tmp_path / "generated.json"
+    assert synthetic_main(["export", "--patients", "6", "--seed", "41", "--format", "json", "--out", str(export)]) == 0
+    pushed = run_cli("push", export, "--server", base, "--json")
+    assert pushed.code == 0, pushed.err
+    assert orjson.loads(pushed.out)["failed_records"] == 0
+    after_first = counts(base)
+    again = orjson.loads(run_cli("push", export, "--server", base, "--json").out)
+    assert again["created"] == 0 and again["updated"] == 0 and again["failed_records"] == 0
+    assert counts(base) == after_first
+    # Exactly one resource per business identifier (ids may coincide with the examples'
+    # records pushed before: those are then updated, never duplicated).
+    out = tmp_path / "generated-out"
+    assert run_cli("convert", export, "--out", out).code == 0
+    for rtype in ("Patient", "Procedure", "Encounter"):
+        for resource in output_resources(out)[rtype]:
+            ident = resource["identifier"][0]
+            hits = search(base, rtype, identifier=f"{ident['system']}|{ident['value']}")
+            assert len(hits) == 1, (rtype, ident)
