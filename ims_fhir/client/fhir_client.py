@@ -96,7 +96,7 @@ def _has_if_match(bundle: Resource) -> bool:
 
 
 #: how HAPI words a conditional match that found several resources (HAPI-0958, HAPI-2207)
-_SEVERAL_MATCHES = re.compile(r"matched \d+ resources|multiple (resources|matches)|HAPI-0958|HAPI-2207", re.I)
+_SEVERAL_MATCHES = re.compile(r"matched \d+ resources|multiple (resources|matches)|HAPI-0958|HAPI-2207", re.IGNORECASE)
 
 
 def _names_several_matches(exc: FhirConflictError) -> bool:
