@@ -29,6 +29,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
+from ..fhir.diff import FieldChange
+
 STATES = ("queued", "sending", "synced", "failed", "dead")
 
 #: order in which record kinds are sent: what others refer to goes first
@@ -260,18 +262,6 @@ class Identity:
         return {"target": self.target, "resourceType": self.resource_type, "system": self.system,
                 "value": self.value, "server_id": self.server_id, "version": self.version, "owner": self.owner,
                 "record_type": self.record_type, "record_id": self.record_id, "updated_at": self.updated_at}
-
-
-@dataclass(frozen=True, slots=True)
-class FieldChange:
-    """One difference between the clinic's and the server's version, at a FHIRPath-like ``path``."""
-
-    path: str
-    clinic: Any
-    server: Any
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "clinic": self.clinic, "server": self.server}
 
 
 @dataclass(frozen=True, slots=True)
