@@ -24,6 +24,7 @@ on their identifiers, everything else a conditional update on its business ident
 
 from __future__ import annotations
 
+import contextlib
 import re
 import tempfile
 from dataclasses import dataclass, field
@@ -62,18 +63,24 @@ class PushSummary:
     created: int = 0
     updated: int = 0
     unchanged: int = 0
+    #: entries of resources that were on the server before (matched by health number, MRN):
+    #: referenced, never written (issue 9's ``kept (server-owned)``)
+    kept: int = 0
+    #: records not written because the server's version moved since the adapter wrote it
+    conflicts: int = 0
     failed_records: int = 0
     rejected_records: int = 0
     by_type: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def exit_code(self) -> int:
-        return 1 if (self.failed_records or self.rejected_records) else 0
+        return 1 if (self.failed_records or self.rejected_records or self.conflicts) else 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "bundles": self.bundles, "sent": self.entries, "created": self.created, "updated": self.updated,
-            "unchanged": self.unchanged, "failed_records": self.failed_records,
+            "unchanged": self.unchanged, "kept (server-owned)": self.kept, "conflicts": self.conflicts,
+            "failed_records": self.failed_records,
             "rejected_records": self.rejected_records,
             "by_type": {t: dict(sorted(c.items())) for t, c in sorted(self.by_type.items())},
         }
@@ -158,6 +165,8 @@ class EntryResult:
     status: int
     resource_id: str | None = None
     version_id: str | None = None
+    #: the entry's business identifier (system, value), when it has one
+    identifier: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,15 +200,22 @@ def _entry_results(bundle: dict[str, Any], response: Any) -> list[EntryResult]:
         else:
             outcome = "updated"
         resource = entry["resource"]
+        ident = (resource.get("identifier") or [{}])[0]
         results.append(EntryResult(
-            record=record_key((resource.get("identifier") or [{}])[0]), resource_type=resource["resourceType"],
+            record=record_key(ident), resource_type=resource["resourceType"],
             method=method, outcome=outcome, status=parsed.status, resource_id=parsed.resource_id,
-            version_id=parsed.version_id))
+            version_id=parsed.version_id,
+            identifier=(ident["system"], ident["value"]) if ident.get("system") and ident.get("value") else None))
     return results
 
 
-def deliver(client: FhirClient, bundle: dict[str, Any]) -> Delivery:
+def deliver(client: FhirClient, bundle: dict[str, Any],
+            prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> Delivery:
     """Send one transaction Bundle; when the server refuses it (4xx), send each record's part alone.
+
+    ``prepare`` turns each Bundle actually sent (the whole one, then each part) into its final
+    form, e.g. with its Provenance (:func:`ims_fhir.mapping.provenance.with_provenance`): the parts
+    are cut from the Bundle as given, so entries that refer to every other one stay out of the split.
 
     The one sending engine of ``ims-fhir push`` and the sync worker. Errors that concern the
     whole target rather than a record (connection, 5xx/429 after the client's retries,
@@ -207,8 +223,10 @@ def deliver(client: FhirClient, bundle: dict[str, Any]) -> Delivery:
     :class:`Rejection` carrying the server's error (status and OperationOutcome issues).
     """
     delivery = Delivery()
+    final = prepare or (lambda b: b)
+    sent = final(bundle)
     try:
-        response = client.transaction(bundle)
+        response = client.transaction(sent)
     except FhirAuthError:
         raise
     except (FhirClientSideError, FhirAmbiguousMatchError) as exc:
@@ -217,6 +235,7 @@ def deliver(client: FhirClient, bundle: dict[str, Any]) -> Delivery:
             delivery.rejections.append(Rejection([k for keys, _ in parts for k in keys], bundle, exc))
             return delivery
         for keys, part in parts:
+            part = final(part)
             try:
                 delivery.entries.extend(_entry_results(part, client.transaction(part)))
             except FhirAuthError:
@@ -224,7 +243,7 @@ def deliver(client: FhirClient, bundle: dict[str, Any]) -> Delivery:
             except (FhirClientSideError, FhirAmbiguousMatchError) as part_exc:
                 delivery.rejections.append(Rejection(keys, part, part_exc))
         return delivery
-    delivery.entries.extend(_entry_results(bundle, response))
+    delivery.entries.extend(_entry_results(sent, response))
     return delivery
 
 
@@ -255,23 +274,51 @@ def issues_as_dicts(exc: FhirError) -> list[dict[str, Any]]:
 
 
 class Pusher:
-    """Sends transaction Bundles with :func:`deliver`, tallies outcomes, reports failing records."""
+    """Sends transaction Bundles, tallies outcomes, reports failing records.
 
-    def __init__(self, client: FhirClient, summary: PushSummary, report: Callable[[dict[str, Any]], None]) -> None:
+    With a ``sync`` (:class:`ims_fhir.sync.reconcile.TargetSync`) every Bundle goes through the
+    target's identity map, ownership, If-Match and Provenance; without one, straight to :func:`deliver`.
+    """
+
+    def __init__(self, client: FhirClient, summary: PushSummary, report: Callable[[dict[str, Any]], None],
+                 sync: Any = None) -> None:
         self.client = client
         self.summary = summary
         self.report = report
+        self.sync = sync
         self._reported: set[tuple[str, str]] = set()
 
     def push(self, bundle: dict[str, Any]) -> None:
         self.summary.bundles += 1
-        delivery = deliver(self.client, bundle)
-        for result in delivery.entries:
-            self.summary.entries += 1
-            setattr(self.summary, result.outcome, getattr(self.summary, result.outcome) + 1)
+        if self.sync is None:
+            delivery = deliver(self.client, bundle)
+            entries, rejections = delivery.entries, delivery.rejections
+        else:
+            sent = self.sync.send(bundle)
+            entries, rejections = sent.entries, sent.rejections
+            for conflict in sent.conflicts:
+                self.summary.conflicts += 1
+                record = conflict.record or ("resource", conflict.resource)
+                self.report({
+                    "records": [{"record_type": record[0], "id": record[1]}], "status": 409, "conflict": conflict.conflict_id,
+                    "error": f"conflict {conflict.conflict_id}: {conflict.resource} was edited on the server (version "
+                             f"{conflict.server_version}, last written by the adapter: {conflict.base_version}); "
+                             "not overwritten: resolve with `ims-fhir conflicts`",
+                    "issues": []})
+            for unresolved in sent.unresolved:
+                new = [k for k in unresolved.records if k not in self._reported]
+                self._reported.update(new)
+                self.summary.failed_records += len(new) or 1
+                self.report({"records": [{"record_type": t, "id": i} for t, i in unresolved.records], "status": None,
+                             "error": unresolved.reason, "issues": []})
+        for result in entries:
+            outcome = "kept" if result.outcome == "kept (server-owned)" else result.outcome
+            if outcome not in ("kept", "unchanged") or result.method != "-":
+                self.summary.entries += 1
+            setattr(self.summary, outcome, getattr(self.summary, outcome) + 1)
             counts = self.summary.by_type.setdefault(result.resource_type, {})
             counts[result.outcome] = counts.get(result.outcome, 0) + 1
-        for rejection in delivery.rejections:
+        for rejection in rejections:
             self._failed(rejection)
 
     def _failed(self, rejection: Rejection) -> None:
@@ -356,6 +403,11 @@ class PushOptions:
     bundle_size: int = 200
     dry_run: bool = False
     convert: ConvertOptions | None = None
+    #: the local state file (identity map, conflicts, audit); None: the default location
+    #: (:func:`ims_fhir.sync.push_state.default_state_path`)
+    state_path: Path | None = None
+    #: False: no state, no ownership or If-Match (the engine of before issue 9)
+    use_state: bool = True
 
 
 def iter_bundles(paths: list[Path], options: PushOptions, workdir: Path,
@@ -429,9 +481,16 @@ def push(paths: list[Path], client_config: ClientConfig | None, options: PushOpt
             return summary
         if client_config is None:
             raise UsageError("--server is required (or use --dry-run)")
-        with FhirClient(client_config, session=session) as client:
+        with FhirClient(client_config, session=session) as client, contextlib.ExitStack() as stack:
             client.require(push_requirements(RESOURCE_TYPES, conditional_update=True))
-            pusher = Pusher(client, summary, report)
+            sync = None
+            if options.use_state:
+                from .sync.push_state import PushState, default_state_path
+                from .sync.reconcile import TargetSync
+
+                state = stack.enter_context(PushState(options.state_path or default_state_path()))
+                sync = TargetSync(client, state, client.base_url)
+            pusher = Pusher(client, summary, report, sync)
             for bundle in bundles:
                 pusher.push(bundle)
                 if progress is not None:

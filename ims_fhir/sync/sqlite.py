@@ -85,7 +85,8 @@ CREATE TABLE IF NOT EXISTS conflict (
     id INTEGER PRIMARY KEY, target TEXT NOT NULL, resource_type TEXT NOT NULL, server_id TEXT NOT NULL,
     record_type TEXT, record_id TEXT, base_version TEXT, server_version TEXT,
     clinic_resource BLOB NOT NULL, server_resource BLOB, diff BLOB NOT NULL,
-    state TEXT NOT NULL, resolution TEXT, detected_at REAL NOT NULL, resolved_at REAL, detail TEXT
+    state TEXT NOT NULL, resolution TEXT, detected_at REAL NOT NULL, resolved_at REAL, detail TEXT,
+    clinic_hash TEXT
 );
 CREATE INDEX IF NOT EXISTS conflict_state ON conflict (state, target, id);
 CREATE TABLE IF NOT EXISTS audit (
@@ -141,6 +142,18 @@ class SQLiteTargetState:
                 [(i.target, i.resource_type, i.system, i.value, i.server_id, i.version, i.owner, i.content_hash,
                   i.record_type, i.record_id, now) for i in identities])
 
+    def identity_by_server_id(self, target: str, resource_type: str, server_id: str) -> Identity | None:
+        with self._tx(write=False) as db:
+            row = _query(db, "SELECT * FROM identity WHERE target=? AND resource_type=? AND server_id=? "
+                             "ORDER BY owner, system LIMIT 1", (target, resource_type, server_id)).fetchone()
+        return _identity(row) if row else None
+
+    def set_content_hash(self, target: str, resource_type: str, system: str, value: str,
+                         content_hash: str | None) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE identity SET content_hash=? WHERE target=? AND resource_type=? AND system=? AND value=?",
+                       (content_hash, target, resource_type, system, value))
+
     def forget_identities(self, target: str) -> int:
         with self._tx() as db:
             return int(db.execute("DELETE FROM identity WHERE target=?", (target,)).rowcount)
@@ -148,19 +161,20 @@ class SQLiteTargetState:
     def open_conflict(self, conflict: Conflict, *, now: float) -> int:
         values = (conflict.record_type, conflict.record_id, conflict.base_version, conflict.server_version,
                   orjson.dumps(conflict.clinic_resource), _dumps(conflict.server_resource),
-                  orjson.dumps([c.as_dict() for c in conflict.diff]), conflict.detail)
+                  orjson.dumps([c.as_dict() for c in conflict.diff]), conflict.detail, conflict.clinic_hash)
         with self._tx() as db:
             row = db.execute("SELECT id FROM conflict WHERE target=? AND resource_type=? AND server_id=? "
                              "AND state='open'", (conflict.target, conflict.resource_type, conflict.server_id)).fetchone()
             if row:
                 db.execute("UPDATE conflict SET record_type=?, record_id=?, base_version=?, server_version=?, "
-                           "clinic_resource=?, server_resource=?, diff=?, detail=?, detected_at=? WHERE id=?",
+                           "clinic_resource=?, server_resource=?, diff=?, detail=?, clinic_hash=?, detected_at=? "
+                           "WHERE id=?",
                            (*values, now, row[0]))
                 return int(row[0])
             cur = db.execute(
                 "INSERT INTO conflict (target, resource_type, server_id, record_type, record_id, base_version, "
-                "server_version, clinic_resource, server_resource, diff, detail, state, detected_at) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,'open',?)",
+                "server_version, clinic_resource, server_resource, diff, detail, clinic_hash, state, detected_at) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,'open',?)",
                 (conflict.target, conflict.resource_type, conflict.server_id, *values, now))
             return int(cur.lastrowid or 0)
 
@@ -246,7 +260,7 @@ def _conflict(r: sqlite3.Row) -> Conflict:
                     server_resource=orjson.loads(r["server_resource"]) if r["server_resource"] else None,
                     diff=[FieldChange(**c) for c in orjson.loads(r["diff"])], state=r["state"],
                     resolution=r["resolution"], detected_at=r["detected_at"], resolved_at=r["resolved_at"],
-                    detail=r["detail"])
+                    detail=r["detail"], clinic_hash=r["clinic_hash"])
 
 
 #: main resource type of each record kind (its id and version are the record's "server id")
@@ -464,7 +478,7 @@ class SQLiteOutbox(SQLiteTargetState):
                 _, _, attempts, current = row
                 key = (target, res.record_type, res.record_id)
                 outcome = orjson.dumps(res.outcome) if res.outcome is not None else None
-                if res.kind == "synced":
+                if res.kind in ("synced", "kept"):
                     primary = next((r for r in res.resources if r.get("resourceType") == _PRIMARY.get(res.record_type)),
                                    res.resources[0] if res.resources else {})
                     stale = current != res.revision
@@ -473,13 +487,21 @@ class SQLiteOutbox(SQLiteTargetState):
                         "http_status=NULL, error=NULL, outcome=NULL, lease_owner=NULL, lease_until=NULL, "
                         "next_attempt_at=?, attempts=CASE WHEN ? THEN 0 ELSE attempts END, updated_at=?, synced_at=? "
                         "WHERE target=? AND record_type=? AND record_id=?",
-                        ("queued" if stale else "synced", res.revision, primary.get("id"), primary.get("version"),
+                        ("queued" if stale else res.kind, res.revision, primary.get("id"), primary.get("version"),
                          orjson.dumps(res.resources), now, stale, now, now, *key))
-                    self._event(db, now, target, res.record_type, res.record_id, res.revision, "synced",
-                                f"{primary.get('resourceType')}/{primary.get('id')} version {primary.get('version')}")
+                    what = f"{primary.get('resourceType')}/{primary.get('id')} version {primary.get('version')}"
+                    self._event(db, now, target, res.record_type, res.record_id, res.revision, res.kind,
+                                what + (" (server-owned: referenced, never written)" if res.kind == "kept" else ""))
                     if stale:
                         self._event(db, now, target, res.record_type, res.record_id, current, "queued", "changed")
                     self._count(db, "sent", target)
+                elif res.kind == "conflict":
+                    db.execute("UPDATE delivery SET state='conflict', http_status=?, error=?, outcome=?, "
+                               "lease_owner=NULL, lease_until=NULL, updated_at=? "
+                               "WHERE target=? AND record_type=? AND record_id=?",
+                               (res.status, res.error, outcome, now, *key))
+                    self._event(db, now, target, res.record_type, res.record_id, res.revision, "conflict", res.error)
+                    self._count(db, "conflicts", target)
                 elif res.kind == "rejected":
                     db.execute("UPDATE delivery SET state='failed', http_status=?, error=?, outcome=?, lease_owner=NULL, "
                                "lease_until=NULL, updated_at=? WHERE target=? AND record_type=? AND record_id=?",
@@ -513,6 +535,23 @@ class SQLiteOutbox(SQLiteTargetState):
         self._count(db, "latency_sum", target, seconds)
 
     # -- replay ---------------------------------------------------------------------
+
+    def settle_conflict(self, target: str, record_type: str, record_id: str, *, state: str, detail: str,
+                        now: float) -> bool:
+        """After a conflict's resolution: its delivery leaves ``conflict`` for ``state`` (``synced``, or
+        ``queued`` to send the clinic's new revision). False when the delivery is not in conflict."""
+        with self._tx() as db:
+            row = db.execute("SELECT r.revision FROM delivery d JOIN record r ON r.record_type=d.record_type "
+                             "AND r.record_id=d.record_id WHERE d.target=? AND d.record_type=? AND d.record_id=? "
+                             "AND d.state='conflict'", (target, record_type, record_id)).fetchone()
+            if row is None:
+                return False
+            db.execute("UPDATE delivery SET state=?, http_status=NULL, error=NULL, outcome=NULL, attempts=0, "
+                       "next_attempt_at=?, updated_at=?, synced_at=CASE WHEN ?='synced' THEN ? ELSE synced_at END "
+                       "WHERE target=? AND record_type=? AND record_id=?",
+                       (state, now, now, state, now, target, record_type, record_id))
+            self._event(db, now, target, record_type, record_id, row[0], state, detail)
+            return True
 
     def retry(self, record_type: str, record_id: str, *, now: float, target: str | None = None) -> int:
         return self._requeue("record_type=? AND record_id=? AND state IN ('failed','dead')", (record_type, record_id),

@@ -12,6 +12,11 @@ Terms:
                (the worker died) makes the delivery claimable again
   ``synced``   the server holds the record's revision ``synced_revision``; ``resources``
                lists the server's ids and versions of its resources
+  ``kept``     the record's resource was on the server before (a hospital's Patient matched
+               by health number): it is the server's, referenced and never written
+               ("kept (server-owned)"); final like ``synced``
+  ``conflict`` the server's version moved since the adapter wrote it (edited at the hospital):
+               not overwritten; a conflict is recorded (:class:`TargetState`) until resolved
   ``failed``   the server refused the record (4xx); ``outcome`` holds its OperationOutcome.
                Not retried on its own: fix and re-post the record, or ask for a retry
   ``dead``     transient failures (connection, 5xx, 429) went on past the retry limit
@@ -31,7 +36,7 @@ from typing import Any, Callable, Protocol
 
 from ..fhir.diff import FieldChange
 
-STATES = ("queued", "sending", "synced", "failed", "dead")
+STATES = ("queued", "sending", "synced", "kept", "conflict", "failed", "dead")
 
 #: order in which record kinds are sent: what others refer to goes first
 KIND_RANK = {"practitioner": 0, "patient": 0, "assessment": 1, "treatment": 2}
@@ -80,8 +85,10 @@ class Claimed:
 class Result:
     """What happened to one claimed delivery.
 
-    ``kind``: ``synced`` (``resources`` = server ids and versions), ``rejected`` (the server
-    refused it: ``status`` + ``outcome``), ``transient`` (worth another try later).
+    ``kind``: ``synced`` (``resources`` = server ids and versions), ``kept`` (the same, for a
+    server-owned resource that was referenced, not written), ``conflict`` (not written: the
+    server's version moved; ``error`` names the conflict), ``rejected`` (the server refused it:
+    ``status`` + ``outcome``), ``transient`` (worth another try later).
     """
 
     record_type: str
@@ -284,6 +291,8 @@ class Conflict:
     detected_at: float
     resolved_at: float | None = None
     detail: str | None = None
+    #: content hash of the clinic's version (what ``dismiss`` and ``resend`` remember as written)
+    clinic_hash: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {"id": self.id, "target": self.target, "resourceType": self.resource_type, "server_id": self.server_id,
@@ -329,6 +338,12 @@ class TargetState(Protocol):
 
     def put_identities(self, identities: list[Identity], *, now: float) -> None:
         """Insert or replace, by (target, resource type, system, value)."""
+
+    def identity_by_server_id(self, target: str, resource_type: str, server_id: str) -> Identity | None: ...
+
+    def set_content_hash(self, target: str, resource_type: str, system: str, value: str,
+                         content_hash: str | None) -> None:
+        """Set (or clear, with None) the content hash last written of one identity."""
 
     def forget_identities(self, target: str) -> int:
         """Drop a target's identity map (it is rebuilt by searching); returns how many."""

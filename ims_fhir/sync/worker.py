@@ -39,6 +39,7 @@ from ..errors import FhirError, UsageError
 from ..fhir.bundles import BundlePacker, group_from_bytes
 from ..mapping.context import Resource
 from ..push import deliver, issues_as_dicts, record_key, rejected_records
+from .reconcile import KEPT, Sent, TargetSync
 from .store import Claimed, Outbox, Result
 
 log = logging.getLogger("ims_fhir.sync")
@@ -131,6 +132,7 @@ class SyncWorker:
         self.owner = owner or new_owner()
         self._client_factory = client_factory or (lambda target: FhirClient(target.client))
         self._clients: dict[str, FhirClient] = {}
+        self._syncs: dict[str, TargetSync] = {}
 
     def client(self, target: Target) -> FhirClient:
         client = self._clients.get(target.name)
@@ -142,6 +144,7 @@ class SyncWorker:
         for client in self._clients.values():
             client.close()
         self._clients.clear()
+        self._syncs.clear()
 
     # -- one round ----------------------------------------------------------------------
 
@@ -188,9 +191,15 @@ class SyncWorker:
             latency: float | None = None
             if down is None:
                 try:
-                    delivery = deliver(self.client(target), bundle)
-                    latency = time.monotonic() - started
-                    results = self._results(keys, by_key, delivery)
+                    sync = self.target_sync(target)
+                    if sync is not None:
+                        sent = sync.send(bundle)
+                        latency = time.monotonic() - started
+                        results = self._results_sent(keys, by_key, sent)
+                    else:
+                        delivery = deliver(self.client(target), bundle)
+                        latency = time.monotonic() - started
+                        results = self._results(keys, by_key, delivery)
                 except FhirError as exc:  # the target, not a record: try again later
                     down = exc
                     log.warning("target %s: send failed (%s): %d records queued for a later attempt",
@@ -209,6 +218,56 @@ class SyncWorker:
                                  owner=self.owner, now=self.clock(), max_attempts=self.options.max_attempts,
                                  backoff_base=self.options.backoff_base, backoff_cap=self.options.backoff_cap,
                                  latency=None)
+
+    def target_sync(self, target: Target) -> TargetSync | None:
+        """Identity map, ownership, If-Match, conflicts and Provenance for a target, when the
+        outbox keeps the per-target state (:class:`~ims_fhir.sync.store.TargetState`)."""
+        if not all(hasattr(self.outbox, m) for m in ("identity", "open_conflict", "add_audit")):
+            return None
+        sync = self._syncs.get(target.name)
+        if sync is None:
+            sync = self._syncs[target.name] = TargetSync(self.client(target), self.outbox,  # type: ignore[arg-type]
+                                                         target.name, clock=self.clock)
+        return sync
+
+    @staticmethod
+    def _results_sent(keys: list[tuple[str, str]], by_key: dict[tuple[str, str], Claimed], sent: Sent) -> list[Result]:
+        unresolved = {k: u.reason for u in sent.unresolved for k in u.records}
+        conflicts = {c.record: c for c in sent.conflicts if c.record is not None}
+        resources: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for entry in sent.entries:
+            if entry.record in by_key:
+                resources.setdefault(entry.record, []).append({
+                    "resourceType": entry.resource_type, "id": entry.resource_id, "version": entry.version_id,
+                    "outcome": entry.outcome})
+        refused: dict[tuple[str, str], FhirError] = {}
+        for rejection in sent.rejections:
+            for key in rejected_records(rejection):
+                refused.setdefault(key, rejection.error)
+        results = []
+        for key in keys:
+            revision = by_key[key].revision
+            if key in unresolved:
+                outcome = {"resourceType": "OperationOutcome", "issue": [
+                    {"severity": "error", "code": "not-found", "diagnostics": unresolved[key]}]}
+                results.append(Result(key[0], key[1], "rejected", revision, error=unresolved[key], outcome=outcome))
+            elif key in conflicts:
+                c = conflicts[key]
+                error = (f"conflict {c.conflict_id}: {c.resource} was edited on the server (version {c.server_version}, "
+                         f"last written {c.base_version}); not overwritten")
+                results.append(Result(key[0], key[1], "conflict", revision, status=409, error=error))
+            elif key in refused:
+                err = refused[key]
+                results.append(Result(key[0], key[1], "rejected", revision, status=_status_of(err), error=str(err),
+                                      outcome=_outcome_of(err)))
+            elif key in resources:
+                kept = all(r["outcome"] == KEPT for r in resources[key])
+                results.append(Result(key[0], key[1], "kept" if kept else "synced", revision,
+                                      resources=resources[key]))
+            else:
+                results.append(Result(key[0], key[1], "transient", revision,
+                                      error="not sent: its Bundle part failed for another record"))
+        return results
 
     @staticmethod
     def _results(keys: list[tuple[str, str]], by_key: dict[tuple[str, str], Claimed], delivery: Any) -> list[Result]:
