@@ -15,6 +15,12 @@ Patient or Practitioner changed since then names its record, that record is fetc
 (a changed finding brings back its whole assessment), and only those records are written
 (the rest of what is fetched only resolves references). The resources then go through
 the same import as ``ims-fhir import`` (:mod:`ims_fhir.importer`).
+
+Provenance: every search also asks for the ``Provenance`` resources that target what it
+finds (``_revinclude=Provenance:target``). They are not records; pull records them beside
+the output, in ``NAME.provenance.ndjson``: one line per imported resource that has any, with
+the record it belongs to and each Provenance's id, time, activity, agents and the version
+it names (:func:`provenance_lines`).
 """
 
 from __future__ import annotations
@@ -28,11 +34,12 @@ import orjson
 
 from .client import ClientConfig, FhirClient, on_type
 from .errors import UsageError
-from .importer import ImportOptions, ImportSummary, import_fhir
+from .importer import ImportOptions, ImportSummary, import_fhir, output_paths
 from .push import record_key
 from .terminology import Terminology, default_terminology
 
 _PROCEDURE_INCLUDES = ["Procedure:subject", "Procedure:performer", "Procedure:encounter", "Procedure:reason-reference"]
+_PROVENANCE = ("_revinclude", "Provenance:target")
 _PANEL_INCLUDES = ["Observation:has-member", "Observation:subject", "Observation:performer", "Observation:encounter"]
 
 
@@ -54,18 +61,27 @@ def _codes(term: Terminology, *keys: str) -> str:
 
 
 class _Collector:
-    """Resources fetched, once each, written to an NDJSON file for the import."""
+    """Resources fetched, once each, written to an NDJSON file for the import; Provenance apart."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._fh = path.open("wb")
         self.seen: set[str] = set()
+        self.provenance: dict[str, dict[str, Any]] = {}
+        #: "Type/id" -> (record_type, record_id) of the resources written for the import
+        self.records: dict[str, tuple[str, str]] = {}
 
     def add(self, resource: dict[str, Any]) -> None:
         key = f"{resource.get('resourceType')}/{resource.get('id')}"
+        if resource.get("resourceType") == "Provenance":
+            self.provenance.setdefault(key, resource)
+            return
         if key not in self.seen:
             self.seen.add(key)
             self._fh.write(orjson.dumps(resource) + b"\n")
+            record = record_key((resource.get("identifier") or [{}])[0])
+            if record is not None:
+                self.records[key] = record
 
     def close(self) -> None:
         self._fh.close()
@@ -101,22 +117,52 @@ def pull(config: ClientConfig, options: PullOptions, *, terminology: Terminology
             if options.since is None:
                 for res in _search(client, "Procedure", common + [("code", procedure_codes)]
                                    + [("_include", i) for i in _PROCEDURE_INCLUDES]
-                                   + [("_revinclude", "Observation:part-of")]):
+                                   + [("_revinclude", "Observation:part-of"), _PROVENANCE]):
                     collector.add(res)
                 for res in _search(client, "Observation", common + [("code", panel_codes)]
-                                   + [("_include", i) for i in _PANEL_INCLUDES]):
+                                   + [("_include", i) for i in _PANEL_INCLUDES] + [_PROVENANCE]):
                     collector.add(res)
                 for res in _search(client, "Observation", common + [("code", pain_codes)]
-                                   + [("_include", i) for i in _PANEL_INCLUDES[1:]]):
+                                   + [("_include", i) for i in _PANEL_INCLUDES[1:]] + [_PROVENANCE]):
                     collector.add(res)
             else:
                 changed = _pull_changed(client, collector, common, options.since)
         finally:
             collector.close()
         keep = None if changed is None else (lambda record_type, record_id: (record_type, record_id) in changed)
-        return import_fhir([collector.path], ImportOptions(out_file=options.out_file,
-                                                           output_format=options.output_format, record_filter=keep),
-                           terminology=term)
+        summary = import_fhir([collector.path], ImportOptions(out_file=options.out_file,
+                                                              output_format=options.output_format, record_filter=keep),
+                              terminology=term)
+        lines = provenance_lines(collector.provenance.values(), collector.records, keep)
+        path = output_paths(options.out_file)["records"].parent / (
+            output_paths(options.out_file)["summary"].name.removesuffix(".summary.json") + ".provenance.ndjson")
+        path.write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in lines))
+        summary.files.append(str(path))
+        return summary
+
+
+def provenance_lines(provenances: Any, records: dict[str, tuple[str, str]],
+                     keep: Any = None) -> list[dict[str, Any]]:
+    """One line per imported resource named by a Provenance target: its record and the Provenances."""
+    by_target: dict[str, list[dict[str, Any]]] = {}
+    for prov in provenances:
+        agents = [{"type": ((a.get("type") or {}).get("coding") or [{}])[0].get("code"),
+                   "who": (a.get("who") or {}).get("reference")} for a in prov.get("agent") or []]
+        activity = ((prov.get("activity") or {}).get("coding") or [{}])[0].get("code")
+        for target in prov.get("target") or []:
+            ref = str(target.get("reference", ""))
+            plain, _, version = ref.partition("/_history/")
+            by_target.setdefault(plain, []).append({
+                "id": prov.get("id"), "recorded": prov.get("recorded"), "activity": activity,
+                "version": version or None, "agents": agents})
+    out = []
+    for ref in sorted(by_target):
+        record = records.get(ref)
+        if record is None or (keep is not None and not keep(*record)):
+            continue
+        found = sorted(by_target[ref], key=lambda p: (str(p.get("recorded") or ""), str(p.get("id") or "")))
+        out.append({"record_type": record[0], "id": record[1], "resource": ref, "provenance": found})
+    return out
 
 
 def _pull_changed(client: FhirClient, collector: _Collector, common: list[tuple[str, str]],
@@ -134,20 +180,23 @@ def _pull_changed(client: FhirClient, collector: _Collector, common: list[tuple[
                     systems[key] = ident["system"].rsplit("/", 1)[0]
             if rtype in ("Patient", "Practitioner"):
                 collector.add(res)
+        # what changed also brings the Provenance of its new versions
+        for res in _search(client, "Provenance", window):
+            collector.add(res)
     for (record_type, record_id) in sorted(changed):
         base = systems[(record_type, record_id)]
         if record_type == "assessment":
             for res in _search(client, "Observation", [("identifier", f"{base}/assessment|{record_id}")]
-                               + [("_include", i) for i in _PANEL_INCLUDES]):
+                               + [("_include", i) for i in _PANEL_INCLUDES] + [_PROVENANCE]):
                 collector.add(res)
         elif record_type == "treatment":
             # not the reason-reference: a panel without its members is not a whole assessment,
             # and the Procedure's reference names the assessment by its identifier anyway
             for res in _search(client, "Procedure", [("identifier", f"{base}/treatment|{record_id}")]
                                + [("_include", i) for i in _PROCEDURE_INCLUDES[:3]]
-                               + [("_revinclude", "Observation:part-of")]):
+                               + [("_revinclude", "Observation:part-of"), _PROVENANCE]):
                 collector.add(res)
     return changed
 
 
-__all__ = ["PullOptions", "pull"]
+__all__ = ["PullOptions", "provenance_lines", "pull"]

@@ -254,7 +254,8 @@ class TargetSync:
         replace: dict[str, str] = {}
         drop: set[str] = set()
         updates: dict[str, Identity] = {}
-        failed_urls: dict[str, str] = {}
+        failed_urls: dict[str, list[str]] = {}
+        unresolvable: dict[str, str] = {}
 
         # 1. entries the map (or a search, for patients and practitioners) knows
         for url, entry in by_url.items():
@@ -272,7 +273,7 @@ class TargetSync:
                 else:
                     known = self.state.identity(self.target, rtype, *ident)
             except _Ambiguous as exc:
-                failed_urls[url] = str(exc)
+                failed_urls.setdefault(url, []).append(str(exc))
                 continue
             if known is None:
                 continue
@@ -292,6 +293,9 @@ class TargetSync:
             for ref in _references(entry["resource"]):
                 if ref in replace or ref in by_url or "?" not in ref:
                     continue
+                if ref in unresolvable:
+                    failed_urls.setdefault(entry["fullUrl"], []).append(unresolvable[ref])
+                    continue
                 parsed = parse_conditional(ref)
                 if parsed is None:
                     continue
@@ -310,13 +314,15 @@ class TargetSync:
                             elif len(found) > 1:
                                 raise _Ambiguous(f"{rtype} {value}: {len(found)} resources match")
                 except _Ambiguous as exc:
-                    failed_urls[entry["fullUrl"]] = str(exc)
+                    unresolvable[ref] = str(exc)
+                    failed_urls.setdefault(entry["fullUrl"], []).append(str(exc))
                     continue
                 if known is None:
                     kind = (record_key({"system": system, "value": value}) or (rtype, value))
-                    failed_urls[entry["fullUrl"]] = (
+                    unresolvable[ref] = (
                         f"{kind[0]} {kind[1]} is neither on the server (searched by its identifier {system}|{value}) "
                         "nor in this push: send it first or with this record")
+                    failed_urls.setdefault(entry["fullUrl"], []).append(unresolvable[ref])
                 else:
                     replace[ref] = f"{rtype}/{known.server_id}"
 
@@ -326,7 +332,7 @@ class TargetSync:
             keep: set[str] = set()
             for keys, part in parts:
                 urls = {e["fullUrl"] for e in part["entry"]}
-                bad = [failed_urls[u] for u in urls if u in failed_urls]
+                bad = [reason for u in urls for reason in failed_urls.get(u, [])]
                 own = {e["fullUrl"] for e in part["entry"]
                        if record_key((e["resource"].get("identifier") or [{}])[0]) in keys}
                 if bad:
@@ -364,7 +370,11 @@ class TargetSync:
         to_send = {**bundle, "entry": out_entries}
         recorded = datetime.fromtimestamp(now, UTC)
 
+        org_entries = [e for e in out_entries if e["resource"].get("resourceType") == "Organization"]
+
         def prepare(b: Resource) -> Resource:
+            if org_entries and not any(e["resource"].get("resourceType") == "Organization" for e in b["entry"]):
+                b = {**b, "entry": org_entries[:1] + list(b["entry"])}  # the Provenance's author, in every part
             full = with_provenance(b, recorded=recorded, term=self.term, version=self.software_version)
             sent.provenance.extend(p for p in provenance_ids(full) if p not in sent.provenance)
             return full

@@ -106,11 +106,22 @@ def test_known_hospital_patient_survives_incremental_pushes(run_cli: Any, clean_
     assert "telecom" not in hospital and "birthDate" not in hospital
     assert len(search(base, "Patient", identifier=f"{PATIENT_SYS}|{patient['id']}")) == 0
 
-    # the state is safe to delete: a fresh one is rebuilt by searching, with the same outcome
+    # the state is safe to delete: it is rebuilt by searching. The hospital's Patient lacks the
+    # clinic's identifier, so a treatment alone cannot name it any more: a clear failure, nothing written
     state.unlink()
     treatment["notes"] = "Edited again"
-    code, summary, err = _push(run_cli, base, _write(tmp_path / "t2.json", doc, treatments=[treatment]), state)
+    report = tmp_path / "report.ndjson"
+    code, summary, err = _push(run_cli, base, _write(tmp_path / "t2.json", doc, treatments=[treatment]), state,
+                               "--report", report)
+    assert code == 1
+    (item,) = read_ndjson(report)
+    assert f"patient {patient['id']}" in item["error"]
+    assert search(base, "Procedure", identifier=f"{TREATMENT_SYS}|{treatment['id']}")[0]["meta"]["versionId"] == "2"
+    # with the patient's record (and so its health number) in the push, it is found again
+    code, summary, err = _push(run_cli, base, _write(tmp_path / "t3.json", doc, patients=[patient],
+                                                     treatments=[treatment]), state)
     assert code == 0, err
+    assert summary["kept (server-owned)"] == 1
     (procedure,) = search(base, "Procedure", identifier=f"{TREATMENT_SYS}|{treatment['id']}")
     assert procedure["subject"]["reference"] == f"Patient/{hospital_id}" and procedure["meta"]["versionId"] == "3"
     assert read(base, f"Patient/{hospital_id}")["meta"]["versionId"] == "1"
@@ -145,7 +156,7 @@ def test_ownership_clinic_patient_updated_hospital_patient_kept(run_cli: Any, cl
         p["phone"] = "+1-604-555-0199"
     code, summary, err = _push(run_cli, base, _write(tmp_path / "p.json", doc, patients=[owned, ours]), state)
     assert code == 0, err
-    assert summary["updated"] == 1 and summary["kept (server-owned)"] == 1 and summary["unchanged"] == 0
+    assert summary["by_type"]["Patient"] == {"updated": 1, "kept (server-owned)": 1}
     (clinic_patient,) = search(base, "Patient", identifier=f"{PATIENT_SYS}|{ours['id']}")
     assert clinic_patient["meta"]["versionId"] == "2"
     assert {"system": "phone", "value": "+1-604-555-0199"}.items() <= clinic_patient["telecom"][0].items()
@@ -154,7 +165,7 @@ def test_ownership_clinic_patient_updated_hospital_patient_kept(run_cli: Any, cl
 
     # pushing the same again: nothing written
     code, summary, err = _push(run_cli, base, _write(tmp_path / "p.json", doc, patients=[owned, ours]), state)
-    assert code == 0 and summary["updated"] == 0 and summary["unchanged"] == 1 and summary["kept (server-owned)"] == 1
+    assert code == 0 and summary["by_type"]["Patient"] == {"unchanged": 1, "kept (server-owned)": 1}
 
 
 def _edit_at_hospital(base: str, procedure: dict[str, Any], note: str) -> dict[str, Any]:
@@ -229,7 +240,7 @@ def test_resolution_accept_imports_the_server_version(run_cli: Any, clean_fhir_s
     assert record["notes"] == "Hospital: reviewed by the physiatrist"  # the clinic's new revision
     assert read(base, f"Procedure/{procedure['id']}")["meta"]["versionId"] == "2"  # untouched
     # the accepted revision, pushed back, is not a conflict
-    accepted = _write(tmp_path / "accepted.json", _doc(), treatments=[{k: v for k, v in record.items()}])
+    accepted = _write(tmp_path / "accepted.json", _doc(), treatments=[{k: v for k, v in record.items() if k != "record_type"}])
     code, summary, err = _push(run_cli, base, accepted, state)
     assert code == 0 and summary["conflicts"] == 0, err
     assert read(base, f"Procedure/{procedure['id']}")["note"] == [{"text": "Hospital: reviewed by the physiatrist"}]
@@ -265,12 +276,17 @@ def test_retracted_treatment_is_entered_in_error_and_pulls_back(run_cli: Any, cl
     assert after["id"] == before["id"] and after["meta"]["versionId"] == "2" and after["status"] == "entered-in-error"
     parts = search(base, "Observation", **{"part-of": f"Procedure/{after['id']}"})
     assert parts and {o["status"] for o in parts} == {"entered-in-error"}
-    out = tmp_path / "pulled.json"
+    out = tmp_path / "pulled.ndjson"
     result = run_cli("pull", "--server", base, "--out", out)
-    assert result.code in (0, 1), result.err
-    pulled = orjson.loads(out.read_bytes())
-    (back,) = [t for t in pulled["treatments"] if t["id"] == treatment["id"]]
+    assert result.code == 0, result.err
+    (back,) = [r for r in read_ndjson(out) if r["record_type"] == "treatment" and r["id"] == treatment["id"]]
     assert back["status"] == "entered-in-error"
+    # pull records the Provenance of what it imported: the retraction is an UPDATE of version 2
+    provenance = read_ndjson(tmp_path / "pulled.provenance.ndjson")
+    (line,) = [p for p in provenance if p["resource"] == f"Procedure/{after['id']}"]
+    assert (line["record_type"], line["id"]) == ("treatment", treatment["id"])
+    assert [(p["activity"], p["version"]) for p in line["provenance"]] == [("CREATE", "1"), ("UPDATE", "2")]
+    assert {a["type"] for p in line["provenance"] for a in p["agents"]} == {"author", "assembler"}
 
 
 def test_every_written_resource_has_a_valid_provenance(run_cli: Any, clean_fhir_server: DevServer,
