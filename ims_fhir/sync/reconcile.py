@@ -336,10 +336,12 @@ class TargetSync:
                 own = {e["fullUrl"] for e in part["entry"]
                        if record_key((e["resource"].get("identifier") or [{}])[0]) in keys}
                 if bad:
-                    records = [k for k in keys if k[0] != "resource"] or [
-                        record_key((by_url[u]["resource"].get("identifier") or [{}])[0]) or ("resource", u)
-                        for u in urls if u in failed_urls]
-                    sent.unresolved.append(Unresolved([k for k in records if k], "; ".join(sorted(set(bad)))))
+                    # the records of the part, and the record of a shared entry that cannot be resolved
+                    records = [record_key((by_url[u]["resource"].get("identifier") or [{}])[0]) or ("resource", u)
+                               for u in urls if u in failed_urls and by_url[u]["resource"]["resourceType"]
+                               in SHARED_TYPES]
+                    records += [k for k in keys if k[0] != "resource" and k not in records]
+                    sent.unresolved.append(Unresolved(records, "; ".join(sorted(set(bad)))))
                     drop.update(own)
                 else:
                     keep.update(urls)
