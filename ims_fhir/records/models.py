@@ -130,11 +130,8 @@ class Source(BaseModel):
 
     clinic_id: Id
     clinic_name: Optional[Text] = None
+    #: the base of the clinic's identifier systems (see :mod:`ims_fhir.identifiers`)
     system_base: Uri
-
-    def system(self, kind: str) -> str:
-        """Identifier system for a record kind: ``{system_base}/{kind}``."""
-        return f"{self.system_base.rstrip('/')}/{kind}"
 
 
 class Identifier(BaseModel):

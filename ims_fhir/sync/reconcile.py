@@ -2,7 +2,7 @@
 
 :class:`TargetSync` sits between a transaction Bundle as the packer builds it (entries that are
 conditional creates/updates on business identifiers, ``urn:uuid`` and conditional references)
-and the sending engine (:func:`ims_fhir.push.deliver`). For one target it:
+and the sending engine (:class:`ims_fhir.delivery.Sender`). For one target it:
 
 1. **resolves identity.** Each Patient/Practitioner entry and each conditional reference is
    looked up in the target's identity map (:class:`~ims_fhir.sync.store.TargetState`); what the
@@ -58,8 +58,9 @@ from ..client import FhirClient
 from ..errors import FhirError, FhirNotFoundError, FhirVersionConflictError, UsageError
 from ..fhir.bundles import SHARED_TYPES, escape_token
 from ..fhir.diff import content, field_diff
+from ..delivery import BundleResult, EntryResult, Refusal, Sender, TransactionStrategy, record_parts
+from ..identifiers import IdentifierScheme, RecordKey
 from ..mapping.provenance import provenance_ids, with_provenance
-from ..push import Delivery, EntryResult, Rejection, components, deliver, record_key
 from ..terminology import Terminology, default_terminology
 from .store import AuditEntry, Conflict, Identity, TargetState
 
@@ -68,7 +69,7 @@ UNCHANGED = "unchanged"
 CONFLICT = "conflict"
 
 Resource = dict[str, Any]
-Key = tuple[str, str]
+Key = RecordKey
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +95,7 @@ class Conflicted:
 class Sent:
     """What became of one Bundle at one target."""
 
-    delivery: Delivery = field(default_factory=Delivery)
+    delivery: BundleResult = field(default_factory=BundleResult)
     #: entries not sent: ``kept (server-owned)`` and ``unchanged`` (outcome), with the server's id
     skipped: list[EntryResult] = field(default_factory=list)
     conflicts: list[Conflicted] = field(default_factory=list)
@@ -108,8 +109,8 @@ class Sent:
         return sent + self.skipped
 
     @property
-    def rejections(self) -> list[Rejection]:
-        return self.delivery.rejections
+    def refusals(self) -> list[Refusal]:
+        return self.delivery.refusals
 
 
 def _primary(resource: Resource) -> tuple[str, str] | None:
@@ -240,6 +241,11 @@ class TargetSync:
     def send(self, bundle: Resource) -> Sent:
         """Send one Bundle as the module docstring says; target-wide errors are raised."""
         sent = Sent()
+        scheme = IdentifierScheme.from_bundle(bundle)
+
+        def record_key(identifier: dict[str, Any]) -> Key | None:
+            return scheme.record_key(identifier) if scheme is not None else None
+
         entries: list[dict[str, Any]] = list(bundle.get("entry") or [])
         by_url = {e["fullUrl"]: e for e in entries if e.get("fullUrl")}
 
@@ -327,10 +333,10 @@ class TargetSync:
                     replace[ref] = f"{rtype}/{known.server_id}"
 
         # 3. records that cannot be sent: all their entries stay out
-        parts = components(bundle)
         if failed_urls:
             keep: set[str] = set()
-            for keys, part in parts:
+            for key, part in record_parts(bundle, scheme):
+                keys = [key]
                 urls = {e["fullUrl"] for e in part["entry"]}
                 bad = [reason for u in urls for reason in failed_urls.get(u, [])]
                 own = {e["fullUrl"] for e in part["entry"]
@@ -381,12 +387,13 @@ class TargetSync:
             sent.provenance.extend(p for p in provenance_ids(full) if p not in sent.provenance)
             return full
 
-        sent.delivery = deliver(self.client, to_send, prepare)
-        self._after(sent, to_send, hashes, updates, now)
+        sender = Sender(self.client, scheme=scheme, strategy=TransactionStrategy(prepare))
+        sent.delivery = sender.send(to_send)
+        self._after(sent, to_send, hashes, updates, now, record_key)
         return sent
 
     def _after(self, sent: Sent, bundle: Resource, hashes: dict[str, str], updates: dict[str, Identity],
-               now: float) -> None:
+               now: float, record_key: Callable[[dict[str, Any]], Key | None]) -> None:
         by_ident: dict[tuple[str, str, str], str] = {}
         for entry in bundle["entry"]:
             ident = _primary(entry["resource"])
@@ -411,10 +418,10 @@ class TargetSync:
                                     record_type=result.record[0] if result.record else None,
                                     record_id=result.record[1] if result.record else None, transaction=txn))
         self.state.put_identities(identities, now=now)
-        kept_rejections = []
-        for rejection in sent.delivery.rejections:
+        kept_refusals = []
+        for rejection in sent.delivery.refusals:
             if isinstance(rejection.error, FhirVersionConflictError):
-                found = self._conflicts(rejection, updates, hashes, now)
+                found = self._conflicts(rejection, updates, hashes, now, record_key)
                 if found:
                     sent.conflicts.extend(found)
                     for c in found:
@@ -425,7 +432,7 @@ class TargetSync:
                                                 detail=f"conflict {c.conflict_id}: written version {c.base_version}, "
                                                        f"server version {c.server_version}"))
                     continue
-            kept_rejections.append(rejection)
+            kept_refusals.append(rejection)
             for entry in rejection.part.get("entry", []):
                 ident = _primary(entry["resource"])
                 rtype = entry["resource"]["resourceType"]
@@ -435,7 +442,7 @@ class TargetSync:
                 audit.append(AuditEntry(now, self.target, rtype, "rejected", system=ident[0], value=ident[1],
                                         record_type=rec[0] if rec else None, record_id=rec[1] if rec else None,
                                         detail=f"HTTP {getattr(rejection.error, 'status', '?')}"))
-        sent.delivery.rejections = kept_rejections
+        sent.delivery.refusals = kept_refusals
         self.state.add_audit(audit)
         self._audit_skipped(sent, now)
 
@@ -447,8 +454,8 @@ class TargetSync:
                        record_type=s.record[0] if s.record else None, record_id=s.record[1] if s.record else None)
             for s in sent.skipped if s.outcome == KEPT])
 
-    def _conflicts(self, rejection: Rejection, updates: dict[str, Identity], hashes: dict[str, str],
-                   now: float) -> list[Conflicted]:
+    def _conflicts(self, rejection: Refusal, updates: dict[str, Identity], hashes: dict[str, str],
+                   now: float, record_key: Callable[[dict[str, Any]], Key | None]) -> list[Conflicted]:
         out = []
         for entry in rejection.part.get("entry", []):
             request = entry.get("request") or {}

@@ -21,7 +21,7 @@ import orjson
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from ims_fhir.errors import FhirError, UsageError
-from ims_fhir.mapping.reverse import reverse_resources
+from ims_fhir.importing import reverse_resources
 from ims_fhir.sync import parse_body, take
 from ims_fhir.sync.reconcile import RESOLUTION_HELP, resolve_conflict
 from ims_fhir.sync.store import Conflict, TargetState

@@ -25,7 +25,7 @@ from .conflicts import ResolutionError, resolve, target_state
 
 bp = Blueprint("dashboard", __name__, template_folder="templates", static_folder="static",
                static_url_path="/static")
-log = logging.getLogger("service.dashboard")
+log = logging.getLogger("ims_fhir_service.dashboard")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
