@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 import requests
 
-from ims_fhir.devserver import DevServer
+from ims_fhir.dev.hapi import DevServer
 from tests.conftest import EXAMPLES, SOURCE, read_ndjson
 
 HEADERS = {"Accept": "application/fhir+json", "Content-Type": "application/fhir+json"}

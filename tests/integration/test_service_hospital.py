@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 import requests
 
-from ims_fhir.devserver import DevServer
+from ims_fhir.dev.hapi import DevServer
 from tests.conftest import SOURCE
 from tests.service.conftest import RW_TOKEN, rw, service_settings
 from tests.service.support import artifacts
