@@ -267,10 +267,10 @@ def conflicts(state_path: Path | None, show_all: bool, conflict_id: int | None, 
     2 usage errors.
     """
     from .client import ClientConfig, FhirClient
+    from .importing import reverse_resources
     from .records.writers import write_ndjson
     from .sync.push_state import PushState, default_state_path
     from .sync.reconcile import resolve_conflict
-    from .importing import reverse_resources
 
     with PushState(state_path or default_state_path()) as state:
         if conflict_id is None:

@@ -23,8 +23,8 @@ are logged once, at the top (CLI or Flask error handler).
         │   │   ├── FhirAuthError          401 / 403
         │   │   ├── FhirNotFoundError      404 / 410
         │   │   ├── FhirConflictError      409 / 412 (conflict or failed precondition)
-        │   │   │   └── FhirVersionConflictError  409 (HAPI) or 412 (the spec) to a version-aware write:
-        │   │   │                                 the server's version moved since the client's If-Match
+        │   │   │   └── FhirVersionConflictError  409 (HAPI) / 412 (spec) to a write with If-Match:
+        │   │   │                                 the server's version moved
         │   │   └── FhirUnprocessableError 422 (validation failed)
         │   └── FhirServerSideError        5xx, 429 (after retries)
         ├── FhirCapabilityError       exit_code 2  the server is not FHIR R4 or lacks an interaction we need

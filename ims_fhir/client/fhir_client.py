@@ -314,7 +314,8 @@ class FhirClient:
                                   headers=self._prefer(prefer))
         except FhirConflictError as exc:
             if exc.status == 412 and _has_if_match(bundle) and not _names_several_matches(exc):
-                raise FhirVersionConflictError(f"POST {shown_url(self.base_url)} (transaction) failed", status=exc.status, issues=exc.issues, outcome=exc.outcome,
+                message = f"POST {shown_url(self.base_url)} (transaction) failed"
+                raise FhirVersionConflictError(message, status=exc.status, issues=exc.issues, outcome=exc.outcome,
                                                url=exc.url) from exc
             raise
         result = response.resource

@@ -55,10 +55,10 @@ import orjson
 
 from .. import __version__
 from ..client import FhirClient
+from ..delivery import BundleResult, EntryResult, Refusal, Sender, TransactionStrategy, record_parts
 from ..errors import FhirError, FhirNotFoundError, FhirVersionConflictError, UsageError
 from ..fhir.bundles import SHARED_TYPES, escape_token
 from ..fhir.diff import content, field_diff
-from ..delivery import BundleResult, EntryResult, Refusal, Sender, TransactionStrategy, record_parts
 from ..identifiers import IdentifierScheme, RecordKey
 from ..mapping.provenance import provenance_ids, with_provenance
 from ..terminology import Terminology, default_terminology

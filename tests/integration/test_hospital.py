@@ -185,7 +185,7 @@ def _conflict_setup(run_cli: Any, base: str, tmp_path: Path) -> tuple[Path, dict
     (procedure,) = search(base, "Procedure", identifier=f"{TREATMENT_SYS}|{treatment['id']}")
     _edit_at_hospital(base, procedure, "Hospital: reviewed by the physiatrist")
     treatment["notes"] = "Clinic: patient reported less pain next day"
-    path = _write(tmp_path / "t.json", doc, treatments=[treatment])
+    _write(tmp_path / "t.json", doc, treatments=[treatment])
     return state, doc, treatment, procedure
 
 

@@ -71,7 +71,7 @@ def _treatments(lines: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
     return [r for r in lines if r["record_type"] == "treatment" and r.get("status", "completed") == "completed"][:n]
 
 
-def test_conflict_on_the_dashboard_and_the_three_resolutions(browser: Any, clean_fhir_server: DevServer,
+def test_conflict_on_the_dashboard_and_the_three_resolutions(browser: Any, clean_fhir_server: DevServer,  # noqa: F811
                                                              tmp_path: Path) -> None:
     base = clean_fhir_server.base_url
     lines = example_lines()
