@@ -110,6 +110,7 @@ def test_conflict_on_the_dashboard_and_the_three_resolutions(browser: Any, clean
         text = card.inner_text()
         assert "note[0].text" in text and "Clinic note 0" in text and "Hospital note 0" in text
         assert page.locator('td[data-state="conflict"]').inner_text() == "3"
+        assert "kept (server-owned)" in page.locator("table.counts").inner_text()
         page.screenshot(path=str(shots / "dashboard-conflict.png"), full_page=True)
         card.locator("button.resolve-resend").click()
         page.wait_for_selector(f'article.conflict[data-record="treatment/{three[0]["id"]}"]', state="detached",
