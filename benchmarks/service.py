@@ -1,26 +1,34 @@
 """Benchmark of the sync service (run on demand; not part of the test suite).
 
     python benchmarks/service.py [--patients 150] [--batch 100] [--fhir-base URL] [--json]
+        [--setups sqlite:1,postgresql:2] [--postgres-url URL]
+
+For each setup ``STORAGE:WORKERS`` (default: SQLite with 1 worker, then PostgreSQL with 2):
 
 1. Generates a seeded synthetic export (about 1 assessment and 6 treatments per patient)
    under a system base of its own, so the server needs no wiping.
-2. Serves the app with waitress in this process and runs the sync worker beside it, the
-   way ``ims-fhir serve`` does, against the local HAPI FHIR server (started here, from
-   the cached build, unless ``--fhir-base`` names a running one).
+2. Serves the app with waitress in this process (as ``ims-fhir serve`` with ``[worker]
+   enabled = false``) and starts WORKERS ``ims-fhir worker`` processes beside it, against
+   the local HAPI FHIR server (started here, from the cached build, unless ``--fhir-base``
+   names a running one). PostgreSQL: ``--postgres-url`` (an empty database), else a
+   throw-away server started here like the test suite's (Debian's ``postgresql``).
 3. Posts the records in batches of ``--batch`` with one HTTP client and reports the
    records/s accepted by ``POST /records`` (validate + convert + store, while the
-   worker sends), then the time until the queue is drained and the records/s synced.
+   workers send), then the time until the queue is drained and the records/s synced.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 import requests
@@ -31,7 +39,6 @@ sys.path.insert(0, str(ROOT))
 
 from ims_fhir.dev import hapi  # noqa: E402
 from ims_fhir.dev.synthetic import generate  # noqa: E402
-from ims_fhir.sync import SyncWorker  # noqa: E402
 from ims_fhir_service import create_app  # noqa: E402
 from ims_fhir_service.auth import hash_token  # noqa: E402
 from ims_fhir_service.config import config_from_mapping  # noqa: E402
@@ -39,28 +46,44 @@ from ims_fhir_service.config import config_from_mapping  # noqa: E402
 TOKEN = "benchmark-token-not-a-secret"
 
 
-def run(patients: int, batch: int, fhir_base: str, seed: int, batch_records: int) -> dict[str, float]:
-    stamp = int(time.time())
+def _toml(data: dict[str, Any]) -> str:
+    lines = []
+    for key, section in data.items():
+        for table in section if isinstance(section, list) else [section]:
+            lines.append(f"[[{key}]]" if isinstance(section, list) else f"[{key}]")
+            lines += [f"{k} = {json.dumps(v)}" for k, v in table.items()]
+            lines.append("")
+    return "\n".join(lines)
+
+
+def run(patients: int, batch: int, fhir_base: str, seed: int, batch_records: int, storage_url: str,
+        workers: int) -> dict[str, Any]:
+    stamp = f"{int(time.time())}-{os.getpid()}-{workers}-{storage_url.split(':')[0]}"
     records = [orjson.dumps({"record_type": t, **r}) for t, r in generate(patients, seed=seed)]
     with tempfile.TemporaryDirectory(prefix="ims-fhir-bench-") as tmp:
-        config = config_from_mapping({
+        if storage_url.startswith("sqlite"):
+            storage_url = f"sqlite:///{Path(tmp) / 'outbox.sqlite'}"
+        settings: dict[str, Any] = {
             "source": {"clinic_id": f"bench-{stamp}", "system_base": f"https://bench-{stamp}.example.org/ims"},
-            "storage": {"url": f"sqlite:///{Path(tmp) / 'outbox.sqlite'}"},
-            "server": {"max_body_bytes": 16 * 1024 * 1024},
-            "worker": {"batch_records": batch_records, "bundle_size": 500, "poll_seconds": 0.1},
+            "storage": {"url": storage_url},
+            "server": {"max_body_bytes": 16 * 1024 * 1024, "max_queue_depth": 0},
+            "worker": {"enabled": False, "batch_records": batch_records, "bundle_size": 500, "poll_seconds": 0.1},
             "targets": [{"name": "local", "base_url": fhir_base}],
             "tokens": [{"name": "bench", "sha256": hash_token(TOKEN), "scope": "read-write"}],
-        }, environ={})
+        }
+        config_file = Path(tmp) / "service.toml"
+        config_file.write_text(_toml(settings), encoding="utf-8")
+        config = config_from_mapping(settings, environ={})
         app = create_app(config)
         st = app.extensions["ims_fhir"]
         server = waitress.create_server(app, host="127.0.0.1", port=0, threads=4)
         url = f"http://127.0.0.1:{server.effective_port}"  # type: ignore[union-attr]
-        worker = SyncWorker(st.outbox, list(config.targets), st.organization, config.worker)
-        stop = threading.Event()
-        threads = [threading.Thread(target=server.run, daemon=True),
-                   threading.Thread(target=worker.run, args=(stop,), daemon=True)]
-        for t in threads:
-            t.start()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("IMS_FHIR_")}
+        log = open(Path(tmp) / "workers.log", "wb")  # noqa: SIM115 - closed below
+        procs = [subprocess.Popen([sys.executable, "-m", "ims_fhir", "worker", "--config", str(config_file)],  # noqa: S603
+                                  stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT) for _ in range(workers)]
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
         try:
             with requests.Session() as http:
                 http.trust_env = False
@@ -72,17 +95,27 @@ def run(patients: int, batch: int, fhir_base: str, seed: int, batch_records: int
                         raise SystemExit(f"POST /records answered {answer.status_code}: {answer.text[:300]}")
                 posted = time.monotonic()
                 while st.outbox.pending():
+                    if any(p.poll() is not None for p in procs):
+                        raise SystemExit(f"a worker exited; see {log.name}")
                     time.sleep(0.05)
                 drained = time.monotonic()
             depth = st.outbox.stats().depth
         finally:
-            stop.set()
+            for p in procs:
+                p.terminate()
+            for p in procs:
+                try:
+                    p.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+            log.close()
             server.close()
-            for t in threads:
-                t.join(timeout=60)
+            thread.join(timeout=60)
             st.outbox.close()
     synced = depth.get(("local", "synced"), 0)
     return {
+        "storage": storage_url.split(":")[0],
+        "workers": workers,
         "records": len(records),
         "synced": synced,
         "failed_or_dead": depth.get(("local", "failed"), 0) + depth.get(("local", "dead"), 0),
@@ -101,27 +134,46 @@ def main() -> int:
     parser.add_argument("--batch-records", type=int, default=100, help="records per worker claim")
     parser.add_argument("--seed", type=int, default=3)
     parser.add_argument("--fhir-base", help="a running FHIR server (default: start the local HAPI)")
-    parser.add_argument("--json", action="store_true", help="print one JSON line only")
+    parser.add_argument("--json", action="store_true", help="print one JSON line per setup only")
+    parser.add_argument("--setups", default="sqlite:1,postgresql:2", help="STORAGE:WORKERS, comma-separated")
+    parser.add_argument("--postgres-url", help="an empty PostgreSQL database (default: start a throw-away server)")
     args = parser.parse_args()
+    setups = [(s.split(":")[0], int(s.split(":")[1])) for s in args.setups.split(",")]
     server = None
+    postgres = None
     base = args.fhir_base
-    if base is None:
-        print("starting the local HAPI FHIR server ...", file=sys.stderr)
-        server = hapi.start(log_path=Path(tempfile.gettempdir()) / "ims-fhir-bench-hapi.log")
-        base = server.base_url
+    results = []
     try:
-        figures = run(args.patients, args.batch, base, args.seed, args.batch_records)
+        if base is None:
+            print("starting the local HAPI FHIR server ...", file=sys.stderr)
+            server = hapi.start(log_path=Path(tempfile.gettempdir()) / "ims-fhir-bench-hapi.log")
+            base = server.base_url
+        for storage, workers in setups:
+            url = "sqlite"
+            if storage == "postgresql":
+                if args.postgres_url:
+                    url = args.postgres_url
+                else:
+                    if postgres is None:
+                        from tests.postgres import start_postgres
+
+                        print("starting a throw-away PostgreSQL server ...", file=sys.stderr)
+                        postgres = start_postgres()
+                    url = postgres.create_database()
+            print(f"running {storage} with {workers} worker(s) ...", file=sys.stderr)
+            results.append(run(args.patients, args.batch, base, args.seed, args.batch_records, url, workers))
     finally:
         if server is not None:
             server.stop()
-    if args.json:
+        if postgres is not None:
+            postgres.stop()
+    for figures in results:
+        if not args.json:
+            width = max(len(k) for k in figures)
+            for key, value in figures.items():
+                print(f"{key:<{width}}  {value}")
         print(json.dumps(figures))
-    else:
-        width = max(len(k) for k in figures)
-        for key, value in figures.items():
-            print(f"{key:<{width}}  {value}")
-        print(json.dumps(figures))
-    return 0 if figures["synced"] == figures["records"] else 1
+    return 0 if all(f["synced"] == f["records"] for f in results) else 1
 
 
 if __name__ == "__main__":

@@ -475,7 +475,7 @@ def serve(config_file: Path | None, no_worker: bool, log_level: str) -> int:
         click.echo('ims-fhir serve needs the service extra: pip install "ims-fhir[service]"', err=True)
         return EXIT_USAGE
     config = load_config(config_file)
-    configure_logging(log_level)
+    configure_logging(log_level, config.server.log_format)
     return run_serve(config, with_worker=False if no_worker else None)
 
 

@@ -15,6 +15,9 @@ EXAMPLES = ROOT / "examples" / "clinic-small"
 #: the source the examples were exported with (the NDJSON form needs it on the command line)
 SOURCE = orjson.loads((EXAMPLES / "csv" / "source.json").read_bytes())
 
+#: the PostgreSQL server and the storage fixtures (``storage_url`` runs a test on both storages)
+pytest_plugins = ["tests.postgres"]
+
 
 @pytest.fixture
 def examples() -> Path:

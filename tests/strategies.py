@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from ims_fhir.records import vocabulary as v
 
-ids = st.text(alphabet="ABCDEFGHJKLMNPQRSTUVWXYZ0123456789-_.", min_size=1, max_size=12).filter(lambda s: s.strip())
+ids = st.text(alphabet="ABCDEFGHJKLMNPQRSTUVWXYZ0123456789-_.", min_size=1, max_size=12).filter(
+    lambda s: s.strip() and s not in (".", ".."))
 text = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs", "Cc"), exclude_characters="|"),
                min_size=1, max_size=40).filter(lambda s: s.strip())
 offsets = st.sampled_from([-8, -7, -5, 0, 1, 5.5, 9])

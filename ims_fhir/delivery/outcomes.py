@@ -155,16 +155,18 @@ def _texts(error: BaseException) -> str:
 
 
 def _normalise_match(url: str) -> str:
-    return unquote(url).replace("&amp;", "&").strip()
+    """The search criteria of a match URL: HAPI quotes ``identifier=...`` for a conditional
+    create and ``Type?identifier=...`` elsewhere, escaped or not."""
+    text = unquote(url).replace("&amp;", "&").strip()
+    return text.partition("?")[2] if "?" in text else text
 
 
 def _match_urls(entry: Mapping[str, Any]) -> set[str]:
-    """The match URLs of an entry's conditional request, as a server would quote them."""
+    """The criteria of an entry's conditional request (``ifNoneExist``, or a conditional update's URL)."""
     request = entry.get("request") or {}
-    rtype = (entry.get("resource") or {}).get("resourceType", "")
     urls = set()
     if request.get("ifNoneExist"):
-        urls.add(_normalise_match(f"{rtype}?{request['ifNoneExist']}"))
+        urls.add(_normalise_match(str(request["ifNoneExist"])))
     if "?" in str(request.get("url", "")):
         urls.add(_normalise_match(str(request["url"])))
     return urls

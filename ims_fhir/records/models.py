@@ -10,13 +10,20 @@ together with the field errors of the same record.
 Date-times are kept as normalised ISO 8601 strings with an offset; a date-time without
 an offset is accepted only when a default time zone is passed in the validation
 context (``{"default_tz": "America/Vancouver"}``).
+
+Plausibility (a target server would refuse the rest, or worse, store nonsense): clinical
+date-times lie between 1900-01-01 and one year from now, a birth date between 1900-01-01
+and today (``{"now": datetime}`` in the context fixes "now" for reproducible runs). Every
+string has a length limit (:data:`MAX_NAME`, :data:`MAX_NOTE`, :data:`MAX_URI`), and ids
+match :data:`ID_PATTERN` (one URL path segment: printable ASCII, no / ? # %): the JSON
+Schema of ``ims-fhir schema`` states them all.
 """
 
 from __future__ import annotations
 
 import copy
 import re
-from datetime import date, datetime
+from datetime import date, datetime, timedelta, timezone
 from typing import Annotated, Any, Literal, Optional
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -27,6 +34,27 @@ from pydantic_core import PydanticCustomError
 from . import vocabulary as v
 
 _STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+#: a record id (and every reference to one): 1-64 printable ASCII characters, no space and none of / \\ ? # %
+#: (so that it is one path segment of a URL: GET /records/patient/<id>), and not "." or ".."
+ID_SCHEMA_PATTERN = r"^(?!\.\.?$)(?:(?![/\\?#%])[!-~]){1,64}$"
+ID_PATTERN = re.compile(r"(?!\.\.?\Z)(?:(?![/\\?#%])[!-~]){1,64}")
+MAX_ID = 64
+#: names, phone numbers, e-mail addresses, identifier values
+MAX_NAME = 200
+#: free text: notes, complaints, reasons
+MAX_NOTE = 10000
+MAX_URI = 1000
+MAX_DATETIME = 40
+#: the earliest plausible date of anything in a record
+EARLIEST = date(1900, 1, 1)
+#: how far in the future a clinical date-time may lie (an appointment booked ahead, clocks that drift)
+FUTURE_SLACK = timedelta(days=366)
+
+
+def _now(info: ValidationInfo | None) -> datetime:
+    now = (info.context or {}).get("now") if info is not None else None
+    return now if isinstance(now, datetime) else datetime.now(timezone.utc)
 
 # ---------------------------------------------------------------------------------------
 # scalar types
@@ -55,7 +83,14 @@ def _check_datetime(value: str, info: ValidationInfo) -> str:
                 "date-time '{value}' has no UTC offset; add one (e.g. -08:00) or configure a default time zone",
                 {"value": value[:40]},
             )
-        parsed = parsed.replace(tzinfo=ZoneInfo(tz_name))
+    if parsed.date() < EARLIEST:
+        # checked before a zone is applied: zoneinfo gives such years odd local-mean-time offsets
+        raise PydanticCustomError("date_range", "'{value}' is before {earliest}",
+                                  {"value": value[:40], "earliest": EARLIEST.isoformat()})
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=ZoneInfo((info.context or {})["default_tz"]))
+    if parsed > _now(info) + FUTURE_SLACK:
+        raise PydanticCustomError("date_range", "'{value}' is more than a year in the future", {"value": value[:40]})
     return parsed.isoformat()
 
 
@@ -63,9 +98,27 @@ def _check_date(value: str) -> str:
     if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
         raise PydanticCustomError("date_format", "'{value}' is not a date in the form YYYY-MM-DD", {"value": value[:40]})
     try:
-        date.fromisoformat(value)
+        day = date.fromisoformat(value)
     except ValueError:
         raise PydanticCustomError("date_format", "'{value}' is not a calendar date", {"value": value}) from None
+    if day < EARLIEST:
+        raise PydanticCustomError("date_range", "'{value}' is before {earliest}",
+                                  {"value": value, "earliest": EARLIEST.isoformat()})
+    return value
+
+
+def _check_birth_date(value: str, info: ValidationInfo) -> str:
+    if date.fromisoformat(value) > _now(info).date():
+        raise PydanticCustomError("date_range", "birth date '{value}' is in the future", {"value": value})
+    return value
+
+
+def _check_id(value: str) -> str:
+    if not ID_PATTERN.fullmatch(value):
+        raise PydanticCustomError(
+            "id_format", "'{value}' is not a record id (1-64 printable ASCII characters without spaces and without "
+                         "/ \\ ? # %; not '.' or '..')",
+            {"value": value[:40]})
     return value
 
 
@@ -82,16 +135,28 @@ def _check_text(value: str) -> str:
     return value
 
 
-DateTime = Annotated[str, AfterValidator(_check_datetime), WithJsonSchema({
-    "type": "string", "format": "date-time",
+DateTime = Annotated[str, Field(max_length=MAX_DATETIME), AfterValidator(_check_datetime), WithJsonSchema({
+    "type": "string", "format": "date-time", "maxLength": MAX_DATETIME,
     "pattern": r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})$",
     "description": "ISO 8601 date-time with a UTC offset, e.g. 2025-03-04T09:30:00-08:00 "
-                   "(without an offset only when a default time zone is configured)"})]
-Date = Annotated[str, AfterValidator(_check_date), WithJsonSchema(
-    {"type": "string", "format": "date", "pattern": r"^\d{4}-\d{2}-\d{2}$"})]
-Uri = Annotated[str, AfterValidator(_check_uri), WithJsonSchema({"type": "string", "format": "uri"})]
-Id = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_check_text)]
-Text = Annotated[str, AfterValidator(_check_text)]
+                   "(without an offset only when a default time zone is configured); "
+                   "from 1900-01-01 to at most one year after the time of validation"})]
+Date = Annotated[str, Field(max_length=10), AfterValidator(_check_date), WithJsonSchema(
+    {"type": "string", "format": "date", "pattern": r"^\d{4}-\d{2}-\d{2}$", "maxLength": 10,
+     "description": "a calendar date, 1900-01-01 or later"})]
+BirthDate = Annotated[str, Field(max_length=10), AfterValidator(_check_date), AfterValidator(_check_birth_date),
+                      WithJsonSchema({"type": "string", "format": "date", "pattern": r"^\d{4}-\d{2}-\d{2}$",
+                                      "maxLength": 10, "description": "from 1900-01-01 to today, never in the future"})]
+Uri = Annotated[str, Field(max_length=MAX_URI), AfterValidator(_check_uri), WithJsonSchema(
+    {"type": "string", "format": "uri", "maxLength": MAX_URI})]
+Id = Annotated[str, Field(min_length=1, max_length=MAX_ID), AfterValidator(_check_id), WithJsonSchema(
+    {"type": "string", "minLength": 1, "maxLength": MAX_ID, "pattern": ID_SCHEMA_PATTERN,
+     "description": "printable ASCII without spaces and without / \\ ? # % (one URL path segment); "
+                    "not '.' or '..'"})]
+Text = Annotated[str, Field(max_length=MAX_NAME), AfterValidator(_check_text)]
+#: a clinic's own id: any text (it only ever appears inside identifiers and names), but bounded
+ClinicId = Annotated[str, Field(min_length=1, max_length=MAX_NAME), AfterValidator(_check_text)]
+Note = Annotated[str, Field(max_length=MAX_NOTE), AfterValidator(_check_text)]
 Nrs = Annotated[int, Field(ge=0, le=10)]
 
 Side = Literal[v.SIDES]  # type: ignore[valid-type]
@@ -128,7 +193,7 @@ class Source(BaseModel):
 
     model_config = _STRICT
 
-    clinic_id: Id
+    clinic_id: ClinicId
     clinic_name: Optional[Text] = None
     #: the base of the clinic's identifier systems (see :mod:`ims_fhir.identifiers`)
     system_base: Uri
@@ -152,7 +217,7 @@ class Patient(BaseModel):
     identifiers: Optional[list[Identifier]] = None
     family_name: Text
     given_names: Optional[list[Text]] = None
-    birth_date: Optional[Date] = None
+    birth_date: Optional[BirthDate] = None
     sex: Optional[Sex] = None
     phone: Optional[Text] = None
     email: Optional[Text] = None
@@ -194,7 +259,7 @@ class NeuropathicSign(BaseModel):
     present: bool
     segment: Optional[Segment] = None
     side: Optional[Side] = None
-    note: Optional[Text] = None
+    note: Optional[Note] = None
 
 
 class Palpation(BaseModel):
@@ -206,7 +271,7 @@ class Palpation(BaseModel):
     tender: Optional[bool] = None
     taut_band: Optional[bool] = None
     trigger_point: Optional[bool] = None
-    note: Optional[Text] = None
+    note: Optional[Note] = None
 
 
 class RangeOfMotion(BaseModel):
@@ -230,7 +295,7 @@ class Candidacy(BaseModel):
 
     suitable: bool
     contraindications: Optional[list[Contraindication]] = None
-    note: Optional[Text] = None
+    note: Optional[Note] = None
 
 
 class Assessment(BaseModel):
@@ -241,14 +306,14 @@ class Assessment(BaseModel):
     practitioner_id: Id
     performed_at: DateTime
     status: AssessmentStatus = "final"
-    chief_complaint: Optional[Text] = None
+    chief_complaint: Optional[Note] = None
     pain: Optional[Pain] = None
     neuropathic_signs: Optional[list[NeuropathicSign]] = None
     palpation: Optional[list[Palpation]] = None
     range_of_motion: Optional[list[RangeOfMotion]] = None
     outcome_measures: Optional[list[OutcomeMeasure]] = None
     candidacy: Optional[Candidacy] = None
-    notes: Optional[Text] = None
+    notes: Optional[Note] = None
 
 
 # ---------------------------------------------------------------------------------------
@@ -281,7 +346,7 @@ class AdverseEvent(BaseModel):
     event: Event
     severity: Optional[Severity] = None
     muscle: Optional[Muscle] = None
-    note: Optional[Text] = None
+    note: Optional[Note] = None
 
 
 class Treatment(BaseModel):
@@ -294,7 +359,7 @@ class Treatment(BaseModel):
     started_at: DateTime
     ended_at: Optional[DateTime] = None
     status: TreatmentStatus = "completed"
-    status_reason: Optional[Text] = None
+    status_reason: Optional[Note] = None
     session_number: Optional[Annotated[int, Field(ge=1)]] = None
     series_total: Optional[Annotated[int, Field(ge=1)]] = None
     consent_obtained: bool
@@ -302,7 +367,7 @@ class Treatment(BaseModel):
     pain_before_nrs: Optional[Nrs] = None
     pain_after_nrs: Optional[Nrs] = None
     adverse_events: Optional[list[AdverseEvent]] = None
-    notes: Optional[Text] = None
+    notes: Optional[Note] = None
 
 
 MODELS: dict[str, type[BaseModel]] = {

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import json
 import math
 import os
 import re
@@ -113,16 +114,99 @@ def _check_readable(path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------
+# duplicate keys: JSON parsers keep the last of two equal keys silently; the format refuses them
+
+_KEY_END = re.compile(rb'"\s*:')
+
+
+#: the deepest nesting of arrays and objects a record (or document) may have; ims-record/1 needs 5
+MAX_DEPTH = 32
+
+
+def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether ``value`` nests arrays/objects deeper than ``limit`` (checked without recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def depth_problem() -> Problem:
+    return Problem("(record)", "too_deep", f"arrays and objects nest deeper than {MAX_DEPTH} levels")
+
+
+def _count_keys(value: Any) -> int:
+    n = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            n += len(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return n
+
+
+class _Duplicate(Exception):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _Duplicate(key)
+        out[key] = value
+    return out
+
+
+def duplicate_key(raw: bytes | str, parsed: Any) -> str | None:
+    """The first key that an object of ``raw`` (already ``parsed``) repeats, or None.
+
+    Fast path: every key ends with ``"`` then ``:``, and inside strings a quote is escaped, so
+    when the text has no more such ends than ``parsed`` has keys, no key was lost.
+    """
+    data = raw.encode("utf-8") if isinstance(raw, str) else raw
+    if len(_KEY_END.findall(data)) <= _count_keys(parsed):
+        return None
+    try:
+        json.loads(data, object_pairs_hook=_no_duplicates)
+    except _Duplicate as dup:
+        return str(dup.args[0])
+    except (ValueError, RecursionError):
+        return None  # orjson read it (it nests deeper than json); a difference in corner cases is not a duplicate
+    return None
+
+
+def duplicate_problem(key: str) -> Problem:
+    shown = key if len(key) <= 60 else key[:57] + "..."
+    return Problem("(record)", "duplicate_key", f"the key {shown!r} appears twice in one object "
+                                                "(which value was meant is unknown)")
+
+
+# ---------------------------------------------------------------------------------------
 # JSON document
 
 
 def _read_json_document(path: Path, *, lenient: bool) -> tuple[dict[str, Any] | None, Iterator[RawRecord]]:
     try:
-        doc = orjson.loads(path.read_bytes())
+        raw = path.read_bytes()
+        doc = orjson.loads(raw)
     except OSError as exc:
         raise InputError(f"{path}: cannot read ({exc.strerror or exc})", source=str(path)) from exc
     except orjson.JSONDecodeError as exc:
         raise InputError(f"{path}: not valid JSON ({exc})", source=str(path)) from exc
+    if too_deep(doc):
+        raise InputError(f"{path}: {depth_problem().message}", source=str(path))
+    if (dup := duplicate_key(raw, doc)) is not None:
+        raise InputError(f"{path}: {duplicate_problem(dup).message}", source=str(path))
     return document_records(doc, lenient=lenient, where=str(path), prefix=f"{path.name}:")
 
 
@@ -131,6 +215,7 @@ def document_records(doc: Any, *, lenient: bool, where: str, prefix: str = "") -
     """A parsed JSON document -> (its declared source, its records); InputError if it is not one.
 
     ``where`` names the input in errors; ``prefix`` starts every origin (``clinic.json:``).
+    The caller has checked nesting and duplicate keys on the text (:func:`too_deep`, :func:`duplicate_key`).
     """
     if not isinstance(doc, dict):
         raise InputError(f"{where}: a JSON document must be an object with \"format\": \"{v.FORMAT}\"", source=where)
@@ -190,6 +275,12 @@ def parse_ndjson_line(line: bytes | str, origin: str) -> RawRecord:
                                                       f"not valid JSON: {exc.msg} (at character {exc.pos + 1})")])
     if not isinstance(obj, dict):
         return RawRecord(None, None, origin, [Problem("(line)", "type", "a line must hold one JSON object")])
+    if too_deep(obj):
+        return RawRecord(None, None, origin, [depth_problem()])
+    if (dup := duplicate_key(line, obj)) is not None:
+        rtype = obj.pop("record_type", None)
+        return RawRecord(rtype if isinstance(rtype, str) and rtype in v.RECORD_TYPES else None, obj, origin,
+                         [duplicate_problem(dup)])
     record_type = obj.pop("record_type", None)
     if record_type is None:
         return RawRecord(None, obj, origin, [Problem("record_type", "required", "is required on every NDJSON line")])
@@ -217,6 +308,10 @@ def read_body(body: bytes, *, lenient: bool = False) -> tuple[dict[str, Any] | N
             raise InputError("the request body is not JSON or NDJSON") from None
         lines = text.split(b"\n")
         return None, (parse_ndjson_line(line, f"line {n}") for n, line in enumerate(lines, start=1) if line.strip())
+    if too_deep(data, MAX_DEPTH + 2):  # + the body's array or document around the records
+        raise InputError(f"the request body: {depth_problem().message}")
+    if (dup := duplicate_key(text, data)) is not None:
+        raise InputError(f"the request body: {duplicate_problem(dup).message}")
     if isinstance(data, list):
         return None, (_record_object(item, f"[{i}]") for i, item in enumerate(data))
     if isinstance(data, dict) and "format" in data:

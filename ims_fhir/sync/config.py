@@ -12,6 +12,8 @@ reads the environment after the configuration is built. The worker's sections::
 
     [storage]
     url = "sqlite:///var/lib/ims-fhir/outbox.sqlite"
+    # or "postgresql://ims@db.example.org:5432/imsfhir" (extra [postgres]; several
+    # `ims-fhir worker` processes on several hosts; the password in PGPASSWORD or ~/.pgpass)
 
     [worker]                      # the background sender (in serve, or ims-fhir worker)
     enabled = true                # false: serve runs no worker thread; run ims-fhir worker beside it
@@ -22,6 +24,8 @@ reads the environment after the configuration is built. The worker's sections::
     max_attempts = 8
     backoff_base = 5.0
     backoff_cap = 600.0
+    dead_after_seconds = 259200   # a transient failure (connection, 5xx, 429) is dead only after
+                                  # max_attempts attempts AND this long since the first (72 h)
 
     [convert]
     lenient = false
@@ -67,6 +71,7 @@ from ims_fhir.client import ClientConfig
 from ims_fhir.errors import ConfigurationError, UsageError
 from ims_fhir.records.models import Source
 
+from .postgres import is_postgres_url
 from .sqlite import path_from_url
 from .worker import Target, WorkerOptions
 
@@ -211,8 +216,9 @@ def sync_config_from_merged(merged: Mapping[str, Any], environ: Mapping[str, str
     storage = merged.get("storage", {})
     unknown_storage = sorted(set(storage) - {"url"})
     if unknown_storage or not storage.get("url"):
-        raise ConfigurationError(f"{where}: [storage] needs url (sqlite:///PATH) and nothing else")
-    path_from_url(str(storage["url"]))  # a URL the storage layer understands, or ConfigurationError now
+        raise ConfigurationError(f"{where}: [storage] needs url (sqlite:///PATH or postgresql://...) and nothing else")
+    if not is_postgres_url(str(storage["url"])):
+        path_from_url(str(storage["url"]))  # a URL the storage layer understands, or ConfigurationError now
     worker_data = dict(merged.get("worker", {}))
     enabled = coerce(worker_data.pop("enabled", True), True, "worker.enabled")
     targets = tuple(target_from_mapping(t, environ) for t in merged.get("targets", []))

@@ -62,12 +62,14 @@ def shared_entry(resource: dict[str, Any], organization_id: str) -> bytes:
     return entry.replace(orjson.dumps(f"Organization/{organization_id}"), orjson.dumps(f"urn:uuid:{organization_id}"))
 
 
-def incoming(group: MappedRecord, ctx: MappingContext, *, assessment_id: str | None = None) -> Incoming:
+def incoming(group: MappedRecord, ctx: MappingContext, *, assessment_id: str | None = None,
+             patient_id: str | None = None) -> Incoming:
     body = group_to_bytes(group)
     shared = {r["id"]: shared_entry(r, ctx.organization_id) for r in group.resources
               if r["resourceType"] in SHARED_TYPES}
     waits = ("assessment", assessment_id) if group.record_type == "treatment" and assessment_id else None
-    return Incoming(group.record_type, group.record_id, content_hash(body), body, waits, shared)
+    patient = group.record_id if group.record_type == "patient" else patient_id
+    return Incoming(group.record_type, group.record_id, content_hash(body), body, waits, shared, patient)
 
 
 def take(raw_records: list[RawRecord], ctx: MappingContext, *, lenient: bool = False,
@@ -80,7 +82,8 @@ def take(raw_records: list[RawRecord], ctx: MappingContext, *, lenient: bool = F
         if isinstance(outcome, Rejected):
             out.rejected.append(outcome)
             continue
-        out.accepted.append(incoming(outcome.group, ctx, assessment_id=getattr(outcome.model, "assessment_id", None)))
+        out.accepted.append(incoming(outcome.group, ctx, assessment_id=getattr(outcome.model, "assessment_id", None),
+                                     patient_id=getattr(outcome.model, "patient_id", None)))
         out.origins[(outcome.record_type, outcome.record_id)] = outcome.origin
     return out
 

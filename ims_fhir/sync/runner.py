@@ -11,7 +11,9 @@ import logging
 import signal
 import sys
 import threading
+from typing import TextIO
 
+from ims_fhir.logs import log_formatter
 from ims_fhir.mapping import MappingContext, MappingOptions, map_organization
 from ims_fhir.terminology import default_terminology
 
@@ -20,10 +22,16 @@ from .config import SyncConfig
 from .worker import SyncWorker
 
 
-def configure_logging(level: str = "INFO") -> None:
-    """One line per event on stderr; the level by name (``DEBUG`` ... ``ERROR``)."""
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def configure_logging(level: str = "INFO", log_format: str = "text", *, stream: TextIO | None = None) -> None:
+    """One line per event on stderr (escaped, length-capped; :mod:`ims_fhir.logs`), text or JSON lines;
+    the level by name (``DEBUG`` ... ``ERROR``)."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(log_formatter(log_format))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(getattr(logging, level.upper(), logging.INFO))
 
 
 def make_worker(config: SyncConfig) -> SyncWorker:

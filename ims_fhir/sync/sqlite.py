@@ -5,71 +5,74 @@ method is one transaction, and those that write start with ``BEGIN IMMEDIATE`` s
 two workers (threads or processes on this host) never claim the same delivery: the
 write lock is taken before the due deliveries are read. ``synchronous=FULL`` with WAL
 makes a committed claim or result survive a power cut as well as a ``kill -9``.
+The SQL itself is shared with PostgreSQL (:mod:`.sql`); :data:`MIGRATIONS` is the schema.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+
+from typing import Any, Callable
 
 import orjson
 
 from ..errors import ConfigurationError
-from .store import (
-    KIND_RANK,
-    LATENCY_BUCKETS,
-    OWNERS,
-    RESOLUTIONS,
-    AuditEntry,
-    Claimed,
-    Conflict,
-    DeliveryStatus,
-    Event,
-    Failure,
-    FieldChange,
-    Identity,
-    Incoming,
-    RecordStatus,
-    Result,
-    Stats,
-    Stored,
+from .sql import SqlOutbox
+from .store import OWNERS, RESOLUTIONS, AuditEntry, Conflict, FieldChange, Identity
+
+#: the schema, one migration per step (``schema_version`` records those applied). Step 1 is
+#: the schema before versioning, every statement ``IF NOT EXISTS`` so that it also adopts an
+#: outbox written by an earlier version.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE IF NOT EXISTS record (
+            record_type TEXT NOT NULL, record_id TEXT NOT NULL,
+            revision INTEGER NOT NULL, content_hash TEXT NOT NULL, body BLOB NOT NULL,
+            waits_type TEXT, waits_id TEXT,
+            received_at REAL NOT NULL, updated_at REAL NOT NULL,
+            PRIMARY KEY (record_type, record_id))""",
+        "CREATE TABLE IF NOT EXISTS shared (resource_id TEXT PRIMARY KEY, entry BLOB NOT NULL)",
+        """CREATE TABLE IF NOT EXISTS delivery (
+            target TEXT NOT NULL, record_type TEXT NOT NULL, record_id TEXT NOT NULL,
+            rank INTEGER NOT NULL, seq INTEGER NOT NULL,
+            state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at REAL NOT NULL,
+            lease_owner TEXT, lease_until REAL, sending_revision INTEGER,
+            synced_revision INTEGER, server_id TEXT, server_version TEXT, resources BLOB,
+            http_status INTEGER, error TEXT, outcome BLOB,
+            queued_at REAL, updated_at REAL, synced_at REAL,
+            PRIMARY KEY (target, record_type, record_id))""",
+        "CREATE INDEX IF NOT EXISTS delivery_due ON delivery (target, state, rank, seq)",
+        """CREATE TABLE IF NOT EXISTS event (
+            seq INTEGER PRIMARY KEY, at REAL NOT NULL, target TEXT NOT NULL,
+            record_type TEXT NOT NULL, record_id TEXT NOT NULL, revision INTEGER NOT NULL,
+            event TEXT NOT NULL, detail TEXT)""",
+        "CREATE INDEX IF NOT EXISTS event_record ON event (record_type, record_id, seq)",
+        """CREATE TABLE IF NOT EXISTS counter (name TEXT NOT NULL, target TEXT NOT NULL, value REAL NOT NULL,
+            PRIMARY KEY (name, target))""",
+        "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+    ),
+    (  # 2: per-patient order, and dead-lettering by age
+        "ALTER TABLE delivery ADD COLUMN patient TEXT",
+        "ALTER TABLE delivery ADD COLUMN first_failed_at REAL",
+        "CREATE INDEX delivery_patient ON delivery (target, patient, state)",
+    ),
 )
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS record (
-    record_type TEXT NOT NULL, record_id TEXT NOT NULL,
-    revision INTEGER NOT NULL, content_hash TEXT NOT NULL, body BLOB NOT NULL,
-    waits_type TEXT, waits_id TEXT,
-    received_at REAL NOT NULL, updated_at REAL NOT NULL,
-    PRIMARY KEY (record_type, record_id)
-);
-CREATE TABLE IF NOT EXISTS shared (resource_id TEXT PRIMARY KEY, entry BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS delivery (
-    target TEXT NOT NULL, record_type TEXT NOT NULL, record_id TEXT NOT NULL,
-    rank INTEGER NOT NULL, seq INTEGER NOT NULL,
-    state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at REAL NOT NULL,
-    lease_owner TEXT, lease_until REAL, sending_revision INTEGER,
-    synced_revision INTEGER, server_id TEXT, server_version TEXT, resources BLOB,
-    http_status INTEGER, error TEXT, outcome BLOB,
-    queued_at REAL, updated_at REAL, synced_at REAL,
-    PRIMARY KEY (target, record_type, record_id)
-);
-CREATE INDEX IF NOT EXISTS delivery_due ON delivery (target, state, rank, seq);
-CREATE TABLE IF NOT EXISTS event (
-    seq INTEGER PRIMARY KEY, at REAL NOT NULL, target TEXT NOT NULL,
-    record_type TEXT NOT NULL, record_id TEXT NOT NULL, revision INTEGER NOT NULL,
-    event TEXT NOT NULL, detail TEXT
-);
-CREATE INDEX IF NOT EXISTS event_record ON event (record_type, record_id, seq);
-CREATE TABLE IF NOT EXISTS counter (name TEXT NOT NULL, target TEXT NOT NULL, value REAL NOT NULL,
-    PRIMARY KEY (name, target));
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-"""
+
+def path_from_url(url: str) -> str:
+    """``sqlite:///relative.db``, ``sqlite:////abs/path.db`` or ``sqlite:///:memory:`` -> a path."""
+    if not url.startswith("sqlite:///"):
+        raise ConfigurationError(f"storage url {url!r}: expected sqlite:///PATH or postgresql://...")
+    path = url[len("sqlite:///"):]
+    if not path:
+        raise ConfigurationError(f"storage url {url!r} names no file")
+    return path
+
 
 #: the per-target state of issue 9 (identity map, conflicts, audit trail): tables of their own,
 #: created beside the outbox's, so that a schema-migration mechanism can add them as one step
@@ -263,24 +266,9 @@ def _conflict(r: sqlite3.Row) -> Conflict:
                     detail=r["detail"], clinic_hash=r["clinic_hash"])
 
 
-#: main resource type of each record kind (its id and version are the record's "server id")
-_PRIMARY = {"patient": "Patient", "practitioner": "Practitioner", "assessment": "Observation",
-            "treatment": "Procedure"}
-
-
-def path_from_url(url: str) -> str:
-    """``sqlite:///relative.db``, ``sqlite:////abs/path.db`` or ``sqlite:///:memory:`` -> a path."""
-    if not url.startswith("sqlite:///"):
-        raise ConfigurationError(f"storage url {url!r}: expected sqlite:///PATH (PostgreSQL is not implemented yet)")
-    path = url[len("sqlite:///"):]
-    if not path:
-        raise ConfigurationError(f"storage url {url!r} names no file")
-    return path
-
-
-class SQLiteOutbox(SQLiteTargetState):
-    """:class:`~ims_fhir.sync.store.Outbox` (and :class:`~ims_fhir.sync.store.TargetState`) on one
-    SQLite file (see the module docstring)."""
+class SQLiteOutbox(SqlOutbox, SQLiteTargetState):
+    """:class:`~ims_fhir.sync.store.Outbox` (and the per-target state of issue 9,
+    :class:`~ims_fhir.sync.store.TargetState`) on one SQLite file (see the module docstring)."""
 
     def __init__(self, path: str | Path, *, busy_timeout: float = 30.0) -> None:
         self.path = str(path)
@@ -290,7 +278,11 @@ class SQLiteOutbox(SQLiteTargetState):
         self._lock = threading.Lock()
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._db().executescript(SCHEMA)  # each statement IF NOT EXISTS: safe for several processes
+            self._refuse_damaged()
+        with self._tx() as db:  # the write lock: one process applies a step, the others see it done
+            self._migrate(db, MIGRATIONS)
+        # issue 9's tables, each IF NOT EXISTS (to become a migration step of their own when the
+        # PostgreSQL storage keeps them too)
         self._db().executescript(TARGET_STATE_SCHEMA)
 
     @classmethod
@@ -327,6 +319,13 @@ class SQLiteOutbox(SQLiteTargetState):
         else:
             db.execute("COMMIT")
 
+    def _next_seq(self, db: sqlite3.Connection, n: int) -> list[int]:
+        row = db.execute("SELECT value FROM meta WHERE key='seq'").fetchone()
+        first = (row[0] if row else 0) + 1
+        db.execute("INSERT INTO meta VALUES ('seq', ?) ON CONFLICT (key) DO UPDATE SET value=excluded.value",
+                   (first + n,))
+        return list(range(first, first + n))
+
     def close(self) -> None:
         with self._lock:
             for db in self._connections:
@@ -337,298 +336,33 @@ class SQLiteOutbox(SQLiteTargetState):
             self._connections.clear()
         self._local = threading.local()
 
-    def ping(self) -> None:
-        self._db().execute("SELECT 1 FROM meta LIMIT 1").fetchall()
+    # -- integrity ------------------------------------------------------------------
 
-    # -- intake ---------------------------------------------------------------------
+    def check_integrity(self) -> str | None:
+        """``PRAGMA quick_check``: None when the file is sound, else SQLite's first complaint."""
+        try:
+            rows = self._db().execute("PRAGMA quick_check(5)").fetchall()
+        except sqlite3.DatabaseError as exc:
+            return str(exc)
+        found = [str(r[0]) for r in rows if r and r[0] != "ok"]
+        return "; ".join(found)[:500] if found else None
 
-    def put(self, records: list[Incoming], targets: list[str], *, now: float) -> list[Stored]:
-        out = []
-        with self._tx() as db:
-            seq = self._next_seq(db, len(records) * max(len(targets), 1))
-            for rec in records:
-                row = db.execute("SELECT revision, content_hash FROM record WHERE record_type=? AND record_id=?",
-                                 (rec.record_type, rec.record_id)).fetchone()
-                waits = rec.waits_for or (None, None)
-                for rid, entry in rec.shared.items():
-                    db.execute("INSERT INTO shared VALUES (?,?) ON CONFLICT (resource_id) DO UPDATE SET entry=excluded.entry",
-                               (rid, entry))
-                if row is not None and row[1] == rec.content_hash:
-                    # unchanged: a target added to the configuration since still gets it
-                    revision = row[0]
-                    added = self._enqueue(db, rec, targets, revision, seq, now, only_missing=True)
-                    seq += len(targets)
-                    out.append(Stored(rec.record_type, rec.record_id, "queued" if added else "unchanged", revision))
-                    continue
-                revision = 1 if row is None else row[0] + 1
-                if row is None:
-                    db.execute("INSERT INTO record VALUES (?,?,?,?,?,?,?,?,?)",
-                               (rec.record_type, rec.record_id, revision, rec.content_hash, rec.group,
-                                waits[0], waits[1], now, now))
-                else:
-                    db.execute("UPDATE record SET revision=?, content_hash=?, body=?, waits_type=?, waits_id=?, "
-                               "updated_at=? WHERE record_type=? AND record_id=?",
-                               (revision, rec.content_hash, rec.group, waits[0], waits[1], now,
-                                rec.record_type, rec.record_id))
-                self._enqueue(db, rec, targets, revision, seq, now, only_missing=False)
-                seq += len(targets)
-                out.append(Stored(rec.record_type, rec.record_id, "queued", revision))
-        return out
-
-    @staticmethod
-    def _next_seq(db: sqlite3.Connection, n: int) -> int:
-        row = db.execute("SELECT value FROM meta WHERE key='seq'").fetchone()
-        first = (row[0] if row else 0) + 1
-        db.execute("INSERT INTO meta VALUES ('seq', ?) ON CONFLICT (key) DO UPDATE SET value=excluded.value",
-                   (first + n,))
-        return first
-
-    def _enqueue(self, db: sqlite3.Connection, rec: Incoming, targets: list[str], revision: int, seq: int,
-                 now: float, *, only_missing: bool) -> bool:
-        added = False
-        rank = KIND_RANK.get(rec.record_type, 9)
-        for i, target in enumerate(targets):
-            row = db.execute("SELECT state FROM delivery WHERE target=? AND record_type=? AND record_id=?",
-                             (target, rec.record_type, rec.record_id)).fetchone()
-            if row is None:
-                db.execute("INSERT INTO delivery (target, record_type, record_id, rank, seq, state, attempts, "
-                           "next_attempt_at, queued_at, updated_at) VALUES (?,?,?,?,?,'queued',0,?,?,?)",
-                           (target, rec.record_type, rec.record_id, rank, seq + i, now, now, now))
-            elif only_missing:
-                continue
-            elif row[0] == "sending":
-                # the worker holding it will see the new revision when it completes, and queue it again
-                db.execute("UPDATE delivery SET updated_at=? WHERE target=? AND record_type=? AND record_id=?",
-                           (now, target, rec.record_type, rec.record_id))
-            else:
-                db.execute("UPDATE delivery SET state='queued', attempts=0, next_attempt_at=?, seq=?, queued_at=?, "
-                           "updated_at=?, lease_owner=NULL, lease_until=NULL "
-                           "WHERE target=? AND record_type=? AND record_id=?",
-                           (now, seq + i, now, now, target, rec.record_type, rec.record_id))
-            self._event(db, now, target, rec.record_type, rec.record_id, revision, "queued",
-                        "new record" if row is None else ("changed" if not only_missing else "new target"))
-            added = True
-        return added
-
-    @staticmethod
-    def _event(db: sqlite3.Connection, now: float, target: str, record_type: str, record_id: str, revision: int,
-               event: str, detail: str | None = None) -> None:
-        db.execute("INSERT INTO event (at, target, record_type, record_id, revision, event, detail) "
-                   "VALUES (?,?,?,?,?,?,?)", (now, target, record_type, record_id, revision, event, detail))
-
-    def shared_entry(self, resource_id: str) -> bytes | None:
-        row = self._db().execute("SELECT entry FROM shared WHERE resource_id=?", (resource_id,)).fetchone()
-        return bytes(row[0]) if row else None
-
-    # -- the worker's side ----------------------------------------------------------
-
-    def claim(self, target: str, *, owner: str, limit: int, lease_seconds: float, now: float) -> list[Claimed]:
-        claimed: list[Claimed] = []
-        keys: set[tuple[str, str]] = set()
-        with self._tx() as db:
-            rows = db.execute(
-                "SELECT d.record_type, d.record_id, d.attempts, r.revision, r.body, r.waits_type, r.waits_id "
-                "FROM delivery d JOIN record r ON r.record_type=d.record_type AND r.record_id=d.record_id "
-                "WHERE d.target=? AND ((d.state='queued' AND d.next_attempt_at<=?) OR (d.state='sending' AND d.lease_until<?)) "
-                "ORDER BY d.rank, d.seq LIMIT ?", (target, now, now, limit * 4)).fetchall()
-            for rtype, rid, attempts, revision, body, waits_type, waits_id in rows:
-                if len(claimed) >= limit:
-                    break
-                if waits_type is not None and (waits_type, waits_id) not in keys:
-                    dep = db.execute("SELECT state FROM delivery WHERE target=? AND record_type=? AND record_id=?",
-                                     (target, waits_type, waits_id)).fetchone()
-                    if dep is not None and dep[0] in ("queued", "sending"):
-                        continue  # its assessment goes first; it stays queued
-                db.execute("UPDATE delivery SET state='sending', attempts=attempts+1, lease_owner=?, lease_until=?, "
-                           "sending_revision=?, updated_at=? WHERE target=? AND record_type=? AND record_id=?",
-                           (owner, now + lease_seconds, revision, now, target, rtype, rid))
-                self._event(db, now, target, rtype, rid, revision, "sending", f"attempt {attempts + 1}")
-                claimed.append(Claimed(target, rtype, rid, revision, bytes(body), attempts + 1))
-                keys.add((rtype, rid))
-        return claimed
-
-    def release_abandoned(self, is_dead: Callable[[str], bool], *, now: float) -> int:
-        with self._tx() as db:
-            owners = [r[0] for r in db.execute(
-                "SELECT DISTINCT lease_owner FROM delivery WHERE state='sending' AND lease_owner IS NOT NULL")]
-            released = 0
-            for owner in owners:
-                if not is_dead(owner):
-                    continue
-                rows = db.execute("SELECT target, record_type, record_id, sending_revision FROM delivery "
-                                  "WHERE state='sending' AND lease_owner=?", (owner,)).fetchall()
-                db.execute("UPDATE delivery SET state='queued', lease_owner=NULL, lease_until=NULL, next_attempt_at=?, "
-                           "updated_at=? WHERE state='sending' AND lease_owner=?", (now, now, owner))
-                for target, rtype, rid, revision in rows:
-                    self._event(db, now, target, rtype, rid, revision or 0, "queued", "its worker stopped mid-send")
-                released += len(rows)
-        return released
-
-    def complete(self, target: str, results: list[Result], *, owner: str, now: float, max_attempts: int,
-                 backoff_base: float, backoff_cap: float, latency: float | None) -> None:
-        with self._tx() as db:
-            for res in results:
-                row = db.execute(
-                    "SELECT d.state, d.lease_owner, d.attempts, r.revision FROM delivery d JOIN record r "
-                    "ON r.record_type=d.record_type AND r.record_id=d.record_id "
-                    "WHERE d.target=? AND d.record_type=? AND d.record_id=?",
-                    (target, res.record_type, res.record_id)).fetchone()
-                if row is None or row[0] != "sending" or row[1] != owner:
-                    continue  # the lease ran out and someone else took it over; their result counts
-                _, _, attempts, current = row
-                key = (target, res.record_type, res.record_id)
-                outcome = orjson.dumps(res.outcome) if res.outcome is not None else None
-                if res.kind in ("synced", "kept"):
-                    primary = next((r for r in res.resources if r.get("resourceType") == _PRIMARY.get(res.record_type)),
-                                   res.resources[0] if res.resources else {})
-                    stale = current != res.revision
-                    db.execute(
-                        "UPDATE delivery SET state=?, synced_revision=?, server_id=?, server_version=?, resources=?, "
-                        "http_status=NULL, error=NULL, outcome=NULL, lease_owner=NULL, lease_until=NULL, "
-                        "next_attempt_at=?, attempts=CASE WHEN ? THEN 0 ELSE attempts END, updated_at=?, synced_at=? "
-                        "WHERE target=? AND record_type=? AND record_id=?",
-                        ("queued" if stale else res.kind, res.revision, primary.get("id"), primary.get("version"),
-                         orjson.dumps(res.resources), now, stale, now, now, *key))
-                    what = f"{primary.get('resourceType')}/{primary.get('id')} version {primary.get('version')}"
-                    self._event(db, now, target, res.record_type, res.record_id, res.revision, res.kind,
-                                what + (" (server-owned: referenced, never written)" if res.kind == "kept" else ""))
-                    if stale:
-                        self._event(db, now, target, res.record_type, res.record_id, current, "queued", "changed")
-                    self._count(db, "sent", target)
-                elif res.kind == "conflict":
-                    db.execute("UPDATE delivery SET state='conflict', http_status=?, error=?, outcome=?, "
-                               "lease_owner=NULL, lease_until=NULL, updated_at=? "
-                               "WHERE target=? AND record_type=? AND record_id=?",
-                               (res.status, res.error, outcome, now, *key))
-                    self._event(db, now, target, res.record_type, res.record_id, res.revision, "conflict", res.error)
-                    self._count(db, "conflicts", target)
-                elif res.kind == "rejected":
-                    db.execute("UPDATE delivery SET state='failed', http_status=?, error=?, outcome=?, lease_owner=NULL, "
-                               "lease_until=NULL, updated_at=? WHERE target=? AND record_type=? AND record_id=?",
-                               (res.status, res.error, outcome, now, *key))
-                    self._event(db, now, target, res.record_type, res.record_id, res.revision, "failed",
-                                f"HTTP {res.status}" if res.status else res.error)
-                    self._count(db, "failed", target)
-                else:
-                    dead = attempts >= max_attempts
-                    wait = min(backoff_cap, backoff_base * 2.0 ** max(attempts - 1, 0))
-                    db.execute("UPDATE delivery SET state=?, http_status=?, error=?, outcome=?, lease_owner=NULL, "
-                               "lease_until=NULL, next_attempt_at=?, updated_at=? "
-                               "WHERE target=? AND record_type=? AND record_id=?",
-                               ("dead" if dead else "queued", res.status, res.error, outcome, now + wait, now, *key))
-                    self._event(db, now, target, res.record_type, res.record_id, res.revision,
-                                "dead" if dead else "retry-later", res.error)
-                    self._count(db, "dead" if dead else "transient_failures", target)
-            if latency is not None:
-                self._observe(db, target, latency)
-
-    @staticmethod
-    def _count(db: sqlite3.Connection, name: str, target: str, by: float = 1.0) -> None:
-        db.execute("INSERT INTO counter VALUES (?,?,?) ON CONFLICT (name, target) DO UPDATE SET value=value+excluded.value",
-                   (name, target, by))
-
-    def _observe(self, db: sqlite3.Connection, target: str, seconds: float) -> None:
-        for bound in LATENCY_BUCKETS:
-            if seconds <= bound:
-                self._count(db, f"latency_le_{bound}", target)
-        self._count(db, "latency_count", target)
-        self._count(db, "latency_sum", target, seconds)
-
-    # -- replay ---------------------------------------------------------------------
-
-    def settle_conflict(self, target: str, record_type: str, record_id: str, *, state: str, detail: str,
-                        now: float) -> bool:
-        """After a conflict's resolution: its delivery leaves ``conflict`` for ``state`` (``synced``, or
-        ``queued`` to send the clinic's new revision). False when the delivery is not in conflict."""
-        with self._tx() as db:
-            row = db.execute("SELECT r.revision FROM delivery d JOIN record r ON r.record_type=d.record_type "
-                             "AND r.record_id=d.record_id WHERE d.target=? AND d.record_type=? AND d.record_id=? "
-                             "AND d.state='conflict'", (target, record_type, record_id)).fetchone()
-            if row is None:
-                return False
-            db.execute("UPDATE delivery SET state=?, http_status=NULL, error=NULL, outcome=NULL, attempts=0, "
-                       "next_attempt_at=?, updated_at=?, synced_at=CASE WHEN ?='synced' THEN ? ELSE synced_at END "
-                       "WHERE target=? AND record_type=? AND record_id=?",
-                       (state, now, now, state, now, target, record_type, record_id))
-            self._event(db, now, target, record_type, record_id, row[0], state, detail)
-            return True
-
-    def retry(self, record_type: str, record_id: str, *, now: float, target: str | None = None) -> int:
-        return self._requeue("record_type=? AND record_id=? AND state IN ('failed','dead')", (record_type, record_id),
-                             now=now, target=target)
-
-    def retry_state(self, state: str, *, now: float, target: str | None = None) -> int:
-        if state not in ("failed", "dead"):
-            raise ValueError(f"only failed or dead deliveries can be retried, not {state!r}")
-        return self._requeue("state=?", (state,), now=now, target=target)
-
-    def _requeue(self, where: str, params: tuple[Any, ...], *, now: float, target: str | None) -> int:
-        if target is not None:
-            where += " AND target=?"
-            params = (*params, target)
-        with self._tx() as db:
-            rows = db.execute(f"SELECT d.target, d.record_type, d.record_id, r.revision FROM delivery d JOIN record r "
-                              f"USING (record_type, record_id) WHERE {where}", params).fetchall()
-            for tgt, rtype, rid, revision in rows:
-                db.execute("UPDATE delivery SET state='queued', attempts=0, next_attempt_at=?, updated_at=?, "
-                           "queued_at=? WHERE target=? AND record_type=? AND record_id=?",
-                           (now, now, now, tgt, rtype, rid))
-                self._event(db, now, tgt, rtype, rid, revision, "queued", "retry requested")
-        return len(rows)
-
-    # -- reading --------------------------------------------------------------------
-
-    def status(self, record_type: str, record_id: str) -> RecordStatus | None:
-        with self._tx(write=False) as db:
-            rec = db.execute("SELECT revision, received_at, updated_at FROM record WHERE record_type=? AND record_id=?",
-                             (record_type, record_id)).fetchone()
-            if rec is None:
-                return None
-            rows = db.execute(
-                "SELECT target, state, attempts, synced_revision, server_id, server_version, resources, http_status, "
-                "error, outcome, queued_at, updated_at, synced_at, next_attempt_at FROM delivery "
-                "WHERE record_type=? AND record_id=? ORDER BY target", (record_type, record_id)).fetchall()
-        deliveries = [DeliveryStatus(
-            target=r[0], state=r[1], attempts=r[2], revision=rec[0], synced_revision=r[3], server_id=r[4],
-            server_version=r[5], resources=orjson.loads(r[6]) if r[6] else [], http_status=r[7], error=r[8],
-            outcome=orjson.loads(r[9]) if r[9] else None, queued_at=r[10], updated_at=r[11], synced_at=r[12],
-            next_attempt_at=r[13]) for r in rows]
-        return RecordStatus(record_type, record_id, rec[0], rec[1], rec[2], deliveries)
-
-    def history(self, record_type: str, record_id: str, *, limit: int = 100) -> list[Event]:
-        rows = self._db().execute(
-            "SELECT at, target, record_type, record_id, revision, event, detail FROM event "
-            "WHERE record_type=? AND record_id=? ORDER BY seq DESC LIMIT ?", (record_type, record_id, limit)).fetchall()
-        return [Event(*r) for r in rows]
-
-    def recent(self, *, limit: int = 20) -> list[Event]:
-        rows = self._db().execute("SELECT at, target, record_type, record_id, revision, event, detail FROM event "
-                                  "ORDER BY seq DESC LIMIT ?", (limit,)).fetchall()
-        return [Event(*r) for r in rows]
-
-    def failures(self, *, limit: int = 20) -> list[Failure]:
-        rows = self._db().execute(
-            "SELECT target, record_type, record_id, state, attempts, http_status, error, outcome, updated_at "
-            "FROM delivery WHERE state IN ('failed','dead') ORDER BY updated_at DESC LIMIT ?", (limit,)).fetchall()
-        return [Failure(target=r[0], record_type=r[1], record_id=r[2], state=r[3], attempts=r[4], http_status=r[5],
-                        error=r[6], outcome=orjson.loads(r[7]) if r[7] else None, updated_at=r[8]) for r in rows]
-
-    def pending(self, target: str | None = None) -> int:
-        sql = "SELECT COUNT(*) FROM delivery WHERE state IN ('queued','sending')"
-        row = self._db().execute(sql + (" AND target=?" if target else ""), (target,) if target else ()).fetchone()
-        return int(row[0])
-
-    def stats(self) -> Stats:
-        with self._tx(write=False) as db:
-            depth = {(t, s): n for t, s, n in db.execute(
-                "SELECT target, state, COUNT(*) FROM delivery GROUP BY target, state")}
-            raw = {(n, t): v for n, t, v in db.execute("SELECT name, target, value FROM counter")}
-        counters = {k: v for k, v in raw.items() if not k[0].startswith("latency_")}
-        latency: dict[str, tuple[list[int], int, float]] = {}
-        for target in {t for n, t in raw if n == "latency_count"}:
-            buckets = [int(raw.get((f"latency_le_{b}", target), 0)) for b in LATENCY_BUCKETS]
-            latency[target] = (buckets, int(raw[("latency_count", target)]), raw.get(("latency_sum", target), 0.0))
-        return Stats(depth, counters, latency)
+    def _refuse_damaged(self) -> None:
+        """A file that exists must be a sound outbox: an empty (0-byte) or damaged file is an error, never
+        silently a new, empty outbox (that would lose every queued record). A missing file is a new outbox."""
+        path = Path(self.path)
+        if not path.exists():
+            return
+        wal = Path(self.path + "-wal")
+        if path.is_file() and path.stat().st_size == 0 and not (wal.exists() and wal.stat().st_size > 0):
+            raise ConfigurationError(
+                f"storage {self.path}: the file is empty (0 bytes), not an outbox; if a new outbox is meant, "
+                "delete the file; otherwise restore it from a backup")
+        problem = self.check_integrity()
+        if problem is not None:
+            self.close()
+            raise ConfigurationError(f"storage {self.path}: the outbox is damaged (PRAGMA quick_check: {problem}); "
+                                     "restore it from a backup")
 
 
-__all__ = ["SQLiteOutbox", "path_from_url"]
+__all__ = ["MIGRATIONS", "TARGET_STATE_SCHEMA", "SQLiteOutbox", "SQLiteTargetState", "path_from_url"]

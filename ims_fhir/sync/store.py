@@ -20,19 +20,35 @@ Terms:
   ``failed``   the server refused the record (4xx); ``outcome`` holds its OperationOutcome.
                Not retried on its own: fix and re-post the record, or ask for a retry
   ``dead``     transient failures (connection, 5xx, 429) went on past the retry limit
+               *and* past the maximum age, or conflicts (409/412) past the retry limit
+               (see *attempt*)
 
+- *patient*: the patient a record belongs to (a patient record: itself; an assessment or
+  treatment: its ``patient_id``; a practitioner: none). The records of one patient are
+  sent to a target in order (kind first, as below, then arrival): a delivery is not
+  claimable while an earlier delivery of the same patient for the same target is queued
+  or sending, so several workers never reorder one patient's records.
+- *attempt*: one answer that counts against a delivery: a refusal by the server or a
+  transport/server failure (connection, timeout, 5xx, 429). A send cut short by a crash
+  or an expired lease is no attempt. Dead-lettering is by cause and age: a refusal is
+  ``failed`` at once; a conflict (409/412, a clash with a concurrent write) is retried and
+  ``dead`` after ``max_attempts``; a transient failure is ``dead`` only after ``max_attempts`` attempts
+  *and* ``dead_after`` seconds since the first failure of the streak (72 h by default),
+  so an outage of hours never kills a queue.
 - *event*: one line of a delivery's history (queued, sending, synced, failed, retry ...).
 
-The storage sits behind :class:`Outbox` so that a PostgreSQL implementation (``SELECT ...
-FOR UPDATE SKIP LOCKED`` claims) can replace SQLite when several workers run on several
-hosts. Every method is one transaction. Times are seconds since the epoch, passed in by
-the caller (no clock in here).
+The storage sits behind :class:`Outbox`: SQLite (:mod:`.sqlite`, one host, the embedded
+default) or PostgreSQL (:mod:`.postgres`, ``SELECT ... FOR UPDATE SKIP LOCKED`` claims, for
+several workers on several hosts); both share their SQL in :mod:`.sql` and apply their
+versioned schema migrations (table ``schema_version``) when opened. Every method is one
+transaction. Times are seconds since the epoch, passed in by the caller (no clock in here).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from ..fhir.diff import FieldChange
 
@@ -40,6 +56,9 @@ STATES = ("queued", "sending", "synced", "kept", "conflict", "failed", "dead")
 
 #: order in which record kinds are sent: what others refer to goes first
 KIND_RANK = {"practitioner": 0, "patient": 0, "assessment": 1, "treatment": 2}
+
+#: default age (seconds since the first transient failure) before a delivery may be ``dead``
+DEAD_AFTER = 72 * 3600.0
 
 #: bucket bounds (seconds) of the transaction latency histogram
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -57,6 +76,8 @@ class Incoming:
     waits_for: tuple[str, str] | None = None
     #: conditional-create entries of its shared resources (a Patient/Practitioner), by resource id
     shared: dict[str, bytes] = field(default_factory=dict)
+    #: the patient this record belongs to: records of one patient are sent in order
+    patient: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +99,7 @@ class Claimed:
     record_id: str
     revision: int
     group: bytes
+    #: attempts counted before this claim (refusals and transient failures, never crashes)
     attempts: int
 
 
@@ -86,9 +108,12 @@ class Result:
     """What happened to one claimed delivery.
 
     ``kind``: ``synced`` (``resources`` = server ids and versions), ``kept`` (the same, for a
-    server-owned resource that was referenced, not written), ``conflict`` (not written: the
-    server's version moved; ``error`` names the conflict), ``rejected`` (the server refused it:
-    ``status`` + ``outcome``), ``transient`` (worth another try later).
+    server-owned resource that was referenced, not written), ``version_conflict`` (not written:
+    the server's version moved since the adapter wrote it; ``error`` names the recorded
+    conflict; the delivery rests in state ``conflict`` until resolved), ``rejected`` (the server
+    refused it: ``status`` + ``outcome``), ``conflict`` (the server refused it for a clash with
+    a concurrent write, 409/412: retried, ``dead`` after ``max_attempts``), ``transient``
+    (worth another try later).
     """
 
     record_type: str
@@ -195,8 +220,10 @@ class Outbox(Protocol):
         host that was killed), without waiting for their leases to expire; returns how many."""
 
     def complete(self, target: str, results: list[Result], *, owner: str, now: float, max_attempts: int,
-                 backoff_base: float, backoff_cap: float, latency: float | None) -> None:
-        """Record what happened to claimed deliveries (only those still leased by ``owner``)."""
+                 backoff_base: float, backoff_cap: float, latency: float | None,
+                 dead_after: float = DEAD_AFTER) -> None:
+        """Record what happened to claimed deliveries (only those still leased by ``owner``); a
+        transient failure is ``dead`` after ``max_attempts`` attempts and ``dead_after`` seconds."""
 
     def status(self, record_type: str, record_id: str) -> RecordStatus | None: ...
 
@@ -366,6 +393,6 @@ class TargetState(Protocol):
         """The newest audit entries first."""
 
 
-__all__ = ["CONFLICT_STATES", "KIND_RANK", "LATENCY_BUCKETS", "OWNERS", "RESOLUTIONS", "STATES", "AuditEntry",
+__all__ = ["CONFLICT_STATES", "DEAD_AFTER", "KIND_RANK", "LATENCY_BUCKETS", "OWNERS", "RESOLUTIONS", "STATES", "AuditEntry",
            "Claimed", "Conflict", "DeliveryStatus", "Event", "Failure", "FieldChange", "Identity", "Incoming",
            "Outbox", "RecordStatus", "Result", "Stats", "Stored", "TargetState"]

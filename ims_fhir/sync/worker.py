@@ -8,13 +8,18 @@ self-contained transaction Bundles, send each Bundle through the shared engine
 record's result as soon as its Bundle is answered:
 
 - its entries went through: ``synced`` with the server's ids and versions;
-- the server refused it (4xx): ``failed`` with the server's OperationOutcome;
+- the server refused it (4xx): ``failed`` with the server's OperationOutcome; but a
+  conflict (409/412: a clash with a concurrent write) is queued again with backoff and
+  ``dead`` only after ``max_attempts``;
 - the target could not be reached or kept failing (connection, 5xx, 429, 401/403 after
-  the client's retries): queued again with backoff, ``dead`` after ``max_attempts``.
+  the client's retries): queued again with backoff; ``dead`` only after ``max_attempts``
+  such attempts *and* ``dead_after_seconds`` since the first of them (72 h by default), so
+  an outage of hours never kills a queue (see :mod:`.store`, *attempt*).
 
 Crash safety: a claim is a lease in the outbox; a worker killed mid-send leaves its
 deliveries ``sending`` until the lease expires, then any worker claims them again (a
-worker starting on the same host re-queues at once the leases of a dead process there).
+worker on the same host re-queues at once the leases of a dead process there: when it
+starts, and every ``lease_seconds / 4`` while it runs). An interrupted send is no attempt.
 Sending again is safe because every entry is a conditional create or a conditional
 update on a business identifier: the server ends with one copy whatever happened.
 The lease must outlast one Bundle's send (the client's retry budget plus a read
@@ -42,7 +47,7 @@ from ..fhir.bundles import BundlePacker, group_from_bytes
 from ..identifiers import IdentifierScheme, RecordKey
 from ..mapping.context import Resource
 from .reconcile import KEPT, Sent, TargetSync
-from .store import Claimed, Outbox, Result
+from .store import DEAD_AFTER, Claimed, Outbox, Result
 
 log = logging.getLogger("ims_fhir.sync")
 
@@ -65,12 +70,16 @@ class WorkerOptions:
     max_attempts: int = 8
     backoff_base: float = 5.0
     backoff_cap: float = 600.0
+    #: and seconds since the first failure of a streak, before a transiently failing record is ``dead``
+    dead_after_seconds: float = DEAD_AFTER
 
     def __post_init__(self) -> None:
         if self.batch_records < 1 or self.bundle_size < 2 or self.max_attempts < 1:
             raise UsageError("worker: batch_records >= 1, bundle_size >= 2 and max_attempts >= 1 are needed")
         if self.lease_seconds <= 0 or self.poll_seconds <= 0:
             raise UsageError("worker: lease_seconds and poll_seconds must be positive")
+        if self.dead_after_seconds < 0:
+            raise UsageError("worker: dead_after_seconds must not be negative")
 
     def check_lease(self, targets: list[Target]) -> None:
         """A lease shorter than one send could let a second worker send the same records concurrently."""
@@ -205,7 +214,8 @@ class SyncWorker:
                                   error=str(down)) for k in keys]
             self.outbox.complete(target.name, results, owner=self.owner, now=self.clock(),
                                  max_attempts=self.options.max_attempts, backoff_base=self.options.backoff_base,
-                                 backoff_cap=self.options.backoff_cap, latency=latency)
+                                 backoff_cap=self.options.backoff_cap, latency=latency,
+                                 dead_after=self.options.dead_after_seconds)
             self._log(target, results)
         missing = [k for k in by_key if k not in seen]  # never packed (cannot happen, but never lose one)
         if missing:
@@ -213,7 +223,7 @@ class SyncWorker:
                                                       error="not packed into a Bundle") for k in missing],
                                  owner=self.owner, now=self.clock(), max_attempts=self.options.max_attempts,
                                  backoff_base=self.options.backoff_base, backoff_cap=self.options.backoff_cap,
-                                 latency=None)
+                                 latency=None, dead_after=self.options.dead_after_seconds)
 
     def target_sync(self, target: Target) -> TargetSync | None:
         """Identity map, ownership, If-Match, conflicts and Provenance for a target (issue 9), when
@@ -252,7 +262,7 @@ class SyncWorker:
                 c = conflicts[key]
                 error = (f"conflict {c.conflict_id}: {c.resource} was edited on the server (version {c.server_version}, "
                          f"last written {c.base_version}); not overwritten")
-                results.append(Result(key[0], key[1], "conflict", revision, status=409, error=error))
+                results.append(Result(key[0], key[1], "version_conflict", revision, status=409, error=error))
             elif key in refused:
                 err = refused[key]
                 results.append(Result(key[0], key[1], "rejected", revision, status=status_of(err), error=str(err),
@@ -278,7 +288,11 @@ class SyncWorker:
                      "outcome": e.outcome} for e in record.entries]))
             elif record.refusal is not None:
                 err = record.refusal.error
-                results.append(Result(key[0], key[1], "rejected", revision, status=status_of(err), error=str(err),
+                status = status_of(err)
+                # 409/412: a clash with a concurrent write (another sender, a re-send after a
+                # crash): worth another try, unlike a refusal of the content
+                kind = "conflict" if status in (409, 412) else "rejected"
+                results.append(Result(key[0], key[1], kind, revision, status=status, error=str(err),
                                       outcome=operation_outcome(err)))
             else:  # only in parts that failed for another record: send it again on its own
                 results.append(Result(key[0], key[1], "transient", revision,
@@ -302,11 +316,14 @@ class SyncWorker:
         """Rounds until ``stop`` is set; idles ``poll_seconds`` when there is nothing to do."""
         log.info("sync worker %s started for targets %s", self.owner, ", ".join(t.name for t in self.targets))
         try:
-            try:
-                self.recover()
-            except Exception as exc:  # the leases will expire on their own
-                log.error("recovering abandoned leases failed: %s", type(exc).__name__)
+            next_recovery = 0.0
             while not stop.is_set():
+                if time.monotonic() >= next_recovery:
+                    next_recovery = time.monotonic() + max(self.options.lease_seconds / 4, 1.0)
+                    try:
+                        self.recover()
+                    except Exception as exc:  # the leases will expire on their own
+                        log.error("recovering abandoned leases failed: %s", type(exc).__name__)
                 try:
                     handled = self.run_once()
                 except Exception as exc:  # storage hiccup, bug: keep the worker alive, try again

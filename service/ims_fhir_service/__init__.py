@@ -26,6 +26,7 @@ from ims_fhir.sync import Outbox, Target, open_outbox
 from ims_fhir.terminology import default_terminology
 
 from .config import ServiceConfig
+from .hardening import SessionInterface, SessionRegistry, Throttle, clean, security_headers
 
 access_log = logging.getLogger("ims_fhir_service.access")
 
@@ -41,6 +42,8 @@ class ServiceState:
     client_factory: Callable[[Target], FhirClient]
     clock: Callable[[], float] = time.time
     started_at: float = field(default_factory=time.time)
+    sessions: SessionRegistry = field(default_factory=lambda: SessionRegistry(12 * 3600.0))
+    login_throttle: Throttle = field(default_factory=lambda: Throttle(10))
 
 
 def create_app(config: ServiceConfig, *, outbox: Outbox | None = None,
@@ -58,6 +61,7 @@ def create_app(config: ServiceConfig, *, outbox: Outbox | None = None,
         JSON_SORT_KEYS=False,
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.session_interface = SessionInterface()
     mapping = MappingContext(config.source, default_terminology(), MappingOptions(cpt=config.convert.cpt))
     state = ServiceState(
         config=config,
@@ -66,6 +70,8 @@ def create_app(config: ServiceConfig, *, outbox: Outbox | None = None,
         organization=map_organization(mapping),
         client_factory=client_factory or (lambda target: FhirClient(target.client)),
         clock=clock,
+        sessions=SessionRegistry(config.server.session_hours * 3600.0, clock=clock),
+        login_throttle=Throttle(config.server.login_attempts_per_minute),
     )
     app.extensions["ims_fhir"] = state
 
@@ -81,7 +87,9 @@ def create_app(config: ServiceConfig, *, outbox: Outbox | None = None,
 
 
 def _access_log(app: Flask) -> None:
-    """One line per request: method, path, status, time. Never bodies, query values or tokens."""
+    """One line per request: method, path, status, time. Never bodies, query values or tokens.
+
+    Also adds the security headers (:func:`.hardening.security_headers`) to every answer."""
 
     @app.before_request
     def start_timer() -> None:
@@ -90,7 +98,12 @@ def _access_log(app: Flask) -> None:
     @app.after_request
     def log_request(response: Any) -> Any:
         took = time.monotonic() - g.get("started", time.monotonic())
-        access_log.info("%s %s %s %.1fms", request.method, request.path, response.status_code, took * 1000)
+        # the path comes from the client: escaped and cut here, so that no handler can be fed a forged line
+        method, path = clean(request.method, 16), clean(request.path, 200)
+        access_log.info("%s %s %s %.1fms", method, path, response.status_code, took * 1000,
+                        extra={"fields": {"method": method, "path": path, "status": response.status_code,
+                                          "ms": round(took * 1000, 1)}})
+        security_headers(response)
         ops.observe_request(app, request.endpoint or "unmatched", response.status_code, took)
         return response
 

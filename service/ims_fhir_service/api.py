@@ -5,14 +5,23 @@ and stored in the outbox in one transaction (202, each with the URL of its statu
 invalid ones are stored nowhere and answered 422 with every reason, while the valid
 records of the same batch still go in (the 422 OperationOutcome lists them as
 ``information`` issues). Re-posting an unchanged record changes nothing; a changed one is
-queued again and re-sent as an update.
+queued again and re-sent as an update. Backpressure: while a target has more than
+``[server] max_queue_depth`` deliveries queued or sending, ``POST /records`` answers 429 with
+``Retry-After`` and an OperationOutcome, and stores nothing (the client sends the batch again
+later). The body must say what it is: ``Content-Type:
+application/json`` or ``application/x-ndjson`` (``application/ndjson``); anything else is 415.
+
+``POST /pull`` takes its parameters as a JSON object (``Content-Type: application/json``)
+or in the query; ``since`` must be a FHIR date or date-time with an offset (checked here,
+422, before anything is sent to the target).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +31,12 @@ from flask import Blueprint, Response, current_app, jsonify, request, url_for
 from ims_fhir.convert import resolve_source
 from ims_fhir.importer import output_paths
 from ims_fhir.records import vocabulary as v
+from ims_fhir.records.models import ID_PATTERN
 from ims_fhir.sync import parse_body, take
 
 from . import ServiceState
 from .auth import require
+from .hardening import clean
 from .outcomes import error_response, issue, outcome_response
 
 bp = Blueprint("api", __name__)
@@ -39,17 +50,48 @@ def state() -> ServiceState:
 def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _location(record_type: str, record_id: str) -> str:
     return url_for("api.get_record", record_type=record_type, record_id=record_id)
 
 
+RECORD_TYPES = ("application/json", "application/x-ndjson", "application/ndjson")
+_SINCE = re.compile(r"\d{4}(-\d{2}(-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:\d{2}))?)?)?")
+
+
+def _content_type(allowed: tuple[str, ...]) -> Response | None:
+    """415 unless the request declares one of ``allowed`` (parameters such as charset are fine)."""
+    if request.mimetype in allowed:
+        return None
+    said = f"Content-Type {clean(request.mimetype, 80)!r}" if request.mimetype else "no Content-Type"
+    return error_response(415, f"the request has {said}; send one of: {', '.join(allowed)}")
+
+
+def check_since(value: Any) -> str | None:
+    """Why ``value`` is not a usable ``since`` (a FHIR date or date-time with an offset), or None."""
+    if not isinstance(value, str) or not _SINCE.fullmatch(value):
+        return ("since must be a FHIR date or date-time with an offset, e.g. 2026-01-31 or "
+                "2026-01-31T08:00:00-08:00")
+    try:
+        parsed = (datetime.fromisoformat(value.replace("Z", "+00:00")) if "T" in value
+                  else datetime.fromisoformat((value + "-01-01")[:10]))
+    except ValueError:
+        return f"since {value!r} is not a calendar date or time"
+    if parsed.year < 1900:
+        return f"since {value!r} is before 1900"
+    return None
+
+
 @bp.post("/records")
 @require("read-write")
 def post_records() -> Response:
     st = state()
+    if (bad := _content_type(RECORD_TYPES)) is not None:
+        return bad
+    if (busy := _backpressure(st)) is not None:
+        return busy
     body = request.get_data(cache=False)  # past MAX_CONTENT_LENGTH: 413
     convert = st.config.convert
     raw_records, declared = parse_body(body, lenient=convert.lenient)
@@ -83,6 +125,23 @@ def post_records() -> Response:
     if len(accepted) == 1:
         response.headers["Location"] = str(accepted[0]["status"])
     return response
+
+
+def _backpressure(st: ServiceState) -> Response | None:
+    """429 while a target's queue is deeper than configured (nothing of the request is read or stored)."""
+    limit = st.config.server.max_queue_depth
+    if limit <= 0:
+        return None
+    for target in st.config.targets:
+        depth = st.outbox.pending(target.name)
+        if depth > limit:
+            log.warning("records refused for now: %d deliveries to %s pending (limit %d)", depth, target.name, limit)
+            wait = str(st.config.server.queue_retry_after)
+            return outcome_response(429, [issue("error", "throttled", (
+                f"the queue to target {target.name!r} holds {depth} deliveries, above the limit of {limit}: "
+                f"nothing of this request was stored; send it again after {wait} seconds"))],
+                headers={"Retry-After": wait})
+    return None
 
 
 def _known_type(record_type: str) -> Response | None:
@@ -134,7 +193,7 @@ def retry_record(record_type: str, record_id: str) -> Response:
     if st.outbox.status(record_type, record_id) is None:
         return error_response(404, f"no {record_type} {record_id!r} has been posted")
     n = st.outbox.retry(record_type, record_id, now=st.clock(), target=target)
-    log.info("retry of %s %s requested: %d deliveries queued", record_type, record_id, n)
+    log.info("retry of %s %s requested: %d deliveries queued", record_type, clean(record_id, 80), n)
     response = jsonify({"requeued": n, "status": _location(record_type, record_id)})
     response.status_code = 202
     return response
@@ -165,13 +224,28 @@ def pull() -> Response:
     from ims_fhir.pull import pull as run_pull
 
     st = state()
-    params: Any = request.get_json(silent=True) or {}
+    params: Any = {}
+    if request.content_length or request.headers.get("Transfer-Encoding") or request.mimetype:
+        if (bad := _content_type(("application/json",))) is not None:
+            return bad
+        params = request.get_json(silent=True)
+        if params is None and request.get_data(cache=True).strip():
+            return error_response(400, "the body is not JSON")
+        params = params or {}
     if not isinstance(params, dict):
         return error_response(422, "the body must be a JSON object {\"target\", \"patient\", \"since\"}")
     params = {**request.args.to_dict(), **params}
     unknown = sorted(set(params) - {"target", "patient", "since"})
     if unknown:
-        return error_response(422, f"unknown parameter(s) {', '.join(unknown)} (expected target, patient, since)")
+        shown = ", ".join(clean(u, 40) for u in unknown[:10])
+        return error_response(422, f"unknown parameter(s) {shown} (expected target, patient, since)")
+    for key in ("target", "patient"):
+        if params.get(key) is not None and not isinstance(params[key], str):
+            return error_response(422, f"{key} must be a string")
+    if params.get("patient") and not ID_PATTERN.fullmatch(params["patient"]):
+        return error_response(422, "patient must be a record id (printable ASCII without spaces or / ? # %; at most 64)")
+    if params.get("since") not in (None, "") and (why := check_since(params["since"])):
+        return error_response(422, why)
     target = st.config.target(str(params.get("target") or ""))
     if target is None:
         configured = ", ".join(t.name for t in st.config.targets)

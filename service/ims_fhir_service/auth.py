@@ -8,8 +8,12 @@ Terms:
 - *scope*: ``read`` (GET endpoints and the dashboard) or ``read-write`` (also posting
   records, retries and pulls).
 - *session*: the dashboard's login form takes a token once and keeps the token's name in
-  Flask's signed session cookie (HttpOnly, SameSite=Lax) with a CSRF token for its forms.
-  A session ends when its token leaves the configuration. API endpoints that only read
+  Flask's signed session cookie (HttpOnly, SameSite=Lax, Secure over HTTPS) with a CSRF
+  token for its forms and a session id the server keeps (:class:`.hardening.SessionRegistry`).
+  A session ends at logout (server-side: a copy of the cookie stops working too), after
+  ``[server] session_hours``, at a restart, or when its token leaves the configuration.
+- *throttle*: login attempts are limited per client address and per token
+  (``[server] login_attempts_per_minute``); a wrong bearer token counts for its address. API endpoints that only read
   also accept the session (the dashboard's script polls them); writes need the bearer
   token or, from the dashboard, a form with the CSRF token.
 
@@ -29,7 +33,7 @@ from functools import wraps
 from typing import Any, TypeVar
 
 from flask import current_app, g, request, session
-from werkzeug.exceptions import Forbidden, Unauthorized
+from werkzeug.exceptions import Forbidden, TooManyRequests, Unauthorized
 
 from .config import TokenConfig
 
@@ -63,13 +67,42 @@ def _tokens() -> tuple[TokenConfig, ...]:
     return current_app.extensions["ims_fhir"].config.tokens  # type: ignore[no-any-return]
 
 
+def _state() -> Any:
+    return current_app.extensions["ims_fhir"]
+
+
+def _client_key() -> str:
+    return "ip:" + (request.remote_addr or "unknown")
+
+
+def _token_key(token: str) -> str:
+    return "token:" + hash_token(token)[:32]
+
+
+def throttled(token: str | None = None) -> float:
+    """Seconds this client (and this token) must wait before trying again; 0 if it may try now."""
+    keys = [_client_key()] + ([_token_key(token)] if token else [])
+    return float(_state().login_throttle.blocked(*keys))
+
+
+def _too_many(wait: float) -> TooManyRequests:
+    exc = TooManyRequests(f"too many attempts with a wrong token; try again in {int(wait) + 1} s")
+    exc.retry_after = int(wait) + 1
+    return exc
+
+
 def bearer_principal() -> Principal | None:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return None
-    found = find_token(_tokens(), token.strip())
+    token = token.strip()
+    wait = throttled(token)
+    if wait:
+        raise _too_many(wait)
+    found = find_token(_tokens(), token)
     if found is None:
+        _state().login_throttle.hit(_client_key(), _token_key(token))
         raise Unauthorized("the bearer token is not valid")
     return Principal(found.name, found.scope, "bearer")
 
@@ -79,6 +112,9 @@ def session_principal() -> Principal | None:
     fingerprint = session.get("fp")
     if not name or not fingerprint:
         return None
+    if not _state().sessions.valid(session.get("sid")):
+        session.clear()  # logged out, expired, or issued before a restart
+        return None
     for configured in _tokens():
         if configured.name == name and hmac.compare_digest(configured.sha256[:16], fingerprint):
             return Principal(configured.name, configured.scope, "session")
@@ -87,14 +123,28 @@ def session_principal() -> Principal | None:
 
 
 def log_in(token: str) -> Principal | None:
-    found = find_token(_tokens(), token)
+    """Start a session for ``token``; None if it is wrong. Raises 429 when throttled."""
+    wait = throttled(token or None)
+    if wait:
+        raise _too_many(wait)
+    found = find_token(_tokens(), token) if token else None
+    if token:
+        _state().login_throttle.hit(_token_key(token))  # every attempt with this token
     if found is None:
+        _state().login_throttle.hit(_client_key())  # failures from this address
         return None
-    session.clear()
+    log_out()
     session["token"] = found.name
     session["fp"] = found.sha256[:16]
     session["csrf"] = secrets.token_urlsafe(24)
+    session["sid"] = _state().sessions.start()
     return Principal(found.name, found.scope, "session")
+
+
+def log_out() -> None:
+    """End the session here and on the server (a copy of the cookie is worth nothing after this)."""
+    _state().sessions.end(session.get("sid"))
+    session.clear()
 
 
 def csrf_token() -> str:

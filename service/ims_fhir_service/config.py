@@ -13,6 +13,20 @@ the same file); the service adds::
     max_body_bytes = 10485760     # larger request bodies get 413
     secret_key_env = "IMS_FHIR_SECRET_KEY"   # signs the dashboard's session cookie
     secure_cookies = false        # true behind TLS
+    max_queue_depth = 100000      # backpressure: POST /records answers 429 (stores nothing) while a
+                                  # target has more deliveries queued or sending; 0 = no limit
+    queue_retry_after = 30        # seconds, the Retry-After of that 429
+    secure_cookies = false        # true: always mark the cookie Secure (it is anyway on HTTPS requests)
+    trusted_proxy = "127.0.0.1"   # optional: the reverse proxy whose X-Forwarded-Proto/-For are believed
+    channel_timeout = 30          # seconds an idle or half-sent connection is kept
+    connection_limit = 1000       # open connections waitress accepts (then it stops accepting)
+    cleanup_interval = 5          # seconds between sweeps for timed-out connections
+    backlog = 1024                # the listen socket's queue
+    max_request_header_size = 65536
+    log_format = "text"           # or "json": one JSON object per line
+    login_attempts_per_minute = 10   # per client address and per token, then 429
+    session_hours = 12.0          # a dashboard login lasts at most this long
+    max_issues = 100              # an error answer lists at most this many issues (and counts the rest)
 
     [[tokens]]                    # API tokens, stored as SHA-256 digests, never in clear
     name = "clinic-export"
@@ -33,7 +47,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from ims_fhir.errors import ConfigurationError
+from ims_fhir.errors import ConfigurationError, UsageError
 from ims_fhir.sync.config import (
     NAME,
     SYNC_SECTIONS,
@@ -67,6 +81,29 @@ class ServerSettings:
     max_body_bytes: int = 10 * 1024 * 1024
     secret_key_env: str = "IMS_FHIR_SECRET_KEY"  # noqa: S105  (the name of a variable, not a secret)
     secure_cookies: bool = False
+    max_queue_depth: int = 100_000
+    queue_retry_after: int = 30
+    trusted_proxy: str | None = None
+    channel_timeout: int = 30
+    connection_limit: int = 1000
+    cleanup_interval: int = 5
+    backlog: int = 1024
+    max_request_header_size: int = 65536
+    log_format: str = "text"
+    login_attempts_per_minute: int = 10
+    session_hours: float = 12.0
+    max_issues: int = 100
+
+    def __post_init__(self) -> None:
+        if self.log_format not in ("text", "json"):
+            raise UsageError(f"log_format must be text or json, not {self.log_format!r}")
+        for name in ("threads", "channel_timeout", "connection_limit", "cleanup_interval", "backlog",
+                     "max_request_header_size", "login_attempts_per_minute", "max_issues", "max_body_bytes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise UsageError(f"{name} must be a whole number of at least 1, not {value!r}")
+        if not isinstance(self.session_hours, (int, float)) or self.session_hours <= 0:
+            raise UsageError(f"session_hours must be a positive number, not {self.session_hours!r}")
 
 
 @dataclass(frozen=True)

@@ -12,16 +12,17 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar
 
-from flask import Blueprint, Response, current_app, flash, g, redirect, render_template, request, session, url_for
-from werkzeug.exceptions import Forbidden, NotFound
+from flask import Blueprint, Response, current_app, flash, g, redirect, render_template, request, url_for
+from werkzeug.exceptions import Forbidden, NotFound, TooManyRequests
 
 from ims_fhir.records import vocabulary as v
 from ims_fhir.sync.reconcile import RESOLUTION_HELP
 from ims_fhir.sync.store import STATES
 
 from .api import iso
-from .auth import check_csrf, csrf_token, log_in, session_principal
+from .auth import check_csrf, csrf_token, log_in, log_out, session_principal
 from .conflicts import ResolutionError, resolve, target_state
+from .hardening import clean, local_path
 
 bp = Blueprint("dashboard", __name__, template_folder="templates", static_folder="static",
                static_url_path="/static")
@@ -62,25 +63,30 @@ def _helpers() -> dict[str, Any]:
 
 @bp.get("/login")
 def login() -> str:
-    return render_template("login.html", next=request.args.get("next", ""))
+    return render_template("login.html", next=local_path(request.args.get("next")) or "")
 
 
 @bp.post("/login")
 def login_post() -> Any:
-    principal = log_in(request.form.get("token", "").strip())
+    try:
+        principal = log_in(request.form.get("token", "").strip())
+    except TooManyRequests as exc:
+        log.warning("dashboard login throttled")
+        page = render_template("login.html", error="Too many attempts; wait a minute and try again.", next="")
+        return page, 429, {"Retry-After": str(getattr(exc, "retry_after", 60))}
     if principal is None:
         log.info("dashboard login refused")
         return render_template("login.html", error="That token is not valid.", next=""), 401
     log.info("dashboard login: token %s", principal.name)
-    target = request.form.get("next", "")
-    return redirect(target if target.startswith("/") and not target.startswith("//") else url_for("dashboard.index"))
+    # only a same-origin path: never a tab, newline, backslash or // that would leave the site or break the header
+    return redirect(local_path(request.form.get("next")) or url_for("dashboard.index"))
 
 
 @bp.post("/logout")
 @login_required
 def logout() -> Any:
     check_csrf()
-    session.clear()
+    log_out()
     return redirect(url_for("dashboard.login"))
 
 
@@ -129,11 +135,9 @@ def retry_record(record_type: str, record_id: str) -> Response:
     if target is not None and st.config.target(target) is None:
         raise NotFound(f"{target!r} is not a configured target")
     n = st.outbox.retry(record_type, record_id, now=st.clock(), target=target)
-    log.info("dashboard retry of %s %s: %d queued", record_type, record_id, n)
+    log.info("dashboard retry of %s %s: %d queued", clean(record_type, 40), clean(record_id, 80), n)
     flash(f"{record_type} {record_id}: queued again." if n else f"{record_type} {record_id}: nothing to retry.")
-    back = request.form.get("back", "")
-    if not (back.startswith("/") and not back.startswith("//")):
-        back = url_for("dashboard.index")
+    back = local_path(request.form.get("back")) or url_for("dashboard.index")
     return redirect(back, code=303)  # type: ignore[return-value]
 
 

@@ -18,7 +18,8 @@ def _error(text: str) -> dict[str, Any]:
 
 
 _AUTH_ERRORS = {"401": _error("no bearer token, or a token that is not valid"),
-                "403": _error("the token is read-only")}
+                "403": _error("the token is read-only"),
+                "429": _error("too many wrong tokens from this address (Retry-After says when to try again)")}
 _CONFLICT_ID = {"name": "conflict_id", "in": "path", "required": True, "schema": {"type": "integer"}}
 _RECORD_PARAMS = [
     {"name": "record_type", "in": "path", "required": True,
@@ -48,12 +49,16 @@ def document() -> dict[str, Any]:
                 "summary": "Post one record, an array, an ims-record/1 document or NDJSON",
                 "requestBody": {"required": True, "content": {
                     "application/json": {"schema": {"oneOf": [{"type": "object"}, {"type": "array"}]}},
-                    "application/x-ndjson": {"schema": {"type": "string"}}}},
+                    "application/x-ndjson": {"schema": {"type": "string"}},
+                    "application/ndjson": {"schema": {"type": "string"}}}},
                 "responses": {
                     "202": {"description": "every record valid; stored and queued (or unchanged)",
                             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Accepted"}}}},
                     "400": _error("the body is not JSON or NDJSON"),
                     "413": _error("the body is larger than server.max_body_bytes"),
+                    "429": _error("a target's queue is deeper than server.max_queue_depth: nothing was stored; "
+                                  "send the batch again after Retry-After seconds"),
+                    "415": _error("no Content-Type, or not application/json or application/x-ndjson"),
                     "422": _error("some records are invalid (error issues: every reason, with the field path in "
                                   "expression and the record's place in the body in location); the valid records of "
                                   "the batch were stored (information issues)"),
@@ -83,13 +88,15 @@ def document() -> dict[str, Any]:
                 "requestBody": {"content": {"application/json": {"schema": {
                     "type": "object", "required": ["target"], "properties": {
                         "target": {"type": "string", "description": "name of a configured target"},
-                        "patient": {"type": "string"}, "since": {"type": "string", "format": "date-time"}}}}}},
+                        "patient": {"type": "string"},
+                        "since": {"type": "string", "description": "a FHIR date or date-time with an offset"}}}}}},
                 "responses": {"200": {"description": "the IMS records imported, those the import rejected, and the "
                                                      "import's summary", "content": {"application/json": {"schema": {
                                           "type": "object", "properties": {
                                               "target": {"type": "string"}, "summary": {"type": "object"},
                                               "records": {"type": "array", "items": {"type": "object"}},
                                               "rejects": {"type": "array", "items": {"type": "object"}}}}}}},
+                              "415": _error("a body that is not application/json"),
                               "422": _error("no such target, or a bad patient/since"),
                               "502": _error("the target failed"), **_AUTH_ERRORS}}},
             "/health": {"get": {"summary": "Liveness", "security": [],
@@ -113,8 +120,9 @@ def document() -> dict[str, Any]:
                          "security": [],
                          "requestBody": {"content": {"application/x-www-form-urlencoded": {"schema": {
                              "type": "object", "properties": {"token": {"type": "string"}}}}}},
-                         "responses": {"302": {"description": "to the dashboard"},
-                                       "401": {"description": "the form again, token not valid", **_HTML}}}},
+                         "responses": {"302": {"description": "to the dashboard (or the form's same-site next)"},
+                                       "401": {"description": "the form again, token not valid", **_HTML},
+                                       "429": {"description": "too many attempts; the form again", **_HTML}}}},
             "/logout": {"post": {"tags": _DASHBOARD, "summary": "End the session", "security": _SESSION,
                                  "responses": {"302": {"description": "to the login form"}}}},
             "/ui/records/{record_type}/{record_id}": {"get": {

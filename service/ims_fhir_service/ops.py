@@ -1,7 +1,9 @@
 """Operations endpoints: liveness, readiness, Prometheus metrics, the OpenAPI document.
 
 ``/health`` and ``/ready`` are the only endpoints that need no token (load balancers and orchestrators call them) and
-say nothing about records. ``/metrics`` reads the outbox, so its figures are the same
+say nothing about records. ``/ready`` checks the storage (a query, and SQLite's ``PRAGMA
+quick_check`` at most once a minute) and every target; without a token it answers only the
+verdicts (``{"storage": "ok", "targets": "ok"}``), with a read token it names the targets. ``/metrics`` reads the outbox, so its figures are the same
 whichever process (serve or a separate ``ims-fhir worker``) did the sending:
 
 - ``ims_fhir_outbox_deliveries{target,state}``: the queue depth per state
@@ -14,16 +16,18 @@ whichever process (serve or a separate ``ims-fhir worker``) did the sending:
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify
+from werkzeug.exceptions import HTTPException
 
 from ims_fhir.client import RetryPolicy, Timeout
 from ims_fhir.errors import FhirError, ImsFhirError
 from ims_fhir.sync.store import LATENCY_BUCKETS, STATES
 
-from .auth import require
+from .auth import bearer_principal, require, session_principal
 from .openapi import document
 
 bp = Blueprint("ops", __name__)
@@ -65,7 +69,9 @@ def ready() -> Response:
     ok = True
     try:
         st.outbox.ping()
-        checks["storage"] = "ok"
+        damage = _integrity(st)
+        checks["storage"] = "ok" if damage is None else "damaged (PRAGMA quick_check failed; see the service log)"
+        ok = damage is None
     except Exception as exc:  # any storage failure means not ready
         checks["storage"] = f"unreachable ({type(exc).__name__})"
         ok = False
@@ -83,10 +89,34 @@ def ready() -> Response:
         except (FhirError, ImsFhirError) as exc:
             targets[target.name] = f"unreachable ({type(exc).__name__})"
             ok = False
-    checks["targets"] = targets
+    try:
+        trusted = (bearer_principal() or session_principal()) is not None
+    except HTTPException:
+        trusted = False
+    # target names (and so which hospitals this clinic sends to) only for a token holder
+    checks["targets"] = targets if trusted else (
+        "ok" if all(v == "ok" for v in targets.values()) else
+        f"{sum(v != 'ok' for v in targets.values())} of {len(targets)} unreachable")
     response = jsonify({"status": "ready" if ok else "not ready", "checks": checks})
     response.status_code = 200 if ok else 503
     return response
+
+
+_INTEGRITY_EVERY = 60.0
+
+
+def _integrity(st: Any) -> str | None:
+    """The storage's quick check (if it has one), at most once per minute per app; the last verdict between."""
+    check = getattr(st.outbox, "check_integrity", None)
+    if check is None:
+        return None
+    cache: dict[str, Any] = current_app.extensions.setdefault("ims_fhir_integrity", {"at": -1e18, "result": None})
+    now = time.monotonic()
+    if now - cache["at"] >= _INTEGRITY_EVERY or cache["result"] is not None:
+        cache["result"], cache["at"] = check(), now
+        if cache["result"] is not None:
+            current_app.logger.error("storage damaged: PRAGMA quick_check: %s", cache["result"])
+    return cache["result"]  # type: ignore[no-any-return]
 
 
 def _label(value: str) -> str:

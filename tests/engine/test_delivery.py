@@ -127,10 +127,10 @@ def _patient_entry(bundle: dict[str, Any]) -> tuple[int, dict[str, Any]]:
 def test_an_ambiguous_match_named_by_hapis_message_fails_the_shared_patient_and_its_records(
         bundle: dict[str, Any], server: Server, sender: Sender) -> None:
     def hapi(part: dict[str, Any]) -> Reply:
+        # what HAPI FHIR 8.8 answers, criteria quoted as sent (seen against the real server)
         _, entry = _patient_entry(part)
-        url = f"Patient?{unquote(entry['request']['ifNoneExist'])}"
-        return refusal(412, "processing", f"HAPI-0958: Failed to CREATE resource with match URL \"{url}\" because "
-                                          "this search matched 2 resources")
+        return refusal(412, "processing", f"HAPI-0958: Failed to CREATE Patient with match URL "
+                                          f"\"{entry['request']['ifNoneExist']}\" because this search matched 2 resources")
 
     server.refuse(_ambiguous_patient(hapi))
     result = sender.send(bundle)
@@ -139,6 +139,17 @@ def test_an_ambiguous_match_named_by_hapis_message_fails_the_shared_patient_and_
     states = {r.record: r.state for r in result.record_results(KEYS)}
     assert states[P1] == states[A1] == states[T1] == "refused"
     assert states[P2] == states[T3] == "accepted"
+
+
+def test_the_text_fallback_reads_the_criteria_however_hapi_quotes_them(
+        bundle: dict[str, Any], server: Server, sender: Sender) -> None:
+    def other_form(part: dict[str, Any]) -> Reply:
+        _, entry = _patient_entry(part)
+        url = f"Patient?{unquote(entry['request']['ifNoneExist'])}"
+        return refusal(412, "processing", f"Invalid match URL \"{url}\" - Multiple resources match this search")
+
+    server.refuse(_ambiguous_patient(other_form))
+    assert {r.records for r in sender.send(bundle).refusals} == {(P1, A1), (P1, T1)}
 
 
 def test_an_ambiguous_match_is_told_by_status_and_issue_codes_not_by_words(

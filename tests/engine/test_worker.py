@@ -117,7 +117,7 @@ def test_a_record_the_server_refuses_is_failed_with_its_outcome_and_the_others_g
     assert worker.run_once() == 0  # a refused record is not retried on its own
 
 
-def test_a_target_that_fails_queues_again_with_backoff_then_dead(
+def test_a_target_that_fails_queues_again_with_backoff_then_dead_by_count_and_age(
         outbox: SQLiteOutbox, worker: SyncWorker, server: Server, wall: Wall) -> None:
     post(outbox, wall, P1)
     server.refuse(lambda b: Reply(503, {"resourceType": "OperationOutcome", "issue": [
@@ -134,7 +134,11 @@ def test_a_target_that_fails_queues_again_with_backoff_then_dead(
     assert status is not None and status.deliveries[0].next_attempt_at == wall.now + 20  # doubled
     wall.now += 20
     worker.run_once()
-    assert state(outbox, P1) == "dead"  # the third attempt was the last (max_attempts=3)
+    # three attempts (max_attempts=3) but 30 s old: an outage that short never kills a record
+    assert state(outbox, P1) == "queued"
+    wall.now += OPTIONS.dead_after_seconds
+    worker.run_once()
+    assert state(outbox, P1) == "dead"  # past max_attempts and dead_after_seconds since the first failure
     wall.now += 10_000
     assert worker.run_once() == 0
 
@@ -203,7 +207,7 @@ def test_a_lease_of_a_live_worker_elsewhere_is_taken_over_only_when_it_expires(
     wall.now += 2
     assert worker.run_once() == 1 and state(outbox, P1) == "synced"
     status = outbox.status(*P1)
-    assert status is not None and status.deliveries[0].attempts == 2  # the expired claim counted as an attempt
+    assert status is not None and status.deliveries[0].attempts == 0  # an expired lease is no attempt
     # the late worker's result no longer counts
     outbox.complete(T, [], owner=other, now=wall.now, max_attempts=3, backoff_base=1, backoff_cap=1, latency=None)
     assert state(outbox, P1) == "synced"

@@ -104,9 +104,9 @@ def states(app: Flask) -> dict[str, int]:
 
 
 def test_examples_sync_once_repost_changes_nothing_and_edit_makes_version_2(
-        run_cli: Any, clean_fhir_server: DevServer, tmp_path: Path) -> None:
+        run_cli: Any, clean_fhir_server: DevServer, tmp_path: Path, storage_url: str) -> None:
     base = clean_fhir_server.base_url
-    app = make_app(tmp_path, base)
+    app = make_app(tmp_path, base, storage_url=storage_url)
     client = app.test_client()
     expected = expected_counts(run_cli, tmp_path, EXAMPLES / "records.ndjson")
     body = (EXAMPLES / "records.ndjson").read_bytes()
@@ -155,7 +155,7 @@ def test_examples_sync_once_repost_changes_nothing_and_edit_makes_version_2(
 
 
 def test_faults_while_syncing_end_with_every_record_synced_once(
-        run_cli: Any, clean_fhir_server: DevServer, tmp_path: Path) -> None:
+        run_cli: Any, clean_fhir_server: DevServer, tmp_path: Path, storage_url: str) -> None:
     base = clean_fhir_server.base_url
     expected = expected_counts(run_cli, tmp_path, EXAMPLES / "records.ndjson")
     with FaultProxy(base, lifetime=300) as proxy:
@@ -165,7 +165,8 @@ def test_faults_while_syncing_end_with_every_record_synced_once(
         proxy.inject(Fault.error(503, retry_after="1"), when=proxy.is_transaction, times=1)
         # a whole batch beyond the client's retries: the record goes back to the queue with backoff
         proxy.inject(Fault.error(503), when=proxy.is_transaction, times=4, skip=3)
-        app = make_app(tmp_path, proxy.base_url, worker={"batch_records": 8, "bundle_size": 60},
+        app = make_app(tmp_path, proxy.base_url, storage_url=storage_url,
+                       worker={"batch_records": 8, "bundle_size": 60},
                        targets=[{"name": "hospital", "base_url": proxy.base_url, "timeout": 10, "retry_budget": 10,
                                  "max_attempts": 3}])
         client = app.test_client()
@@ -180,19 +181,72 @@ def test_faults_while_syncing_end_with_every_record_synced_once(
     assert history[0]["event"] == "synced"
 
 
+class Clock:
+    """An injected clock: the outbox and the worker see its time, which the test moves on."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_ten_minute_outage_leaves_nothing_dead(run_cli: Any, clean_fhir_server: DevServer, tmp_path: Path,
+                                                 storage_url: str) -> None:
+    """Ten minutes of resets then 503s (on the injected clock, no sleeping): every transaction
+    fails far more than ``max_attempts`` times, yet nothing is ``dead``, and all syncs after."""
+    base = clean_fhir_server.base_url
+    expected = expected_counts(run_cli, tmp_path, EXAMPLES / "records.ndjson")
+    clock = Clock()
+    outage_ends = clock.now + 600.0
+    with FaultProxy(base, lifetime=300) as proxy:
+        def down(request: ProxyRequest) -> bool:
+            return proxy.is_transaction(request) and clock.now < outage_ends
+
+        proxy.inject(Fault.reset(), when=lambda r: down(r) and clock.now < outage_ends - 300, times=10_000)
+        proxy.inject(Fault.error(503), when=down, times=10_000)
+        settings = service_settings(tmp_path, base_url=proxy.base_url, storage_url=storage_url,
+                                    worker={"max_attempts": 4, "backoff_base": 5.0, "backoff_cap": 60.0},
+                                    targets=[{"name": "hospital", "base_url": proxy.base_url, "timeout": 10,
+                                              "retry_budget": 5, "max_attempts": 1}])
+        app = create_app(config_from_mapping(settings, environ={}), clock=clock)
+        st = app.extensions["ims_fhir"]
+        client = app.test_client()
+        assert client.post("/records", data=(EXAMPLES / "records.ndjson").read_bytes(), headers=rw()).status_code == 202
+        worker = SyncWorker(st.outbox, list(st.config.targets), st.organization, st.config.worker, clock=clock)
+        try:
+            rounds = 0
+            while st.outbox.pending():
+                assert rounds < 500, f"not drained: {st.outbox.stats().depth}"
+                worker.run_once()
+                assert "dead" not in states(app), states(app)
+                clock.now += 15.0  # a quarter of a minute between rounds
+                rounds += 1
+        finally:
+            worker.close()
+        actions = [e.action for e in proxy.log]
+    assert actions.count("reset") >= 4 and actions.count("error") >= 4, actions
+    assert states(app) == {"synced": 26}
+    assert counts(base) == expected
+    # attempts ran far past max_attempts (4) during the outage, and none of them killed a record
+    (target,) = client.get(f"/records/patient/{example_lines()[0]['id']}", headers=rw()).json["targets"]
+    assert target["attempts"] > 4, target
+    st.outbox.close()
+
+
 def _login(client: Any) -> None:
     assert client.post("/login", data={"token": RW_TOKEN}).status_code == 302
 
 
 def test_rejected_resource_is_failed_with_hapis_reason_and_a_fixed_record_syncs(
-        run_cli: Any, clean_fhir_server: DevServer, tmp_path: Path) -> None:
+        run_cli: Any, clean_fhir_server: DevServer, tmp_path: Path, storage_url: str) -> None:
     base = clean_fhir_server.base_url
     expected = expected_counts(run_cli, tmp_path, EXAMPLES / "records.ndjson")
     lines = example_lines()
     bad = next(r for r in lines if r["record_type"] == "treatment" and r.get("status", "completed") == "completed")
     bad["notes"] = f"{MARKER}: this note makes the proxy corrupt the Procedure"
     with RejectingProxy(base, lifetime=300) as proxy:
-        app = make_app(tmp_path, proxy.base_url)
+        app = make_app(tmp_path, proxy.base_url, storage_url=storage_url)
         client = app.test_client()
         assert client.post("/records", data=ndjson(lines), headers=rw()).status_code == 202
         drain(app)

@@ -1,20 +1,29 @@
-"""``kill -9`` of ``ims-fhir serve`` while it is sending loses nothing and duplicates nothing.
+"""``kill -9`` of the service's processes while they send loses nothing and duplicates nothing.
 
-The service runs as a subprocess (waitress + worker, as in production) on a synthetic
-export; it is killed with SIGKILL while deliveries are ``sending`` (claimed, transaction
-in flight), then started again. HAPI must end with exactly the resources of the records
-(one copy each: the re-send is safe because every write is conditional), and the ledger
-must say ``synced`` for every record. The logs of both runs name no patient.
+1. ``ims-fhir serve`` (waitress + worker, as in production) on each storage (SQLite,
+   PostgreSQL), on a synthetic export: killed with SIGKILL while deliveries are ``sending``
+   (claimed, transaction in flight), then started again. HAPI must end with exactly the
+   resources of the records (one copy each: the re-send is safe because every write is
+   conditional), and the ledger must say ``synced`` for every record.
+2. PostgreSQL with ``serve`` (no worker) and three ``ims-fhir worker`` processes: one worker
+   is killed mid-send, ``serve`` is killed while a POST is in flight, while successive
+   edits of treatments keep arriving. Every record ends on HAPI once, each edited record in
+   its last version, the server's history of each never goes back to an older edit, and the
+   treatments of each patient reached the server in the order they were posted.
+
+The logs of every run name no patient.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -28,7 +37,7 @@ from tests.conftest import SOURCE
 from tests.service.conftest import RW_TOKEN, service_settings
 from tests.service.support import artifacts, leaks, personal_data
 
-from .test_push import counts
+from .test_push import counts, search
 from .test_service import expected_counts
 
 PATIENTS = 40
@@ -54,11 +63,21 @@ def _toml(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _start(config: Path, log: Path) -> subprocess.Popen[bytes]:
+def _start(config: Path, log: Path, command: str = "serve") -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("IMS_FHIR_")}
     with log.open("ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "ims_fhir", "serve", "--config", str(config)],
+        return subprocess.Popen([sys.executable, "-m", "ims_fhir", command, "--config", str(config)],
                                 stdout=out, stderr=subprocess.STDOUT, env=env)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)
 
 
 def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
@@ -74,13 +93,23 @@ def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) 
     raise AssertionError("ims-fhir serve did not come up")
 
 
-def _states(db_path: Path) -> dict[str, int]:
-    with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10) as db:
-        return dict(db.execute("SELECT state, COUNT(*) FROM delivery GROUP BY state").fetchall())
+def _query(url: str, sql: str) -> list[tuple[Any, ...]]:
+    """Rows of a read-only query on either storage."""
+    if url.startswith("sqlite:///"):
+        with sqlite3.connect(f"file:{url.removeprefix('sqlite:///')}?mode=ro", uri=True, timeout=10) as db:
+            return [tuple(r) for r in db.execute(sql).fetchall()]
+    import psycopg
+
+    with psycopg.connect(url) as db:
+        return [tuple(r) for r in db.execute(sql).fetchall()]
+
+
+def _states(url: str) -> dict[str, int]:
+    return {str(s): int(n) for s, n in _query(url, "SELECT state, COUNT(*) FROM delivery GROUP BY state")}
 
 
 def test_kill_9_while_sending_loses_nothing_and_duplicates_nothing(
-        run_cli: Any, clean_fhir_server: DevServer, tmp_path: Path) -> None:
+        run_cli: Any, clean_fhir_server: DevServer, tmp_path: Path, storage_url: str) -> None:
     records = [{"record_type": t, **r} for t, r in generate(PATIENTS, seed=20, treatments_per_patient=(3, 5))]
     export = tmp_path / "export.ndjson"
     export.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
@@ -88,11 +117,10 @@ def test_kill_9_while_sending_loses_nothing_and_duplicates_nothing(
 
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    settings = service_settings(tmp_path, base_url=clean_fhir_server.base_url,
+    settings = service_settings(tmp_path, base_url=clean_fhir_server.base_url, storage_url=storage_url,
                                 server={"port": port, "threads": 2, "max_body_bytes": 4 * 1024 * 1024},
                                 worker={"batch_records": 10, "bundle_size": 200, "lease_seconds": 120})
     settings["targets"][0].update(timeout=60, retry_budget=30)
-    db_path = Path(settings["storage"]["url"].removeprefix("sqlite:///"))
     config = tmp_path / "service.toml"
     config.write_text(_toml(settings), encoding="utf-8")
     log = artifacts() / "test_service_crash.log"
@@ -109,8 +137,8 @@ def test_kill_9_while_sending_loses_nothing_and_duplicates_nothing(
         # kill -9 while a transaction is in flight, once some records are already synced
         deadline = time.monotonic() + 180
         while True:
-            assert time.monotonic() < deadline, f"never caught it sending: {_states(db_path)}"
-            now = _states(db_path)
+            assert time.monotonic() < deadline, f"never caught it sending: {_states(storage_url)}"
+            now = _states(storage_url)
             if now.get("sending", 0) and now.get("synced", 0) >= 20:
                 proc.send_signal(signal.SIGKILL)
                 break
@@ -120,15 +148,15 @@ def test_kill_9_while_sending_loses_nothing_and_duplicates_nothing(
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=30)
-    at_kill = _states(db_path)
+    at_kill = _states(storage_url)
     assert at_kill.get("sending", 0) > 0 and at_kill.get("queued", 0) > 0, at_kill
 
     proc = _start(config, log)
     try:
         _wait_healthy(url, proc)
         deadline = time.monotonic() + 300
-        while _states(db_path) != {"synced": len(records)}:
-            assert time.monotonic() < deadline, f"not drained after the restart: {_states(db_path)}"
+        while _states(storage_url) != {"synced": len(records)}:
+            assert time.monotonic() < deadline, f"not drained after the restart: {_states(storage_url)}"
             time.sleep(0.5)
         metrics = requests.get(f"{url}/metrics", headers=auth, timeout=10).text
     finally:
@@ -140,10 +168,134 @@ def test_kill_9_while_sending_loses_nothing_and_duplicates_nothing(
             proc.wait(timeout=30)
     assert counts(clean_fhir_server.base_url) == expected
     assert f'ims_fhir_outbox_deliveries{{target="hospital",state="synced"}} {len(records)}' in metrics
-    with sqlite3.connect(db_path) as db:
-        recovered = db.execute("SELECT COUNT(*) FROM event WHERE detail='its worker stopped mid-send'").fetchone()[0]
+    ((recovered,),) = _query(storage_url, "SELECT COUNT(*) FROM event WHERE detail='its worker stopped mid-send'")
     assert recovered == at_kill["sending"]
     text = log.read_text(encoding="utf-8", errors="replace")
     assert "re-queued" in text and "Traceback" not in text
     assert leaks(text, personal_data(records) | personal_data([{**SOURCE, "record_type": "x"}])) == []
     assert RW_TOKEN not in text
+
+
+EDITS = 5  # revisions of each edited treatment: the server must end with the last one
+EDITED = 12  # treatments edited while the workers send
+
+
+def _owner_pid(owner: str) -> int:
+    return int(owner.split(":")[1])
+
+
+def _post(url: str, body: bytes) -> requests.Response:
+    auth = {"Authorization": f"Bearer {RW_TOKEN}", "Content-Type": "application/x-ndjson"}
+    return requests.post(f"{url}/records", data=body, headers=auth, timeout=60)
+
+
+def test_three_workers_on_postgresql_kill_9_of_a_worker_and_of_serve_keep_every_record_once_and_in_order(
+        run_cli: Any, clean_fhir_server: DevServer, tmp_path: Path, postgres_url: str) -> None:
+    base = clean_fhir_server.base_url
+    records = [{"record_type": t, **r} for t, r in generate(24, seed=21, treatments_per_patient=(3, 5))]
+    export = tmp_path / "export.ndjson"
+    export.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
+    expected = expected_counts(run_cli, tmp_path, export)
+    treatments = [r for r in records if r["record_type"] == "treatment"]
+    edited = treatments[::max(1, len(treatments) // EDITED)][:EDITED]
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    settings = service_settings(tmp_path, base_url=base, storage_url=postgres_url,
+                                server={"port": port, "threads": 2, "max_body_bytes": 4 * 1024 * 1024},
+                                worker={"enabled": False, "batch_records": 6, "bundle_size": 200,
+                                        "lease_seconds": 70, "poll_seconds": 0.1})
+    settings["targets"][0].update(timeout=60, retry_budget=5)
+    config = tmp_path / "service.toml"
+    config.write_text(_toml(settings), encoding="utf-8")
+    log = artifacts() / "test_service_crash_workers.log"
+    log.write_bytes(b"")
+
+    serve = _start(config, log)
+    workers = [_start(config, log, "worker") for _ in range(3)]
+    procs = [serve, *workers]
+    try:
+        _wait_healthy(url, serve)
+        half = len(records) // 2
+        for i in range(0, half, 50):
+            batch = b"".join(orjson.dumps(r) + b"\n" for r in records[i:min(i + 50, half)])
+            assert _post(url, batch).status_code == 202
+
+        # kill -9 of a worker while it holds a lease (its transaction in flight), once some records are synced
+        deadline = time.monotonic() + 180
+        victim = None
+        while victim is None:
+            assert time.monotonic() < deadline, f"never caught a worker sending: {_states(postgres_url)}"
+            if _states(postgres_url).get("synced", 0) >= 20:
+                pids = {_owner_pid(o) for (o,) in _query(postgres_url, "SELECT lease_owner FROM delivery "
+                                                                       "WHERE state='sending'")}
+                victim = next((w for w in workers if w.pid in pids), None)
+            time.sleep(0.01)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(timeout=30)
+
+        # kill -9 of serve while a POST is in flight; the client sends the batch again after the restart
+        rest = b"".join(orjson.dumps(r) + b"\n" for r in records[half:])
+        answers: list[Any] = []
+        poster = threading.Thread(target=lambda: answers.append(_try_post(url, rest)))
+        poster.start()
+        time.sleep(0.15)
+        serve.send_signal(signal.SIGKILL)
+        serve.wait(timeout=30)
+        poster.join(timeout=60)
+        serve = _start(config, log)
+        procs.append(serve)
+        _wait_healthy(url, serve)
+        again = _post(url, rest)
+        assert again.status_code == 202, again.text
+
+        # successive edits of some treatments while the two workers left send
+        for n in range(2, EDITS + 1):
+            body = b"".join(orjson.dumps({**t, "notes": f"edit {n} of {t['id']}"}) + b"\n" for t in edited)
+            answer = _post(url, body)
+            assert answer.status_code == 202 and answer.json()["queued"] == len(edited), answer.text
+            time.sleep(0.4)
+
+        deadline = time.monotonic() + 300
+        while _states(postgres_url) != {"synced": len(records)}:
+            assert time.monotonic() < deadline, f"not drained: {_states(postgres_url)}"
+            time.sleep(0.5)
+    finally:
+        for proc in procs:
+            _stop(proc)
+
+    assert counts(base) == expected  # every record once
+    system = SOURCE["system_base"]
+    for t in edited:  # the last edit won, and the server never went back to an older one
+        (procedure,) = search(base, "Procedure", identifier=f"{system}/treatment|{t['id']}")
+        assert procedure["note"][0]["text"] == f"edit {EDITS} of {t['id']}"
+        with requests.Session() as s:
+            history = s.get(f"{base}/Procedure/{procedure['id']}/_history", params={"_count": "100"},
+                            headers={"Accept": "application/fhir+json"}, timeout=60).json()
+        notes = [e["resource"].get("note", [{}])[0].get("text", "") for e in reversed(history["entry"])]
+        numbers = [int(m.group(1)) if (m := re.match(r"edit (\d+) ", n)) else 1 for n in notes]
+        assert numbers == sorted(numbers), notes
+    # the treatments of each patient reached the server in the order they were posted
+    first_seen: dict[str, str] = {}
+    for p in search(base, "Procedure", _elements="identifier,meta"):
+        rid = next(i["value"] for i in p["identifier"] if i["system"] == f"{system}/treatment")
+        first_seen[rid] = p["meta"]["lastUpdated"] if p["meta"].get("versionId") == "1" else ""
+    by_patient: dict[str, list[dict[str, Any]]] = {}
+    for t in treatments:
+        by_patient.setdefault(t["patient_id"], []).append(t)
+    for pid, mine in by_patient.items():
+        times = [first_seen[t["id"]] for t in mine if first_seen.get(t["id"])]  # unedited: version 1 is current
+        assert times == sorted(times), (pid, times)
+    ((recovered,),) = _query(postgres_url, "SELECT COUNT(*) FROM event WHERE detail='its worker stopped mid-send'")
+    assert recovered > 0
+    text = log.read_text(encoding="utf-8", errors="replace")
+    assert "Traceback" not in text
+    assert leaks(text, personal_data(records) | personal_data([{**SOURCE, "record_type": "x"}])) == []
+    assert RW_TOKEN not in text
+
+
+def _try_post(url: str, body: bytes) -> int | str:
+    try:
+        return _post(url, body).status_code
+    except requests.RequestException as exc:
+        return type(exc).__name__

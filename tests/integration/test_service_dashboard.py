@@ -79,6 +79,8 @@ def _wait(predicate: Any, what: str, timeout: float = 120) -> None:
 
 def test_log_in_see_the_failure_retry_and_see_it_synced(browser: Any, clean_fhir_server: DevServer,
                                                          tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
     lines = example_lines()
     bad = next(r for r in lines if r["record_type"] == "treatment" and r.get("status", "completed") == "completed")
     bad["notes"] = f"{MARKER}: the proxy corrupts this Procedure on its way to HAPI"
@@ -101,6 +103,9 @@ def test_log_in_see_the_failure_retry_and_see_it_synced(browser: Any, clean_fhir
             page.fill("#token", RW_TOKEN)
             page.click("button[type=submit]")
             page.wait_for_selector("table.counts")
+            # the page works (script and style from 'self') under its CSP; nothing may frame it
+            headers = page.request.get(served.url + "/").headers
+            assert "frame-ancestors 'none'" in headers["content-security-policy"]
             row = page.locator(f'tr.failure[data-record="treatment/{bad["id"]}"]')
             assert row.count() == 1
             assert "finished-ish" in row.inner_text() and "HTTP 422" in row.inner_text()
@@ -111,8 +116,8 @@ def test_log_in_see_the_failure_retry_and_see_it_synced(browser: Any, clean_fhir
             proxy.rewrite = False  # the server-side problem is fixed; the same record now goes through
             row.locator("button.retry").click()
             page.wait_for_selector(f'tr.failure[data-record="treatment/{bad["id"]}"]', state="detached", timeout=60_000)
-            page.wait_for_function("document.querySelector('td[data-state=\"synced\"]').textContent.trim() === "
-                                   f"'{len(lines)}'", timeout=60_000)
+            # a locator assertion, not wait_for_function: the page's CSP (script-src 'self') forbids eval
+            expect(page.locator('td[data-state="synced"]')).to_have_text(str(len(lines)), timeout=60_000)
             assert page.locator(".empty").first.inner_text() == "No failed or dead records."
             page.screenshot(path=str(shots / "dashboard.png"), full_page=True)
 

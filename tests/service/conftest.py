@@ -24,11 +24,11 @@ RO_TOKEN = "ro-" + secrets.token_urlsafe(24)
 
 
 def service_settings(tmp_path: Path, *, base_url: str = "http://127.0.0.1:9/fhir", source: dict[str, Any] | None = None,
-                     **sections: Any) -> dict[str, Any]:
-    """A configuration mapping (what the TOML file holds) for tests."""
+                     storage_url: str | None = None, **sections: Any) -> dict[str, Any]:
+    """A configuration mapping (what the TOML file holds) for tests (SQLite in ``tmp_path`` by default)."""
     data: dict[str, Any] = {
         "source": dict(source or SOURCE),
-        "storage": {"url": f"sqlite:///{tmp_path / 'outbox.sqlite'}"},
+        "storage": {"url": storage_url or f"sqlite:///{tmp_path / 'outbox.sqlite'}"},
         "server": {"max_body_bytes": 256 * 1024},
         "worker": {"lease_seconds": 30, "poll_seconds": 0.2, "backoff_base": 0.2, "backoff_cap": 2.0,
                    "max_attempts": 4},
@@ -45,8 +45,10 @@ def service_settings(tmp_path: Path, *, base_url: str = "http://127.0.0.1:9/fhir
 
 
 @pytest.fixture
-def make_config(tmp_path: Path) -> Callable[..., ServiceConfig]:
+def make_config(tmp_path: Path, storage_url: str) -> Callable[..., ServiceConfig]:
+    """Configurations on each storage in turn (``storage_url`` is parametrised: SQLite, PostgreSQL)."""
     def make(**kwargs: Any) -> ServiceConfig:
+        kwargs.setdefault("storage_url", storage_url)
         return config_from_mapping(service_settings(tmp_path, **kwargs), environ={})
 
     return make
@@ -66,7 +68,8 @@ def client(app: Flask) -> FlaskClient:
 
 
 def rw() -> dict[str, str]:
-    return {"Authorization": f"Bearer {RW_TOKEN}"}
+    # POST /records needs a Content-Type (415 without); the service reads NDJSON under either
+    return {"Authorization": f"Bearer {RW_TOKEN}", "Content-Type": "application/json"}
 
 
 def ro() -> dict[str, str]:

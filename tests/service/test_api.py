@@ -44,7 +44,9 @@ def test_health_needs_no_token_and_ready_says_what_is_missing(client: FlaskClien
     ready = client.get("/ready")  # the configured target (port 9) answers nothing
     assert ready.status_code == 503
     assert ready.json["checks"]["storage"] == "ok"
-    assert ready.json["checks"]["targets"]["hospital"].startswith("unreachable")
+    assert ready.json["checks"]["targets"] == "1 of 1 unreachable"  # names only for a token holder
+    named = client.get("/ready", headers=ro())
+    assert named.json["checks"]["targets"]["hospital"].startswith("unreachable")
 
 
 @pytest.mark.parametrize(("method", "path"), [
@@ -157,7 +159,8 @@ def test_retry_endpoints(client: FlaskClient, app: Flask) -> None:
     outbox = app.extensions["ims_fhir"].outbox
     (claimed,) = outbox.claim("hospital", owner="w1", limit=10, lease_seconds=60, now=2e9)
     outbox.complete("hospital", [Result("patient", "PZ1", "transient", 1, status=503, error="busy")], owner="w1",
-                    now=2e9, max_attempts=1, backoff_base=1, backoff_cap=1, latency=None)
+                    now=2e9, max_attempts=1, backoff_base=1, backoff_cap=1, latency=None,
+                    dead_after=0)
     assert client.get("/records/patient/PZ1", headers=rw()).json["targets"][0]["state"] == "dead"
     assert client.post("/retry", headers=rw()).status_code == 422
     assert client.post("/retry?state=dead&target=elsewhere", headers=rw()).status_code == 422
@@ -214,3 +217,32 @@ def test_two_apps_share_nothing(make_config: Callable[..., ServiceConfig], tmp_p
     mine = create_app(make_config())
     mine.test_client().post("/records", json=PATIENT, headers=rw())
     assert other.test_client().get("/records/patient/PZ1", headers=rw()).status_code == 404
+
+
+def test_a_queue_deeper_than_configured_is_429_with_retry_after_and_stores_nothing(
+        make_config: Callable[..., ServiceConfig]) -> None:
+    from ims_fhir.sync import Result
+
+    app = create_app(make_config(server={"max_queue_depth": 5, "queue_retry_after": 7}))
+    client = app.test_client()
+    outbox = app.extensions["ims_fhir"].outbox
+    try:
+        lines = NDJSON.splitlines()
+        first = client.post("/records", data=b"\n".join(lines[:6]), headers=rw())
+        assert first.status_code == 202 and first.json["queued"] == 6  # at the limit: still taken
+        refused = client.post("/records", data=b"\n".join(lines[6:]), headers=rw())
+        assert refused.status_code == 429 and refused.headers["Retry-After"] == "7"
+        assert refused.mimetype == "application/fhir+json"
+        (issue,) = refused.json["issue"]
+        assert issue["code"] == "throttled" and "hospital" in issue["diagnostics"] and "5" in issue["diagnostics"]
+        assert outbox.pending() == 6 and outbox.stats().depth == {("hospital", "queued"): 6}  # nothing stored
+        # the worker drains the queue: the same batch is taken now, and nothing is lost
+        claimed = outbox.claim("hospital", owner="w", limit=10, lease_seconds=60, now=2e9)
+        outbox.complete("hospital", [Result(c.record_type, c.record_id, "synced", c.revision) for c in claimed],
+                        owner="w", now=2e9, max_attempts=3, backoff_base=1, backoff_cap=1, latency=None)
+        again = client.post("/records", data=b"\n".join(lines[6:]), headers=rw())
+        assert again.status_code == 202, again.json
+        assert again.json["queued"] == len(lines) - 6
+        assert sum(outbox.stats().depth.values()) == len(lines)
+    finally:
+        outbox.close()

@@ -19,8 +19,8 @@ def test_a_missing_configuration_is_one_line_and_exit_2(run_cli: Any, tmp_path: 
 
 
 def test_worker_once_sends_what_is_due_and_leaves_the_rest_queued(run_cli: Any, tmp_path: Path,
-                                                                   monkeypatch: Any) -> None:
-    settings = service_settings(tmp_path, targets=[{"name": "down", "base_url": "http://127.0.0.1:9/fhir",
+                                                                   monkeypatch: Any, storage_url: str) -> None:
+    settings = service_settings(tmp_path, storage_url=storage_url, targets=[{"name": "down", "base_url": "http://127.0.0.1:9/fhir",
                                                     "max_attempts": 1, "timeout": 2, "retry_budget": 5}])
     app = create_app(config_from_mapping(settings, environ={}))
     assert app.test_client().post("/records", data=(EXAMPLES / "records.ndjson").read_bytes(),

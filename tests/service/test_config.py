@@ -59,7 +59,7 @@ def test_a_toml_file_then_the_environment(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("change", "message"), [
     ({"source": {"clinic_id": "x"}}, "[source]"),
-    ({"storage": {"url": "postgresql://db/ims"}}, "sqlite"),
+    ({"storage": {"url": "mysql://db/ims"}}, "postgresql://"),
     ({"targets": []}, "at least one"),
     ({"targets": [{"name": "Bad Name", "base_url": "http://x"}]}, "target name"),
     ({"targets": [{"name": "h", "base_url": "http://u:p@x/fhir"}]}, "user:password"),

@@ -1,0 +1,312 @@
+"""The PostgreSQL outbox: one queue shared by several workers on several hosts.
+
+Chosen by a storage URL ``postgresql://user@host:port/dbname`` (any libpq connection URL;
+a password belongs in ``PGPASSWORD`` or ``~/.pgpass``, never in a configuration file). Needs
+the optional extra ``ims-fhir[postgres]`` (psycopg 3).
+
+How several workers share the queue:
+
+- a *claim* selects due deliveries ``FOR UPDATE OF d SKIP LOCKED``: rows another worker is
+  claiming at this moment are skipped, never waited for, and never taken twice; the claim
+  then marks them ``sending`` under a lease (owner + expiry) and commits;
+- a delivery with a *blocker* (an earlier queued or sending delivery of the same patient
+  and target, see :mod:`.store`) is left alone, so one patient's records reach the server in
+  order whichever worker sends them;
+- a worker that dies leaves its leases; they expire (``lease_seconds``) and any worker claims
+  the deliveries again (a worker of the same host re-queues them at once, see
+  :func:`ims_fhir.sync.worker.owner_is_dead`); re-sending is safe (conditional writes);
+- :meth:`complete` locks the delivery before it reads the record's revision, and intake's
+  delivery upsert decides "still sending?" on the locked row, so a record changed while it
+  is being sent is always sent again.
+
+Transactions run at READ COMMITTED; one that PostgreSQL aborts for a deadlock or a
+serialization failure (two intakes of the same new record) is run again, up to
+:data:`TX_ATTEMPTS` times. Migrations (:data:`MIGRATIONS`) run under an advisory lock when
+the outbox is opened. Intake writes a whole batch with a few statements (one per table, the
+rows as typed arrays sent in binary through ``unnest``), not a round trip per record.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ..errors import ConfigurationError
+from .sql import UPSERT_DELIVERY, SqlOutbox
+from .store import DEAD_AFTER, KIND_RANK, Claimed, Incoming, Result, Stored
+
+if TYPE_CHECKING:
+    import psycopg
+
+T = TypeVar("T")
+
+#: runs of a transaction that PostgreSQL aborted for a deadlock or a serialization conflict
+TX_ATTEMPTS = 5
+
+#: a key of ``pg_advisory_xact_lock`` held while migrations run ("imsfhir" in ASCII)
+MIGRATION_LOCK = 0x696D7366686972
+
+_DELIVERY_COLUMNS = ("target, record_type, record_id, patient, rank, seq, state, attempts, next_attempt_at, "
+                     "queued_at, updated_at")
+_DELIVERY_TYPES = ("text", "text", "text", "text", "int4", "int8", "float8", "float8", "float8")
+_DELIVERY_ROWS = ("SELECT u.target, u.record_type, u.record_id, u.patient, u.rank, u.seq, 'queued', 0, u.next_attempt_at, "
+                  "u.queued_at, u.updated_at FROM unnest({}) AS u(target, record_type, record_id, patient, rank, seq, "
+                  "next_attempt_at, queued_at, updated_at)")
+#: :data:`~.sql.UPSERT_DELIVERY` for many rows in one statement
+UPSERT_DELIVERY_BULK = (f"INSERT INTO delivery ({_DELIVERY_COLUMNS}) {_DELIVERY_ROWS} "
+                        + UPSERT_DELIVERY[UPSERT_DELIVERY.index("ON CONFLICT"):])
+INSERT_DELIVERY_BULK = (f"INSERT INTO delivery ({_DELIVERY_COLUMNS}) {_DELIVERY_ROWS} "
+                        "ON CONFLICT (target, record_type, record_id) DO NOTHING")
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE record (
+            record_type TEXT NOT NULL, record_id TEXT NOT NULL,
+            revision INTEGER NOT NULL, content_hash TEXT NOT NULL, body BYTEA NOT NULL,
+            waits_type TEXT, waits_id TEXT,
+            received_at DOUBLE PRECISION NOT NULL, updated_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (record_type, record_id))""",
+        "CREATE TABLE shared (resource_id TEXT PRIMARY KEY, entry BYTEA NOT NULL)",
+        """CREATE TABLE delivery (
+            target TEXT NOT NULL, record_type TEXT NOT NULL, record_id TEXT NOT NULL,
+            patient TEXT, rank INTEGER NOT NULL, seq BIGINT NOT NULL,
+            state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at DOUBLE PRECISION NOT NULL, first_failed_at DOUBLE PRECISION,
+            lease_owner TEXT, lease_until DOUBLE PRECISION, sending_revision INTEGER,
+            synced_revision INTEGER, server_id TEXT, server_version TEXT, resources BYTEA,
+            http_status INTEGER, error TEXT, outcome BYTEA,
+            queued_at DOUBLE PRECISION, updated_at DOUBLE PRECISION, synced_at DOUBLE PRECISION,
+            PRIMARY KEY (target, record_type, record_id))""",
+        "CREATE INDEX delivery_due ON delivery (target, state, rank, seq)",
+        "CREATE INDEX delivery_patient ON delivery (target, patient) WHERE state IN ('queued', 'sending')",
+        "CREATE INDEX delivery_updated ON delivery (updated_at) WHERE state IN ('failed', 'dead')",
+        "CREATE SEQUENCE delivery_seq",
+        """CREATE TABLE event (
+            seq BIGSERIAL PRIMARY KEY, at DOUBLE PRECISION NOT NULL, target TEXT NOT NULL,
+            record_type TEXT NOT NULL, record_id TEXT NOT NULL, revision INTEGER NOT NULL,
+            event TEXT NOT NULL, detail TEXT)""",
+        "CREATE INDEX event_record ON event (record_type, record_id, seq)",
+        """CREATE TABLE counter (name TEXT NOT NULL, target TEXT NOT NULL, value DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (name, target))""",
+    ),
+    (  # 2: a converted record is about 10 kB of JSON: compressed with lz4 (where the server has
+       # it; pglz cost intake much of its time) and kept in the row rather than in TOAST chunks
+        """DO $$ BEGIN
+            IF EXISTS (SELECT 1 FROM pg_settings WHERE name = 'default_toast_compression' AND 'lz4' = ANY(enumvals)) THEN
+                EXECUTE 'ALTER TABLE record ALTER COLUMN body SET COMPRESSION lz4';
+                EXECUTE 'ALTER TABLE shared ALTER COLUMN entry SET COMPRESSION lz4';
+            END IF;
+        END $$""",
+        "ALTER TABLE record ALTER COLUMN body SET STORAGE MAIN",
+    ),
+)
+
+_URL = re.compile(r"postgres(ql)?://")
+
+
+def is_postgres_url(url: str) -> bool:
+    return bool(_URL.match(url))
+
+
+def _psycopg() -> Any:
+    try:
+        import psycopg
+    except ImportError:
+        raise ConfigurationError("a postgresql:// storage needs psycopg 3: pip install 'ims-fhir[postgres]'") from None
+    return psycopg
+
+
+def _where(url: str) -> str:
+    """The URL without a password, for messages."""
+    return re.sub(r"://([^:@/]*):[^@/]*@", r"://\1:***@", url)
+
+
+class PostgresOutbox(SqlOutbox):
+    """:class:`~ims_fhir.sync.store.Outbox` on PostgreSQL (see the module docstring)."""
+
+    lock_clause = " FOR UPDATE OF d SKIP LOCKED"
+    row_lock = " FOR UPDATE"
+
+    def __init__(self, url: str, *, connect_timeout: float = 10.0) -> None:
+        self.url = url
+        self.connect_timeout = connect_timeout
+        self._pg = _psycopg()
+        self._local = threading.local()
+        self._connections: list[psycopg.Connection[Any]] = []
+        self._lock = threading.Lock()
+        self._sql: dict[str, str] = {}
+        with self._tx() as db:
+            db.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+            self._migrate(db, MIGRATIONS)
+
+    @classmethod
+    def from_url(cls, url: str) -> PostgresOutbox:
+        return cls(url)
+
+    # -- connections ----------------------------------------------------------------------
+
+    def _db(self) -> psycopg.Connection[Any]:
+        db: psycopg.Connection[Any] | None = getattr(self._local, "db", None)
+        if db is None or db.closed:
+            try:
+                db = self._pg.connect(self.url, autocommit=True, connect_timeout=max(1, int(self.connect_timeout)),
+                                      application_name="ims-fhir")
+            except self._pg.Error as exc:
+                # the server's message names host and database, never the password
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ConfigurationError(f"storage {_where(self.url)}: cannot connect ({reason})") from None
+            self._local.db = db
+            with self._lock:
+                self._connections.append(db)
+        return db
+
+    @contextmanager
+    def _tx(self, *, write: bool = True) -> Iterator[psycopg.Connection[Any]]:
+        db = self._db()
+        with db.transaction():
+            yield db
+
+    def _q(self, sql: str) -> str:
+        out = self._sql.get(sql)
+        if out is None:
+            out = self._sql[sql] = sql.replace("?", "%s")
+        return out
+
+    def _next_seq(self, db: psycopg.Connection[Any], n: int) -> list[int]:
+        if n <= 0:
+            return []
+        rows = db.execute("SELECT nextval('delivery_seq') FROM generate_series(1, %s)", (n,)).fetchall()
+        return sorted(int(r[0]) for r in rows)
+
+    def _retrying(self, run: Callable[[], T]) -> T:
+        """Run a transaction again when PostgreSQL aborted it for a conflict with another one."""
+        errors = self._pg.errors
+        retryable = (errors.DeadlockDetected, errors.SerializationFailure, errors.UniqueViolation)
+        for attempt in range(1, TX_ATTEMPTS + 1):
+            try:
+                return run()
+            except retryable:
+                if attempt == TX_ATTEMPTS:
+                    raise
+                time.sleep(0.01 * attempt)
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        with self._lock:
+            for db in self._connections:
+                try:
+                    db.close()
+                except self._pg.Error:
+                    pass
+            self._connections.clear()
+        self._local = threading.local()
+
+    # -- the shared SQL, with retries on conflicts ----------------------------------------
+
+    def claim(self, target: str, *, owner: str, limit: int, lease_seconds: float, now: float) -> list[Claimed]:
+        return self._retrying(lambda: SqlOutbox.claim(self, target, owner=owner, limit=limit,
+                                                      lease_seconds=lease_seconds, now=now))
+
+    def complete(self, target: str, results: list[Result], *, owner: str, now: float, max_attempts: int,
+                 backoff_base: float, backoff_cap: float, latency: float | None,
+                 dead_after: float = DEAD_AFTER) -> None:
+        self._retrying(lambda: SqlOutbox.complete(
+            self, target, results, owner=owner, now=now, max_attempts=max_attempts, backoff_base=backoff_base,
+            backoff_cap=backoff_cap, latency=latency, dead_after=dead_after))
+
+    def release_abandoned(self, is_dead: Callable[[str], bool], *, now: float) -> int:
+        return self._retrying(lambda: SqlOutbox.release_abandoned(self, is_dead, now=now))
+
+    def _requeue(self, where: str, params: tuple[Any, ...], *, now: float, target: str | None) -> int:
+        return self._retrying(lambda: SqlOutbox._requeue(self, where, params, now=now, target=target))
+
+    # -- intake, batched ------------------------------------------------------------------
+
+    @staticmethod
+    def _bulk(db: psycopg.Connection[Any], sql: str, types: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
+        """One statement for many rows: ``{}`` in ``sql`` becomes one typed array parameter per column."""
+        if not rows:
+            return
+        arrays = ", ".join(f"%b::{t}[]" for t in types)  # binary: no hex-escaped bytea to parse
+        db.execute(sql.format(arrays), [list(column) for column in zip(*rows, strict=True)])
+
+    def put(self, records: list[Incoming], targets: list[str], *, now: float) -> list[Stored]:
+        keys = [(r.record_type, r.record_id) for r in records]
+        if len(set(keys)) != len(keys):  # the same record twice in one batch: one after the other
+            return [s for rec in records for s in self.put([rec], targets, now=now)]
+        return self._retrying(lambda: self._put(records, targets, now))
+
+    def _put(self, records: list[Incoming], targets: list[str], now: float) -> list[Stored]:
+        out: list[Stored] = []
+        with self._tx() as db:
+            # lock the records already stored, in key order (two intakes of the same records wait, not deadlock)
+            order = sorted(range(len(records)), key=lambda i: (records[i].record_type, records[i].record_id))
+            found = {(t, i): (int(rev), h) for t, i, rev, h in db.execute(
+                "SELECT record_type, record_id, revision, content_hash FROM record "
+                "WHERE (record_type, record_id) IN (SELECT * FROM unnest(%s::text[], %s::text[])) "
+                "ORDER BY record_type, record_id FOR UPDATE",
+                ([records[i].record_type for i in order], [records[i].record_id for i in order])).fetchall()}
+            seqs = iter(self._next_seq(db, len(records) * len(targets)))
+            inserts, updates, deliveries, news, events = [], [], [], [], []
+            shared: dict[str, bytes] = {}
+            unchanged: list[tuple[Incoming, int, list[int]]] = []
+            for rec in records:
+                shared.update(rec.shared)
+                seq = [next(seqs) for _ in targets]
+                rank = KIND_RANK.get(rec.record_type, 9)
+                old = found.get((rec.record_type, rec.record_id))
+                if old is not None and old[1] == rec.content_hash:
+                    unchanged.append((rec, old[0], seq))
+                    continue
+                waits = rec.waits_for or (None, None)
+                revision = 1 if old is None else old[0] + 1
+                if old is None:
+                    inserts.append((rec.record_type, rec.record_id, revision, rec.content_hash, rec.group,
+                                    waits[0], waits[1], now, now))
+                else:
+                    updates.append((revision, rec.content_hash, rec.group, waits[0], waits[1], now,
+                                    rec.record_type, rec.record_id))
+                for target, n in zip(targets, seq, strict=True):
+                    deliveries.append((target, rec.record_type, rec.record_id, rec.patient, rank, n, now, now, now))
+                    events.append((now, target, rec.record_type, rec.record_id, revision, "queued",
+                                   "new record" if old is None else "changed"))
+                out.append(Stored(rec.record_type, rec.record_id, "queued", revision))
+            self._bulk(db, "INSERT INTO shared (resource_id, entry) SELECT * FROM unnest({}) "
+                           "ON CONFLICT (resource_id) DO UPDATE SET entry=excluded.entry",
+                       ("text", "bytea"), sorted(shared.items()))
+            self._bulk(db, "INSERT INTO record (record_type, record_id, revision, content_hash, body, waits_type, "
+                           "waits_id, received_at, updated_at) SELECT * FROM unnest({})",
+                       ("text", "text", "int4", "text", "bytea", "text", "text", "float8", "float8"), inserts)
+            self._bulk(db, "UPDATE record SET revision=u.revision, content_hash=u.content_hash, body=u.body, "
+                           "waits_type=u.waits_type, waits_id=u.waits_id, updated_at=u.updated_at FROM unnest({}) "
+                           "AS u(revision, content_hash, body, waits_type, waits_id, updated_at, record_type, "
+                           "record_id) WHERE record.record_type=u.record_type AND record.record_id=u.record_id",
+                       ("int4", "text", "bytea", "text", "text", "float8", "text", "text"), updates)
+            self._bulk(db, UPSERT_DELIVERY_BULK, _DELIVERY_TYPES, sorted(deliveries, key=lambda d: d[:3]))
+            if unchanged:
+                # unchanged records: only a target added to the configuration since gets them
+                have = {tuple(r) for r in db.execute(
+                    "SELECT target, record_type, record_id FROM delivery WHERE (record_type, record_id) IN "
+                    "(SELECT * FROM unnest(%s::text[], %s::text[]))",
+                    ([r.record_type for r, _, _ in unchanged], [r.record_id for r, _, _ in unchanged])).fetchall()}
+                for rec, revision, seq in unchanged:
+                    missing = [(t, n) for t, n in zip(targets, seq, strict=True)
+                               if (t, rec.record_type, rec.record_id) not in have]
+                    for target, n in missing:
+                        news.append((target, rec.record_type, rec.record_id, rec.patient,
+                                     KIND_RANK.get(rec.record_type, 9), n, now, now, now))
+                        events.append((now, target, rec.record_type, rec.record_id, revision, "queued", "new target"))
+                    out.append(Stored(rec.record_type, rec.record_id, "queued" if missing else "unchanged", revision))
+            self._bulk(db, INSERT_DELIVERY_BULK, _DELIVERY_TYPES, news)
+            self._bulk(db, "INSERT INTO event (at, target, record_type, record_id, revision, event, detail) "
+                           "SELECT * FROM unnest({})",
+                       ("float8", "text", "text", "text", "int4", "text", "text"), events)
+        position = {k: i for i, k in enumerate((r.record_type, r.record_id) for r in records)}
+        return sorted(out, key=lambda s: position[(s.record_type, s.record_id)])
+
+
+__all__ = ["MIGRATIONS", "PostgresOutbox", "is_postgres_url"]

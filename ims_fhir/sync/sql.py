@@ -1,0 +1,438 @@
+"""The SQL both outbox storages share (SQLite and PostgreSQL), written once.
+
+:class:`SqlOutbox` holds every method of :class:`~ims_fhir.sync.store.Outbox` in SQL that
+SQLite and PostgreSQL both understand, with ``?`` placeholders (the PostgreSQL storage
+turns them into ``%s``). A storage adds its connections (``_db``), transactions (``_tx``),
+its schema migrations, the lock clause of a claim (``FOR UPDATE ... SKIP LOCKED`` on
+PostgreSQL; SQLite takes the database's write lock instead) and may replace a method with
+a faster one of its own (PostgreSQL's batched ``put``).
+
+Terms:
+
+- *migration*: one step of the schema, numbered from 1; ``schema_version`` holds the
+  numbers applied. :meth:`SqlOutbox._migrate` applies the missing ones in order, in one
+  transaction, when a storage is opened (the storage holds a lock meanwhile, so several
+  processes starting at once apply each step once).
+- *blocker*: an earlier delivery of the same patient and target that is still queued or
+  sending; a delivery with a blocker is not claimable (see :mod:`.store`, *patient*).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+import orjson
+
+from .store import (
+    DEAD_AFTER,
+    KIND_RANK,
+    LATENCY_BUCKETS,
+    Claimed,
+    DeliveryStatus,
+    Event,
+    Failure,
+    Incoming,
+    RecordStatus,
+    Result,
+    Stats,
+    Stored,
+)
+
+#: main resource type of each record kind (its id and version are the record's "server id")
+PRIMARY = {"patient": "Patient", "practitioner": "Practitioner", "assessment": "Observation",
+           "treatment": "Procedure"}
+
+#: how many due deliveries a claim looks at per delivery it may take (the others may have blockers)
+LOOKAHEAD = 4
+
+
+#: the delivery upsert of a new or changed record: a delivery being sent stays ``sending``
+#: (its worker queues it again when it sees the newer revision), any other is queued anew
+UPSERT_DELIVERY = (
+    "INSERT INTO delivery (target, record_type, record_id, patient, rank, seq, state, attempts, next_attempt_at, "
+    "queued_at, updated_at) VALUES (?,?,?,?,?,?,'queued',0,?,?,?) "
+    "ON CONFLICT (target, record_type, record_id) DO UPDATE SET "
+    "patient=excluded.patient, seq=excluded.seq, updated_at=excluded.updated_at, "
+    "next_attempt_at=excluded.next_attempt_at, "
+    "attempts=CASE WHEN delivery.state='sending' THEN delivery.attempts ELSE 0 END, "
+    "first_failed_at=CASE WHEN delivery.state='sending' THEN delivery.first_failed_at ELSE NULL END, "
+    "queued_at=CASE WHEN delivery.state='sending' THEN delivery.queued_at ELSE excluded.queued_at END, "
+    "lease_owner=CASE WHEN delivery.state='sending' THEN delivery.lease_owner ELSE NULL END, "
+    "lease_until=CASE WHEN delivery.state='sending' THEN delivery.lease_until ELSE NULL END, "
+    "state=CASE WHEN delivery.state='sending' THEN 'sending' ELSE 'queued' END")
+
+INSERT_DELIVERY = (
+    "INSERT INTO delivery (target, record_type, record_id, patient, rank, seq, state, attempts, next_attempt_at, "
+    "queued_at, updated_at) VALUES (?,?,?,?,?,?,'queued',0,?,?,?) "
+    "ON CONFLICT (target, record_type, record_id) DO NOTHING")
+
+INSERT_EVENT = ("INSERT INTO event (at, target, record_type, record_id, revision, event, detail) "
+                "VALUES (?,?,?,?,?,?,?)")
+
+UPSERT_SHARED = ("INSERT INTO shared (resource_id, entry) VALUES (?,?) "
+                 "ON CONFLICT (resource_id) DO UPDATE SET entry=excluded.entry")
+
+#: the due deliveries of a target, kinds others refer to first, then in arrival order
+CLAIM = ("SELECT d.record_type, d.record_id, d.attempts, d.patient, d.rank, d.seq, r.revision, r.body, "
+         "r.waits_type, r.waits_id FROM delivery d JOIN record r "
+         "ON r.record_type=d.record_type AND r.record_id=d.record_id "
+         "WHERE d.target=? AND ((d.state='queued' AND d.next_attempt_at<=?) OR "
+         "(d.state='sending' AND d.lease_until<?)) ORDER BY d.rank, d.seq LIMIT ?")
+
+LEASED = ("SELECT state, lease_owner, attempts, first_failed_at FROM delivery "
+          "WHERE target=? AND record_type=? AND record_id=?")
+
+COUNT = ("INSERT INTO counter (name, target, value) VALUES (?,?,?) "
+         "ON CONFLICT (name, target) DO UPDATE SET value=counter.value+excluded.value")
+
+
+class SqlOutbox:
+    """:class:`~ims_fhir.sync.store.Outbox` in portable SQL (see the module docstring)."""
+
+    #: appended to the claim's SELECT (PostgreSQL: row locks that other workers skip)
+    lock_clause = ""
+    #: appended to a SELECT of one delivery about to be updated (PostgreSQL: FOR UPDATE)
+    row_lock = ""
+
+    # -- what a storage provides ---------------------------------------------------------
+
+    def _db(self) -> Any:
+        raise NotImplementedError
+
+    def _tx(self, *, write: bool = True) -> AbstractContextManager[Any]:
+        raise NotImplementedError
+
+    def _q(self, sql: str) -> str:
+        """The storage's form of a statement written with ``?`` placeholders."""
+        return sql
+
+    def _next_seq(self, db: Any, n: int) -> list[int]:
+        """``n`` increasing sequence numbers, later than every one handed out before."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _x(self, db: Any, sql: str, params: Sequence[Any] = ()) -> Any:
+        return db.execute(self._q(sql), tuple(params))
+
+    def _xm(self, db: Any, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        if rows:
+            db.cursor().executemany(self._q(sql), rows)
+
+    def _migrate(self, db: Any, migrations: Sequence[Sequence[str]]) -> int:
+        """Apply the migrations ``schema_version`` lacks (inside the caller's locked transaction)."""
+        self._x(db, "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)")
+        row = self._x(db, "SELECT MAX(version) FROM schema_version").fetchone()
+        current = int(row[0] or 0)
+        for number, statements in enumerate(migrations, start=1):
+            if number <= current:
+                continue
+            for statement in statements:
+                self._x(db, statement)
+            self._x(db, "INSERT INTO schema_version (version, applied_at) VALUES (?,?)", (number, time.time()))
+        return len(migrations)
+
+    def schema_version(self) -> int:
+        row = self._x(self._db(), "SELECT MAX(version) FROM schema_version").fetchone()
+        return int(row[0] or 0)
+
+    def ping(self) -> None:
+        self._x(self._db(), "SELECT 1 FROM schema_version LIMIT 1").fetchall()
+
+    # -- intake ---------------------------------------------------------------------------
+
+    def put(self, records: list[Incoming], targets: list[str], *, now: float) -> list[Stored]:
+        out = []
+        with self._tx() as db:
+            seqs = iter(self._next_seq(db, len(records) * max(len(targets), 1)))
+            for rec in records:
+                row = self._x(db, "SELECT revision, content_hash FROM record WHERE record_type=? AND record_id=?",
+                              (rec.record_type, rec.record_id)).fetchone()
+                waits = rec.waits_for or (None, None)
+                self._xm(db, UPSERT_SHARED, list(rec.shared.items()))
+                seq = [next(seqs) for _ in targets]
+                if row is not None and row[1] == rec.content_hash:
+                    # unchanged: a target added to the configuration since still gets it
+                    revision = int(row[0])
+                    added = self._enqueue(db, rec, targets, revision, seq, now, only_missing=True)
+                    out.append(Stored(rec.record_type, rec.record_id, "queued" if added else "unchanged", revision))
+                    continue
+                revision = 1 if row is None else int(row[0]) + 1
+                if row is None:
+                    self._x(db, "INSERT INTO record (record_type, record_id, revision, content_hash, body, waits_type, "
+                                "waits_id, received_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                            (rec.record_type, rec.record_id, revision, rec.content_hash, rec.group,
+                             waits[0], waits[1], now, now))
+                else:
+                    self._x(db, "UPDATE record SET revision=?, content_hash=?, body=?, waits_type=?, waits_id=?, "
+                                "updated_at=? WHERE record_type=? AND record_id=?",
+                            (revision, rec.content_hash, rec.group, waits[0], waits[1], now,
+                             rec.record_type, rec.record_id))
+                self._enqueue(db, rec, targets, revision, seq, now, only_missing=False,
+                              detail="new record" if row is None else "changed")
+                out.append(Stored(rec.record_type, rec.record_id, "queued", revision))
+        return out
+
+    def _enqueue(self, db: Any, rec: Incoming, targets: list[str], revision: int, seq: list[int], now: float, *,
+                 only_missing: bool, detail: str = "new target") -> bool:
+        added = False
+        rank = KIND_RANK.get(rec.record_type, 9)
+        for target, n in zip(targets, seq, strict=True):
+            params = (target, rec.record_type, rec.record_id, rec.patient, rank, n, now, now, now)
+            cur = self._x(db, INSERT_DELIVERY if only_missing else UPSERT_DELIVERY, params)
+            if only_missing and cur.rowcount < 1:
+                continue
+            self._event(db, now, target, rec.record_type, rec.record_id, revision, "queued", detail)
+            added = True
+        return added
+
+    def _event(self, db: Any, now: float, target: str, record_type: str, record_id: str, revision: int,
+               event: str, detail: str | None = None) -> None:
+        self._x(db, INSERT_EVENT, (now, target, record_type, record_id, revision, event, detail))
+
+    def shared_entry(self, resource_id: str) -> bytes | None:
+        row = self._x(self._db(), "SELECT entry FROM shared WHERE resource_id=?", (resource_id,)).fetchone()
+        return bytes(row[0]) if row else None
+
+    # -- the worker's side ----------------------------------------------------------------
+
+    def claim(self, target: str, *, owner: str, limit: int, lease_seconds: float, now: float) -> list[Claimed]:
+        claimed: list[Claimed] = []
+        with self._tx() as db:
+            rows = self._x(db, CLAIM + self.lock_clause, (target, now, now, limit * LOOKAHEAD)).fetchall()
+            if not rows:
+                return []
+            pending = self._pending_of_patients(db, target, sorted({r[3] for r in rows if r[3] is not None}))
+            keys: set[tuple[str, str]] = set()
+            taken: list[tuple[Any, ...]] = []
+            for rtype, rid, attempts, patient, rank, seq, revision, body, waits_type, waits_id in rows:
+                if len(claimed) >= limit:
+                    break
+                if patient is not None and any((r, s) < (rank, seq) and k not in keys
+                                               for r, s, k in pending.get(patient, ())):
+                    continue  # an earlier record of its patient is not sent yet: it stays queued
+                if waits_type is not None and (waits_type, waits_id) not in keys:
+                    dep = self._x(db, "SELECT state FROM delivery WHERE target=? AND record_type=? AND record_id=?",
+                                  (target, waits_type, waits_id)).fetchone()
+                    if dep is not None and dep[0] in ("queued", "sending"):
+                        continue  # its assessment goes first; it stays queued
+                taken.append((owner, now + lease_seconds, revision, now, target, rtype, rid))
+                claimed.append(Claimed(target, rtype, rid, int(revision), bytes(body), int(attempts)))
+                keys.add((rtype, rid))
+            self._xm(db, "UPDATE delivery SET state='sending', lease_owner=?, lease_until=?, sending_revision=?, "
+                         "updated_at=? WHERE target=? AND record_type=? AND record_id=?", taken)
+            self._xm(db, INSERT_EVENT, [(now, target, c.record_type, c.record_id, c.revision, "sending",
+                                         f"attempt {c.attempts + 1}") for c in claimed])
+        return claimed
+
+    def _pending_of_patients(self, db: Any, target: str,
+                             patients: list[str]) -> dict[str, list[tuple[int, int, tuple[str, str]]]]:
+        """The queued or sending deliveries of these patients: ``patient -> [(rank, seq, key)]``."""
+        out: dict[str, list[tuple[int, int, tuple[str, str]]]] = {}
+        for i in range(0, len(patients), 500):
+            chunk = patients[i:i + 500]
+            marks = ",".join("?" * len(chunk))
+            sql = ("SELECT patient, rank, seq, record_type, record_id FROM delivery WHERE target=? "  # noqa: S608
+                   f"AND state IN ('queued','sending') AND patient IN ({marks})")  # only '?' marks are added
+            for patient, rank, seq, rtype, rid in self._x(db, sql, (target, *chunk)).fetchall():
+                out.setdefault(patient, []).append((int(rank), int(seq), (rtype, rid)))
+        return out
+
+    def release_abandoned(self, is_dead: Callable[[str], bool], *, now: float) -> int:
+        with self._tx() as db:
+            owners = [r[0] for r in self._x(db, "SELECT DISTINCT lease_owner FROM delivery "
+                                                "WHERE state='sending' AND lease_owner IS NOT NULL").fetchall()]
+            released = 0
+            for owner in owners:
+                if not is_dead(owner):
+                    continue
+                rows = self._x(db, "SELECT target, record_type, record_id, sending_revision FROM delivery "
+                                   "WHERE state='sending' AND lease_owner=?", (owner,)).fetchall()
+                self._x(db, "UPDATE delivery SET state='queued', lease_owner=NULL, lease_until=NULL, "
+                            "next_attempt_at=?, updated_at=? WHERE state='sending' AND lease_owner=?",
+                        (now, now, owner))
+                for target, rtype, rid, revision in rows:
+                    self._event(db, now, target, rtype, rid, revision or 0, "queued", "its worker stopped mid-send")
+                released += len(rows)
+        return released
+
+    def complete(self, target: str, results: list[Result], *, owner: str, now: float, max_attempts: int,
+                 backoff_base: float, backoff_cap: float, latency: float | None,
+                 dead_after: float = DEAD_AFTER) -> None:
+        with self._tx() as db:
+            for res in results:
+                key = (target, res.record_type, res.record_id)
+                row = self._x(db, LEASED + self.row_lock, key).fetchone()
+                if row is None or row[0] != "sending" or row[1] != owner:
+                    continue  # the lease ran out and someone else took it over; their result counts
+                _, _, attempts, first_failed = row
+                # read after the delivery is locked: a revision posted meanwhile is seen here
+                current = self._x(db, "SELECT revision FROM record WHERE record_type=? AND record_id=?",
+                                  key[1:]).fetchone()[0]
+                outcome = orjson.dumps(res.outcome) if res.outcome is not None else None
+                if res.kind in ("synced", "kept"):
+                    self._synced(db, key, res, int(current), now)
+                elif res.kind == "version_conflict":  # issue 9: recorded, not retried, until resolved
+                    self._x(db, "UPDATE delivery SET state='conflict', http_status=?, error=?, outcome=?, "
+                                "lease_owner=NULL, lease_until=NULL, updated_at=? "
+                                "WHERE target=? AND record_type=? AND record_id=?",
+                            (res.status, res.error, outcome, now, *key))
+                    self._event(db, now, target, res.record_type, res.record_id, res.revision, "conflict", res.error)
+                    self._count(db, "conflicts", target)
+                elif res.kind == "rejected":
+                    self._x(db, "UPDATE delivery SET state='failed', attempts=attempts+1, http_status=?, error=?, "
+                                "outcome=?, lease_owner=NULL, lease_until=NULL, updated_at=? "
+                                "WHERE target=? AND record_type=? AND record_id=?",
+                            (res.status, res.error, outcome, now, *key))
+                    self._event(db, now, target, res.record_type, res.record_id, res.revision, "failed",
+                                f"HTTP {res.status}" if res.status else res.error)
+                    self._count(db, "failed", target)
+                else:  # transient: dead by count and age; conflict: by count only
+                    attempts = int(attempts) + 1
+                    first = now if first_failed is None else float(first_failed)
+                    dead = attempts >= max_attempts and (res.kind == "conflict" or now - first >= dead_after)
+                    wait = min(backoff_cap, backoff_base * 2.0 ** max(attempts - 1, 0))
+                    self._x(db, "UPDATE delivery SET state=?, attempts=?, first_failed_at=?, http_status=?, error=?, "
+                                "outcome=?, lease_owner=NULL, lease_until=NULL, next_attempt_at=?, updated_at=? "
+                                "WHERE target=? AND record_type=? AND record_id=?",
+                            ("dead" if dead else "queued", attempts, first, res.status, res.error, outcome,
+                             now + wait, now, *key))
+                    self._event(db, now, target, res.record_type, res.record_id, res.revision,
+                                "dead" if dead else "retry-later", res.error)
+                    self._count(db, "dead" if dead else "transient_failures", target)
+            if latency is not None:
+                self._observe(db, target, latency)
+
+    def _synced(self, db: Any, key: tuple[str, str, str], res: Result, current: int, now: float) -> None:
+        target = key[0]
+        primary = next((r for r in res.resources if r.get("resourceType") == PRIMARY.get(res.record_type)),
+                       res.resources[0] if res.resources else {})
+        stale = current != res.revision
+        self._x(db,
+            "UPDATE delivery SET state=?, synced_revision=?, server_id=?, server_version=?, resources=?, "
+            "http_status=NULL, error=NULL, outcome=NULL, lease_owner=NULL, lease_until=NULL, first_failed_at=NULL, "
+            "next_attempt_at=?, attempts=CASE WHEN ? THEN 0 ELSE attempts END, updated_at=?, synced_at=? "
+            "WHERE target=? AND record_type=? AND record_id=?",
+            ("queued" if stale else res.kind, res.revision, primary.get("id"), primary.get("version"),
+             orjson.dumps(res.resources), now, stale, now, now, *key))
+        what = f"{primary.get('resourceType')}/{primary.get('id')} version {primary.get('version')}"
+        self._event(db, now, target, res.record_type, res.record_id, res.revision, res.kind,
+                    what + (" (server-owned: referenced, never written)" if res.kind == "kept" else ""))
+        if stale:
+            self._event(db, now, target, res.record_type, res.record_id, current, "queued", "changed")
+        self._count(db, "sent", target)
+
+    def _count(self, db: Any, name: str, target: str, by: float = 1.0) -> None:
+        self._x(db, COUNT, (name, target, by))
+
+    def _observe(self, db: Any, target: str, seconds: float) -> None:
+        rows = [(f"latency_le_{bound}", target, 1.0) for bound in LATENCY_BUCKETS if seconds <= bound]
+        rows += [("latency_count", target, 1.0), ("latency_sum", target, seconds)]
+        self._xm(db, COUNT, rows)
+
+    # -- replay ---------------------------------------------------------------------------
+
+    def settle_conflict(self, target: str, record_type: str, record_id: str, *, state: str, detail: str,
+                        now: float) -> bool:
+        """After a conflict's resolution (issue 9): its delivery leaves ``conflict`` for ``state``
+        (``synced``, or ``queued``). False when the delivery is not in conflict."""
+        with self._tx() as db:
+            row = self._x(db, "SELECT r.revision FROM delivery d JOIN record r ON r.record_type=d.record_type "
+                              "AND r.record_id=d.record_id WHERE d.target=? AND d.record_type=? AND d.record_id=? "
+                              "AND d.state='conflict'", (target, record_type, record_id)).fetchone()
+            if row is None:
+                return False
+            self._x(db, "UPDATE delivery SET state=?, http_status=NULL, error=NULL, outcome=NULL, attempts=0, "
+                        "next_attempt_at=?, updated_at=?, synced_at=CASE WHEN ?='synced' THEN ? ELSE synced_at END "
+                        "WHERE target=? AND record_type=? AND record_id=?",
+                    (state, now, now, state, now, target, record_type, record_id))
+            self._event(db, now, target, record_type, record_id, int(row[0]), state, detail)
+            return True
+
+    def retry(self, record_type: str, record_id: str, *, now: float, target: str | None = None) -> int:
+        return self._requeue("d.record_type=? AND d.record_id=? AND d.state IN ('failed','dead')",
+                             (record_type, record_id), now=now, target=target)
+
+    def retry_state(self, state: str, *, now: float, target: str | None = None) -> int:
+        if state not in ("failed", "dead"):
+            raise ValueError(f"only failed or dead deliveries can be retried, not {state!r}")
+        return self._requeue("d.state=?", (state,), now=now, target=target)
+
+    def _requeue(self, where: str, params: tuple[Any, ...], *, now: float, target: str | None) -> int:
+        if target is not None:
+            where += " AND d.target=?"
+            params = (*params, target)
+        with self._tx() as db:
+            sql = ("SELECT d.target, d.record_type, d.record_id, r.revision FROM delivery d "  # noqa: S608
+                   "JOIN record r ON r.record_type=d.record_type AND r.record_id=d.record_id "
+                   f"WHERE {where}")  # where: a fixed condition of this module, values as '?' parameters
+            rows = self._x(db, sql, params).fetchall()
+            self._xm(db, "UPDATE delivery SET state='queued', attempts=0, first_failed_at=NULL, next_attempt_at=?, "
+                         "updated_at=?, queued_at=? WHERE target=? AND record_type=? AND record_id=?",
+                     [(now, now, now, tgt, rtype, rid) for tgt, rtype, rid, _ in rows])
+            self._xm(db, INSERT_EVENT, [(now, tgt, rtype, rid, revision, "queued", "retry requested")
+                                        for tgt, rtype, rid, revision in rows])
+        return len(rows)
+
+    # -- reading --------------------------------------------------------------------------
+
+    def status(self, record_type: str, record_id: str) -> RecordStatus | None:
+        with self._tx(write=False) as db:
+            rec = self._x(db, "SELECT revision, received_at, updated_at FROM record "
+                              "WHERE record_type=? AND record_id=?", (record_type, record_id)).fetchone()
+            if rec is None:
+                return None
+            rows = self._x(db,
+                "SELECT target, state, attempts, synced_revision, server_id, server_version, resources, http_status, "
+                "error, outcome, queued_at, updated_at, synced_at, next_attempt_at FROM delivery "
+                "WHERE record_type=? AND record_id=? ORDER BY target", (record_type, record_id)).fetchall()
+        deliveries = [DeliveryStatus(
+            target=r[0], state=r[1], attempts=r[2], revision=rec[0], synced_revision=r[3], server_id=r[4],
+            server_version=r[5], resources=orjson.loads(r[6]) if r[6] else [], http_status=r[7], error=r[8],
+            outcome=orjson.loads(r[9]) if r[9] else None, queued_at=r[10], updated_at=r[11], synced_at=r[12],
+            next_attempt_at=r[13]) for r in rows]
+        return RecordStatus(record_type, record_id, rec[0], rec[1], rec[2], deliveries)
+
+    def history(self, record_type: str, record_id: str, *, limit: int = 100) -> list[Event]:
+        rows = self._x(self._db(),
+            "SELECT at, target, record_type, record_id, revision, event, detail FROM event "
+            "WHERE record_type=? AND record_id=? ORDER BY seq DESC LIMIT ?", (record_type, record_id, limit)).fetchall()
+        return [Event(*r) for r in rows]
+
+    def recent(self, *, limit: int = 20) -> list[Event]:
+        rows = self._x(self._db(), "SELECT at, target, record_type, record_id, revision, event, detail FROM event "
+                                   "ORDER BY seq DESC LIMIT ?", (limit,)).fetchall()
+        return [Event(*r) for r in rows]
+
+    def failures(self, *, limit: int = 20) -> list[Failure]:
+        rows = self._x(self._db(),
+            "SELECT target, record_type, record_id, state, attempts, http_status, error, outcome, updated_at "
+            "FROM delivery WHERE state IN ('failed','dead') ORDER BY updated_at DESC LIMIT ?", (limit,)).fetchall()
+        return [Failure(target=r[0], record_type=r[1], record_id=r[2], state=r[3], attempts=r[4], http_status=r[5],
+                        error=r[6], outcome=orjson.loads(r[7]) if r[7] else None, updated_at=r[8]) for r in rows]
+
+    def pending(self, target: str | None = None) -> int:
+        sql = "SELECT COUNT(*) FROM delivery WHERE state IN ('queued','sending')"
+        row = self._x(self._db(), sql + (" AND target=?" if target else ""), (target,) if target else ()).fetchone()
+        return int(row[0])
+
+    def stats(self) -> Stats:
+        with self._tx(write=False) as db:
+            depth = {(t, s): int(n) for t, s, n in self._x(
+                db, "SELECT target, state, COUNT(*) FROM delivery GROUP BY target, state").fetchall()}
+            raw = {(n, t): float(v) for n, t, v in self._x(db, "SELECT name, target, value FROM counter").fetchall()}
+        counters = {k: v for k, v in raw.items() if not k[0].startswith("latency_")}
+        latency: dict[str, tuple[list[int], int, float]] = {}
+        for target in {t for n, t in raw if n == "latency_count"}:
+            buckets = [int(raw.get((f"latency_le_{b}", target), 0)) for b in LATENCY_BUCKETS]
+            latency[target] = (buckets, int(raw[("latency_count", target)]), raw.get(("latency_sum", target), 0.0))
+        return Stats(depth, counters, latency)
+
+
+__all__ = ["PRIMARY", "SqlOutbox"]
