@@ -110,7 +110,7 @@ def test_conflict_on_the_dashboard_and_the_three_resolutions(browser: Any, clean
         text = card.inner_text()
         assert "note[0].text" in text and "Clinic note 0" in text and "Hospital note 0" in text
         assert page.locator('td[data-state="conflict"]').inner_text() == "3"
-        assert "kept (server-owned)" in page.locator("table.counts").inner_text()
+        assert "kept (server-owned)" in page.locator("table.counts").inner_text().lower()  # CSS upper-cases it
         page.screenshot(path=str(shots / "dashboard-conflict.png"), full_page=True)
         card.locator("button.resolve-resend").click()
         page.wait_for_selector(f'article.conflict[data-record="treatment/{three[0]["id"]}"]', state="detached",
@@ -169,7 +169,7 @@ def test_serve_keeps_identity_ownership_and_conflicts_across_restart_and_kill_9(
     settings = service_settings(tmp_path, base_url=base, server={"port": port, "threads": 2,
                                                                  "max_body_bytes": 4 * 1024 * 1024},
                                 targets=_targets(base), worker=SLOW_WORKER)
-    db_path = Path(settings["storage"]["url"].removeprefix("sqlite:///"))
+    storage_url = settings["storage"]["url"]
     config = tmp_path / "service.toml"
     config.write_text(_toml(settings), encoding="utf-8")
     log = artifacts() / "test_service_hospital.log"
@@ -183,8 +183,8 @@ def test_serve_keeps_identity_ownership_and_conflicts_across_restart_and_kill_9(
 
     def settled(expected: dict[str, int]) -> None:
         deadline = time.monotonic() + 240
-        while _states(db_path) != expected:
-            assert time.monotonic() < deadline, f"not settled: {_states(db_path)} (expected {expected})"
+        while _states(storage_url) != expected:
+            assert time.monotonic() < deadline, f"not settled: {_states(storage_url)} (expected {expected})"
             time.sleep(0.3)
 
     def kill_9(proc: subprocess.Popen[bytes]) -> None:
