@@ -93,9 +93,11 @@ def main() -> int:
 
             def run_adapter() -> float:
                 expunge(base)
+                state = work / "push-state.sqlite"  # a fresh identity map for the emptied server
+                state.unlink(missing_ok=True)
                 t0 = time.perf_counter()
-                result = push([work / "bundles"], ClientConfig.from_values(base, read_timeout=600), PushOptions(),
-                              report=lambda item: None)
+                result = push([work / "bundles"], ClientConfig.from_values(base, read_timeout=600),
+                              PushOptions(state_path=state), report=lambda item: None)
                 took = time.perf_counter() - t0
                 assert result.failed_records == 0 and count(base) == n_resources, "adapter push incomplete"
                 return took

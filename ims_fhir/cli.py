@@ -216,6 +216,10 @@ def convert(inputs: tuple[Path, ...], out_dir: Path, output_format: str, clinic_
 @click.option("--report", "report_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Write one JSON line per rejected or failed record, with the server's OperationOutcome.")
 @click.option("--dry-run", is_flag=True, help="Build the Bundles and count them; send nothing.")
+@click.option("--state", "state_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="The local state file: identity map, ownership, conflicts, audit trail per server "
+                   "[default: $XDG_STATE_HOME/ims-fhir/push-state.sqlite or ~/.local/state/ims-fhir/push-state.sqlite]. "
+                   "Safe to delete: rebuilt by searching the server.")
 @click.option("--clinic-id", help="Source clinic id, for IMS record inputs that do not carry a source (NDJSON, CSV).")
 @click.option("--clinic-name", help="Source clinic display name (becomes the Organization name).")
 @click.option("--system-base", help="Absolute URI, base of the clinic's identifier systems.")
@@ -226,14 +230,17 @@ def convert(inputs: tuple[Path, ...], out_dir: Path, output_format: str, clinic_
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 def push(inputs: tuple[Path, ...], server: str | None, auth_spec: str, token_url: str | None, ca_bundle: str | None,
          client_cert: str | None, client_key: str | None, timeout: float, max_attempts: int, bundle_size: int,
-         concurrency: int, report_file: Path | None, dry_run: bool, clinic_id: str | None, clinic_name: str | None,
+         concurrency: int, report_file: Path | None, dry_run: bool, state_path: Path | None, clinic_id: str | None,
+         clinic_name: str | None,
          system_base: str | None, lenient: bool, default_tz: str | None, no_cpt: bool, quiet: bool, as_json: bool) -> int:
     """Send IMS records, or the output of convert, to a FHIR server as transaction Bundles.
 
-    Pushing the same records twice changes nothing; an edited record is updated in place;
-    Patients and Practitioners already on the server (same identifier) are referenced, never
-    overwritten. Exit 0 all accepted, 1 some rejected or failed (see --report), 2 usage,
-    configuration or connection errors.
+    Pushing the same records twice changes nothing; an edited record is updated in place
+    (with If-Match on the version last written); Patients and Practitioners already on the
+    server (same identifier) are referenced, never overwritten ("kept (server-owned)"); a
+    resource edited on the server since is not overwritten but recorded as a conflict (see
+    `ims-fhir conflicts`). Exit 0 all accepted, 1 some rejected, failed or in conflict
+    (see --report), 2 usage, configuration or connection errors.
     """
     from .client import ClientConfig
     from .convert import ConvertOptions
@@ -269,7 +276,8 @@ def push(inputs: tuple[Path, ...], server: str | None, auth_spec: str, token_url
 
     try:
         summary = run_push(list(inputs), config, PushOptions(bundle_size=bundle_size, dry_run=dry_run,
-                                                              convert=convert_options, concurrency=concurrency),
+                                                              convert=convert_options, concurrency=concurrency,
+                                                              state_path=state_path),
                            report=report, progress=progress)
     finally:
         if report_fh:
@@ -284,6 +292,7 @@ def push(inputs: tuple[Path, ...], server: str | None, auth_spec: str, token_url
         verb = "would send" if dry_run else "sent"
         click.echo(f"{verb} {_count(summary.entries, 'entry', 'entries')} in {_count(summary.bundles, 'bundle')}: "
                    f"{summary.created:,} created, {summary.updated:,} updated, {summary.unchanged:,} unchanged, "
+                   f"{summary.kept:,} kept (server-owned), {summary.conflicts:,} conflicts, "
                    f"{_count(summary.failed_records, 'record')} failed, "
                    f"{summary.rejected_records:,} rejected before sending ({elapsed:.1f} s)", err=True)
         for data in lines[:5]:
@@ -299,6 +308,69 @@ def push(inputs: tuple[Path, ...], server: str | None, auth_spec: str, token_url
             where = f" (see {report_file})" if report_file else " (use --report FILE)"
             click.echo(f"  ... and {len(lines) - 5} more{where}", err=True)
     return summary.exit_code
+
+
+@cli.command()
+@click.option("--state", "state_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="The push state file (default as for push).")
+@click.option("--all", "show_all", is_flag=True, help="Also list resolved conflicts.")
+@click.option("--resolve", "conflict_id", type=int, help="The conflict to resolve (its id).")
+@click.option("--as", "resolution", type=click.Choice(["resend", "accept", "dismiss"]),
+              help="resend: write the clinic's version over the server's; accept: take the server's version as "
+                   "the clinic's new revision (written to --out); dismiss: keep the server's version, do not send the "
+                   "clinic's edit.")
+@click.option("--server", help="The FHIR server of the conflict (needed with --resolve).")
+@click.option("--auth", "auth_spec", default="none", show_default=True, envvar="IMS_FHIR_AUTH", help="As for push.")
+@click.option("--ca-bundle", type=click.Path(exists=True, dir_okay=False), help="CA certificates to trust (PEM).")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="With --as accept: write the record as the server has it (ims-record/1 NDJSON).")
+@click.option("--json", "as_json", is_flag=True, help="Print the conflicts as JSON on stdout.")
+def conflicts(state_path: Path | None, show_all: bool, conflict_id: int | None, resolution: str | None,
+              server: str | None, auth_spec: str, ca_bundle: str | None, out_file: Path | None, as_json: bool) -> int:
+    """List the conflicts ims-fhir push recorded, or resolve one.
+
+    A conflict is a resource of the clinic that someone edited on the server since the adapter
+    wrote it: push did not overwrite it. Exit 0 on success, 1 when open conflicts remain listed,
+    2 usage errors.
+    """
+    from .client import ClientConfig, FhirClient
+    from .importing import reverse_resources
+    from .records.writers import write_ndjson
+    from .sync.push_state import PushState, default_state_path
+    from .sync.reconcile import resolve_conflict
+
+    with PushState(state_path or default_state_path()) as state:
+        if conflict_id is None:
+            found = state.conflicts(state=None if show_all else "open", limit=10000)
+            if as_json:
+                click.echo(orjson.dumps([c.as_dict() for c in found], option=orjson.OPT_INDENT_2))
+            else:
+                for c in found:
+                    what = f"{c.record_type} {c.record_id}" if c.record_id else f"{c.resource_type}/{c.server_id}"
+                    click.echo(f"#{c.id} {c.state}{' (' + c.resolution + ')' if c.resolution else ''}: {what} on "
+                               f"{c.target}: {c.resource_type}/{c.server_id} version {c.server_version}, last written "
+                               f"{c.base_version}; {len(c.diff)} fields differ: "
+                               + ", ".join(d.path for d in c.diff[:6]))
+            return 0
+        if resolution is None or not server:
+            raise click.UsageError("--resolve needs --as resend|accept|dismiss and --server URL")
+        if resolution == "accept" and out_file is None:
+            raise click.UsageError("--as accept needs --out FILE for the record as the server has it")
+        config = ClientConfig.from_values(server, auth=auth_spec, ca_bundle=ca_bundle)
+        with FhirClient(config) as client:
+            conflict = state.conflict(conflict_id)
+            if conflict is not None and conflict.target != client.base_url:
+                raise click.UsageError(f"conflict {conflict_id} is on {conflict.target}, not {client.base_url}")
+            done = resolve_conflict(client, state, conflict_id, resolution, now=time.time())
+        if resolution == "accept" and out_file is not None:
+            result = reverse_resources(done.resources)
+            write_ndjson(out_file, [(r.record_type, r.data) for r in result.records])
+            click.echo(f"conflict {conflict_id} accepted: {len(result.records)} records as the server has them in "
+                       f"{out_file}; push them as the clinic's new revision", err=True)
+        else:
+            click.echo(f"conflict {conflict_id} resolved ({resolution}); the server is at version {done.version}",
+                       err=True)
+    return 0
 
 
 @cli.command()

@@ -22,7 +22,9 @@ are logged once, at the top (CLI or Flask error handler).
         │   ├── FhirClientSideError        4xx other than the ones below
         │   │   ├── FhirAuthError          401 / 403, token refusal  exit_code 2
         │   │   ├── FhirNotFoundError      404 / 410
-        │   │   ├── FhirConflictError      409 / 412 (version conflict, If-Match failed)
+        │   │   ├── FhirConflictError      409 / 412 (conflict or failed precondition)
+        │   │   │   └── FhirVersionConflictError  409 (HAPI) / 412 (spec) to a write with If-Match:
+        │   │   │                                 the server's version moved
         │   │   └── FhirUnprocessableError 422 (validation failed)
         │   └── FhirServerSideError        5xx, 429 (after retries)
         ├── FhirCapabilityError       exit_code 2  the server is not FHIR R4 or lacks an interaction we need
@@ -210,6 +212,16 @@ class FhirConflictError(FhirClientSideError):
     """409 or 412: version conflict or failed precondition."""
 
 
+class FhirVersionConflictError(FhirConflictError):
+    """A version-aware write (``If-Match``) found the server's resource at another version.
+
+    FHIR R4 (http.html, "Managing Resource Contention") answers a stale ``If-Match`` with
+    412 Precondition Failed; stock HAPI FHIR answers 409 Conflict (HAPI-0989, "not the
+    current version"). Both mean the same thing to the adapter: someone else wrote the
+    resource since it was last written here, so it must not be overwritten blindly.
+    """
+
+
 class FhirUnprocessableError(FhirClientSideError):
     """422: the server's validator rejected the resource."""
 
@@ -241,6 +253,7 @@ __all__ = [
     "FhirServerSideError",
     "FhirTransportError",
     "FhirUnprocessableError",
+    "FhirVersionConflictError",
     "ImsFhirError",
     "InputError",
     "OutcomeIssue",

@@ -15,27 +15,34 @@ Patient or Practitioner changed since then names its record, that record is fetc
 (a changed finding brings back its whole assessment), and only those records are written
 (the rest of what is fetched only resolves references). The resources then go through
 the same import as ``ims-fhir import`` (:mod:`ims_fhir.importer`), streamed (no
-intermediate file). Which records are the clinic's: its identifier scheme
-(:mod:`ims_fhir.identifiers`) for ``PullOptions.system_base``, else those of every clinic
-Organization on the server.
+intermediate file). Every search also brings the ``Provenance`` resources that target what
+it finds (``_revinclude=Provenance:target``): not records, they are written beside the
+output, ``NAME.provenance.ndjson``, one line per imported resource with its record and each
+Provenance's id, time, activity, agents and the version it names (:func:`provenance_lines`).
+Which records are the clinic's: its identifier scheme (:mod:`ims_fhir.identifiers`) for
+``PullOptions.system_base``, else those of every clinic Organization on the server.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from .client import ClientConfig, FhirClient, on_type
 from .errors import UsageError
-from .identifiers import IdentifierScheme, RecordKey
-from .importer import FhirItem, ImportOptions, ImportSummary, import_items
+from .identifiers import IdentifierScheme, RecordKey, split_system
+from .importer import FhirItem, ImportOptions, ImportSummary, import_items, output_paths
 from .terminology import Terminology, default_terminology
 
 #: Searches pull makes; Encounters only come as _include of Procedures and panels.
 PULL_REQUIREMENTS = tuple(on_type(t, "search-type")
-                          for t in ("Procedure", "Observation", "Patient", "Practitioner", "Encounter"))
+                          for t in ("Procedure", "Observation", "Patient", "Practitioner", "Encounter", "Provenance"))
+#: every search also brings the Provenance of what it finds (recorded beside the output)
+_PROVENANCE = ("_revinclude", "Provenance:target")
 _PROCEDURE_INCLUDES = ["Procedure:subject", "Procedure:performer", "Procedure:encounter", "Procedure:reason-reference"]
 _PANEL_INCLUDES = ["Observation:has-member", "Observation:subject", "Observation:performer", "Observation:encounter"]
 
@@ -68,18 +75,58 @@ def _search(client: FhirClient, rtype: str, params: list[tuple[str, str]]) -> It
 
 
 class _Fetched:
-    """The resources fetched, once each, streamed into the import with their origin."""
+    """The resources fetched, once each, streamed into the import with their origin; the
+    Provenance resources apart (they are not records), with the record of every resource."""
 
     def __init__(self, where: str) -> None:
         self.where = where
         self.seen: set[str] = set()
+        self.provenance: dict[str, dict[str, Any]] = {}
+        #: "Type/id" -> the record it belongs to
+        self.records: dict[str, RecordKey] = {}
 
     def items(self, resources: Iterator[dict[str, Any]]) -> Iterator[FhirItem]:
         for resource in resources:
             key = f"{resource.get('resourceType')}/{resource.get('id')}"
+            if resource.get("resourceType") == "Provenance":
+                self.provenance.setdefault(key, resource)
+                continue
             if key not in self.seen:
                 self.seen.add(key)
+                record = _record_of(resource)
+                if record is not None:
+                    self.records[key] = record
                 yield FhirItem(resource, f"{self.where}#{len(self.seen)}")
+
+
+def _record_of(resource: dict[str, Any]) -> RecordKey | None:
+    ident = (resource.get("identifier") or [{}])[0]
+    split = split_system(ident.get("system")) if isinstance(ident, dict) else None
+    return IdentifierScheme(split[0]).record_of(resource) if split else None
+
+
+def provenance_lines(provenances: Iterable[dict[str, Any]], records: dict[str, RecordKey],
+                     keep: Callable[[str, str], bool] | None = None) -> list[dict[str, Any]]:
+    """One line per imported resource a Provenance names: its record and those Provenances
+    (id, recorded, activity, the version named, agents)."""
+    by_target: dict[str, list[dict[str, Any]]] = {}
+    for prov in provenances:
+        agents = [{"type": ((a.get("type") or {}).get("coding") or [{}])[0].get("code"),
+                   "who": (a.get("who") or {}).get("reference")} for a in prov.get("agent") or []]
+        activity = ((prov.get("activity") or {}).get("coding") or [{}])[0].get("code")
+        for target in prov.get("target") or []:
+            plain, _, version = str(target.get("reference", "")).partition("/_history/")
+            by_target.setdefault(plain, []).append({"id": prov.get("id"), "recorded": prov.get("recorded"),
+                                                    "activity": activity, "version": version or None,
+                                                    "agents": agents})
+    out = []
+    for ref in sorted(by_target):
+        record = records.get(ref)
+        if record is None or (keep is not None and not keep(*record)):
+            continue
+        found = sorted(by_target[ref], key=lambda p: (str(p.get("recorded") or ""), str(p.get("id") or "")))
+        out.append({"record_type": record[0], "id": record[1], "resource": ref, "provenance": found})
+    return out
 
 
 def pull(config: ClientConfig, options: PullOptions, *, terminology: Terminology | None = None,
@@ -110,11 +157,11 @@ def pull(config: ClientConfig, options: PullOptions, *, terminology: Terminology
         def everything() -> Iterator[dict[str, Any]]:
             yield from _search(client, "Procedure", common + [("code", procedure_codes)]
                                + [("_include", i) for i in _PROCEDURE_INCLUDES]
-                               + [("_revinclude", "Observation:part-of")])
+                               + [("_revinclude", "Observation:part-of"), _PROVENANCE])
             yield from _search(client, "Observation", common + [("code", panel_codes)]
-                               + [("_include", i) for i in _PANEL_INCLUDES])
+                               + [("_include", i) for i in _PANEL_INCLUDES] + [_PROVENANCE])
             yield from _search(client, "Observation", common + [("code", pain_codes)]
-                               + [("_include", i) for i in _PANEL_INCLUDES[1:]])
+                               + [("_include", i) for i in _PANEL_INCLUDES[1:]] + [_PROVENANCE])
 
         keep: Callable[[str, str], bool] | None = None
         if options.since is None:
@@ -123,9 +170,16 @@ def pull(config: ClientConfig, options: PullOptions, *, terminology: Terminology
             schemes = _schemes(client, options.system_base)
             resources = _changed(client, schemes, common, options.since, changed)
             keep = lambda record_type, record_id: (record_type, record_id) in changed  # noqa: E731
-        return import_items(fetched.items(resources), [client.base_url],
-                            ImportOptions(out_file=options.out_file, output_format=options.output_format,
-                                          record_filter=keep), terminology=term)
+        summary = import_items(fetched.items(resources), [client.base_url],
+                               ImportOptions(out_file=options.out_file, output_format=options.output_format,
+                                             record_filter=keep), terminology=term)
+        # the Provenance of what was imported, beside the output (NAME.provenance.ndjson)
+        summary_path = output_paths(options.out_file)["summary"]
+        path = summary_path.with_name(summary_path.name.removesuffix(".summary.json") + ".provenance.ndjson")
+        lines = provenance_lines(fetched.provenance.values(), fetched.records, keep)
+        path.write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in lines))
+        summary.files.append(str(path))
+        return summary
 
 
 def _schemes(client: FhirClient, system_base: str | None) -> list[IdentifierScheme]:
@@ -155,17 +209,18 @@ def _changed(client: FhirClient, schemes: list[IdentifierScheme], common: list[t
                     break
             if rtype in ("Patient", "Practitioner"):
                 yield res
+    yield from _search(client, "Provenance", window)  # the Provenance of what changed
     for (record_type, record_id) in sorted(changed):
         scheme = owner[(record_type, record_id)]
         if record_type == "assessment":
             yield from _search(client, "Observation", [("identifier", f"{scheme.system('assessment')}|{record_id}")]
-                               + [("_include", i) for i in _PANEL_INCLUDES])
+                               + [("_include", i) for i in _PANEL_INCLUDES] + [_PROVENANCE])
         elif record_type == "treatment":
             # not the reason-reference: a panel without its members is not a whole assessment,
             # and the Procedure's reference names the assessment by its identifier anyway
             yield from _search(client, "Procedure", [("identifier", f"{scheme.system('treatment')}|{record_id}")]
                                + [("_include", i) for i in _PROCEDURE_INCLUDES[:3]]
-                               + [("_revinclude", "Observation:part-of")])
+                               + [("_revinclude", "Observation:part-of"), _PROVENANCE])
 
 
-__all__ = ["PULL_REQUIREMENTS", "PullOptions", "pull"]
+__all__ = ["PULL_REQUIREMENTS", "PullOptions", "provenance_lines", "pull"]

@@ -24,6 +24,7 @@ on their identifiers, everything else a conditional update on its business ident
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 from collections.abc import Callable, Iterator
@@ -40,6 +41,7 @@ from .delivery import BundleResult, Refusal, Sender, patient_keys, references
 from .errors import InputError, UsageError
 from .fhir.bundles import BundlePacker
 from .mapping.context import Dependency, MappedRecord
+from .sync.reconcile import Sent, TargetSync, sync_requirements
 from .workstore import WorkStore
 
 RESOURCE_TYPES = ("Organization", "Patient", "Practitioner", "Encounter", "Observation", "Procedure")
@@ -52,18 +54,24 @@ class PushSummary:
     created: int = 0
     updated: int = 0
     unchanged: int = 0
+    #: entries of resources that were on the server before (matched by health number, MRN):
+    #: referenced, never written (issue 9's ``kept (server-owned)``)
+    kept: int = 0
+    #: records not written because the server's version moved since the adapter wrote it
+    conflicts: int = 0
     failed_records: int = 0
     rejected_records: int = 0
     by_type: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def exit_code(self) -> int:
-        return 1 if (self.failed_records or self.rejected_records) else 0
+        return 1 if (self.failed_records or self.rejected_records or self.conflicts) else 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "bundles": self.bundles, "sent": self.entries, "created": self.created, "updated": self.updated,
-            "unchanged": self.unchanged, "failed_records": self.failed_records,
+            "unchanged": self.unchanged, "kept (server-owned)": self.kept, "conflicts": self.conflicts,
+            "failed_records": self.failed_records,
             "rejected_records": self.rejected_records,
             "by_type": {t: dict(sorted(c.items())) for t, c in sorted(self.by_type.items())},
         }
@@ -71,26 +79,52 @@ class PushSummary:
 
 class Pusher:
     """Sends transaction Bundles through a :class:`~ims_fhir.delivery.Sender`, tallies outcomes,
-    reports failing records."""
+    reports failing records.
 
-    def __init__(self, sender: Sender, summary: PushSummary, report: Callable[[dict[str, Any]], None]) -> None:
+    With a ``sync`` (:class:`ims_fhir.sync.reconcile.TargetSync`) every Bundle goes through the
+    target's identity map, ownership, If-Match and Provenance (issue 9) instead.
+    """
+
+    def __init__(self, sender: Sender, summary: PushSummary, report: Callable[[dict[str, Any]], None],
+                 sync: TargetSync | None = None) -> None:
         self.sender = sender
         self.summary = summary
         self.report = report
+        self.sync = sync
         self._reported: set[tuple[str, str]] = set()
 
     def push(self, bundle: dict[str, Any]) -> None:
-        self.record(self.sender.send(bundle))
+        self.record(self.sync.send(bundle) if self.sync is not None else self.sender.send(bundle))
 
-    def record(self, result: BundleResult) -> None:
+    def record(self, result: BundleResult | Sent) -> None:
         """Tally one delivered Bundle (from one thread at a time)."""
         self.summary.bundles += 1
-        for entry in result.entries:
-            self.summary.entries += 1
-            setattr(self.summary, entry.outcome, getattr(self.summary, entry.outcome) + 1)
+        if isinstance(result, Sent):
+            for conflict in result.conflicts:
+                self.summary.conflicts += 1
+                record = conflict.record or ("resource", conflict.resource)
+                self.report({
+                    "records": [{"record_type": record[0], "id": record[1]}], "status": 409,
+                    "conflict": conflict.conflict_id,
+                    "error": f"conflict {conflict.conflict_id}: {conflict.resource} was edited on the server (version "
+                             f"{conflict.server_version}, last written by the adapter: {conflict.base_version}); "
+                             "not overwritten: resolve with `ims-fhir conflicts`",
+                    "issues": []})
+            for unresolved in result.unresolved:
+                new = [k for k in unresolved.records if k not in self._reported]
+                self._reported.update(new)
+                self.summary.failed_records += len(new) or 1
+                self.report({"records": [{"record_type": t, "id": i} for t, i in unresolved.records], "status": None,
+                             "error": unresolved.reason, "issues": []})
+        entries, refusals = result.entries, result.refusals
+        for entry in entries:
+            outcome = "kept" if entry.outcome == "kept (server-owned)" else entry.outcome
+            if entry.method != "-":  # "-": not sent (kept, or unchanged by the identity map)
+                self.summary.entries += 1
+            setattr(self.summary, outcome, getattr(self.summary, outcome) + 1)
             counts = self.summary.by_type.setdefault(entry.resource_type, {})
             counts[entry.outcome] = counts.get(entry.outcome, 0) + 1
-        for refusal in result.refusals:
+        for refusal in refusals:
             self._failed(refusal)
 
     def _failed(self, refusal: Refusal) -> None:
@@ -186,6 +220,11 @@ class PushOptions:
     convert: ConvertOptions | None = None
     #: Bundles in flight at once; one patient's Bundles still go one after the other, in order.
     concurrency: int = 1
+    #: the local state file (identity map, conflicts, audit); None: the default location
+    #: (:func:`ims_fhir.sync.push_state.default_state_path`)
+    state_path: Path | None = None
+    #: False: no state, no ownership or If-Match (the engine of before issue 9)
+    use_state: bool = True
 
 
 def _push_concurrently(client: FhirClient, config: ClientConfig, pusher: Pusher, bundles: Iterator[dict[str, Any]],
@@ -193,35 +232,41 @@ def _push_concurrently(client: FhirClient, config: ClientConfig, pusher: Pusher,
     """Deliver with up to ``concurrency`` Bundles in flight (see :class:`~ims_fhir.client.keyed_pool.KeyedPool`).
 
     One :class:`~ims_fhir.delivery.Sender` per worker thread (the engine's rule: one client,
-    one connection pool, one Bundle at a time per Sender); the clients share the auth (one
-    token), the CapabilityStatement and the throttle (one 429 back-off for the target).
+    one connection pool, one Bundle at a time per Sender), or with the push state one
+    :class:`~ims_fhir.sync.reconcile.TargetSync` per thread over the one state file (whose
+    methods are locked transactions); the clients share the auth (one token), the
+    CapabilityStatement and the throttle (one 429 back-off for the target).
     """
     local = threading.local()
     clients: list[FhirClient] = []
     lock = threading.Lock()
 
-    def sender() -> Sender:
-        mine: Sender | None = getattr(local, "sender", None)
+    def send(bundle: dict[str, Any]) -> BundleResult | Sent:
+        mine: Callable[[dict[str, Any]], BundleResult | Sent] | None = getattr(local, "send", None)
         if mine is None:
             worker = FhirClient(config, session=session, throttle=client.transport.throttle)
             worker._capabilities = client._capabilities  # same server, same statement
-            mine = local.sender = Sender(worker, scheme=pusher.sender.scheme)
+            if pusher.sync is not None:
+                mine = TargetSync(worker, pusher.sync.state, pusher.sync.target).send
+            else:
+                mine = Sender(worker, scheme=pusher.sender.scheme).send
+            local.send = mine
             with lock:
                 clients.append(worker)
-        return mine
+        return mine(bundle)
 
-    def done(result: BundleResult) -> None:
+    def done(result: BundleResult | Sent) -> None:
         with lock:
             pusher.record(result)
             if progress is not None:
                 progress(pusher.summary)
 
-    pool: KeyedPool[BundleResult] = KeyedPool(concurrency, on_done=done)
+    pool: KeyedPool[BundleResult | Sent] = KeyedPool(concurrency, on_done=done)
     try:
         for bundle in bundles:
             if pool.failed:
                 break  # the target is down or refuses us: stop feeding, report the error
-            pool.submit(patient_keys(bundle), lambda b=bundle: sender().send(b))  # type: ignore[misc]
+            pool.submit(patient_keys(bundle), lambda b=bundle: send(b))  # type: ignore[misc]
     finally:
         try:
             pool.close()
@@ -297,11 +342,19 @@ def push(paths: list[Path], client_config: ClientConfig | None, options: PushOpt
         return summary
     if client_config is None:
         raise UsageError("--server is required (or use --dry-run)")
-    with FhirClient(client_config, session=session) as client:
+    with FhirClient(client_config, session=session) as client, contextlib.ExitStack() as stack:
         # The least a server must offer; transactions and conditional create/update are used
         # when declared, else emulated entry by entry (ims_fhir.client.entrywise).
-        client.require(delivery_requirements(RESOURCE_TYPES))
-        pusher = Pusher(Sender(client), summary, report)
+        sync = None
+        if options.use_state:
+            from .sync.push_state import PushState, default_state_path
+
+            client.require(sync_requirements(RESOURCE_TYPES))
+            state = stack.enter_context(PushState(options.state_path or default_state_path()))
+            sync = TargetSync(client, state, client.base_url)
+        else:
+            client.require(delivery_requirements(RESOURCE_TYPES))
+        pusher = Pusher(Sender(client), summary, report, sync)
         if options.concurrency > 1:
             _push_concurrently(client, client_config, pusher, bundles, options.concurrency, progress, session)
             return summary

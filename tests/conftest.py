@@ -34,6 +34,14 @@ class CliResult:
         self.code, self.out, self.err = code, out, err
 
 
+@pytest.fixture(autouse=True)
+def own_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test gets its own XDG state directory: ``ims-fhir push`` keeps its identity map there,
+    and a map left by another test (against a server since emptied) would name resources that
+    are gone."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg-state"))
+
+
 @pytest.fixture
 def run_cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., CliResult]:
     def run(*args: Any) -> CliResult:

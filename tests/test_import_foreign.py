@@ -244,10 +244,18 @@ def test_procedure_body_sites_in_snomed_with_laterality_still_lack_insertions() 
     assert [p.path for p in reject.problems] == ["sites[0].insertions"]
 
 
-@pytest.mark.parametrize("status", ["in-progress", "entered-in-error", "unknown"])
+@pytest.mark.parametrize("status", ["in-progress", "preparation", "unknown"])
 def test_a_procedure_status_without_a_treatment_status_is_rejected(status: str) -> None:
     result = reverse_resources([PATIENT, PRACTITIONER, _procedure(status=status, statusReason={"text": "x"})], TERM)
     assert [p.rule for p in result.rejects[0].problems][:1] == ["unmapped_status"]
+
+
+def test_an_entered_in_error_procedure_is_a_retracted_treatment() -> None:
+    # ims-record/1 (2026-12-01) allows entered-in-error for treatments: a retraction comes back as one
+    result = reverse_resources([PATIENT, PRACTITIONER, _procedure(status="entered-in-error")], TERM)
+    assert not result.rejects
+    [treatment] = result.by_type("treatment")
+    assert treatment["status"] == "entered-in-error"
 
 
 def test_a_non_ims_procedure_and_its_parts_are_rejected() -> None:

@@ -117,6 +117,24 @@ def test_status_tables_invert_one_to_one() -> None:
     assert sorted(codes.assessment_status.values()) == sorted(TERM.fhir["status"]["assessment"])
     assert sorted(codes.treatment_status.values()) == sorted(TERM.fhir["status"]["treatment"])
     assert codes.assessment_status[TERM.status("assessment", "entered-in-error")] == "entered-in-error"
+    assert codes.treatment_status[TERM.status("treatment", "entered-in-error")] == "entered-in-error"
+
+
+def test_a_retracted_treatment_marks_every_resource_and_comes_back() -> None:
+    """ims-record/1 (2026-12-01): a treatment retracted as entered-in-error marks its Procedure,
+    Encounter and every Observation part of it so (never a DELETE), and comes back so."""
+    ctx = MappingContext(SOURCES[0], TERM)
+    rec = {"id": "T1", "patient_id": "P1", "practitioner_id": "PR1", "started_at": "2025-03-04T09:30:00Z",
+           "status": "entered-in-error", "consent_obtained": True, "pain_before_nrs": 6,
+           "sites": [{"muscle": "infraspinatus", "side": "left", "insertions": 3}]}
+    [group] = _groups([("treatment", rec)], ctx)
+    statuses = {(r["resourceType"], r["status"]) for r in group.resources}
+    assert statuses == {("Encounter", "entered-in-error"), ("Procedure", "entered-in-error"),
+                        ("Observation", "entered-in-error")}
+    assert len(group.resources) == 4  # encounter, procedure, pain before, one site: same resources as before
+    result = reverse_resources(group.resources, TERM)
+    assert result.rejects == [] and [r.data for r in result.records] == [normalise("treatment", rec)]
+    assert result.records[0].data["status"] == "entered-in-error"
 
 
 def test_a_retraction_comes_back_as_entered_in_error() -> None:

@@ -35,7 +35,7 @@ SPEC_ENUMS: dict[str, list[str]] = {
     + [f"S{i}" for i in range(1, 6)],
     "sex": ["female", "male", "other", "unknown"],
     "assessment_status": ["final", "preliminary", "amended", "entered-in-error"],
-    "treatment_status": ["completed", "stopped", "not-done"],
+    "treatment_status": ["completed", "stopped", "not-done", "entered-in-error"],
     "region": (
         "head neck upper_back lower_back shoulder upper_arm elbow forearm wrist_hand chest abdomen hip buttock "
         "groin thigh knee lower_leg ankle_foot"
@@ -427,9 +427,15 @@ def test_no_global_random_state_is_used() -> None:
 # ----------------------------------------------------------------- full coverage
 
 
+#: values the generator leaves out on purpose: a retracted treatment (added to the format on
+#: 2026-12-01) would change every committed example; tests/strategies.py covers it instead
+NOT_GENERATED = {"treatment_status": {"entered-in-error"}}
+
+
 def missing_coverage(records: list[tuple[str, dict[str, Any]]]) -> dict[str, list[str]]:
     w = walk(records)
-    missing = {name: sorted(set(values) - w.values.get(name, set())) for name, values in SPEC_ENUMS.items()}
+    missing = {name: sorted(set(values) - w.values.get(name, set()) - NOT_GENERATED.get(name, set()))
+               for name, values in SPEC_ENUMS.items()}
     missing["field"] = sorted(ALL_PATHS - w.paths)
     return {k: v for k, v in missing.items() if v}
 

@@ -105,7 +105,8 @@ def test_fixed_fhir_codes_and_systems_are_recorded() -> None:
     assert set(fhir["systems"].values()) <= systems
     rows = _doc_table("FHIR codes from the specification")
     recorded = {(row["system"].strip("`"), row["code"], row["display"]) for row in rows}
-    fixed = [*fhir["categories"].values(), fhir["encounter_class"], fhir["chart_identifier_type"]]
+    fixed = [*fhir["categories"].values(), fhir["encounter_class"], fhir["chart_identifier_type"],
+             *fhir["provenance_activity"].values(), *fhir["provenance_agent"].values()]
     for row in fixed:
         assert (fhir["systems"][row["system"]], row["code"], row["display"]) in recorded, row
 

@@ -9,6 +9,8 @@ error status
         401 403              FhirAuthError
         404 410              FhirNotFoundError
         409 412              FhirConflictError
+          409 any write      FhirVersionConflictError  (HAPI's answer to a stale If-Match)
+          412 + If-Match     FhirVersionConflictError  (the spec's answer to a stale If-Match)
         422                  FhirUnprocessableError
         408 429 5xx          FhirServerSideError   (only after the retry policy gave up)
         other 4xx            FhirClientSideError
@@ -54,6 +56,7 @@ from ims_fhir.errors import (
     FhirServerSideError,
     FhirTransportError,
     FhirUnprocessableError,
+    FhirVersionConflictError,
     OutcomeIssue,
     issues_from_outcome,
 )
@@ -65,8 +68,15 @@ _DROP = re.compile(r"<(script|style|head)[^>]*>.*?</\1>", re.IGNORECASE | re.DOT
 _TAG = re.compile(r"<[^>]+>")
 
 
-def error_class_for_status(status: int) -> type[FhirServerError]:
-    """The exception class for a final error status (table in the module docstring)."""
+def error_class_for_status(status: int, *, version_aware: bool = False) -> type[FhirServerError]:
+    """The exception class for a final error status (table in the module docstring).
+
+    ``version_aware``: the request was a write that carried ``If-Match`` (a header, or
+    ``request.ifMatch`` on a transaction entry). A 412 is then a stale version, not an
+    ambiguous conditional match; a 409 to any write is HAPI's version conflict.
+    """
+    if status == 409 or (status == 412 and version_aware):
+        return FhirVersionConflictError
     if status in (401, 403):
         return FhirAuthError
     if status in (404, 410):
@@ -135,9 +145,17 @@ def summarize_body(content: bytes, content_type: str | None) -> str | None:
     return summary or None
 
 
-def error_for_response(response: requests.Response, *, method: str, attempts: int = 1) -> FhirServerError:
-    """The typed exception for a final error response (call only for status >= 300)."""
+def error_for_response(
+    response: requests.Response, *, method: str, attempts: int = 1, version_aware: bool | None = None
+) -> FhirServerError:
+    """The typed exception for a final error response (call only for status >= 300).
+
+    ``version_aware`` defaults to whether the request carried an ``If-Match`` header.
+    """
     status = response.status_code
+    if version_aware is None:
+        sent = response.request.headers if response.request is not None else {}
+        version_aware = bool(sent.get("If-Match"))
     url = response.url or (response.request.url if response.request is not None else "") or ""
     outcome, issues = read_outcome(response.content)
     message = f"{method} {shown_url(url)} failed"
@@ -149,7 +167,7 @@ def error_for_response(response: requests.Response, *, method: str, attempts: in
         message += f": {summary or reason}" if (summary or reason) else ""
     if 300 <= status <= 399:
         message += f" (unexpected redirect to {shown_url(response.headers.get('Location', '?'))})"
-    cls = error_class_for_status(status)
+    cls = error_class_for_status(status, version_aware=version_aware)
     return cls(message, status=status, issues=issues, outcome=outcome, url=url)
 
 

@@ -45,7 +45,13 @@ from ims_fhir.client.response import FhirResponse, Resource
 from ims_fhir.client.retry import Clock
 from ims_fhir.client.throttle import Throttle
 from ims_fhir.client.transport import FHIR_JSON, Transport
-from ims_fhir.errors import FhirAmbiguousMatchError, FhirConflictError, FhirError, UsageError
+from ims_fhir.errors import (
+    FhirAmbiguousMatchError,
+    FhirConflictError,
+    FhirError,
+    FhirVersionConflictError,
+    UsageError,
+)
 
 #: A parameter value: str, int (or anything printable), or a list/tuple of them to repeat the parameter.
 QueryValue = Any
@@ -80,6 +86,22 @@ def _check_id(value: str, what: str = "id") -> str:
     if not isinstance(value, str) or not _ID.fullmatch(value):
         raise UsageError(f"{value!r} is not a valid FHIR {what} (1-64 of A-Z a-z 0-9 - .)")
     return value
+
+
+def _has_if_match(bundle: Resource) -> bool:
+    """Whether any entry of a transaction is a version-aware write (``request.ifMatch``)."""
+    return any(
+        isinstance(e, dict) and isinstance(e.get("request"), dict) and e["request"].get("ifMatch")
+        for e in bundle.get("entry") or ()
+    )
+
+
+#: how HAPI words a conditional match that found several resources (HAPI-0958, HAPI-2207)
+_SEVERAL_MATCHES = re.compile(r"matched \d+ resources|multiple (resources|matches)|HAPI-0958|HAPI-2207", re.IGNORECASE)
+
+
+def _names_several_matches(exc: FhirConflictError) -> bool:
+    return bool(_SEVERAL_MATCHES.search(str(exc)))
 
 
 def _if_match(version: str) -> str:
@@ -210,7 +232,7 @@ class FhirClient:
         """``PUT [base]/[type]/[id]`` (creates the resource if the server allows client ids).
 
         ``if_match`` is the version id the caller last saw (``"3"`` or ``'W/"3"'``); a
-        stale one raises FhirConflictError (412). The new version id is ``.version_id``.
+        stale one raises FhirVersionConflictError (412 per the spec, 409 from HAPI). The new version id is ``.version_id``.
         """
         resource_type = self._resource_type(resource)
         resource_id = resource.get("id")
@@ -314,7 +336,15 @@ class FhirClient:
             raise UsageError("transaction() needs a Bundle of type 'transaction'")
         self._need(system("transaction"))
         retry = self.config.retry.retry_transactions if idempotent is None else idempotent
-        response = self._send("POST", self.base_url, idempotent=retry, resource=bundle, headers=self._prefer(prefer))
+        try:
+            response = self._send("POST", self.base_url, idempotent=retry, resource=bundle,
+                                  headers=self._prefer(prefer))
+        except FhirConflictError as exc:
+            if exc.status == 412 and _has_if_match(bundle) and not _names_several_matches(exc):
+                message = f"POST {shown_url(self.base_url)} (transaction) failed"
+                raise FhirVersionConflictError(message, status=exc.status, issues=exc.issues, outcome=exc.outcome,
+                                               url=exc.url) from exc
+            raise
         result = response.resource
         if not result or result.get("resourceType") != "Bundle" or result.get("type") != "transaction-response":
             raise FhirError(f"POST {self.base_url} (transaction) did not return a transaction-response Bundle")

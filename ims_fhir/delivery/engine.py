@@ -29,7 +29,7 @@ thread, up to the target's limit (the sync worker keeps one Sender per target).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -133,20 +133,32 @@ _REFUSED = (FhirClientSideError, FhirAmbiguousMatchError)
 
 
 class TransactionStrategy:
-    """One transaction per Bundle; on a refusal, one transaction per record part."""
+    """One transaction per Bundle; on a refusal, one transaction per record part.
+
+    ``prepare`` turns each Bundle actually posted (the whole one, then each part) into its
+    final form, e.g. with its Provenance (:func:`ims_fhir.mapping.provenance.with_provenance`):
+    the parts are cut from the Bundle as given, so entries that refer to every other entry
+    stay out of the split.
+    """
+
+    def __init__(self, prepare: Callable[[Bundle], Bundle] | None = None) -> None:
+        self.prepare = prepare
 
     def send(self, client: FhirClient, bundle: Bundle, scheme: IdentifierScheme | None) -> BundleResult:
         result = BundleResult()
+        final = self.prepare or (lambda b: b)
+        original, bundle = bundle, final(bundle)
         try:
             response = client.send_bundle(bundle)
         except FhirAuthError:
             raise
         except _REFUSED as exc:
-            parts = record_parts(bundle, scheme)
+            parts = record_parts(original, scheme)
             if len(parts) <= 1:
                 result.refusals.append(refusal(bundle, exc, [key for key, _ in parts], scheme))
                 return result
             for key, part in parts:
+                part = final(part)
                 try:
                     result.entries.extend(entry_results(part, client.send_bundle(part), scheme))
                 except FhirAuthError:

@@ -47,7 +47,7 @@ SEGMENTS = (
 )
 SEXES = ("female", "male", "other", "unknown")
 ASSESSMENT_STATUSES = ("final", "preliminary", "amended", "entered-in-error")
-TREATMENT_STATUSES = ("completed", "stopped", "not-done")
+TREATMENT_STATUSES = ("completed", "stopped", "not-done", "entered-in-error")
 REGIONS = (
     "head", "neck", "upper_back", "lower_back", "shoulder", "upper_arm", "elbow", "forearm",
     "wrist_hand", "chest", "abdomen", "hip", "buttock", "groin", "thigh", "knee", "lower_leg",

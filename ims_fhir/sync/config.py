@@ -72,8 +72,9 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
-from ims_fhir.client import ClientConfig, delivery_requirements
+from ims_fhir.client import ClientConfig
 from ims_fhir.delivery import DELIVERED_TYPES
+from ims_fhir.sync.reconcile import sync_requirements
 from ims_fhir.errors import ConfigurationError, UsageError
 from ims_fhir.records.models import Source
 
@@ -81,9 +82,9 @@ from .postgres import is_postgres_url
 from .sqlite import path_from_url
 from .worker import Target, WorkerOptions
 
-#: What the service does on a target, push (the worker) and pull (POST /pull): create, update
-#: and search of the delivered types (pull's searches are among them).
-SERVICE_NEEDS = tuple(delivery_requirements(DELIVERED_TYPES))
+#: What the service does on a target, push (the worker, through TargetSync: identity, If-Match,
+#: Provenance) and pull (POST /pull): pull's searches are among them.
+SERVICE_NEEDS = tuple(sync_requirements(DELIVERED_TYPES))
 
 #: The tables of the file the worker reads (``[[targets]]`` is an array of tables).
 SYNC_SECTIONS: tuple[str, ...] = ("source", "storage", "worker", "convert")

@@ -276,8 +276,15 @@ class SqlOutbox:
                 current = self._x(db, "SELECT revision FROM record WHERE record_type=? AND record_id=?",
                                   key[1:]).fetchone()[0]
                 outcome = orjson.dumps(res.outcome) if res.outcome is not None else None
-                if res.kind == "synced":
+                if res.kind in ("synced", "kept"):
                     self._synced(db, key, res, int(current), now)
+                elif res.kind == "version_conflict":  # issue 9: recorded, not retried, until resolved
+                    self._x(db, "UPDATE delivery SET state='conflict', http_status=?, error=?, outcome=?, "
+                                "lease_owner=NULL, lease_until=NULL, updated_at=? "
+                                "WHERE target=? AND record_type=? AND record_id=?",
+                            (res.status, res.error, outcome, now, *key))
+                    self._event(db, now, target, res.record_type, res.record_id, res.revision, "conflict", res.error)
+                    self._count(db, "conflicts", target)
                 elif res.kind == "rejected":
                     self._x(db, "UPDATE delivery SET state='failed', attempts=attempts+1, http_status=?, error=?, "
                                 "outcome=?, lease_owner=NULL, lease_until=NULL, updated_at=? "
@@ -312,10 +319,11 @@ class SqlOutbox:
             "http_status=NULL, error=NULL, outcome=NULL, lease_owner=NULL, lease_until=NULL, first_failed_at=NULL, "
             "next_attempt_at=?, attempts=CASE WHEN ? THEN 0 ELSE attempts END, updated_at=?, synced_at=? "
             "WHERE target=? AND record_type=? AND record_id=?",
-            ("queued" if stale else "synced", res.revision, primary.get("id"), primary.get("version"),
+            ("queued" if stale else res.kind, res.revision, primary.get("id"), primary.get("version"),
              orjson.dumps(res.resources), now, stale, now, now, *key))
-        self._event(db, now, target, res.record_type, res.record_id, res.revision, "synced",
-                    f"{primary.get('resourceType')}/{primary.get('id')} version {primary.get('version')}")
+        what = f"{primary.get('resourceType')}/{primary.get('id')} version {primary.get('version')}"
+        self._event(db, now, target, res.record_type, res.record_id, res.revision, res.kind,
+                    what + (" (server-owned: referenced, never written)" if res.kind == "kept" else ""))
         if stale:
             self._event(db, now, target, res.record_type, res.record_id, current, "queued", "changed")
         self._count(db, "sent", target)
@@ -329,6 +337,23 @@ class SqlOutbox:
         self._xm(db, COUNT, rows)
 
     # -- replay ---------------------------------------------------------------------------
+
+    def settle_conflict(self, target: str, record_type: str, record_id: str, *, state: str, detail: str,
+                        now: float) -> bool:
+        """After a conflict's resolution (issue 9): its delivery leaves ``conflict`` for ``state``
+        (``synced``, or ``queued``). False when the delivery is not in conflict."""
+        with self._tx() as db:
+            row = self._x(db, "SELECT r.revision FROM delivery d JOIN record r ON r.record_type=d.record_type "
+                              "AND r.record_id=d.record_id WHERE d.target=? AND d.record_type=? AND d.record_id=? "
+                              "AND d.state='conflict'", (target, record_type, record_id)).fetchone()
+            if row is None:
+                return False
+            self._x(db, "UPDATE delivery SET state=?, http_status=NULL, error=NULL, outcome=NULL, attempts=0, "
+                        "next_attempt_at=?, updated_at=?, synced_at=CASE WHEN ?='synced' THEN ? ELSE synced_at END "
+                        "WHERE target=? AND record_type=? AND record_id=?",
+                    (state, now, now, state, now, target, record_type, record_id))
+            self._event(db, now, target, record_type, record_id, int(row[0]), state, detail)
+            return True
 
     def retry(self, record_type: str, record_id: str, *, now: float, target: str | None = None) -> int:
         return self._requeue("d.record_type=? AND d.record_id=? AND d.state IN ('failed','dead')",

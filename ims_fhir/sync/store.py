@@ -12,6 +12,11 @@ Terms:
                (the worker died) makes the delivery claimable again
   ``synced``   the server holds the record's revision ``synced_revision``; ``resources``
                lists the server's ids and versions of its resources
+  ``kept``     the record's resource was on the server before (a hospital's Patient matched
+               by health number): it is the server's, referenced and never written
+               ("kept (server-owned)"); final like ``synced``
+  ``conflict`` the server's version moved since the adapter wrote it (edited at the hospital):
+               not overwritten; a conflict is recorded (:class:`TargetState`) until resolved
   ``failed``   the server refused the record (4xx); ``outcome`` holds its OperationOutcome.
                Not retried on its own: fix and re-post the record, or ask for a retry
   ``dead``     transient failures (connection, 5xx, 429) went on past the retry limit
@@ -45,7 +50,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-STATES = ("queued", "sending", "synced", "failed", "dead")
+from ..fhir.diff import FieldChange
+
+STATES = ("queued", "sending", "synced", "kept", "conflict", "failed", "dead")
 
 #: order in which record kinds are sent: what others refer to goes first
 KIND_RANK = {"practitioner": 0, "patient": 0, "assessment": 1, "treatment": 2}
@@ -100,7 +107,10 @@ class Claimed:
 class Result:
     """What happened to one claimed delivery.
 
-    ``kind``: ``synced`` (``resources`` = server ids and versions), ``rejected`` (the server
+    ``kind``: ``synced`` (``resources`` = server ids and versions), ``kept`` (the same, for a
+    server-owned resource that was referenced, not written), ``version_conflict`` (not written:
+    the server's version moved since the adapter wrote it; ``error`` names the recorded
+    conflict; the delivery rests in state ``conflict`` until resolved), ``rejected`` (the server
     refused it: ``status`` + ``outcome``), ``conflict`` (the server refused it for a clash with
     a concurrent write, 409/412: retried, ``dead`` after ``max_attempts``), ``transient``
     (worth another try later).
@@ -241,5 +251,148 @@ class Outbox(Protocol):
     def close(self) -> None: ...
 
 
-__all__ = ["DEAD_AFTER", "KIND_RANK", "LATENCY_BUCKETS", "STATES", "Claimed", "DeliveryStatus", "Event", "Failure", "Incoming",
-           "Outbox", "RecordStatus", "Result", "Stats", "Stored"]
+# -- per-target state: identity map, conflicts, audit trail ---------------------------------------
+#
+# Terms (issue 9):
+#
+# - *identity*: what a target server calls one of the clinic's resources: per target and per
+#   business identifier (resource type, system, value), the server's id, the version the adapter
+#   last wrote or saw, the *owner*, and the hash of the content the adapter last wrote.
+# - *owner*: ``clinic`` (the adapter created the resource: the clinic's edits are sent as updates,
+#   each with ``If-Match`` on the version last written) or ``server`` (the resource was on the
+#   server before, matched by an identifier such as a health number: referenced, never written).
+# - *conflict*: an update refused because the server's version moved since the adapter last
+#   wrote it (someone at the hospital edited it). Holds both versions and a field-level diff;
+#   ``open`` until resolved by ``resend`` (the clinic's version, sent as an explicit override),
+#   ``accept`` (the server's version, imported back as the clinic's new revision) or ``dismiss``.
+# - *audit entry*: one write (or deliberate non-write) to one target: what (type, server id,
+#   business identifier, record), when, the version that resulted, and the outcome.
+#
+# These live in their own tables with their own methods (:class:`TargetState`), apart from the
+# outbox, so that the push command's small local state file and the service's store share them.
+
+OWNERS = ("clinic", "server")
+CONFLICT_STATES = ("open", "resolved")
+RESOLUTIONS = ("resend", "accept", "dismiss")
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """One resource of the clinic as one target knows it (see the terms above)."""
+
+    target: str
+    resource_type: str
+    system: str
+    value: str
+    server_id: str
+    version: str | None
+    owner: str  # clinic | server
+    content_hash: str | None = None
+    record_type: str | None = None
+    record_id: str | None = None
+    updated_at: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"target": self.target, "resourceType": self.resource_type, "system": self.system,
+                "value": self.value, "server_id": self.server_id, "version": self.version, "owner": self.owner,
+                "record_type": self.record_type, "record_id": self.record_id, "updated_at": self.updated_at}
+
+
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    """An update the adapter did not make because the server's version had moved."""
+
+    id: int
+    target: str
+    resource_type: str
+    server_id: str
+    record_type: str | None
+    record_id: str | None
+    base_version: str | None  # the version the adapter last wrote (its If-Match)
+    server_version: str | None
+    clinic_resource: dict[str, Any]
+    server_resource: dict[str, Any] | None
+    diff: list[FieldChange]
+    state: str  # open | resolved
+    resolution: str | None
+    detected_at: float
+    resolved_at: float | None = None
+    detail: str | None = None
+    #: content hash of the clinic's version (what ``dismiss`` and ``resend`` remember as written)
+    clinic_hash: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "target": self.target, "resourceType": self.resource_type, "server_id": self.server_id,
+                "record_type": self.record_type, "record_id": self.record_id, "base_version": self.base_version,
+                "server_version": self.server_version, "state": self.state, "resolution": self.resolution,
+                "detected_at": self.detected_at, "resolved_at": self.resolved_at, "detail": self.detail,
+                "diff": [c.as_dict() for c in self.diff], "clinic_resource": self.clinic_resource,
+                "server_resource": self.server_resource}
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One write (or deliberate non-write: kept, conflict) to one target."""
+
+    at: float
+    target: str
+    resource_type: str
+    outcome: str  # created | updated | unchanged | kept (server-owned) | conflict | override | rejected
+    server_id: str | None = None
+    version: str | None = None
+    system: str | None = None
+    value: str | None = None
+    record_type: str | None = None
+    record_id: str | None = None
+    transaction: str | None = None  # the Provenance (or request) that carried the write
+    detail: str | None = None
+    seq: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"seq": self.seq, "at": self.at, "target": self.target, "resourceType": self.resource_type,
+                "server_id": self.server_id, "version": self.version, "system": self.system, "value": self.value,
+                "record_type": self.record_type, "record_id": self.record_id, "outcome": self.outcome,
+                "transaction": self.transaction, "detail": self.detail}
+
+
+class TargetState(Protocol):
+    """Identity map, conflicts and audit trail per target (see the terms above)."""
+
+    def identity(self, target: str, resource_type: str, system: str, value: str) -> Identity | None: ...
+
+    def identities(self, target: str, *, resource_type: str | None = None, owner: str | None = None,
+                   limit: int = 1000) -> list[Identity]: ...
+
+    def put_identities(self, identities: list[Identity], *, now: float) -> None:
+        """Insert or replace, by (target, resource type, system, value)."""
+
+    def identity_by_server_id(self, target: str, resource_type: str, server_id: str) -> Identity | None: ...
+
+    def set_content_hash(self, target: str, resource_type: str, system: str, value: str,
+                         content_hash: str | None) -> None:
+        """Set (or clear, with None) the content hash last written of one identity."""
+
+    def forget_identities(self, target: str) -> int:
+        """Drop a target's identity map (it is rebuilt by searching); returns how many."""
+
+    def open_conflict(self, conflict: Conflict, *, now: float) -> int:
+        """Record a conflict; one already open for the same resource is updated. Returns its id."""
+
+    def conflict(self, conflict_id: int) -> Conflict | None: ...
+
+    def conflicts(self, *, state: str | None = "open", target: str | None = None,
+                  limit: int = 100) -> list[Conflict]: ...
+
+    def resolve_conflict(self, conflict_id: int, resolution: str, *, now: float, detail: str | None = None) -> bool:
+        """Mark an open conflict resolved; False if it is not open."""
+
+    def add_audit(self, entries: list[AuditEntry]) -> None: ...
+
+    def audit(self, *, target: str | None = None, record: tuple[str, str] | None = None,
+              server_id: str | None = None, limit: int = 100) -> list[AuditEntry]:
+        """The newest audit entries first."""
+
+
+__all__ = ["CONFLICT_STATES", "DEAD_AFTER", "KIND_RANK", "LATENCY_BUCKETS", "OWNERS", "RESOLUTIONS", "STATES", "AuditEntry",
+           "Claimed", "Conflict", "DeliveryStatus", "Event", "Failure", "FieldChange", "Identity", "Incoming",
+           "Outbox", "RecordStatus", "Result", "Stats", "Stored", "TargetState"]

@@ -47,6 +47,7 @@ from ..errors import FhirError, UsageError
 from ..fhir.bundles import BundlePacker, group_from_bytes
 from ..identifiers import IdentifierScheme, RecordKey
 from ..mapping.context import Resource
+from .reconcile import KEPT, Sent, TargetSync
 from .store import DEAD_AFTER, Claimed, Outbox, Result
 
 log = logging.getLogger("ims_fhir.sync")
@@ -133,6 +134,7 @@ class SyncWorker:
         self._client_factory = client_factory or (lambda target: FhirClient(target.client))
         self._clients: dict[str, FhirClient] = {}
         self._senders: dict[str, Sender] = {}
+        self._syncs: dict[str, TargetSync] = {}
 
     def client(self, target: Target) -> FhirClient:
         client = self._clients.get(target.name)
@@ -152,6 +154,7 @@ class SyncWorker:
             client.close()
         self._clients.clear()
         self._senders.clear()
+        self._syncs.clear()
 
     # -- one round ----------------------------------------------------------------------
 
@@ -200,15 +203,20 @@ class SyncWorker:
             latency: float | None = None
             if down is None:
                 try:
+                    outcome: BundleResult | Sent
                     if index in ahead:  # sent already, concurrently with the others
-                        outcome, latency = ahead[index]
-                        if isinstance(outcome, FhirError):
-                            raise outcome
-                        sent = outcome
+                        done, latency = ahead[index]
+                        if isinstance(done, FhirError):
+                            raise done
+                        outcome = done
                     else:
-                        sent = self.sender(target).send(bundle)
+                        sync = self.target_sync(target)
+                        outcome = sync.send(bundle) if sync is not None else self.sender(target).send(bundle)
                         latency = time.monotonic() - started
-                    results = self._results(keys, by_key, sent)
+                    if isinstance(outcome, Sent):
+                        results = self._results_sync(keys, by_key, outcome)
+                    else:
+                        results = self._results(keys, by_key, outcome)
                 except FhirError as exc:  # the target, not a record: try again later
                     down = exc
                     log.warning("target %s: send failed (%s): %d records queued for a later attempt",
@@ -230,30 +238,39 @@ class SyncWorker:
                                  latency=None, dead_after=self.options.dead_after_seconds)
 
     def _deliver_concurrently(self, target: Target, bundles: list[dict[str, Any]]
-                              ) -> dict[int, tuple[BundleResult | FhirError, float]]:
+                              ) -> dict[int, tuple[BundleResult | Sent | FhirError, float]]:
         """Send ``bundles`` with up to ``concurrency`` in flight, a patient's in order (KeyedPool).
 
         Worker threads have their own clients sharing the target's throttle (one 429
-        back-off); the outcomes are recorded afterwards, in this thread, bundle by bundle.
+        back-off) and, where the outbox keeps the target's state, their own
+        :class:`~ims_fhir.sync.reconcile.TargetSync` over that one state (its methods are
+        transactions, safe from several threads); the outcomes are recorded afterwards, in
+        this thread, bundle by bundle.
         """
         shared = self.client(target)
         local = threading.local()
         made: list[FhirClient] = []
-        outcomes: dict[int, tuple[BundleResult | FhirError, float]] = {}
+        outcomes: dict[int, tuple[BundleResult | Sent | FhirError, float]] = {}
+        with_state = self.target_sync(target) is not None
         lock = threading.Lock()
 
         def job(index: int, bundle: dict[str, Any]) -> None:
-            mine: Sender | None = getattr(local, "sender", None)
+            mine: Callable[[dict[str, Any]], BundleResult | Sent] | None = getattr(local, "send", None)
             if mine is None:
                 worker = self._client_factory(target)
                 worker.transport.throttle = shared.transport.throttle
-                mine = local.sender = Sender(worker, scheme=self.scheme)
+                if with_state:
+                    mine = TargetSync(worker, self.outbox, target.name,  # type: ignore[arg-type]
+                                      clock=self.clock).send
+                else:
+                    mine = Sender(worker, scheme=self.scheme).send
+                local.send = mine
                 with lock:
                     made.append(worker)
             started = time.monotonic()
-            outcome: BundleResult | FhirError
+            outcome: BundleResult | Sent | FhirError
             try:
-                outcome = mine.send(bundle)
+                outcome = mine(bundle)
             except FhirError as exc:  # the target, not a record: recorded like a sequential failure
                 outcome = exc
             with lock:
@@ -270,6 +287,57 @@ class SyncWorker:
                 for client in made:
                     client.close()
         return outcomes
+
+    def target_sync(self, target: Target) -> TargetSync | None:
+        """Identity map, ownership, If-Match, conflicts and Provenance for a target (issue 9), when
+        the outbox keeps the per-target state (:class:`~ims_fhir.sync.store.TargetState`)."""
+        if not all(hasattr(self.outbox, m) for m in ("identity", "open_conflict", "add_audit")):
+            return None
+        sync = self._syncs.get(target.name)
+        if sync is None:
+            sync = self._syncs[target.name] = TargetSync(self.client(target), self.outbox,  # type: ignore[arg-type]
+                                                         target.name, clock=self.clock)
+        return sync
+
+    @staticmethod
+    def _results_sync(keys: list[RecordKey], by_key: dict[RecordKey, Claimed], sent: Sent) -> list[Result]:
+        """As :meth:`_results`, with ``kept`` (server-owned, never written) and ``conflict``."""
+        unresolved = {k: u.reason for u in sent.unresolved for k in u.records}
+        conflicts = {c.record: c for c in sent.conflicts if c.record is not None}
+        resources: dict[RecordKey, list[dict[str, Any]]] = {}
+        for entry in sent.entries:
+            if entry.record in by_key:
+                resources.setdefault(entry.record, []).append({
+                    "resourceType": entry.resource_type, "id": entry.resource_id, "version": entry.version_id,
+                    "outcome": entry.outcome})
+        refused: dict[RecordKey, FhirError] = {}
+        for refusal in sent.refusals:
+            for key in refusal.records:
+                refused.setdefault(key, refusal.error)
+        results = []
+        for key in keys:
+            revision = by_key[key].revision
+            if key in unresolved:
+                outcome = {"resourceType": "OperationOutcome", "issue": [
+                    {"severity": "error", "code": "not-found", "diagnostics": unresolved[key]}]}
+                results.append(Result(key[0], key[1], "rejected", revision, error=unresolved[key], outcome=outcome))
+            elif key in conflicts:
+                c = conflicts[key]
+                error = (f"conflict {c.conflict_id}: {c.resource} was edited on the server (version {c.server_version}, "
+                         f"last written {c.base_version}); not overwritten")
+                results.append(Result(key[0], key[1], "version_conflict", revision, status=409, error=error))
+            elif key in refused:
+                err = refused[key]
+                results.append(Result(key[0], key[1], "rejected", revision, status=status_of(err), error=str(err),
+                                      outcome=operation_outcome(err)))
+            elif key in resources:
+                kept = all(r["outcome"] == KEPT for r in resources[key])
+                results.append(Result(key[0], key[1], "kept" if kept else "synced", revision,
+                                      resources=resources[key]))
+            else:
+                results.append(Result(key[0], key[1], "transient", revision,
+                                      error="not sent: its Bundle part failed for another record"))
+        return results
 
     @staticmethod
     def _results(keys: list[RecordKey], by_key: dict[RecordKey, Claimed], sent: BundleResult) -> list[Result]:

@@ -75,11 +75,12 @@ def create_app(config: ServiceConfig, *, outbox: Outbox | None = None,
     )
     app.extensions["ims_fhir"] = state
 
-    from . import api, dashboard, ops, outcomes
+    from . import api, conflicts, dashboard, ops, outcomes
 
     outcomes.register(app)
     app.register_blueprint(ops.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(conflicts.bp)
     app.register_blueprint(dashboard.bp)
     _access_log(app)
     return app

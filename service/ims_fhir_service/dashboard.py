@@ -16,10 +16,12 @@ from flask import Blueprint, Response, current_app, flash, g, redirect, render_t
 from werkzeug.exceptions import Forbidden, NotFound, TooManyRequests
 
 from ims_fhir.records import vocabulary as v
+from ims_fhir.sync.reconcile import RESOLUTION_HELP
 from ims_fhir.sync.store import STATES
 
 from .api import iso
 from .auth import check_csrf, csrf_token, log_in, log_out, session_principal
+from .conflicts import ResolutionError, resolve, target_state
 from .hardening import clean, local_path
 
 bp = Blueprint("dashboard", __name__, template_folder="templates", static_folder="static",
@@ -96,9 +98,11 @@ def index() -> str:
     targets = [t.name for t in st.config.targets]
     counts = {t: {s: stats.depth.get((t, s), 0) for s in STATES} for t in targets}
     dead = sum(c["dead"] for c in counts.values())
+    ts = target_state(st)
     return render_template("dashboard.html", counts=counts, dead=dead, failures=st.outbox.failures(limit=25),
                            recent=st.outbox.recent(limit=15), source=st.config.source, principal=g.principal,
-                           record_types=v.RECORD_TYPES)
+                           record_types=v.RECORD_TYPES, conflicts=ts.conflicts(limit=50) if ts else [],
+                           resolutions=RESOLUTION_HELP)
 
 
 @bp.get("/ui/lookup")
@@ -146,3 +150,33 @@ def retry_dead() -> Response:
     log.info("dashboard retry of every dead delivery: %d queued", n)
     flash(f"{n} dead deliveries queued again.")
     return redirect(url_for("dashboard.index"), code=303)  # type: ignore[return-value]
+
+
+@bp.post("/ui/conflicts/<int:conflict_id>/resolve")
+@login_required
+def resolve_conflict(conflict_id: int) -> Response:
+    _writable()
+    st = current_app.extensions["ims_fhir"]
+    resolution = request.form.get("resolution", "")
+    try:
+        answer = resolve(st, conflict_id, resolution)
+    except ResolutionError as exc:
+        flash(f"Conflict {conflict_id}: {exc}")
+    else:
+        done = {"resend": "the clinic's version was sent over the server's",
+                "accept": "the server's version is the record's new revision",
+                "dismiss": "the server's version is kept"}[resolution]
+        flash(f"Conflict {conflict_id} resolved: {done}" + (f" (server version {answer['server_version']})."
+                                                             if answer.get("server_version") else "."))
+    return redirect(url_for("dashboard.index"), code=303)  # type: ignore[return-value]
+
+
+@bp.get("/ui/audit")
+@login_required
+def audit() -> str:
+    st = current_app.extensions["ims_fhir"]
+    ts = target_state(st)
+    rtype, rid = request.args.get("record_type") or None, request.args.get("record_id") or None
+    entries = ts.audit(target=request.args.get("target") or None,
+                       record=(rtype, rid) if rtype and rid else None, limit=500) if ts else []
+    return render_template("audit.html", entries=entries, principal=g.principal)

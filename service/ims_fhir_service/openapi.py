@@ -20,6 +20,7 @@ def _error(text: str) -> dict[str, Any]:
 _AUTH_ERRORS = {"401": _error("no bearer token, or a token that is not valid"),
                 "403": _error("the token is read-only"),
                 "429": _error("too many wrong tokens from this address (Retry-After says when to try again)")}
+_CONFLICT_ID = {"name": "conflict_id", "in": "path", "required": True, "schema": {"type": "integer"}}
 _RECORD_PARAMS = [
     {"name": "record_type", "in": "path", "required": True,
      "schema": {"type": "string", "enum": ["patient", "practitioner", "assessment", "treatment"]}},
@@ -141,6 +142,40 @@ def document() -> dict[str, Any]:
                 "tags": _DASHBOARD, "summary": "Retry every dead record (form with the CSRF token)",
                 "security": _SESSION,
                 "responses": {"303": {"description": "back to the dashboard"}, "403": {"description": "CSRF or scope"}}}},
+            "/conflicts": {"get": {
+                "summary": "Conflicts: resources edited on a server since the adapter wrote them (not overwritten)",
+                "parameters": [{"name": "state", "in": "query", "schema": {"enum": ["open", "resolved", "all"]}},
+                               {"name": "target", "in": "query", "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "the conflicts, each with both versions and a field diff"},
+                              **_AUTH_ERRORS}}},
+            "/conflicts/{conflict_id}": {"get": {
+                "summary": "One conflict", "parameters": [_CONFLICT_ID],
+                "responses": {"200": {"description": "the conflict"}, "404": {"description": "no such conflict"},
+                              **_AUTH_ERRORS}}},
+            "/conflicts/{conflict_id}/resolve": {"post": {
+                "summary": "Resolve a conflict: resend (the clinic's version, an explicit override), accept (the "
+                           "server's version becomes the record's new revision) or dismiss (keep the server's)",
+                "parameters": [_CONFLICT_ID],
+                "requestBody": {"content": {"application/json": {"schema": {
+                    "type": "object", "required": ["resolution"],
+                    "properties": {"resolution": {"enum": ["resend", "accept", "dismiss"]}}}}}},
+                "responses": {"200": {"description": "resolved"}, "404": {"description": "no such conflict"},
+                              "409": {"description": "already resolved"}, "422": {"description": "bad resolution"},
+                              **_AUTH_ERRORS}}},
+            "/audit": {"get": {
+                "summary": "The audit trail: every write per target (what, when, version, outcome), newest first",
+                "parameters": [{"name": "target", "in": "query", "schema": {"type": "string"}},
+                               {"name": "record_type", "in": "query", "schema": {"type": "string"}},
+                               {"name": "record_id", "in": "query", "schema": {"type": "string"}},
+                               {"name": "limit", "in": "query", "schema": {"type": "integer"}}],
+                "responses": {"200": {"description": "audit entries"}, **_AUTH_ERRORS}}},
+            "/ui/conflicts/{conflict_id}/resolve": {"post": {
+                "tags": _DASHBOARD, "summary": "Resolution buttons of a conflict (form with the CSRF token)",
+                "security": _SESSION, "parameters": [_CONFLICT_ID],
+                "responses": {"303": {"description": "back to the dashboard"}, "403": {"description": "CSRF or scope"}}}},
+            "/ui/audit": {"get": {
+                "tags": _DASHBOARD, "summary": "The audit trail", "security": _SESSION,
+                "responses": {"200": {"description": "the page", **_HTML}}}},
             "/static/{filename}": {"get": {
                 "tags": _DASHBOARD, "summary": "The dashboard's stylesheet and script", "security": [],
                 "parameters": [{"name": "filename", "in": "path", "required": True, "schema": {"type": "string"}}],
@@ -173,7 +208,7 @@ def document() -> dict[str, Any]:
                     "received_at": {"type": "string"}, "updated_at": {"type": "string"},
                     "targets": {"type": "array", "items": {"type": "object", "properties": {
                         "target": {"type": "string"},
-                        "state": {"enum": ["queued", "sending", "synced", "failed", "dead"]},
+                        "state": {"enum": ["queued", "sending", "synced", "kept", "conflict", "failed", "dead"]},
                         "attempts": {"type": "integer"}, "record_revision": {"type": "integer"},
                         "synced_revision": {"type": "integer"}, "server_id": {"type": "string"},
                         "server_version": {"type": "string"}, "resources": {"type": "array"},

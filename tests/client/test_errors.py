@@ -17,6 +17,7 @@ from ims_fhir.errors import (
     FhirServerError,
     FhirServerSideError,
     FhirUnprocessableError,
+    FhirVersionConflictError,
 )
 
 from .scripted import Reply, ScriptedAdapter, connection_refused, connection_reset, outcome, read_timeout
@@ -37,7 +38,7 @@ VALIDATION_FAILED = outcome(
         (404, FhirNotFoundError),
         (405, FhirClientSideError),
         (408, FhirServerSideError),
-        (409, FhirConflictError),
+        (409, FhirVersionConflictError),
         (410, FhirNotFoundError),
         (412, FhirConflictError),
         (422, FhirUnprocessableError),
@@ -50,6 +51,18 @@ VALIDATION_FAILED = outcome(
 )
 def test_status_table(status: int, error: type[FhirServerError]) -> None:
     assert error_class_for_status(status) is error
+
+
+@pytest.mark.parametrize(("status", "version_aware", "error"), [
+    (409, False, FhirVersionConflictError),
+    (409, True, FhirVersionConflictError),
+    (412, True, FhirVersionConflictError),
+    (412, False, FhirConflictError),  # without If-Match a 412 is an ambiguous conditional match
+])
+def test_version_conflicts_are_409_or_412_to_a_version_aware_write(
+    status: int, version_aware: bool, error: type[FhirServerError]
+) -> None:
+    assert error_class_for_status(status, version_aware=version_aware) is error
 
 
 def test_422_carries_the_operation_outcome_issues(client: FhirClient, adapter: ScriptedAdapter) -> None:

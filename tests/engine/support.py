@@ -76,7 +76,20 @@ class Server:
         self.rules: list[Rule] = []
         self.transactions: list[dict[str, Any]] = []
         self.answer: Callable[[dict[str, Any]], dict[str, Any]] = entry_response
+        #: what searches find (resource type -> resources); a fresh server finds nothing
+        self.found: dict[str, list[dict[str, Any]]] = {}
         adapter.route("POST", BASE, self._handle)
+        adapter.route("GET", BASE + "/", self._get)
+
+    def _get(self, request: requests.PreparedRequest) -> Reply | BaseException:
+        """Searches (the worker resolves patients and practitioners it does not know yet)."""
+        url = str(request.url)
+        if url.endswith("/metadata"):
+            return Reply(200, self.adapter.capability, {"Content-Type": "application/fhir+json"})
+        rtype = url[len(BASE) + 1:].split("?", 1)[0]
+        found = self.found.get(rtype, [])
+        return Reply(200, {"resourceType": "Bundle", "type": "searchset", "total": len(found),
+                           "entry": [{"resource": r, "search": {"mode": "match"}} for r in found]})
 
     def refuse(self, rule: Rule) -> Server:
         self.rules.append(rule)

@@ -147,6 +147,7 @@ def test_a_connection_error_is_transient_too(outbox: SQLiteOutbox, worker: SyncW
                                              wall: Wall) -> None:
     post(outbox, wall, P1)
     adapter.route("POST", BASE, lambda request: connection_refused())
+    adapter.route("GET", BASE + "/Patient", lambda request: connection_refused())  # resolving the patient first
     worker.run_once()
     status = outbox.status(*P1)
     assert status is not None

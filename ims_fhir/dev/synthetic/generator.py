@@ -151,6 +151,12 @@ class _Coverage:
             pending.remove(value)
 
 
+
+#: the statuses a charted session has; ``entered-in-error`` (a retraction, ims-record/1
+#: 2026-12-01) is left out so that the generator's output, and every committed example,
+#: stays what it was. Retractions are covered by the property tests' strategies instead.
+_CHARTED_TREATMENT_STATUSES = tuple(s for s in TREATMENT_STATUSES if s != "entered-in-error")
+
 @dataclass
 class _Patient:
     id: str
@@ -437,9 +443,9 @@ class _Generator:
         elif self.full and self.cover.waiting("event", EVENTS):
             # Until every adverse event has occurred, take the statuses not seen yet,
             # then needle, so that coverage does not depend on chance.
-            status = self.cover.take("treatment_status", TREATMENT_STATUSES) or "completed"
+            status = self.cover.take("treatment_status", _CHARTED_TREATMENT_STATUSES) or "completed"
         else:
-            status = self.choose("treatment_status", TREATMENT_STATUSES, (86, 6, 8))
+            status = self.choose("treatment_status", _CHARTED_TREATMENT_STATUSES, (86, 6, 8))
         # The maximal treatment is the first completed one, so it can carry sites,
         # pain after and adverse events.
         full = status == "completed" and self.maximal("treatment")

@@ -201,10 +201,10 @@ public class FhirServerConfig {
 				server, systemDao, storageSettings, searchParamRegistry, validationSupport));
 		server.setPagingProvider(pagingProvider);
 		server.setDefaultResponseEncoding(EncodingEnum.JSON);
-		// ETag on reads/writes; If-Match with a stale version answers 412 (see IfMatchPreconditionInterceptor).
+		// ETag on reads/writes. A stale If-Match gets HAPI's own answer (409, HAPI-0989), as on a stock
+		// HAPI server: the client treats 409 and 412 alike as version conflicts.
 		server.setETagSupport(ETagSupportEnum.ENABLED);
 		server.registerInterceptor(requestValidatingInterceptor);
-		server.registerInterceptor(new IfMatchPreconditionInterceptor());
 		return server;
 	}
 

@@ -1,0 +1,584 @@
+"""Sending to a hospital's server as it really is: identity, ownership, If-Match, conflicts, Provenance.
+
+:class:`TargetSync` sits between a transaction Bundle as the packer builds it (entries that are
+conditional creates/updates on business identifiers, ``urn:uuid`` and conditional references)
+and the sending engine (:class:`ims_fhir.delivery.Sender`). For one target it:
+
+1. **resolves identity.** Each Patient/Practitioner entry and each conditional reference is
+   looked up in the target's identity map (:class:`~ims_fhir.sync.store.TargetState`); what the
+   map does not know is searched on the server, first by the clinic's identifier, then by the
+   resource's other identifiers (health number, MRN). A record whose patient (or practitioner,
+   or assessment) cannot be resolved fails with a reason naming it, and none of its entries is
+   sent (nothing half-written).
+2. **applies ownership.** A resource found only by another identifier existed before: it is the
+   server's (``owner=server``), referenced as ``Type/id`` and never written; its entry reports
+   ``kept (server-owned)``. A resource the adapter created (it carries the clinic's identifier)
+   is the clinic's: when its *content hash* differs from the one last written it is sent as
+   ``PUT Type/id`` with ``If-Match`` on the version last written; otherwise it is not sent
+   (``unchanged``). Resources the map does not know are created as before (conditional create /
+   conditional update on the business identifier).
+3. **records conflicts.** A refused ``If-Match`` (409 from HAPI, 412 per the spec; both a
+   :class:`~ims_fhir.errors.FhirVersionConflictError`) means someone at the hospital edited the
+   resource: the adapter reads the server's version and records a conflict (both versions, a
+   field diff); nothing of that record is written.
+4. **adds Provenance** to every transaction it sends (:mod:`ims_fhir.mapping.provenance`) and
+   writes an audit entry per written (or kept, or conflicting) resource, with its version.
+
+Terms:
+
+- *content hash*: SHA-256 of the resource without ``id``/``meta``/``text``, with every
+  ``urn:uuid`` reference replaced by the conditional form (``Type?identifier=system|value``) of
+  the entry it names, so that the same record hashes the same whether its patient travels in the
+  same Bundle or was sent before.
+- *resolutions* of a conflict (:func:`resolve_conflict`): ``resend`` writes the clinic's
+  version over the server's (an explicit override, ``If-Match`` on the server's current
+  version); ``accept`` takes the server's version as the base (the caller imports it back as the
+  clinic's new revision, see :func:`record_resources`); ``dismiss`` leaves the server's version
+  and does not send the clinic's edit (a later clinic edit is sent again, with ``If-Match``).
+
+Ownership is recorded in the identity map only (no tag is written to the hospital's resources):
+after the map is lost it is rebuilt from what the server holds, since only resources the adapter
+created carry the clinic's identifiers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote, unquote
+
+import orjson
+
+from .. import __version__
+from ..client import FhirClient, delivery_requirements, on_type
+from ..client.capability import Requirement
+from ..delivery import BundleResult, EntryResult, Refusal, Sender, TransactionStrategy, record_parts
+from ..errors import FhirError, FhirNotFoundError, FhirVersionConflictError, UsageError
+from ..fhir.bundles import SHARED_TYPES, escape_token
+from ..fhir.diff import content, field_diff
+from ..identifiers import IdentifierScheme, RecordKey
+from ..mapping.provenance import provenance_ids, with_provenance
+from ..terminology import Terminology, default_terminology
+from .store import AuditEntry, Conflict, Identity, TargetState
+
+KEPT = "kept (server-owned)"
+UNCHANGED = "unchanged"
+CONFLICT = "conflict"
+
+Resource = dict[str, Any]
+Key = RecordKey
+
+
+@dataclass(frozen=True, slots=True)
+class Unresolved:
+    """Records that were not sent because a resource they refer to cannot be found anywhere."""
+
+    records: list[Key]
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Conflicted:
+    """A record not written because one of its resources moved on the server (see :class:`Conflict`)."""
+
+    record: Key | None
+    conflict_id: int
+    resource: str  # Type/id
+    base_version: str | None
+    server_version: str | None
+
+
+@dataclass
+class Sent:
+    """What became of one Bundle at one target."""
+
+    delivery: BundleResult = field(default_factory=BundleResult)
+    #: entries not sent: ``kept (server-owned)`` and ``unchanged`` (outcome), with the server's id
+    skipped: list[EntryResult] = field(default_factory=list)
+    conflicts: list[Conflicted] = field(default_factory=list)
+    unresolved: list[Unresolved] = field(default_factory=list)
+    provenance: list[str] = field(default_factory=list)
+
+    @property
+    def entries(self) -> list[EntryResult]:
+        """Every entry's result, sent or not (not the Device/Provenance entries)."""
+        sent = [e for e in self.delivery.entries if e.resource_type not in ("Device", "Provenance")]
+        return sent + self.skipped
+
+    @property
+    def refusals(self) -> list[Refusal]:
+        return self.delivery.refusals
+
+
+def _primary(resource: Resource) -> tuple[str, str] | None:
+    ident = (resource.get("identifier") or [{}])[0]
+    system, value = ident.get("system"), ident.get("value")
+    return (system, value) if isinstance(system, str) and isinstance(value, str) and value else None
+
+
+def _token(system: str, value: str) -> str:
+    return quote(escape_token(system), safe="") + "|" + quote(escape_token(value), safe="")
+
+
+def conditional_form(resource_type: str, system: str, value: str) -> str:
+    return f"{resource_type}?identifier={_token(system, value)}"
+
+
+def parse_conditional(reference: str) -> tuple[str, str, str] | None:
+    """(type, system, value) of ``Type?identifier=system|value`` (the first of an OR list), as
+    :func:`ims_fhir.fhir.bundles.identifier_query` writes it: the ``,`` and ``|`` that separate are
+    literal, those inside a system or value are percent-encoded and search-escaped."""
+    rtype, sep, query = reference.partition("?")
+    if not sep or not query.startswith("identifier="):
+        return None
+    first = query[len("identifier="):].split(",", 1)[0]
+    system, bar, value = first.partition("|")
+    if not bar or not value:
+        return None
+    return rtype, _unescape(unquote(system)), _unescape(unquote(value))
+
+
+def _unescape(text: str) -> str:
+    """Undo FHIR search escaping (``\\,`` ``\\|`` ``\\$`` ``\\\\``)."""
+    out, i = "", 0
+    while i < len(text):
+        if text[i] == "\\" and i + 1 < len(text):
+            out += text[i + 1]
+            i += 2
+        else:
+            out += text[i]
+            i += 1
+    return out
+
+
+def _map_references(node: Any, change: Callable[[str], str | None]) -> Any:
+    """A copy of ``node`` with every ``reference`` string ``change`` answers for replaced."""
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            if key == "reference" and isinstance(value, str):
+                new = change(value)
+                out[key] = value if new is None else new
+            else:
+                out[key] = _map_references(value, change)
+        return out
+    if isinstance(node, list):
+        return [_map_references(v, change) for v in node]
+    return node
+
+
+def _references(node: Any) -> Iterable[str]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "reference" and isinstance(value, str):
+                yield value
+            else:
+                yield from _references(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _references(item)
+
+
+def content_hash(resource: Resource, canonical: Callable[[str], str | None]) -> str:
+    """See the terms: ``canonical`` gives the conditional form of a ``urn:uuid`` reference."""
+    body = _map_references(content(resource), canonical)
+    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def _weak(version: str) -> str:
+    return f'W/"{version}"'
+
+
+class TargetSync:
+    """Identity, ownership, If-Match, conflicts, Provenance and audit for one target (module docstring)."""
+
+    def __init__(self, client: FhirClient, state: TargetState, target: str, *,
+                 term: Terminology | None = None, clock: Callable[[], float] = time.time,
+                 software_version: str = __version__) -> None:
+        self.client = client
+        self.state = state
+        self.target = target
+        self.term = term or default_terminology()
+        self.clock = clock
+        self.software_version = software_version
+
+    # -- identity --------------------------------------------------------------------------
+
+    def _search_one(self, resource_type: str, identifiers: list[tuple[str, str]]) -> list[Resource]:
+        tokens = ",".join(escape_token(s) + "|" + escape_token(v) for s, v in identifiers)
+        return list(self.client.search(resource_type, [("identifier", tokens)], no_cache=True))
+
+    def resolve(self, resource_type: str, clinic: tuple[str, str], others: list[tuple[str, str]],
+                *, record: Key | None) -> Identity | None:
+        """The server's resource for a clinic identifier: the map, else a search by the clinic's
+        identifier (found: the clinic's), else by the other identifiers (found: the server's).
+        None when nothing matches; raises :class:`_Ambiguous` for several matches."""
+        known = self.state.identity(self.target, resource_type, *clinic)
+        if known is not None:
+            return known
+        found = self._search_one(resource_type, [clinic])
+        owner = "clinic"
+        if not found and others:
+            found = self._search_one(resource_type, others)
+            owner = "server"
+        if not found:
+            return None
+        if len(found) > 1:
+            what = f"{resource_type} {clinic[1]}"
+            raise _Ambiguous(f"{what}: {len(found)} resources on the server match its identifiers")
+        res = found[0]
+        identity = Identity(self.target, resource_type, clinic[0], clinic[1], str(res["id"]),
+                            (res.get("meta") or {}).get("versionId"), owner,
+                            record_type=record[0] if record else None, record_id=record[1] if record else None)
+        self.state.put_identities([identity], now=self.clock())
+        return identity
+
+    # -- sending ---------------------------------------------------------------------------
+
+    def send(self, bundle: Resource) -> Sent:
+        """Send one Bundle as the module docstring says; target-wide errors are raised."""
+        sent = Sent()
+        scheme = IdentifierScheme.from_bundle(bundle)
+
+        def record_key(identifier: dict[str, Any]) -> Key | None:
+            return scheme.record_key(identifier) if scheme is not None else None
+
+        entries: list[dict[str, Any]] = list(bundle.get("entry") or [])
+        by_url = {e["fullUrl"]: e for e in entries if e.get("fullUrl")}
+
+        def canonical(ref: str) -> str | None:
+            entry = by_url.get(ref)
+            if entry is None:
+                return None
+            ident = _primary(entry["resource"])
+            return conditional_form(entry["resource"]["resourceType"], *ident) if ident else None
+
+        hashes = {url: content_hash(e["resource"], canonical) for url, e in by_url.items()}
+        replace: dict[str, str] = {}
+        drop: set[str] = set()
+        updates: dict[str, Identity] = {}
+        failed_urls: dict[str, list[str]] = {}
+        unresolvable: dict[str, str] = {}
+
+        # 1. entries the map (or a search, for patients and practitioners) knows
+        for url, entry in by_url.items():
+            resource = entry["resource"]
+            rtype = resource["resourceType"]
+            ident = _primary(resource)
+            if rtype == "Organization" or ident is None:
+                continue
+            record = record_key({"system": ident[0], "value": ident[1]})
+            try:
+                if rtype in SHARED_TYPES:
+                    others = [(i["system"], i["value"]) for i in (resource.get("identifier") or [])[1:]
+                              if i.get("system") and i.get("value")]
+                    known = self.resolve(rtype, ident, others, record=record)
+                else:
+                    known = self.state.identity(self.target, rtype, *ident)
+            except _Ambiguous as exc:
+                failed_urls.setdefault(url, []).append(str(exc))
+                continue
+            if known is None:
+                continue
+            replace[url] = f"{rtype}/{known.server_id}"
+            if known.owner == "server":
+                drop.add(url)
+                sent.skipped.append(EntryResult(record, rtype, "-", KEPT, 200, known.server_id, known.version, ident))
+            elif known.content_hash is not None and known.content_hash == hashes[url]:
+                drop.add(url)
+                sent.skipped.append(EntryResult(record, rtype, "-", UNCHANGED, 200, known.server_id, known.version,
+                                                ident))
+            else:
+                updates[url] = known
+
+        # 2. conditional references to what is not in the Bundle
+        for entry in entries:
+            for ref in _references(entry["resource"]):
+                if ref in replace or ref in by_url or "?" not in ref:
+                    continue
+                if ref in unresolvable:
+                    failed_urls.setdefault(entry["fullUrl"], []).append(unresolvable[ref])
+                    continue
+                parsed = parse_conditional(ref)
+                if parsed is None:
+                    continue
+                rtype, system, value = parsed
+                try:
+                    if rtype in SHARED_TYPES:
+                        known = self.resolve(rtype, (system, value), [], record=None)
+                    else:
+                        known = self.state.identity(self.target, rtype, system, value)
+                        if known is None:
+                            found = self._search_one(rtype, [(system, value)])
+                            if len(found) == 1:
+                                known = Identity(self.target, rtype, system, value, str(found[0]["id"]),
+                                                 (found[0].get("meta") or {}).get("versionId"), "clinic")
+                                self.state.put_identities([known], now=self.clock())
+                            elif len(found) > 1:
+                                raise _Ambiguous(f"{rtype} {value}: {len(found)} resources match")
+                except _Ambiguous as exc:
+                    unresolvable[ref] = str(exc)
+                    failed_urls.setdefault(entry["fullUrl"], []).append(str(exc))
+                    continue
+                if known is None:
+                    kind = (record_key({"system": system, "value": value}) or (rtype, value))
+                    unresolvable[ref] = (
+                        f"{kind[0]} {kind[1]} is neither on the server (searched by its identifier {system}|{value}) "
+                        "nor in this push: send it first or with this record")
+                    failed_urls.setdefault(entry["fullUrl"], []).append(unresolvable[ref])
+                else:
+                    replace[ref] = f"{rtype}/{known.server_id}"
+
+        # 3. records that cannot be sent: all their entries stay out
+        if failed_urls:
+            keep: set[str] = set()
+            for key, part in record_parts(bundle, scheme):
+                keys = [key]
+                urls = {e["fullUrl"] for e in part["entry"]}
+                bad = [reason for u in urls for reason in failed_urls.get(u, [])]
+                own = {e["fullUrl"] for e in part["entry"]
+                       if record_key((e["resource"].get("identifier") or [{}])[0]) in keys}
+                if bad:
+                    # the records of the part, and the record of a shared entry that cannot be resolved
+                    records = [record_key((by_url[u]["resource"].get("identifier") or [{}])[0]) or ("resource", u)
+                               for u in urls if u in failed_urls and by_url[u]["resource"]["resourceType"]
+                               in SHARED_TYPES]
+                    records += [k for k in keys if k[0] != "resource" and k not in records]
+                    sent.unresolved.append(Unresolved(records, "; ".join(sorted(set(bad)))))
+                    drop.update(own)
+                else:
+                    keep.update(urls)
+            drop.update(u for u in by_url if u not in keep)
+            sent.skipped = [s for s in sent.skipped if not any(s.record in u.records for u in sent.unresolved)]
+
+        # 4. the Bundle to send: known resources by id, updates with If-Match
+        out_entries = []
+        for entry in entries:
+            url = entry.get("fullUrl", "")
+            if url in drop:
+                continue
+            resource = _map_references(entry["resource"], replace.get)
+            new = {**entry, "resource": resource}
+            known_id = updates.get(url)
+            if known_id is not None:
+                rtype = resource["resourceType"]
+                new["resource"] = {**resource, "id": known_id.server_id}
+                new["request"] = {"method": "PUT", "url": f"{rtype}/{known_id.server_id}"}
+                if known_id.version:
+                    new["request"]["ifMatch"] = _weak(known_id.version)
+            out_entries.append(new)
+        written = [e for e in out_entries if (e["resource"].get("resourceType") != "Organization")]
+        now = self.clock()
+        if not written:
+            self._audit_skipped(sent, now)
+            return sent
+        to_send = {**bundle, "entry": out_entries}
+        recorded = datetime.fromtimestamp(now, UTC)
+
+        org_entries = [e for e in out_entries if e["resource"].get("resourceType") == "Organization"]
+
+        def prepare(b: Resource) -> Resource:
+            if org_entries and not any(e["resource"].get("resourceType") == "Organization" for e in b["entry"]):
+                b = {**b, "entry": org_entries[:1] + list(b["entry"])}  # the Provenance's author, in every part
+            full = with_provenance(b, recorded=recorded, term=self.term, version=self.software_version)
+            sent.provenance.extend(p for p in provenance_ids(full) if p not in sent.provenance)
+            return full
+
+        sender = Sender(self.client, scheme=scheme, strategy=TransactionStrategy(prepare))
+        sent.delivery = sender.send(to_send)
+        self._after(sent, to_send, hashes, updates, now, record_key)
+        return sent
+
+    def _after(self, sent: Sent, bundle: Resource, hashes: dict[str, str], updates: dict[str, Identity],
+               now: float, record_key: Callable[[dict[str, Any]], Key | None]) -> None:
+        by_ident: dict[tuple[str, str, str], str] = {}
+        for entry in bundle["entry"]:
+            ident = _primary(entry["resource"])
+            if ident and entry.get("fullUrl") in hashes:
+                by_ident[(entry["resource"]["resourceType"], *ident)] = hashes[entry["fullUrl"]]
+        txn = ",".join(f"Provenance/{p}" for p in sent.provenance) or None
+        identities, audit = [], []
+        for result in sent.delivery.entries:
+            if result.resource_type in ("Device", "Provenance") or result.identifier is None or not result.resource_id:
+                continue
+            key = (result.resource_type, *result.identifier)
+            matched_existing = result.method == "POST" and result.status == 200
+            owner = "server" if matched_existing and result.resource_type in ("Patient", "Practitioner") else "clinic"
+            identities.append(Identity(self.target, result.resource_type, result.identifier[0], result.identifier[1],
+                                       result.resource_id, result.version_id, owner,
+                                       content_hash=by_ident.get(key) if owner == "clinic" else None,
+                                       record_type=result.record[0] if result.record else None,
+                                       record_id=result.record[1] if result.record else None))
+            outcome = KEPT if owner == "server" else result.outcome
+            audit.append(AuditEntry(now, self.target, result.resource_type, outcome, result.resource_id,
+                                    result.version_id, result.identifier[0], result.identifier[1],
+                                    record_type=result.record[0] if result.record else None,
+                                    record_id=result.record[1] if result.record else None, transaction=txn))
+        self.state.put_identities(identities, now=now)
+        kept_refusals = []
+        for rejection in sent.delivery.refusals:
+            if isinstance(rejection.error, FhirVersionConflictError):
+                found = self._conflicts(rejection, updates, hashes, now, record_key)
+                if found:
+                    sent.conflicts.extend(found)
+                    for c in found:
+                        rtype, _, sid = c.resource.partition("/")
+                        audit.append(AuditEntry(now, self.target, rtype, CONFLICT, sid, c.server_version,
+                                                record_type=c.record[0] if c.record else None,
+                                                record_id=c.record[1] if c.record else None,
+                                                detail=f"conflict {c.conflict_id}: written version {c.base_version}, "
+                                                       f"server version {c.server_version}"))
+                    continue
+            kept_refusals.append(rejection)
+            for entry in rejection.part.get("entry", []):
+                ident = _primary(entry["resource"])
+                rtype = entry["resource"]["resourceType"]
+                if rtype in ("Organization", "Device", "Provenance") or ident is None:
+                    continue
+                rec = record_key({"system": ident[0], "value": ident[1]})
+                audit.append(AuditEntry(now, self.target, rtype, "rejected", system=ident[0], value=ident[1],
+                                        record_type=rec[0] if rec else None, record_id=rec[1] if rec else None,
+                                        detail=f"HTTP {getattr(rejection.error, 'status', '?')}"))
+        sent.delivery.refusals = kept_refusals
+        self.state.add_audit(audit)
+        self._audit_skipped(sent, now)
+
+    def _audit_skipped(self, sent: Sent, now: float) -> None:
+        self.state.add_audit([
+            AuditEntry(now, self.target, s.resource_type, s.outcome, s.resource_id, s.version_id,
+                       system=s.identifier[0] if s.identifier else None,
+                       value=s.identifier[1] if s.identifier else None,
+                       record_type=s.record[0] if s.record else None, record_id=s.record[1] if s.record else None)
+            for s in sent.skipped if s.outcome == KEPT])
+
+    def _conflicts(self, rejection: Refusal, updates: dict[str, Identity], hashes: dict[str, str],
+                   now: float, record_key: Callable[[dict[str, Any]], Key | None]) -> list[Conflicted]:
+        out = []
+        for entry in rejection.part.get("entry", []):
+            request = entry.get("request") or {}
+            if not request.get("ifMatch"):
+                continue
+            resource = entry["resource"]
+            rtype, sid = resource["resourceType"], str(resource.get("id"))
+            known = updates.get(entry.get("fullUrl", ""))
+            try:
+                current = self.client.read(rtype, sid)
+            except FhirNotFoundError:
+                current = None
+            server = current.resource if current is not None else None
+            server_version = current.version_id if current is not None else None
+            base = known.version if known else None
+            if server_version is not None and server_version == base:
+                continue  # this entry did not move; another one of the part did
+            ident = _primary(resource)
+            rec = record_key({"system": ident[0], "value": ident[1]}) if ident else None
+            conflict = Conflict(
+                id=0, target=self.target, resource_type=rtype, server_id=sid,
+                record_type=rec[0] if rec else None, record_id=rec[1] if rec else None,
+                base_version=base, server_version=server_version, clinic_resource=resource,
+                server_resource=server, diff=field_diff(resource, server or {}), state="open", resolution=None,
+                detected_at=now, clinic_hash=hashes.get(entry.get("fullUrl", "")),
+                detail=None if server is not None else "the resource is gone from the server")
+            cid = self.state.open_conflict(conflict, now=now)
+            out.append(Conflicted(rec, cid, f"{rtype}/{sid}", base, server_version))
+        return out
+
+
+class _Ambiguous(FhirError):
+    """Several server resources match one identifier."""
+
+
+# -- resolutions ---------------------------------------------------------------------------------
+
+RESOLUTION_HELP = {
+    "resend": "write the clinic's version over the server's (explicit override)",
+    "accept": "take the server's version: it becomes the clinic's new revision",
+    "dismiss": "leave the server's version and do not send the clinic's edit",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    conflict: Conflict
+    resolution: str
+    version: str | None  # the server's version after the resolution
+    resources: list[Resource] = field(default_factory=list)  # for accept: the record's resources as the server has them
+
+
+def record_resources(client: FhirClient, conflict: Conflict) -> list[Resource]:
+    """The server's resources of a conflict's record (a Procedure with its Observations and
+    Encounter, an assessment panel with its members, a Patient...), for importing it back."""
+    rtype, sid = conflict.resource_type, conflict.server_id
+    params: list[tuple[str, str]] = [("_id", sid)]
+    if rtype == "Procedure":
+        params += [("_include", "Procedure:subject"), ("_include", "Procedure:performer"),
+                   ("_include", "Procedure:encounter"), ("_revinclude", "Observation:part-of")]
+    elif rtype == "Observation":
+        params += [("_include", "Observation:has-member"), ("_include", "Observation:subject"),
+                   ("_include", "Observation:performer"), ("_include", "Observation:encounter")]
+    out: list[Resource] = []
+    for page in client.search_pages(rtype, params, no_cache=True):
+        for entry in page.bundle.get("entry") or ():
+            resource = entry.get("resource") if isinstance(entry, dict) else None
+            if isinstance(resource, dict) and resource.get("resourceType") != "OperationOutcome":
+                out.append(resource)
+    return out
+
+
+def resolve_conflict(client: FhirClient, state: TargetState, conflict_id: int, resolution: str, *,
+                     now: float, detail: str | None = None) -> Resolved:
+    """Carry out one resolution (see the terms) and mark the conflict resolved."""
+    conflict = state.conflict(conflict_id)
+    if conflict is None:
+        raise UsageError(f"no conflict {conflict_id}")
+    if conflict.state != "open":
+        raise UsageError(f"conflict {conflict_id} is already resolved ({conflict.resolution})")
+    if resolution not in RESOLUTION_HELP:
+        raise UsageError(f"resolution must be one of {', '.join(RESOLUTION_HELP)}, not {resolution!r}")
+    current = client.read(conflict.resource_type, conflict.server_id)
+    version = current.version_id
+    known = state.identity_by_server_id(conflict.target, conflict.resource_type, conflict.server_id)
+    resources: list[Resource] = []
+    content_hash_: str | None
+    if resolution == "resend":
+        body = {**conflict.clinic_resource, "id": conflict.server_id}
+        written = client.update(body, if_match=version) if version else client.update(body)
+        version = written.version_id
+        content_hash_ = conflict.clinic_hash
+        outcome = "override"
+    elif resolution == "accept":
+        resources = record_resources(client, conflict)
+        content_hash_ = None  # the clinic's next revision (the import) is sent with If-Match on this version
+        outcome = "accepted (server version)"
+    else:
+        content_hash_ = conflict.clinic_hash
+        outcome = "dismissed (server version kept)"
+    if known is not None:
+        state.put_identities([Identity(known.target, known.resource_type, known.system, known.value,
+                                       conflict.server_id, version, "clinic", record_type=known.record_type,
+                                       record_id=known.record_id)], now=now)
+        state.set_content_hash(known.target, known.resource_type, known.system, known.value, content_hash_)
+    state.resolve_conflict(conflict_id, resolution, now=now, detail=detail)
+    state.add_audit([AuditEntry(now, conflict.target, conflict.resource_type, outcome, conflict.server_id, version,
+                                known.system if known else None, known.value if known else None,
+                                conflict.record_type, conflict.record_id, detail=f"conflict {conflict_id}")])
+    return Resolved(conflict, resolution, version, resources)
+
+
+def sync_requirements(resource_types: Iterable[str]) -> list[Requirement]:
+    """What sending through :class:`TargetSync` needs of a server (and of a SMART token's scopes):
+    plain delivery (create, update, search), read of the delivered types (a conflict reads the
+    server's version), and the Provenance and ims-fhir Device every transaction carries (search
+    too: the Device is a conditional create, and pull brings Provenance along)."""
+    types = sorted(set(resource_types))
+    return [*delivery_requirements(types), *(on_type(t, "read") for t in types),
+            *(on_type(t, i) for t in ("Device", "Provenance") for i in ("create", "search-type"))]
+
+
+__all__ = ["CONFLICT", "KEPT", "RESOLUTION_HELP", "UNCHANGED", "Conflicted", "Resolved", "Sent", "TargetSync",
+           "Unresolved", "conditional_form", "content_hash", "parse_conditional", "record_resources",
+           "resolve_conflict", "sync_requirements"]

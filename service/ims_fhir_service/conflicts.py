@@ -1,0 +1,175 @@
+"""Conflicts and the audit trail of the sync service (issue 9): JSON API, shared with the dashboard.
+
+- ``GET /conflicts[?state=open|resolved|all][&target=]``: the conflicts the worker recorded (a
+  resource of the clinic edited on the server since the adapter wrote it: not overwritten), each
+  with both versions and the field-level diff.
+- ``GET /conflicts/<id>``; ``POST /conflicts/<id>/resolve`` with ``{"resolution": "resend" |
+  "accept" | "dismiss"}``: ``resend`` writes the clinic's version over the server's (explicit
+  override); ``accept`` imports the server's version back as the record's new revision (stored
+  in the outbox like a posted record, then sent with ``If-Match`` on the server's version);
+  ``dismiss`` keeps the server's version and does not send the clinic's edit.
+- ``GET /audit[?target=][&record_type=&record_id=][&limit=]``: every write per target (what,
+  when, the version that resulted, the outcome), newest first.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from ims_fhir.errors import FhirError, UsageError
+from ims_fhir.importing import reverse_resources
+from ims_fhir.sync import parse_body, take
+from ims_fhir.sync.reconcile import RESOLUTION_HELP, resolve_conflict
+from ims_fhir.sync.store import Conflict, TargetState
+
+from . import ServiceState
+from .auth import require
+from .outcomes import error_response
+
+bp = Blueprint("conflicts", __name__)
+log = logging.getLogger("service.conflicts")
+
+
+def _state() -> ServiceState:
+    return current_app.extensions["ims_fhir"]  # type: ignore[no-any-return]
+
+
+def target_state(st: ServiceState) -> TargetState | None:
+    """The outbox as per-target state, when its storage keeps it."""
+    outbox: Any = st.outbox
+    return outbox if all(hasattr(outbox, m) for m in ("conflicts", "audit", "open_conflict")) else None
+
+
+def _iso(ts: float | None) -> str | None:
+    from .api import iso
+
+    return iso(ts)
+
+
+def conflict_json(c: Conflict) -> dict[str, Any]:
+    item = c.as_dict()
+    item["detected_at"], item["resolved_at"] = _iso(c.detected_at), _iso(c.resolved_at)
+    return item
+
+
+class ResolutionError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def resolve(st: ServiceState, conflict_id: int, resolution: str) -> dict[str, Any]:
+    """Carry out a resolution (see the module docstring); raises :class:`ResolutionError`."""
+    ts = target_state(st)
+    if ts is None:
+        raise ResolutionError(404, "this storage keeps no conflicts")
+    if resolution not in RESOLUTION_HELP:
+        raise ResolutionError(422, f"resolution must be one of {', '.join(RESOLUTION_HELP)}")
+    conflict = ts.conflict(conflict_id)
+    if conflict is None:
+        raise ResolutionError(404, f"no conflict {conflict_id}")
+    if conflict.state != "open":
+        raise ResolutionError(409, f"conflict {conflict_id} is already resolved ({conflict.resolution})")
+    target = st.config.target(conflict.target)
+    if target is None:
+        raise ResolutionError(422, f"conflict {conflict_id} is on {conflict.target!r}, no longer a configured target")
+    client = st.client_factory(target)
+    try:
+        done = resolve_conflict(client, ts, conflict_id, resolution, now=st.clock())
+    except UsageError as exc:
+        raise ResolutionError(409, str(exc)) from exc
+    except FhirError as exc:
+        raise ResolutionError(502, f"{target.name}: {exc}") from exc
+    finally:
+        client.close()
+    record = (conflict.record_type, conflict.record_id)
+    answer: dict[str, Any] = {"conflict": conflict_id, "resolution": resolution, "server_version": done.version}
+    if resolution == "accept" and record[0] and record[1]:
+        result = reverse_resources(done.resources, system_base=st.config.source.system_base)
+        data = [r.data for r in result.records if r.record_type == record[0] and r.data.get("id") == record[1]]
+        if not data:
+            raise ResolutionError(502, f"{record[0]} {record[1]}: the server's version could not be read back "
+                                       "as an ims-record/1 record")
+        lists = {"patient": "patients", "practitioner": "practitioners", "assessment": "assessments",
+                 "treatment": "treatments"}
+        body = orjson.dumps({"format": "ims-record/1", "source": st.config.source.model_dump(exclude_none=True),
+                             lists[record[0]]: data})
+        raw, _ = parse_body(body)
+        intake = take(raw, st.mapping)
+        if intake.rejected:
+            problems = "; ".join(f"{p.path}: {p.message}" for r in intake.rejected for p in r.problems)
+            raise ResolutionError(502, f"{record[0]} {record[1]}: the server's version is not a valid record: {problems}")
+        stored = st.outbox.put(intake.accepted, [t.name for t in st.config.targets], now=st.clock())
+        answer["record"] = data[0]
+        answer["revision"] = stored[0].revision if stored else None
+    elif record[0] and record[1]:
+        settle: Any = getattr(st.outbox, "settle_conflict", None)
+        if callable(settle):
+            settle(conflict.target, record[0], record[1], state="synced",
+                   detail=f"conflict {conflict_id} resolved: {resolution}", now=st.clock())
+    log.info("conflict %d (%s %s on %s) resolved: %s", conflict_id, record[0], record[1], conflict.target, resolution)
+    return answer
+
+
+@bp.get("/conflicts")
+@require("read", session_ok=True)
+def list_conflicts() -> Response:
+    ts = target_state(_state())
+    wanted = request.args.get("state", "open")
+    if wanted not in ("open", "resolved", "all"):
+        return error_response(422, "state must be open, resolved or all")
+    found = [] if ts is None else ts.conflicts(state=None if wanted == "all" else wanted,
+                                               target=request.args.get("target") or None, limit=500)
+    return jsonify({"conflicts": [conflict_json(c) for c in found]})
+
+
+@bp.get("/conflicts/<int:conflict_id>")
+@require("read", session_ok=True)
+def get_conflict(conflict_id: int) -> Response:
+    ts = target_state(_state())
+    conflict = ts.conflict(conflict_id) if ts is not None else None
+    if conflict is None:
+        return error_response(404, f"no conflict {conflict_id}")
+    return jsonify(conflict_json(conflict))
+
+
+@bp.post("/conflicts/<int:conflict_id>/resolve")
+@require("read-write")
+def resolve_one(conflict_id: int) -> Response:
+    body: Any = request.get_json(silent=True) or {}
+    resolution = body.get("resolution") if isinstance(body, dict) else None
+    if not isinstance(resolution, str):
+        return error_response(422, 'the body must be {"resolution": "resend" | "accept" | "dismiss"}')
+    try:
+        answer = resolve(_state(), conflict_id, resolution)
+    except ResolutionError as exc:
+        return error_response(exc.status, str(exc))
+    return jsonify(answer)
+
+
+@bp.get("/audit")
+@require("read", session_ok=True)
+def audit() -> Response:
+    ts = target_state(_state())
+    rtype, rid = request.args.get("record_type"), request.args.get("record_id")
+    if bool(rtype) != bool(rid):
+        return error_response(422, "give record_type and record_id together")
+    try:
+        limit = min(max(int(request.args.get("limit", "100")), 1), 1000)
+    except ValueError:
+        return error_response(422, "limit must be a number")
+    entries = [] if ts is None else ts.audit(target=request.args.get("target") or None,
+                                             record=(rtype, rid) if rtype and rid else None, limit=limit)
+    out = []
+    for e in entries:
+        item = e.as_dict()
+        item["at"] = _iso(e.at)
+        out.append(item)
+    return jsonify({"audit": out})
+
+
+__all__ = ["ResolutionError", "bp", "conflict_json", "resolve", "target_state"]
