@@ -67,12 +67,16 @@ def cli() -> None:
 @click.option("--lenient", is_flag=True, help="Ignore unknown fields instead of rejecting the record.")
 @click.option("--strict-refs", is_flag=True, help="Reject records whose patient, practitioner or assessment is not in the input.")
 @click.option("--default-tz", metavar="ZONE", help="IANA time zone for date-times written without an offset.")
-@click.option("--no-cpt", is_flag=True, help="Do not add CPT 20560/20561 codes to treatments.")
+@click.option("--country", metavar="CC", help="ISO 3166-1 alpha-2 country of the clinic (with --clinic-id), e.g. CA.")
+@click.option("--jurisdiction", metavar="CC-XX", help="ISO 3166-2 subdivision (with --clinic-id): assigner of health numbers, e.g. CA-BC.")
+@click.option("--cpt/--no-cpt", default=None,
+              help="Add (or leave out) CPT 20560/20561 on treatments. Default: only for a source with country US.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run's summary as JSON on stdout.")
 def convert(inputs: tuple[Path, ...], out_dir: Path, output_format: str, clinic_id: str | None, clinic_name: str | None,
             system_base: str | None, bundle_size: int, validate: bool, lenient: bool, strict_refs: bool,
-            default_tz: str | None, no_cpt: bool, quiet: bool, as_json: bool) -> int:
+            default_tz: str | None, country: str | None, jurisdiction: str | None, cpt: bool | None, quiet: bool,
+            as_json: bool) -> int:
     """Convert IMS records (JSON document, NDJSON[.gz] or CSV folder) to FHIR R4.
 
     Writes OUT/<ResourceType>.ndjson (or OUT/bundle-0001.json ...), OUT/rejects.ndjson
@@ -88,10 +92,11 @@ def convert(inputs: tuple[Path, ...], out_dir: Path, output_format: str, clinic_
             check_time_zone(default_tz)
         except ValueError as exc:
             raise UsageError(f"--default-tz: {exc}") from exc
-    source = {k: v for k, v in (("clinic_id", clinic_id), ("clinic_name", clinic_name), ("system_base", system_base)) if v}
+    source = {k: v for k, v in (("clinic_id", clinic_id), ("clinic_name", clinic_name), ("system_base", system_base),
+                                ("country", country), ("jurisdiction", jurisdiction)) if v}
     options = ConvertOptions(
         out_dir=out_dir, output_format=output_format, bundle_size=bundle_size, source=source or None, lenient=lenient,
-        strict_refs=strict_refs, validate=validate, default_tz=default_tz, cpt=not no_cpt,
+        strict_refs=strict_refs, validate=validate, default_tz=default_tz, cpt=cpt,
     )
     progress = _Progress(enabled=not quiet and not as_json and sys.stderr.isatty())
     started = time.monotonic()
@@ -132,12 +137,15 @@ def convert(inputs: tuple[Path, ...], out_dir: Path, output_format: str, clinic_
 @click.option("--system-base")
 @click.option("--lenient", is_flag=True)
 @click.option("--default-tz", metavar="ZONE")
-@click.option("--no-cpt", is_flag=True)
+@click.option("--country", metavar="CC")
+@click.option("--jurisdiction", metavar="CC-XX")
+@click.option("--cpt/--no-cpt", default=None)
 @click.option("--quiet", "-q", is_flag=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 def push(inputs: tuple[Path, ...], server: str | None, auth_spec: str, ca_bundle: str | None, timeout: float,
          max_attempts: int, bundle_size: int, report_file: Path | None, dry_run: bool, clinic_id: str | None, clinic_name: str | None,
-         system_base: str | None, lenient: bool, default_tz: str | None, no_cpt: bool, quiet: bool, as_json: bool) -> int:
+         system_base: str | None, lenient: bool, default_tz: str | None, country: str | None, jurisdiction: str | None,
+         cpt: bool | None, quiet: bool, as_json: bool) -> int:
     """Send IMS records, or the output of convert, to a FHIR server as transaction Bundles.
 
     Pushing the same records twice changes nothing; an edited record is updated in place;
@@ -150,9 +158,10 @@ def push(inputs: tuple[Path, ...], server: str | None, auth_spec: str, ca_bundle
     from .push import PushOptions
     from .push import push as run_push
 
-    source = {k: v for k, v in (("clinic_id", clinic_id), ("clinic_name", clinic_name), ("system_base", system_base)) if v}
+    source = {k: v for k, v in (("clinic_id", clinic_id), ("clinic_name", clinic_name), ("system_base", system_base),
+                                ("country", country), ("jurisdiction", jurisdiction)) if v}
     convert_options = ConvertOptions(out_dir=Path("."), source=source or None, lenient=lenient,
-                                     default_tz=default_tz, cpt=not no_cpt)
+                                     default_tz=default_tz, cpt=cpt)
     config = None
     if server:
         config = ClientConfig.from_values(server, auth=auth_spec, read_timeout=timeout, ca_bundle=ca_bundle,

@@ -32,7 +32,7 @@ code reads the environment after that. The file::
     [convert]
     lenient = false
     default_tz = "America/Vancouver"   # optional
-    cpt = true
+    # cpt = true                   # CPT 20560/20561: default only when [source] country = "US"
 
     [[targets]]                   # FHIR servers; only ever from here, never from a request
     name = "hospital"
@@ -102,7 +102,7 @@ class ServerSettings:
 class ConvertSettings:
     lenient: bool = False
     default_tz: str | None = None
-    cpt: bool = True
+    cpt: bool | None = None
 
 
 @dataclass(frozen=True)
