@@ -364,6 +364,17 @@ _FIRST_VISIT = dt.date(2024, 1, 8)
 _VISIT_SPAN_DAYS = 630
 
 
+#: diagnoses a clinic might chart (synthetic picks; ICD codes as a clinic would write them)
+_DIAGNOSES: tuple[tuple[str, str, str], ...] = (
+    ("icd-10-ca", "M54.2", "Cervicalgia"),
+    ("icd-10-ca", "M54.5", "Low back pain"),
+    ("icd-10-cm", "M79.1", "Myalgia"),
+    ("icd-9", "724", "Back disorder (MSP diagnostic code)"),
+    ("icd-9", "723", "Neck disorder (MSP diagnostic code)"),
+    ("snomed", "247398009", "Neuropathic pain"),
+)
+
+
 def source(seed: int = 0) -> dict[str, str]:
     """The ``source`` object of a synthetic clinic export."""
     return {
@@ -698,6 +709,12 @@ class _Generator:
                 else:
                     candidacy["note"] = "Suitable; risks and expected soreness explained"
             record["candidacy"] = candidacy
+        # diagnoses (added to the format later) draw from their own stream, seeded by the record id,
+        # so that adding them left every other generated value as it was
+        dx_rng = random.Random(f"diagnoses/{record['id']}")
+        if full or dx_rng.random() < 0.35:
+            picks = dx_rng.sample(range(len(_DIAGNOSES)), k=dx_rng.choice((1, 1, 2)))
+            record["diagnoses"] = [dict(zip(("system", "code", "text"), _DIAGNOSES[i], strict=True)) for i in picks]
         if self.wanted(0.3, force=full):
             record["notes"] = rng.choice(_ASSESSMENT_NOTES)
         return record
@@ -939,7 +956,7 @@ def write_examples(root: str | Path) -> None:
         generate(5, seed=EXAMPLES_SEED, practitioners=2, treatments_per_patient=(2, 4), full=True),
         key=lambda pair: RECORD_TYPES.index(pair[0]),
     )
-    clinic = source(EXAMPLES_SEED)
+    clinic = {**source(EXAMPLES_SEED), "country": "CA", "jurisdiction": "CA-BC"}
     small = root / "clinic-small"
     write_json_document(small / "clinic.json", clinic, records)
     write_ndjson(small / "records.ndjson", records)

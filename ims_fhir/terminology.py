@@ -215,6 +215,9 @@ def load_terminology(directory: Path | None = None) -> Terminology:
     for rel in concept_rows.get("relations", []):
         if rel.get("source") not in concepts or rel.get("system") not in systems:
             problems.append(f"concepts.toml: relation {rel.get('source')!r} -> {rel.get('code')!r} names an unknown concept or system")
+        elif rel.get("import_as_source"):
+            # read back only: a foreign resource coded with the related concept (never emitted)
+            reverse.setdefault((systems[rel["system"]], rel["code"]), ("concept", rel["source"]))
     for key in ("categories", "procedure_category", "encounter_class", "chart_identifier_type", "extensions", "status", "gender",
                 "health_number_identifier_type", "licence_identifier_type", "organization_type", "condition_category",
                 "consent_scope", "consent_policy_rule", "diagnosis_systems", "core_extensions"):

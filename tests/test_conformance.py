@@ -8,7 +8,12 @@ from typing import Any
 
 import pytest
 
-from ims_fhir.mapping import MappingContext, MappingOptions, map_organization, map_record
+from ims_fhir.mapping import (
+    MappingContext,
+    MappingOptions,
+    map_organization,
+    map_record,
+)
 from ims_fhir.records.models import Source
 from ims_fhir.records.validation import validate_record
 from ims_fhir.terminology import default_terminology

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..records.models import Patient, Practitioner
 from .context import MappedRecord, MappingContext, Resource
 
@@ -34,8 +36,8 @@ def _name(family: str, given: list[str] | None) -> dict[str, object]:
 
 
 def map_patient(rec: Patient, ctx: MappingContext) -> MappedRecord:
-    chart = ctx.identifier("patient", rec.id)
-    chart = {"use": "usual", "type": ctx.term.fixed_concept("chart_identifier_type"), **chart}
+    chart: dict[str, Any] = {"use": "usual", "type": ctx.term.fixed_concept("chart_identifier_type"),
+                             **ctx.identifier("patient", rec.id)}
     # a patient's other identifiers match the hospital's Patient: another organisation's record number
     # (MR, told by its system) or a health number (JHN) whose assigner is the clinic's jurisdiction
     health: dict[str, object] = {"type": ctx.term.fixed_concept("health_number_identifier_type")}
@@ -67,7 +69,7 @@ def map_patient(rec: Patient, ctx: MappingContext) -> MappedRecord:
 
 
 def map_practitioner(rec: Practitioner, ctx: MappingContext) -> MappedRecord:
-    identifiers = [ctx.identifier("practitioner", rec.id)]
+    identifiers: list[dict[str, Any]] = [ctx.identifier("practitioner", rec.id)]
     if rec.registration is not None:
         identifiers.append({"type": ctx.term.fixed_concept("licence_identifier_type"),
                             "system": rec.registration.system, "value": rec.registration.value})

@@ -127,8 +127,7 @@ class ReverseRun:
     def _role(self, res: dict[str, Any]) -> str:
         rtype = res["resourceType"]
         simple = {"Patient": "patient", "Practitioner": "practitioner", "Organization": "organization",
-                  "Encounter": "encounter", "PractitionerRole": "context",
-                  "BodyStructure": "context", "Consent": "context", "Condition": "context"}
+                  "Encounter": "encounter", "PractitionerRole": "context"}
         if rtype in simple:
             return simple[rtype]
         if rtype == "Procedure":

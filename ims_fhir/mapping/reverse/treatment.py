@@ -112,7 +112,7 @@ def _consent(ctx: ReverseContext, el: Elements, ext: dict[str, Any], built: Buil
     if target.resource.get("status") != "active" or kind not in ("permit", "deny"):
         el.note("extension", "not_mapped", f"{target.label} is not an active permit or deny; consent not read")
         return None
-    return kind == "permit"
+    return bool(kind == "permit")
 
 
 def _status_reason(el: Elements) -> str | None:
