@@ -248,6 +248,22 @@ def codesystems(out_dir: Path | None) -> int:
     return EXIT_OK
 
 
+@cli.command()
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder to write the IG package (<name>-<version>.tgz, standard FHIR NPM layout) into.")
+@click.option("--expand", is_flag=True, help="Also write each resource of the package as <Type>-<id>.json.")
+def ig(out_dir: Path, expand: bool) -> int:
+    """Write the IMS FHIR Implementation Guide package (profiles, extensions, CodeSystems, ValueSets, ConceptMaps)."""
+    from .ig import resources, write_package
+
+    path = write_package(out_dir)
+    if expand:
+        for res in resources():
+            (out_dir / f"{res['resourceType']}-{res['id']}.json").write_bytes(orjson.dumps(res, option=orjson.OPT_INDENT_2) + b"\n")
+    click.echo(str(path))
+    return EXIT_OK
+
+
 @cli.command("dev-server")
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
 def dev_server(port: int) -> int:

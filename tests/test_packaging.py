@@ -17,6 +17,7 @@ def test_wheel_contains_mappings_and_finds_them_when_installed(tmp_path: Path) -
     names = zipfile.ZipFile(wheel).namelist()
     assert {"ims_fhir/mappings/vocabularies.toml", "ims_fhir/mappings/concepts.toml", "ims_fhir/mappings/fhir.toml"} <= set(names)
     assert "ims_fhir/hapi_server/pom.xml" in names
+    assert "ims_fhir/ig/ims-fhir-ig.tgz" in names and "ims_fhir/ig/__init__.py" in names
     assert "service/templates/dashboard.html" in names and "service/__init__.py" in names
     assert not [n for n in names if "/target/" in n]
     site = tmp_path / "site"
