@@ -264,6 +264,36 @@ def ig(out_dir: Path, expand: bool) -> int:
     return EXIT_OK
 
 
+@cli.command("validate")
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--ig", "ig_package", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="IG package (.tgz) to validate against (default: the one shipped with ims-fhir).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON line per resource (its issues) on stdout.")
+def validate_cmd(files: tuple[Path, ...], ig_package: Path | None, as_json: bool) -> int:
+    """Validate FHIR files (NDJSON, a resource, a Bundle) offline against the IMS IG, with the test server's HAPI validator.
+
+    Prints the OperationOutcome issues (errors and warnings) of each resource; exit 1 when a
+    resource has an error. Needs Java 17 (and Maven once, to build the validator).
+    """
+    from .offline_validation import validate_files
+
+    errors = warnings = resources = 0
+    for checked in validate_files(list(files), ig_package=ig_package):
+        resources += 1
+        errors += checked.errors
+        warnings += checked.warnings
+        if as_json:
+            click.echo(orjson.dumps({"file": checked.file, "line": checked.line, "resource": checked.resource,
+                                     "issues": checked.issues}).decode())
+            continue
+        for issue in checked.issues:
+            where = f"{checked.file}:{checked.line}" if checked.line else checked.file
+            click.echo(f"{where} {checked.resource} {issue['severity']}: {issue.get('diagnostics')} "
+                       f"[{issue.get('expression')}]")
+    click.echo(f"validated {resources} resources: {errors} errors, {warnings} warnings", err=True)
+    return EXIT_REJECTED if errors else EXIT_OK
+
+
 @cli.command("dev-server")
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
 def dev_server(port: int) -> int:

@@ -367,6 +367,13 @@ class DevServer:
         return f"<DevServer {self.base_url} pid={self.pid} {state}>"
 
 
+def _ig_package() -> Path | None:
+    """The IMS IG package shipped with ims-fhir, for the dev server's validator."""
+    from ims_fhir.ig import BUILT_PACKAGE
+
+    return BUILT_PACKAGE if BUILT_PACKAGE.is_file() else None
+
+
 def start(
     port: int | None = None,
     *,
@@ -376,8 +383,13 @@ def start(
     java_opts: Sequence[str] = DEFAULT_JAVA_OPTS,
     cache_root: Path | None = None,
     maven_repo: Path | None = None,
+    ig_package: Path | None = None,
 ) -> DevServer:
     """Start the server on ``127.0.0.1:port`` (a free port when None) and wait until ready.
+
+    ``ig_package`` (a FHIR NPM package .tgz, e.g. :data:`ims_fhir.ig.BUILT_PACKAGE`) is
+    loaded into the server's validator: writes are then validated against the IMS IG's
+    profiles, CodeSystems and ValueSets.
 
     Builds the artifact first if needed (see :func:`build`). Ready means
     ``GET /fhir/metadata`` answered 200. The JVM's output goes to ``log_path``. If the JVM
@@ -395,6 +407,8 @@ def start(
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     command = [toolchain.java, *java_opts, "-jar", str(artifact), f"--server.port={port}"]
+    if ig_package is not None:
+        command.append(f"--ims-fhir.ig-package={Path(ig_package).resolve()}")
     with open(log_path, "ab") as log:
         log.write(("$ " + " ".join(command) + "\n").encode())
         log.flush()
@@ -473,7 +487,7 @@ def serve_foreground(
         artifact = build(cache_root=cache_root)
         print(f"Starting HAPI FHIR R4 on {HOST}:{port} (log: {log_path})...", file=err, flush=True)
         log_path.unlink(missing_ok=True)  # one run per log file, not an ever-growing one
-        server = start(port, log_path=log_path, artifact=artifact)
+        server = start(port, log_path=log_path, artifact=artifact, ig_package=_ig_package())
     except ImsFhirError as exc:
         print(f"error: {exc}", file=err, flush=True)
         return exc.exit_code

@@ -220,7 +220,7 @@ def load_terminology(directory: Path | None = None) -> Terminology:
             reverse.setdefault((systems[rel["system"]], rel["code"]), ("concept", rel["source"]))
     for key in ("categories", "procedure_category", "encounter_class", "chart_identifier_type", "extensions", "status", "gender",
                 "health_number_identifier_type", "licence_identifier_type", "organization_type", "condition_category",
-                "consent_scope", "consent_policy_rule", "diagnosis_systems", "core_extensions"):
+                "consent_scope", "consent_category", "consent_policy", "diagnosis_systems", "core_extensions"):
         if key not in fhir:
             problems.append(f"fhir.toml: missing table [{key}]")
     if problems:

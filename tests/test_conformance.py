@@ -65,7 +65,7 @@ def test_patient_and_practitioner_identifiers_are_typed() -> None:
     assert "assigner" not in patient["identifier"][2]
     practitioner = _map("practitioner", {"id": "PR1", "family_name": "X",
                                          "registration": {"system": "https://college.example.org", "value": "1"}})[0]
-    assert practitioner["identifier"][1]["type"]["coding"][0] == {"system": V2, "code": "LN", "display": "License number"}
+    assert practitioner["identifier"][1]["type"]["coding"][0] == {"system": V2, "code": "PRN", "display": "Provider number"}
     org = map_organization(MappingContext(CA, TERM))
     assert _codes(org["type"][0]) == {("http://terminology.hl7.org/CodeSystem/organization-type", "prov")}
     assert org["address"] == [{"state": "CA-BC", "country": "CA"}]

@@ -26,6 +26,7 @@ from typing import Any
 
 import orjson
 
+from ..records import vocabulary as v
 from ..terminology import Terminology, code_systems, default_terminology
 
 PACKAGE_NAME = "io.github.ims-fhir.ig"
@@ -195,13 +196,27 @@ def value_set_url(term: Terminology, vocabulary: str) -> str:
 
 
 def value_sets(term: Terminology) -> list[Resource]:
-    """One ValueSet per CodeSystem of the project (every binding of the IG names one of these)."""
+    """One ValueSet per CodeSystem of the project (every binding of the IG names one of these).
+
+    A ValueSet also lists the standard codes the converter writes beside ours (the
+    equivalent SNOMED CT / LOINC codings of the same concept), so that every coding of a
+    bound CodeableConcept is in the value set."""
+    vocabularies = {url: vocab for vocab, url in term.vocab_systems.items()}
     out = []
     for cs in code_systems(term):
         vid = cs["id"]
-        vs = _meta(term, "ValueSet", vid, cs["title"], f"Every code of {cs['title']} ({cs['url']}).")
+        include: list[dict[str, Any]] = [{"system": cs["url"]}]
+        vocab = vocabularies.get(cs["url"])
+        standard: dict[str, list[dict[str, str]]] = {}
+        if vocab is not None:
+            for slug in v.VOCABULARIES[vocab]:
+                for c in term.vocab(vocab, slug)["coding"][1:]:
+                    standard.setdefault(c["system"], []).append({"code": c["code"], "display": c["display"]})
+        include += [{"system": system, "concept": concepts} for system, concepts in sorted(standard.items())]
+        extra = " and the equivalent standard codes the converter writes beside them" if standard else ""
+        vs = _meta(term, "ValueSet", vid, cs["title"], f"Every code of {cs['title']} ({cs['url']}){extra}.")
         vs["text"] = _narrative(vs["description"])
-        vs["compose"] = {"include": [{"system": cs["url"]}]}
+        vs["compose"] = {"include": include}
         out.append(vs)
     return out
 

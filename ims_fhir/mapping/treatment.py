@@ -131,11 +131,11 @@ def map_treatment(rec: Treatment, ctx: MappingContext) -> MappedRecord:
         "identifier": [ctx.identifier("consent", rec.id)],
         "status": "active",
         "scope": term.fixed_concept("consent_scope"),
-        "category": [term.concept("treatment-consent")],
+        "category": [term.fixed_concept("consent_category")],
         "patient": subject,
         "dateTime": rec.started_at,
         "organization": [ctx.organization_ref],
-        "policyRule": term.fixed_concept("consent_policy_rule"),
+        "policy": [{"uri": f"{term.base}/{term.fhir['consent_policy']['path']}"}],
         "provision": {"type": "permit" if rec.consent_obtained else "deny",
                       "data": [{"meaning": "related", "reference": procedure_ref}]},
     }, "consent")

@@ -56,10 +56,10 @@ def _other_identifier(el: Elements, pos: int, ident: Any, *, chart: bool = False
     return {"system": ident["system"], "value": ident["value"]}
 
 
-#: identifier types the forward mapping adds (v2-0203 JHN for health numbers, LN for a licence)
+#: identifier types the forward mapping adds (v2-0203 JHN health number, MR record number, PRN registration)
 _DERIVED_TYPES = frozenset({("http://terminology.hl7.org/CodeSystem/v2-0203", "JHN"),
                             ("http://terminology.hl7.org/CodeSystem/v2-0203", "MR"),
-                            ("http://terminology.hl7.org/CodeSystem/v2-0203", "LN")})
+                            ("http://terminology.hl7.org/CodeSystem/v2-0203", "PRN")})
 
 
 def _derived(key: str, ident: dict[str, Any]) -> bool:
