@@ -62,7 +62,8 @@ def validate_files(files: Sequence[Path], *, ig_package: Path | None = None,
     command = [toolchain.java, "-Xmx1g", "-XX:+UseSerialGC", "-cp", str(artifact), f"-Dloader.main={MAIN_CLASS}",
                LAUNCHER, "--ig", str(ig_package), *[str(Path(f).resolve()) for f in files]]
     try:
-        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+        # no shell; the arguments are the java found by check_toolchain, our jar and the given paths
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)  # noqa: S603
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise ToolchainError(f"the offline validator did not run: {exc}") from exc
     if proc.returncode not in (0, 1):

@@ -14,13 +14,19 @@ import re
 from collections import Counter
 from typing import Any
 
+import orjson
 import pytest
 import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ims_fhir.devserver import DevServer
-from ims_fhir.mapping import MappingContext, MappingOptions, map_organization, map_record
+from ims_fhir.mapping import (
+    MappingContext,
+    MappingOptions,
+    map_organization,
+    map_record,
+)
 from ims_fhir.records.models import Source
 from ims_fhir.records.validation import validate_record
 from ims_fhir.terminology import default_terminology
@@ -111,3 +117,24 @@ def test_unknown_code_systems_are_errors_external_ones_warnings(fhir_server: Dev
     assert any(i["severity"] == severity and coding["system"] in i.get("diagnostics", "") for i in issues), issues
     if severity == "warning":
         assert not [i for i in issues if i["severity"] in ("error", "fatal")], issues
+
+
+def test_offline_validate_reports_per_resource_and_fails_on_errors(run_cli: Any, tmp_path: Any) -> None:
+    """``ims-fhir validate`` runs the same HAPI validator and IG without a server."""
+    out = tmp_path / "out"
+    assert run_cli("convert", EXAMPLES / "clinic.json", "--out", out).code == 0
+    broken = tmp_path / "broken.json"
+    broken.write_bytes(orjson.dumps({
+        "resourceType": "Observation", "id": "bad", "status": "final",
+        "meta": {"profile": [TERM.profile_url("pain-score")]},
+        "code": {"coding": [{"system": "https://ims-fhir.github.io/fhir/CodeSystem/ims-no-such-system", "code": "x"}]},
+        "valueInteger": 3}))
+    result = run_cli("validate", out / "Procedure.ndjson", out / "Consent.ndjson", "--json")
+    assert result.code == 0, result.err
+    lines = [orjson.loads(x) for x in result.out.splitlines()]
+    assert len(lines) == 28 and all(line["resource"].startswith(("Procedure/", "Consent/")) for line in lines)
+    assert not [i for line in lines for i in line["issues"] if i["severity"] in ("error", "fatal")]
+    assert "validated 28 resources: 0 errors" in result.err
+    result = run_cli("validate", broken)
+    assert result.code == 1
+    assert "Observation/bad error" in result.out and "ims-no-such-system" in result.out

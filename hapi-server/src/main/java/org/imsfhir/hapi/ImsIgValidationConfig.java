@@ -61,11 +61,13 @@ public class ImsIgValidationConfig {
 			IValidationSupport validationSupportChain,
 			@Value("${ims-fhir.ig-package:}") String igPackage) throws IOException {
 		if (validationSupportChain instanceof ValidationSupportChain chain) {
+			// first in the chain: the in-memory terminology service would answer "cannot expand" for a
+			// value set that lists LOINC/SNOMED CT codes before this one is asked
+			chain.addValidationSupport(0, new OfflineTerminologyWarnings(fhirContext));
 			if (!igPackage.isBlank()) {
 				chain.addValidationSupport(0, load(fhirContext, Path.of(igPackage)));
 				LOG.info("Validating against the IG package {}", igPackage);
 			}
-			chain.addValidationSupport(new OfflineTerminologyWarnings(fhirContext));
 			chain.invalidateCaches();
 		} else {
 			throw new IllegalStateException("the validation support is not a chain: " + validationSupportChain);

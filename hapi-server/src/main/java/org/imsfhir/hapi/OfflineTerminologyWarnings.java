@@ -66,6 +66,15 @@ public class OfflineTerminologyWarnings extends BaseValidationSupport {
 						+ " is not available offline");
 	}
 
+	/** A value set that includes codes of an external system: this support answers for those codes. */
+	@Override
+	public boolean isValueSetSupported(ValidationSupportContext context, String valueSetUrl) {
+		IBaseResource resource = context.getRootValidationSupport().fetchValueSet(valueSetUrl);
+		return resource instanceof ValueSet vs
+				&& vs.getCompose().getInclude().stream()
+						.anyMatch(i -> i.getSystem() != null && EXTERNAL_SYSTEMS.contains(i.getSystem()));
+	}
+
 	@Override
 	public CodeValidationResult validateCodeInValueSet(
 			ValidationSupportContext context,

@@ -62,10 +62,10 @@ public final class OfflineValidator {
 		try {
 			chain = new ValidationSupportChain(
 					new DefaultProfileValidationSupport(ctx),
+					new OfflineTerminologyWarnings(ctx),
 					new CommonCodeSystemsTerminologyService(ctx),
 					new InMemoryTerminologyServerValidationSupport(ctx),
-					new SnapshotGeneratingValidationSupport(ctx),
-					new OfflineTerminologyWarnings(ctx));
+					new SnapshotGeneratingValidationSupport(ctx));
 			if (ig != null) {
 				chain.addValidationSupport(0, ImsIgValidationConfig.load(ctx, ig));
 			}
