@@ -7,7 +7,11 @@ What is fetched (every search follows ``next`` links, with ``Cache-Control: no-c
   and the Patients, Practitioners and Encounters they refer to (``_include``);
 - assessments: panel Observations (``assessment-panel``) with their members
   (``has-member``), Patients, Practitioners and Encounters;
-- stand-alone pain scores (LOINC 72514-3) of other systems.
+- stand-alone pain scores (LOINC 72514-3) of other systems;
+- with them, what the IG puts beside a record: a session's Consent (``_revinclude`` on
+  ``Consent:data``), an assessment's Conditions (``Encounter:diagnosis``, iterated) and the
+  BodyStructures carrying the sides of body sites (searched by patient, since only an
+  extension names them).
 
 ``--patient SYSTEM|VALUE`` narrows every search to that patient (``patient.identifier``).
 ``--since`` narrows them to what changed (``_lastUpdated=ge``): any Observation, Procedure,
@@ -34,6 +38,9 @@ from .terminology import Terminology, default_terminology
 
 _PROCEDURE_INCLUDES = ["Procedure:subject", "Procedure:performer", "Procedure:encounter", "Procedure:reason-reference"]
 _PANEL_INCLUDES = ["Observation:has-member", "Observation:subject", "Observation:performer", "Observation:encounter"]
+#: a session's Consent names the Procedure (Consent.provision.data); an assessment's Encounter its Conditions
+_PROCEDURE_REVINCLUDES = ["Observation:part-of", "Consent:data"]
+_PANEL_ITERATE = [("_include:iterate", "Encounter:diagnosis")]
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,10 @@ class _Collector:
         if key not in self.seen:
             self.seen.add(key)
             self._fh.write(orjson.dumps(resource) + b"\n")
+
+    @property
+    def patient_ids(self) -> set[str]:
+        return {key.partition("/")[2] for key in self.seen if key.startswith("Patient/")}
 
     def close(self) -> None:
         self._fh.close()
@@ -101,16 +112,17 @@ def pull(config: ClientConfig, options: PullOptions, *, terminology: Terminology
             if options.since is None:
                 for res in _search(client, "Procedure", common + [("code", procedure_codes)]
                                    + [("_include", i) for i in _PROCEDURE_INCLUDES]
-                                   + [("_revinclude", "Observation:part-of")]):
+                                   + [("_revinclude", i) for i in _PROCEDURE_REVINCLUDES]):
                     collector.add(res)
                 for res in _search(client, "Observation", common + [("code", panel_codes)]
-                                   + [("_include", i) for i in _PANEL_INCLUDES]):
+                                   + [("_include", i) for i in _PANEL_INCLUDES] + _PANEL_ITERATE):
                     collector.add(res)
                 for res in _search(client, "Observation", common + [("code", pain_codes)]
                                    + [("_include", i) for i in _PANEL_INCLUDES[1:]]):
                     collector.add(res)
             else:
                 changed = _pull_changed(client, collector, common, options.since)
+            _body_structures(client, collector)
         finally:
             collector.close()
         keep = None if changed is None else (lambda record_type, record_id: (record_type, record_id) in changed)
@@ -125,7 +137,7 @@ def _pull_changed(client: FhirClient, collector: _Collector, common: list[tuple[
     window = common + [("_lastUpdated", f"ge{since}")]
     changed: set[tuple[str, str]] = set()
     systems: dict[tuple[str, str], str] = {}
-    for rtype in ("Patient", "Practitioner", "Procedure", "Observation"):
+    for rtype in ("Patient", "Practitioner", "Procedure", "Observation", "Consent", "Condition"):
         for res in _search(client, rtype, window):
             for ident in (res.get("identifier") or [])[:1]:
                 key = record_key(ident)
@@ -138,16 +150,24 @@ def _pull_changed(client: FhirClient, collector: _Collector, common: list[tuple[
         base = systems[(record_type, record_id)]
         if record_type == "assessment":
             for res in _search(client, "Observation", [("identifier", f"{base}/assessment|{record_id}")]
-                               + [("_include", i) for i in _PANEL_INCLUDES]):
+                               + [("_include", i) for i in _PANEL_INCLUDES] + _PANEL_ITERATE):
                 collector.add(res)
         elif record_type == "treatment":
             # not the reason-reference: a panel without its members is not a whole assessment,
             # and the Procedure's reference names the assessment by its identifier anyway
             for res in _search(client, "Procedure", [("identifier", f"{base}/treatment|{record_id}")]
                                + [("_include", i) for i in _PROCEDURE_INCLUDES[:3]]
-                               + [("_revinclude", "Observation:part-of")]):
+                               + [("_revinclude", i) for i in _PROCEDURE_REVINCLUDES]):
                 collector.add(res)
     return changed
+
+
+def _body_structures(client: FhirClient, collector: _Collector) -> None:
+    """The BodyStructures (sides of body sites) of every patient fetched: an extension names them,
+    which no search can follow."""
+    for patient_id in sorted(collector.patient_ids):
+        for res in _search(client, "BodyStructure", [("patient", f"Patient/{patient_id}"), ("_count", "200")]):
+            collector.add(res)
 
 
 __all__ = ["PullOptions", "pull"]

@@ -86,6 +86,13 @@ def record_key(identifier: dict[str, Any]) -> tuple[str, str] | None:
     if kind == "encounter" and "/" in value:
         kind, _, value = value.partition("/")
         return kind, value
+    if kind == "body-structure" and value.count("/") >= 4:  # {record type}/{id}/{vocabulary}/{slug}/{side}
+        owner, _, value = value.rsplit("/", 3)[0].partition("/")
+        return owner, value
+    if kind == "diagnosis":  # {assessment id}/{i}
+        return "assessment", value.rsplit("/", 1)[0]
+    if kind == "consent":  # the treatment id
+        return "treatment", value
     record_type = _RECORD_KINDS.get(kind)
     if record_type is None:
         return None
