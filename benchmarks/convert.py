@@ -89,10 +89,10 @@ def main() -> int:
     big = work / "export.ndjson"
     small = work / "export-small.ndjson"
     t0 = time.perf_counter()
-    subprocess.run([py, "-m", "ims_fhir.synthetic", "export", "--patients", str(patients), "--seed", str(args.seed),
+    subprocess.run([py, "-m", "ims_fhir.dev.synthetic", "export", "--patients", str(patients), "--seed", str(args.seed),
                     "--format", "ndjson", "--out", str(big)], check=True, capture_output=True)
     gen_seconds = time.perf_counter() - t0
-    subprocess.run([py, "-m", "ims_fhir.synthetic", "export", "--patients", str(max(1, round(args.naive_records / 8))),
+    subprocess.run([py, "-m", "ims_fhir.dev.synthetic", "export", "--patients", str(max(1, round(args.naive_records / 8))),
                     "--seed", str(args.seed + 1), "--format", "ndjson", "--out", str(small)], check=True, capture_output=True)
     n_big = sum(1 for _ in big.open("rb"))
     n_small = sum(1 for _ in small.open("rb"))
@@ -106,7 +106,8 @@ def main() -> int:
     seconds_s, rss_s, _ = _child(_pin() + cli + [str(small), "--out", str(work / "out-small"), "--quiet", *SOURCE_ARGS])
     res_small = sum(json.loads((work / "out-small" / "summary.json").read_text())["resources"].values())
     rows.append(("convert, small input", n_small, res_small, seconds_s, rss_s))
-    seconds_v, rss_v, _ = _child(_pin() + cli + [str(small), "--out", str(work / "out-validate"), "--quiet", "--validate", *SOURCE_ARGS])
+    validate_args = [str(small), "--out", str(work / "out-validate"), "--quiet", "--validate", *SOURCE_ARGS]
+    seconds_v, rss_v, _ = _child(_pin() + cli + validate_args)
     rows.append(("convert --validate", n_small, res_small, seconds_v, rss_v))
     seconds_n, rss_n, out = _child(_pin() + [py, "-c", NAIVE, str(small), str(work / "naive.ndjson")])
     naive = json.loads(out.strip().splitlines()[-1])

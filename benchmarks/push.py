@@ -4,7 +4,7 @@
 
 1. Generates a seeded synthetic export (about 1 assessment and 6 treatments per patient)
    and converts it to transaction Bundles.
-2. Starts the local HAPI FHIR server (``ims_fhir.devserver``; built once, cached).
+2. Starts the local HAPI FHIR server (``ims_fhir.dev.hapi``; built once, cached).
 3. On an empty server each time, measures resources/s for (rounds alternate the order of
    the first two and the best of each is kept, since the server warms up as it goes):
    - the adapter: ``ims_fhir.push.push`` (capability check, retries, outcome tally);
@@ -29,8 +29,8 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ims_fhir import devserver  # noqa: E402
 from ims_fhir.client import ClientConfig  # noqa: E402
+from ims_fhir.dev import hapi  # noqa: E402
 from ims_fhir.push import PushOptions, push  # noqa: E402
 
 HEADERS = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
@@ -73,7 +73,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="ims-fhir-push-bench-") as tmp:
         work = Path(tmp)
         export = work / "export.ndjson"
-        subprocess.run([py, "-m", "ims_fhir.synthetic", "export", "--patients", str(max(1, args.records // 8)),
+        subprocess.run([py, "-m", "ims_fhir.dev.synthetic", "export", "--patients", str(max(1, args.records // 8)),
                         "--seed", str(args.seed), "--format", "ndjson", "--out", str(export)], check=True, capture_output=True)
         src = ["--clinic-id", "bench", "--system-base", "https://bench.example.org/ims"]
         subprocess.run([py, "-m", "ims_fhir", "convert", str(export), "--out", str(work / "bundles"), "--format", "bundle",
@@ -86,7 +86,7 @@ def main() -> int:
 
         # the full JIT (C2): the test suite's default stops at C1 for a fast start, which is slow
         # for a long run of writes
-        with devserver.start(log_path=work / "hapi.log", java_opts=args.java_opts.split()) as server:
+        with hapi.start(log_path=work / "hapi.log", java_opts=args.java_opts.split()) as server:
             base = server.base_url
             # warm the server (JIT, caches) with one small bundle, then wipe
             requests.post(base, data=bundles[0].read_bytes(), headers=HEADERS, timeout=600).raise_for_status()

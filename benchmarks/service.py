@@ -29,12 +29,12 @@ import waitress
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ims_fhir import devserver  # noqa: E402
+from ims_fhir.dev import hapi  # noqa: E402
+from ims_fhir.dev.synthetic import generate  # noqa: E402
 from ims_fhir.sync import SyncWorker  # noqa: E402
-from ims_fhir.synthetic import generate  # noqa: E402
-from service import create_app  # noqa: E402
-from service.auth import hash_token  # noqa: E402
-from service.config import config_from_mapping  # noqa: E402
+from ims_fhir_service import create_app  # noqa: E402
+from ims_fhir_service.auth import hash_token  # noqa: E402
+from ims_fhir_service.config import config_from_mapping  # noqa: E402
 
 TOKEN = "benchmark-token-not-a-secret"
 
@@ -107,7 +107,7 @@ def main() -> int:
     base = args.fhir_base
     if base is None:
         print("starting the local HAPI FHIR server ...", file=sys.stderr)
-        server = devserver.start(log_path=Path(tempfile.gettempdir()) / "ims-fhir-bench-hapi.log")
+        server = hapi.start(log_path=Path(tempfile.gettempdir()) / "ims-fhir-bench-hapi.log")
         base = server.base_url
     try:
         figures = run(args.patients, args.batch, base, args.seed, args.batch_records)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import click
 import orjson
@@ -19,6 +20,13 @@ from . import __version__
 from .errors import ImsFhirError
 
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
+#: Missing one of these means the ``service`` extra is not installed (the app or its dependencies).
+_SERVICE_MODULES = frozenset({"ims_fhir_service", "flask", "waitress", "jinja2", "werkzeug"})
+
+
+def _count(n: int, noun: str, plural: str | None = None) -> str:
+    """``1 resource``, ``2 resources``, ``1,000 entries``: the number with its noun agreeing."""
+    return f"{n:,} {noun if n == 1 else plural or noun + 's'}"
 
 
 class _Progress:
@@ -44,6 +52,17 @@ class _Progress:
         if self.enabled:
             sys.stderr.write("\r" + " " * 72 + "\r")
             sys.stderr.flush()
+
+
+def _check_csv_folders(inputs: Sequence[Path]) -> None:
+    """A folder given as input is a CSV folder: it must hold at least one table of the format."""
+    from .errors import UsageError
+    from .records.vocabulary import CSV_TABLES, FORMAT
+
+    for path in inputs:
+        if path.is_dir() and not any((path / name).is_file() for name in CSV_TABLES):
+            raise UsageError(f"{path}: no CSV table of {FORMAT} was found in this folder "
+                             f"(expected one or more of {', '.join(CSV_TABLES)})")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -92,6 +111,7 @@ def convert(inputs: tuple[Path, ...], out_dir: Path, output_format: str, clinic_
             check_time_zone(default_tz)
         except ValueError as exc:
             raise UsageError(f"--default-tz: {exc}") from exc
+    _check_csv_folders(inputs)
     source = {k: v for k, v in (("clinic_id", clinic_id), ("clinic_name", clinic_name), ("system_base", system_base),
                                 ("country", country), ("jurisdiction", jurisdiction)) if v}
     options = ConvertOptions(
@@ -110,40 +130,46 @@ def convert(inputs: tuple[Path, ...], out_dir: Path, output_format: str, clinic_
     elif not quiet:
         total = sum(summary.resources.values())
         rate = summary.read / elapsed if elapsed > 0 else 0.0
-        click.echo(f"converted {summary.converted:,} of {summary.read:,} records into {total:,} resources in {out_dir} "
+        click.echo(f"converted {summary.converted:,} of {_count(summary.read, 'record')} into {_count(total, 'resource')} "
+                   f"in {out_dir} "
                    f"({elapsed:.2f} s, {rate:,.0f} records/s)", err=True)
         if summary.rejected:
             rules = ", ".join(f"{rule} {n}" for rule, n in sorted(summary.rejected_by_rule.items()))
-            click.echo(f"rejected {summary.rejected:,} records ({rules}): see {out_dir / 'rejects.ndjson'}", err=True)
+            click.echo(f"rejected {_count(summary.rejected, 'record')} ({rules}): see {out_dir / 'rejects.ndjson'}", err=True)
     return summary.exit_code
 
 
 @cli.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--server", help="FHIR R4 base URL, e.g. https://fhir.hospital.example.org/r4.")
+@click.option("--server", metavar="URL",
+              help="FHIR R4 base URL, e.g. https://fhir.hospital.example.org/r4.  [required unless --dry-run]")
 @click.option("--auth", "auth_spec", default="none", show_default=True, envvar="IMS_FHIR_AUTH",
               help="none | bearer:env:VAR | basic:USER:env:VAR | oauth2:TOKEN_URL:CLIENT_ID:env:VAR[:SCOPE] "
                    "(secrets from environment variables; also read from IMS_FHIR_AUTH).")
 @click.option("--ca-bundle", type=click.Path(exists=True, dir_okay=False), help="CA certificates to trust (PEM).")
-@click.option("--timeout", type=click.FloatRange(min=1), default=60.0, show_default=True, help="Read timeout per request, seconds.")
+@click.option("--timeout", type=click.FloatRange(min=1), default=60.0, show_default=True,
+              help="Read timeout per request, seconds.")
 @click.option("--max-attempts", type=click.IntRange(min=1), default=5, show_default=True,
               help="Attempts per request on connection errors, timeouts, 429 and 5xx (with backoff, Retry-After honoured).")
-@click.option("--bundle-size", type=click.IntRange(min=2), default=200, show_default=True)
+@click.option("--bundle-size", type=click.IntRange(min=2), default=200, show_default=True,
+              help="Most entries per transaction Bundle (IMS record inputs; a record's resources stay together).")
 @click.option("--report", "report_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Write one JSON line per rejected or failed record, with the server's OperationOutcome.")
 @click.option("--dry-run", is_flag=True, help="Build the Bundles and count them; send nothing.")
-@click.option("--clinic-id")
-@click.option("--clinic-name")
-@click.option("--system-base")
-@click.option("--lenient", is_flag=True)
-@click.option("--default-tz", metavar="ZONE")
-@click.option("--country", metavar="CC")
-@click.option("--jurisdiction", metavar="CC-XX")
-@click.option("--cpt/--no-cpt", default=None)
-@click.option("--quiet", "-q", is_flag=True)
+@click.option("--clinic-id", help="Source clinic id, for IMS record inputs that do not carry a source (NDJSON, CSV).")
+@click.option("--clinic-name", help="Source clinic display name (becomes the Organization name).")
+@click.option("--system-base", help="Absolute URI, base of the clinic's identifier systems.")
+@click.option("--lenient", is_flag=True, help="Ignore unknown fields of IMS records instead of rejecting the record.")
+@click.option("--default-tz", metavar="ZONE", help="IANA time zone for date-times written without an offset.")
+@click.option("--country", metavar="CC", help="ISO 3166-1 alpha-2 country of the clinic (with --clinic-id).")
+@click.option("--jurisdiction", metavar="CC-XX", help="ISO 3166-2 subdivision (with --clinic-id), e.g. CA-BC.")
+@click.option("--cpt/--no-cpt", default=None,
+              help="Add (or leave out) CPT 20560/20561 on treatments. Default: only for a source with country US.")
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 def push(inputs: tuple[Path, ...], server: str | None, auth_spec: str, ca_bundle: str | None, timeout: float,
-         max_attempts: int, bundle_size: int, report_file: Path | None, dry_run: bool, clinic_id: str | None, clinic_name: str | None,
+         max_attempts: int, bundle_size: int, report_file: Path | None, dry_run: bool, clinic_id: str | None,
+         clinic_name: str | None,
          system_base: str | None, lenient: bool, default_tz: str | None, country: str | None, jurisdiction: str | None,
          cpt: bool | None, quiet: bool, as_json: bool) -> int:
     """Send IMS records, or the output of convert, to a FHIR server as transaction Bundles.
@@ -199,8 +225,9 @@ def push(inputs: tuple[Path, ...], server: str | None, auth_spec: str, ca_bundle
                                 option=orjson.OPT_INDENT_2))
     elif not quiet:
         verb = "would send" if dry_run else "sent"
-        click.echo(f"{verb} {summary.entries:,} entries in {summary.bundles:,} bundles: {summary.created:,} created, "
-                   f"{summary.updated:,} updated, {summary.unchanged:,} unchanged, {summary.failed_records:,} records failed, "
+        click.echo(f"{verb} {_count(summary.entries, 'entry', 'entries')} in {_count(summary.bundles, 'bundle')}: "
+                   f"{summary.created:,} created, {summary.updated:,} updated, {summary.unchanged:,} unchanged, "
+                   f"{_count(summary.failed_records, 'record')} failed, "
                    f"{summary.rejected_records:,} rejected before sending ({elapsed:.1f} s)", err=True)
         for data in lines[:5]:
             item = orjson.loads(data)
@@ -212,7 +239,8 @@ def push(inputs: tuple[Path, ...], server: str | None, auth_spec: str, ca_bundle
                 who = ", ".join(f"{r['record_type']} {r['id']}" for r in item.get("records", []))
                 click.echo(f"  failed: {who}: {item.get('error')}", err=True)
         if len(lines) > 5:
-            click.echo(f"  ... and {len(lines) - 5} more" + (f" (see {report_file})" if report_file else " (use --report FILE)"), err=True)
+            where = f" (see {report_file})" if report_file else " (use --report FILE)"
+            click.echo(f"  ... and {len(lines) - 5} more{where}", err=True)
     return summary.exit_code
 
 
@@ -220,11 +248,16 @@ def push(inputs: tuple[Path, ...], server: str | None, auth_spec: str, ca_bundle
 @click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), help="Write to a file instead of stdout.")
 def schema(out_file: Path | None) -> int:
     """Print the JSON Schema of the ims-record/1 format (generated from the models)."""
+    from .errors import UsageError
     from .records.models import json_schema
 
     data = orjson.dumps(json_schema(), option=orjson.OPT_INDENT_2) + b"\n"
     if out_file:
-        out_file.write_bytes(data)
+        try:
+            out_file.parent.mkdir(parents=True, exist_ok=True)
+            out_file.write_bytes(data)
+        except OSError as exc:
+            raise UsageError(f"--out {out_file}: cannot write ({exc.strerror or exc})") from exc
     else:
         sys.stdout.buffer.write(data)
     return EXIT_OK
@@ -275,7 +308,14 @@ def validate_cmd(files: tuple[Path, ...], ig_package: Path | None, as_json: bool
     Prints the OperationOutcome issues (errors and warnings) of each resource; exit 1 when a
     resource has an error. Needs Java 17 (and Maven once, to build the validator).
     """
-    from .offline_validation import validate_files
+    try:
+        from .dev.validate import validate_files
+    except ImportError as exc:
+        if exc.name is None or not exc.name.startswith("ims_fhir.dev"):
+            raise
+        click.echo("ims-fhir validate runs the HAPI validator of the development server and is not in the installed "
+                   'package: in a checkout of ims-fhir run pip install -e ".[dev]" (it also needs Java 17+)', err=True)
+        return EXIT_USAGE
 
     errors = warnings = resources = 0
     for checked in validate_files(list(files), ig_package=ig_package):
@@ -295,29 +335,42 @@ def validate_cmd(files: tuple[Path, ...], ig_package: Path | None, as_json: bool
 
 
 @cli.command("dev-server")
-@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True, help="Port on 127.0.0.1.")
 def dev_server(port: int) -> int:
-    """Build (once, cached) and run a local HAPI FHIR R4 server for trying sync (needs Java 17 and Maven)."""
-    from .devserver import serve_foreground
+    """Build (once, cached) and run a local HAPI FHIR R4 server for trying sync (needs Java 17 and Maven).
 
+    A development tool: it runs from a checkout of ims-fhir (pip install -e ".[dev]").
+    """
+    try:
+        from .dev.hapi import serve_foreground
+    except ImportError as exc:
+        if exc.name is None or not exc.name.startswith("ims_fhir.dev"):
+            raise
+        click.echo("ims-fhir dev-server is a development tool and is not in the installed package: in a checkout of "
+                   'ims-fhir run pip install -e ".[dev]" (it also needs Java 17+ and Maven)', err=True)
+        return EXIT_USAGE
     return serve_foreground(port)
 
 
 @cli.command()
-@click.option("--server", required=True, help="FHIR R4 base URL.")
+@click.option("--server", required=True, metavar="URL", help="FHIR R4 base URL, e.g. https://fhir.hospital.example.org/r4.")
 @click.option("--auth", "auth_spec", default="none", show_default=True, envvar="IMS_FHIR_AUTH",
               help="As for push: none | bearer:env:VAR | basic:USER:env:VAR | oauth2:TOKEN_URL:CLIENT_ID:env:VAR[:SCOPE].")
 @click.option("--ca-bundle", type=click.Path(exists=True, dir_okay=False), help="CA certificates to trust (PEM).")
-@click.option("--timeout", type=click.FloatRange(min=1), default=60.0, show_default=True)
+@click.option("--timeout", type=click.FloatRange(min=1), default=60.0, show_default=True,
+              help="Read timeout per request, seconds.")
 @click.option("--patient", metavar="SYSTEM|VALUE", help="Only this patient's data (an identifier of the Patient).")
 @click.option("--since", metavar="DATETIME", help="Only records changed since then (e.g. 2025-03-01T00:00:00Z).")
+@click.option("--system-base", help="With --since: the clinic whose records to look for (default: every clinic "
+                                    "with an Organization on the server).")
 @click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Records file (NDJSON, or a JSON document for .json); rejects, report and summary go beside it.")
-@click.option("--format", "output_format", type=click.Choice(["ndjson", "json"]))
-@click.option("--quiet", "-q", is_flag=True)
+@click.option("--format", "output_format", type=click.Choice(["ndjson", "json"]),
+              help="ndjson (record_type first; the default) or a JSON document (the default for a .json FILE).")
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 def pull(server: str, auth_spec: str, ca_bundle: str | None, timeout: float, patient: str | None, since: str | None,
-         out_file: Path, output_format: str | None, quiet: bool, as_json: bool) -> int:
+         out_file: Path, output_format: str | None, system_base: str | None, quiet: bool, as_json: bool) -> int:
     """Fetch IMS data (sessions, assessments, pain scores) from a FHIR server as ims-record/1 records."""
     from .client import ClientConfig
     from .pull import PullOptions
@@ -332,16 +385,19 @@ def pull(server: str, auth_spec: str, ca_bundle: str | None, timeout: float, pat
             raise click.UsageError(f"--since {since!r} is not an ISO 8601 date or date-time") from exc
     config = ClientConfig.from_values(server, auth=auth_spec, read_timeout=timeout, ca_bundle=ca_bundle)
     started = time.monotonic()
-    summary = run_pull(config, PullOptions(out_file=out_file, patient=patient, since=since, output_format=output_format))
+    summary = run_pull(config, PullOptions(out_file=out_file, patient=patient, since=since, output_format=output_format,
+                                           system_base=system_base))
     elapsed = time.monotonic() - started
     if as_json:
         click.echo(orjson.dumps(summary.as_dict() | {"elapsed_seconds": round(elapsed, 3)}, option=orjson.OPT_INDENT_2))
     elif not quiet:
         kinds = ", ".join(f"{n:,} {t}" for t, n in sorted(summary.records.items())) or "none"
-        click.echo(f"pulled {summary.imported:,} records ({kinds}) from {summary.read:,} resources into {out_file} "
+        click.echo(f"pulled {_count(summary.imported, 'record')} ({kinds}) from {_count(summary.read, 'resource')} "
+                   f"into {out_file} "
                    f"({elapsed:.2f} s)", err=True)
         if summary.rejected:
-            click.echo(f"{summary.rejected:,} resources could not be mapped: see the .rejects.ndjson beside {out_file}", err=True)
+            click.echo(f"{_count(summary.rejected, 'resource')} could not be mapped: see the .rejects.ndjson beside {out_file}",
+                       err=True)
     return summary.exit_code
 
 
@@ -379,14 +435,15 @@ def import_(inputs: tuple[Path, ...], out_file: Path, output_format: str | None,
         click.echo(orjson.dumps(summary.as_dict() | {"elapsed_seconds": round(elapsed, 3)}, option=orjson.OPT_INDENT_2))
     elif not quiet:
         kinds = ", ".join(f"{n:,} {t}" for t, n in sorted(summary.records.items())) or "none"
-        click.echo(f"imported {summary.imported:,} records ({kinds}) from {summary.read:,} resources into {out_file} "
+        click.echo(f"imported {_count(summary.imported, 'record')} ({kinds}) from {_count(summary.read, 'resource')} "
+                   f"into {out_file} "
                    f"({elapsed:.2f} s)", err=True)
         if summary.rejected:
             rules = ", ".join(f"{rule} {n}" for rule, n in sorted(summary.rejected_by_rule.items()))
-            click.echo(f"rejected {summary.rejected:,} resources ({rules}): see {paths['rejects']}", err=True)
+            click.echo(f"rejected {_count(summary.rejected, 'resource')} ({rules}): see {paths['rejects']}", err=True)
         if summary.report_by_rule:
             rules = ", ".join(f"{rule} {n}" for rule, n in sorted(summary.report_by_rule.items()))
-            click.echo(f"{sum(summary.report_by_rule.values()):,} elements not mapped or assumed ({rules}): "
+            click.echo(f"{_count(sum(summary.report_by_rule.values()), 'element')} not mapped or assumed ({rules}): "
                        f"see {paths['report']}", err=True)
     return summary.exit_code
 
@@ -397,11 +454,17 @@ def import_(inputs: tuple[Path, ...], out_file: Path, output_format: str | None,
 @click.option("--no-worker", is_flag=True, help="Serve the API only; run `ims-fhir worker` beside it.")
 @click.option("--log-level", default="INFO", show_default=True, type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
 def serve(config_file: Path | None, no_worker: bool, log_level: str) -> int:
-    """Run the sync service (API, dashboard and the sync worker) with waitress."""
-    from service.config import load_config
-    from service.runner import configure_logging
-    from service.runner import serve as run_serve
+    """Run the sync service (API, dashboard and the sync worker) with waitress (extra: ims-fhir[service])."""
+    from .sync.runner import configure_logging
 
+    try:
+        from ims_fhir_service.config import load_config
+        from ims_fhir_service.runner import serve as run_serve
+    except ImportError as exc:
+        if exc.name not in _SERVICE_MODULES:
+            raise
+        click.echo('ims-fhir serve needs the service extra: pip install "ims-fhir[service]"', err=True)
+        return EXIT_USAGE
     config = load_config(config_file)
     configure_logging(log_level)
     return run_serve(config, with_worker=False if no_worker else None)
@@ -414,10 +477,10 @@ def serve(config_file: Path | None, no_worker: bool, log_level: str) -> int:
 @click.option("--log-level", default="INFO", show_default=True, type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
 def worker(config_file: Path | None, once: bool, log_level: str) -> int:
     """Run the sync worker on its own: send the service's outbox to its targets."""
-    from service.config import load_config
-    from service.runner import configure_logging, run_worker
+    from .sync.config import load_sync_config
+    from .sync.runner import configure_logging, run_worker
 
-    config = load_config(config_file)
+    config = load_sync_config(config_file)
     configure_logging(log_level)
     return run_worker(config, once=once)
 

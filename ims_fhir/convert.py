@@ -1,9 +1,11 @@
 """The batch conversion pipeline behind ``ims-fhir convert``.
 
-read (any form) -> validate -> check duplicates (and references with ``strict_refs``) ->
-map -> write (NDJSON per resource type, or transaction Bundles) + ``rejects.ndjson`` +
-``summary.json``. Every record read ends up counted as converted or listed as rejected
-with every reason; one bad record never stops the batch. Memory stays flat: records
+read (any form) -> :class:`~ims_fhir.pipeline.RecordPipeline` (validate, check duplicates
+and, with ``strict_refs``, references, map) -> ``Converted | Rejected`` -> a sink:
+:class:`FileSink` writes NDJSON per resource type or transaction Bundles, ``rejects.ndjson``
+and ``summary.json``; ``push`` sends the Bundles of :meth:`Converter.outputs` as they come.
+Every record read ends up counted as converted or listed as rejected with every reason;
+one bad record never stops the batch. Memory stays flat: records
 stream through, and what must be remembered lives in a :class:`WorkStore` on disk.
 
 Output is deterministic: the same input gives byte-identical files (no clock, ids
@@ -13,20 +15,22 @@ derived from business identifiers, fixed key order).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import orjson
 from pydantic import ValidationError
 
 from .errors import Problem, UsageError
 from .fhir.bundles import BundlePacker, group_from_bytes, group_to_bytes
-from .fhir.validation import validate_resource
-from .mapping import MappedRecord, MappingContext, MappingOptions, map_organization, map_record
+from .mapping import MappingContext, MappingOptions, map_organization
+from .pipeline import Converted, RecordPipeline
 from .records.models import Source
-from .records.readers import Input, RawRecord, open_input
-from .records.validation import problems_from_validation_error, record_id_of, validate_record
+from .records.readers import Input, open_input
+from .records.validation import problems_from_validation_error
+from .rejects import Rejected
 from .terminology import Terminology, default_terminology
 from .workstore import WorkStore
 
@@ -107,8 +111,8 @@ def resolve_source(declared: dict[str, Any] | None, given: dict[str, Any] | None
         raise UsageError(f"{where}: bad source ({detail})") from exc
 
 
-class _Writers:
-    """Output files of one run (opened lazily, one per resource type, or one per Bundle)."""
+class FileSink:
+    """The output files of ``convert`` (opened lazily, one per resource type, or one per Bundle)."""
 
     def __init__(self, out_dir: Path, summary: Summary) -> None:
         self.out_dir = out_dir
@@ -128,34 +132,18 @@ class _Writers:
             fh = self._files[rtype] = self._open(f"{rtype}.ndjson")
         fh.write(orjson.dumps(resource) + b"\n")
 
-    def bundle(self, body: bytes, entries: int) -> None:
+    def bundle(self, body: bytes) -> None:
         self.summary.bundles += 1
         with self._open(f"bundle-{self.summary.bundles:04d}.json") as fh:
             fh.write(body + b"\n")
 
-    def reject(self, raw: RawRecord, record_id: str | None, problems: list[Problem]) -> None:
-        line = {
-            "record_type": raw.record_type,
-            "id": record_id,
-            "origin": raw.origin,
-            "problems": [_with_child_origin(p, raw.child_origins).as_dict() for p in problems],
-        }
-        self.rejects.write(orjson.dumps(line) + b"\n")
+    def reject(self, rejected: Rejected) -> None:
+        self.rejects.write(orjson.dumps(rejected.as_dict()) + b"\n")
 
     def close(self) -> None:
         for fh in self._files.values():
             fh.close()
         self.rejects.close()
-
-
-def _with_child_origin(problem: Problem, origins: dict[str, str]) -> Problem:
-    """Name the CSV child row a problem comes from (``sites[1].side`` -> treatment_sites.csv:7)."""
-    if not origins:
-        return problem
-    for prefix, origin in origins.items():
-        if problem.path == prefix or problem.path.startswith(prefix + "."):
-            return Problem(problem.path, problem.rule, f"{problem.message} ({origin})")
-    return problem
 
 
 def _prepare_out_dir(out_dir: Path) -> None:
@@ -168,8 +156,12 @@ def _prepare_out_dir(out_dir: Path) -> None:
         raise UsageError(f"{out_dir}: cannot use as output folder ({exc.strerror or exc})") from exc
 
 
+#: what :meth:`Converter.outputs` yields: a resource (NDJSON), a Bundle's bytes, or a rejected record
+Output = tuple[str, Any]
+
+
 class Converter:
-    """One conversion run. Use :func:`convert` unless you need the pieces."""
+    """One conversion run: :meth:`outputs` streams, :meth:`run` writes ``convert``'s files."""
 
     def __init__(self, options: ConvertOptions, *, terminology: Terminology | None = None,
                  progress: Callable[[int, int], None] | None = None) -> None:
@@ -192,7 +184,8 @@ class Converter:
             return ctx, True
         return ctx, False
 
-    def _open_all(self, paths: Iterable[Path]) -> list[tuple[Input, Source]]:
+    def open_all(self, paths: Iterable[Path]) -> list[tuple[Input, Source]]:
+        """Open every input and resolve its source: an unreadable input or a bad source stops here."""
         opened = []
         for path in paths:
             inp = open_input(path, lenient=self.options.lenient, temp_dir=self.options.temp_dir)
@@ -200,40 +193,64 @@ class Converter:
         return opened
 
     def run(self, paths: list[Path]) -> Summary:
+        """``ims-fhir convert``: the outputs written to ``options.out_dir`` (see the README)."""
         opts = self.options
         if not paths:
             raise UsageError("no input given")
-        self.summary.inputs = [str(p) for p in paths]
-        # open every input first: an unreadable input or a bad source stops the run before any output
-        opened = self._open_all(paths)
+        opened = self.open_all(paths)  # before any output
         _prepare_out_dir(opts.out_dir)
-        with WorkStore(opts.temp_dir) as store:
-            if opts.strict_refs:
-                self._collect_valid_ids(paths, store)
-            writers = _Writers(opts.out_dir, self.summary)
-            try:
-                self._convert_all(opened, store, writers)
-            finally:
-                writers.close()
+        sink = FileSink(opts.out_dir, self.summary)
+        try:
+            for kind, item in self.outputs(paths, opened):
+                if kind == "resource":
+                    sink.resource(item)
+                elif kind == "bundle":
+                    sink.bundle(item)
+                else:
+                    sink.reject(item)
+        finally:
+            sink.close()
         (opts.out_dir / "summary.json").write_bytes(
             orjson.dumps(self.summary.as_dict() | {"files": sorted(self.summary.files + ["summary.json"])},
                          option=orjson.OPT_INDENT_2) + b"\n")
         return self.summary
 
+    def outputs(self, paths: list[Path], opened: list[tuple[Input, Source]] | None = None) -> Iterator[Output]:
+        """Every output of the run, in order: ``("resource", dict)`` (format ndjson) or
+        ``("bundle", bytes)`` (format bundle), and ``("rejected", Rejected)``; counted in
+        :attr:`summary`. Memory stays flat (what must be remembered is in a WorkStore on disk)."""
+        if not paths:
+            raise UsageError("no input given")
+        self.summary.inputs = [str(p) for p in paths]
+        if opened is None:
+            opened = self.open_all(paths)
+        with WorkStore(self.options.temp_dir) as store:
+            if self.options.strict_refs:
+                self._collect_valid_ids(paths, store)
+            yield from self._convert_all(opened, store)
+
     def _collect_valid_ids(self, paths: list[Path], store: WorkStore) -> None:
         """First pass for --strict-refs: which records of each type are valid (by scope)."""
-        for inp, source in self._open_all(paths):
+        pipeline = RecordPipeline(lenient=self.options.lenient, default_tz=self.options.default_tz)
+        for inp, source in self.open_all(paths):
             for raw in inp.records:
                 if raw.problems or raw.record_type is None:
                     continue
-                model, problems = validate_record(raw.record_type, raw.data, context=self.context, lenient=self.options.lenient)
+                model, _ = pipeline.validate(raw)
                 if model is not None:
-                    store.first_seen("valid:" + source.system_base, raw.record_type, model.id, raw.origin)  # type: ignore[attr-defined]
+                    store.first_seen("valid:" + source.system_base, raw.record_type, model.id, raw.origin)
 
-    def _convert_all(self, opened: list[tuple[Input, Source]], store: WorkStore, writers: _Writers) -> None:
+    def _convert_all(self, opened: list[tuple[Input, Source]], store: WorkStore) -> Iterator[Output]:
         opts = self.options
         summary = self.summary
+        pipeline = RecordPipeline(lenient=opts.lenient, default_tz=opts.default_tz, seen=store,
+                                  check_refs=(lambda t, m, scope: self._unresolved(t, m, scope, store))
+                                  if opts.strict_refs else None, validate_fhir=opts.validate)
         packers: dict[tuple[str, str], BundlePacker] = {}
+        ready: list[bytes] = []
+
+        def emit(body: bytes, entries: int) -> None:
+            ready.append(body)
 
         for inp, source in opened:
             ctx, new = self._mapping_context(source)
@@ -242,72 +259,59 @@ class Converter:
                 org = map_organization(ctx)
                 summary.resources["Organization"] = summary.resources.get("Organization", 0) + 1
                 if opts.output_format == "ndjson":
-                    writers.resource(org)
+                    yield "resource", org
                 else:
                     packers[(source.clinic_id, scope)] = BundlePacker(
                         max_entries=opts.bundle_size, organization=org, lookup=store.get_dep, remember=store.put_dep,
-                        defer=lambda g: store.defer(group_to_bytes(g)), emit=writers.bundle)
+                        defer=lambda g: store.defer(group_to_bytes(g)), emit=emit)
             packer = packers.get((source.clinic_id, scope))
             for raw in inp.records:
                 summary.read += 1
-                group = self._one(raw, ctx, scope, store, writers)
-                if group is not None:
+                outcome = pipeline.one(raw, ctx)
+                if isinstance(outcome, Rejected):
+                    self._count_rejected(outcome)
+                    yield "rejected", outcome
+                else:
+                    self._count_converted(outcome)
                     if packer is not None:
-                        packer.add(group)
+                        packer.add(outcome.group)
+                        for body in ready:
+                            yield "bundle", body
+                        ready.clear()
                     else:
-                        for res in group.resources:
-                            writers.resource(res)
+                        for res in outcome.group.resources:
+                            yield "resource", res
                 if self.progress is not None and summary.read % 1000 == 0:
                     self.progress(summary.read, summary.rejected)
         for packer in packers.values():
             for body in store.deferred():
                 packer.add(group_from_bytes(body), final=True)
             packer.flush()
+            for body in ready:
+                yield "bundle", body
+            ready.clear()
         if self.progress is not None:
             self.progress(summary.read, summary.rejected)
 
-    def _one(self, raw: RawRecord, ctx: MappingContext, scope: str, store: WorkStore,
-             writers: _Writers) -> MappedRecord | None:
+    def _count_rejected(self, rejected: Rejected) -> None:
         summary = self.summary
-        record_id = record_id_of(raw.data)
-        problems = list(raw.problems)
-        model = None
-        if raw.record_type is not None and raw.data is not None and not any(p.rule == "unknown_record_type" for p in problems):
-            model, vproblems = validate_record(raw.record_type, raw.data, context=self.context, lenient=self.options.lenient)
-            problems.extend(vproblems)
-            if record_id is not None:
-                first = store.first_seen(scope, raw.record_type, record_id, raw.origin)
-                if first is not None:
-                    problems.append(Problem("id", "duplicate_id",
-                                            f"{raw.record_type} id {record_id!r} was already used at {first}"))
-        if model is not None and not problems and self.options.strict_refs:
-            problems.extend(self._unresolved(raw.record_type or "", model, scope, store))
-        group = None
-        if model is not None and not problems:
-            try:
-                group = map_record(raw.record_type or "", model, ctx)
-            except Exception as exc:  # a mapping bug must not stop the batch; the record is listed
-                problems.append(Problem("(record)", "conversion_error", f"internal error while mapping: {type(exc).__name__}: {exc}"))
-            if group is not None and self.options.validate:
-                for res in group.resources:
-                    problems.extend(validate_resource(res))
-        if problems:
-            summary.rejected += 1
-            for rule in {p.rule for p in problems}:
-                summary.rejected_by_rule[rule] = summary.rejected_by_rule.get(rule, 0) + 1
-            writers.reject(raw, record_id, problems)
-            return None
-        assert group is not None
+        summary.rejected += 1
+        for rule in rejected.rules:
+            summary.rejected_by_rule[rule] = summary.rejected_by_rule.get(rule, 0) + 1
+
+    def _count_converted(self, converted: Converted) -> None:
+        summary = self.summary
         summary.converted += 1
-        summary.records[group.record_type] = summary.records.get(group.record_type, 0) + 1
-        for res in group.resources:
+        summary.records[converted.record_type] = summary.records.get(converted.record_type, 0) + 1
+        for res in converted.group.resources:
             rtype = res["resourceType"]
             summary.resources[rtype] = summary.resources.get(rtype, 0) + 1
-        return group
 
-    def _unresolved(self, record_type: str, model: Any, scope: str, store: WorkStore) -> list[Problem]:
+    @staticmethod
+    def _unresolved(record_type: str, model: Any, scope: str, store: WorkStore) -> list[Problem]:
         problems = []
-        for field_name, target in (("patient_id", "patient"), ("practitioner_id", "practitioner"), ("assessment_id", "assessment")):
+        refs = (("patient_id", "patient"), ("practitioner_id", "practitioner"), ("assessment_id", "assessment"))
+        for field_name, target in refs:
             ref = getattr(model, field_name, None)
             if ref is not None and not store.is_seen("valid:" + scope, target, ref):
                 problems.append(Problem(field_name, "unresolved_reference",
@@ -321,4 +325,4 @@ def convert(paths: list[Path], options: ConvertOptions, *, terminology: Terminol
     return Converter(options, terminology=terminology, progress=progress).run(paths)
 
 
-__all__ = ["ConvertOptions", "Converter", "Summary", "convert", "resolve_source"]
+__all__ = ["ConvertOptions", "Converter", "FileSink", "Output", "Summary", "convert", "resolve_source"]

@@ -37,16 +37,19 @@ import os
 import re
 import sqlite3
 import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator
+from typing import IO, Any
 
 import orjson
 
 from .errors import InputError, Problem, UsageError
-from .mapping.reverse import ImportedRecord, Reject, ReportItem, ReverseRun
-from .mapping.reverse.index import dumps
+from .importing import ReverseRun
+from .mapping.reverse import ImportedRecord, ReportItem
+from .mapping.reverse.resources import dumps
 from .records.writers import write_json_document, write_ndjson
+from .rejects import Rejected
 from .terminology import Terminology, default_terminology
 
 OUTPUT_FORMATS = ("ndjson", "json")
@@ -223,7 +226,7 @@ class _Sink:
         self.tmp = {k: paths[k].with_name(paths[k].name + ".tmp") for k in ("rejects", "report")}
         self.files = {k: open(p, "wb", buffering=1 << 20) for k, p in self.tmp.items()}
 
-    def reject(self, reject: Reject) -> None:
+    def reject(self, reject: Rejected) -> None:
         s = self.summary
         if reject.record_type is not None:
             s.records_rejected += 1
@@ -264,11 +267,16 @@ class Importer:
     def run(self, paths: list[Path]) -> ImportSummary:
         if not paths:
             raise UsageError("no input given")
-        opts, summary = self.options, self.summary
-        summary.inputs = [str(p) for p in paths]
-        out = output_paths(opts.out_file)
+        out = output_paths(self.options.out_file)
         exclude = {p.resolve() for p in out.values()}
         files = [f for p in paths for f in fhir_files(p, exclude=exclude)]  # every input checked before any output
+        return self.run_items((item for path in files for item in read_fhir_file(path)), [str(p) for p in paths])
+
+    def run_items(self, items: Iterable[FhirItem], inputs: list[str]) -> ImportSummary:
+        """Import a stream of resources (``pull`` feeds what it fetches straight in)."""
+        opts, summary = self.options, self.summary
+        summary.inputs = inputs
+        out = output_paths(opts.out_file)
         try:
             opts.out_file.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -278,7 +286,7 @@ class Importer:
         db = sqlite3.connect(db_path, isolation_level=None)
         run = ReverseRun(self.term, system_base=(opts.source or {}).get("system_base"), db=db)
         try:
-            self._load(run, files)
+            self._load(run, items)
             run.prepare()
             source = choose_source(run.sources, opts.source) if self.format == "json" else None
             sink = _Sink(out, summary)
@@ -310,24 +318,23 @@ class Importer:
         out["summary"].write_bytes(orjson.dumps(summary.as_dict(), option=orjson.OPT_INDENT_2) + b"\n")
         return summary
 
-    def _load(self, run: ReverseRun, files: list[Path]) -> None:
+    def _load(self, run: ReverseRun, items: Iterable[FhirItem]) -> None:
         n = 0
-        for path in files:
-            for item in read_fhir_file(path):
-                if item.problem is not None:
-                    run.add_unreadable(item.origin, item.origin, item.problem)
-                else:
-                    run.add(item.resource, item.origin)
-                n += 1
-                if self.progress is not None and n % 1000 == 0:
-                    self.progress(n, 0)
+        for item in items:
+            if item.problem is not None:
+                run.add_unreadable(item.origin, item.origin, item.problem)
+            else:
+                run.add(item.resource, item.origin)
+            n += 1
+            if self.progress is not None and n % 1000 == 0:
+                self.progress(n, 0)
 
     def _records(self, run: ReverseRun, sink: _Sink, source: dict[str, str] | None) -> Iterator[tuple[str, dict[str, Any]]]:
         base = source["system_base"].rstrip("/") if source else None
         for outcome in run.outcomes():
             if isinstance(outcome, ReportItem):
                 sink.report(outcome)
-            elif isinstance(outcome, Reject):
+            elif isinstance(outcome, Rejected):
                 sink.reject(outcome)
             elif isinstance(outcome, ImportedRecord):
                 keep = self.options.record_filter
@@ -335,10 +342,10 @@ class Importer:
                     continue  # fetched only to resolve references
                 if base is not None and outcome.system_base not in (None, base):
                     self._moved += len(outcome.resources)
-                    sink.reject(Reject(outcome.resources[0], outcome.origin, (Problem(
+                    sink.reject(Rejected(outcome.record_type, outcome.id, outcome.origin, (Problem(
                         "(record)", "other_source", f"a record of the clinic {outcome.system_base}, not of the "
                         f"document's source {base} (use --format ndjson to import every clinic)"),),
-                        outcome.record_type, outcome.id, outcome.data, outcome.resources))
+                        resource=outcome.resources[0], record=outcome.data, resources=outcome.resources))
                     continue
                 self.summary.records[outcome.record_type] = self.summary.records.get(outcome.record_type, 0) + 1
                 yield outcome.record_type, outcome.data
@@ -350,5 +357,11 @@ def import_fhir(paths: list[Path], options: ImportOptions, *, terminology: Termi
     return Importer(options, terminology=terminology, progress=progress).run(paths)
 
 
-__all__ = ["FhirItem", "ImportOptions", "ImportSummary", "Importer", "choose_source", "fhir_files", "import_fhir",
+def import_items(items: Iterable[FhirItem], inputs: list[str], options: ImportOptions, *,
+                 terminology: Terminology | None = None) -> ImportSummary:
+    """Import a stream of resources (each with its origin) into ``options.out_file``."""
+    return Importer(options, terminology=terminology).run_items(items, inputs)
+
+
+__all__ = ["FhirItem", "ImportOptions", "ImportSummary", "Importer", "choose_source", "fhir_files", "import_fhir", "import_items",
            "output_paths", "read_fhir_file"]

@@ -18,22 +18,23 @@ What is fetched (every search follows ``next`` links, with ``Cache-Control: no-c
 Patient or Practitioner changed since then names its record, that record is fetched whole
 (a changed finding brings back its whole assessment), and only those records are written
 (the rest of what is fetched only resolves references). The resources then go through
-the same import as ``ims-fhir import`` (:mod:`ims_fhir.importer`).
+the same import as ``ims-fhir import`` (:mod:`ims_fhir.importer`), streamed (no
+intermediate file). Which records are the clinic's: its identifier scheme
+(:mod:`ims_fhir.identifiers`) for ``PullOptions.system_base``, else those of every clinic
+Organization on the server.
 """
 
 from __future__ import annotations
 
-import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
-
-import orjson
+from typing import Any
 
 from .client import ClientConfig, FhirClient, on_type
 from .errors import UsageError
-from .importer import ImportOptions, ImportSummary, import_fhir
-from .push import record_key
+from .identifiers import IdentifierScheme, RecordKey
+from .importer import FhirItem, ImportOptions, ImportSummary, import_items
 from .terminology import Terminology, default_terminology
 
 _PROCEDURE_INCLUDES = ["Procedure:subject", "Procedure:performer", "Procedure:encounter", "Procedure:reason-reference"]
@@ -50,6 +51,8 @@ class PullOptions:
     since: str | None = None
     output_format: str | None = None
     page_size: int = 200
+    #: the clinic whose records ``since`` looks for; None: every clinic with an Organization on the server
+    system_base: str | None = None
 
 
 def _codes(term: Terminology, *keys: str) -> str:
@@ -60,28 +63,6 @@ def _codes(term: Terminology, *keys: str) -> str:
     return ",".join(tokens)
 
 
-class _Collector:
-    """Resources fetched, once each, written to an NDJSON file for the import."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fh = path.open("wb")
-        self.seen: set[str] = set()
-
-    def add(self, resource: dict[str, Any]) -> None:
-        key = f"{resource.get('resourceType')}/{resource.get('id')}"
-        if key not in self.seen:
-            self.seen.add(key)
-            self._fh.write(orjson.dumps(resource) + b"\n")
-
-    @property
-    def patient_ids(self) -> set[str]:
-        return {key.partition("/")[2] for key in self.seen if key.startswith("Patient/")}
-
-    def close(self) -> None:
-        self._fh.close()
-
-
 def _search(client: FhirClient, rtype: str, params: list[tuple[str, str]]) -> Iterator[dict[str, Any]]:
     for page in client.search_pages(rtype, params, no_cache=True):
         for entry in page.bundle.get("entry") or ():
@@ -90,9 +71,27 @@ def _search(client: FhirClient, rtype: str, params: list[tuple[str, str]]) -> It
                 yield resource
 
 
+class _Fetched:
+    """The resources fetched, once each, streamed into the import with their origin."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self.seen: set[str] = set()
+
+    def items(self, resources: Iterator[dict[str, Any]]) -> Iterator[FhirItem]:
+        for resource in resources:
+            key = f"{resource.get('resourceType')}/{resource.get('id')}"
+            if key not in self.seen:
+                self.seen.add(key)
+                yield FhirItem(resource, f"{self.where}#{len(self.seen)}")
+
+
 def pull(config: ClientConfig, options: PullOptions, *, terminology: Terminology | None = None,
          session: Any = None) -> ImportSummary:
-    """Fetch IMS data from the server and import it into ``options.out_file``."""
+    """Fetch IMS data from the server and import it into ``options.out_file``.
+
+    What is fetched goes straight into the import (no intermediate file).
+    """
     term = terminology or default_terminology()
     common: list[tuple[str, str]] = [("_count", str(options.page_size))]
     if options.patient:
@@ -104,70 +103,86 @@ def pull(config: ClientConfig, options: PullOptions, *, terminology: Terminology
     pain_codes = ",".join(f"{c['system']}|{c['code']}" for c in term.concept("pain-nrs")["coding"]
                           if c["system"] != term.concept_system)
 
-    with tempfile.TemporaryDirectory(prefix="ims-fhir-pull-") as tmp, FhirClient(config, session=session) as client:
-        client.require([on_type(t, "search-type") for t in ("Procedure", "Observation", "Patient", "Practitioner")])
-        collector = _Collector(Path(tmp) / "pulled.ndjson")
-        changed: set[tuple[str, str]] | None = None
-        try:
-            if options.since is None:
-                for res in _search(client, "Procedure", common + [("code", procedure_codes)]
-                                   + [("_include", i) for i in _PROCEDURE_INCLUDES]
-                                   + [("_revinclude", i) for i in _PROCEDURE_REVINCLUDES]):
-                    collector.add(res)
-                for res in _search(client, "Observation", common + [("code", panel_codes)]
-                                   + [("_include", i) for i in _PANEL_INCLUDES] + _PANEL_ITERATE):
-                    collector.add(res)
-                for res in _search(client, "Observation", common + [("code", pain_codes)]
-                                   + [("_include", i) for i in _PANEL_INCLUDES[1:]]):
-                    collector.add(res)
-            else:
-                changed = _pull_changed(client, collector, common, options.since)
-            _body_structures(client, collector)
-        finally:
-            collector.close()
-        keep = None if changed is None else (lambda record_type, record_id: (record_type, record_id) in changed)
-        return import_fhir([collector.path], ImportOptions(out_file=options.out_file,
-                                                           output_format=options.output_format, record_filter=keep),
-                           terminology=term)
+    with FhirClient(config, session=session) as client:
+        needed = ["Procedure", "Observation", "Patient", "Practitioner"]
+        if options.since is not None and options.system_base is None:
+            needed.append("Organization")
+        client.require([on_type(t, "search-type") for t in needed])
+        fetched = _Fetched(client.base_url)
+        changed: set[RecordKey] = set()
+
+        def everything() -> Iterator[dict[str, Any]]:
+            yield from _search(client, "Procedure", common + [("code", procedure_codes)]
+                               + [("_include", i) for i in _PROCEDURE_INCLUDES]
+                               + [("_revinclude", i) for i in _PROCEDURE_REVINCLUDES])
+            yield from _search(client, "Observation", common + [("code", panel_codes)]
+                               + [("_include", i) for i in _PANEL_INCLUDES] + _PANEL_ITERATE)
+            yield from _search(client, "Observation", common + [("code", pain_codes)]
+                               + [("_include", i) for i in _PANEL_INCLUDES[1:]])
+
+        keep: Callable[[str, str], bool] | None = None
+        if options.since is None:
+            resources = everything()
+        else:
+            schemes = _schemes(client, options.system_base)
+            resources = _changed(client, schemes, common, options.since, changed)
+            keep = lambda record_type, record_id: (record_type, record_id) in changed  # noqa: E731
+        resources = _with_body_structures(client, resources)
+        return import_items(fetched.items(resources), [client.base_url],
+                            ImportOptions(out_file=options.out_file, output_format=options.output_format,
+                                          record_filter=keep), terminology=term)
 
 
-def _pull_changed(client: FhirClient, collector: _Collector, common: list[tuple[str, str]],
-                  since: str) -> set[tuple[str, str]]:
-    """Fetch every record with a resource changed since ``since``; return those records' keys."""
+def _schemes(client: FhirClient, system_base: str | None) -> list[IdentifierScheme]:
+    """The clinics whose records ``--since`` looks for: the one given, else those with an Organization there."""
+    if system_base is not None:
+        return [IdentifierScheme(system_base)]
+    schemes: dict[str, IdentifierScheme] = {}
+    for org in _search(client, "Organization", [("_count", "200")]):
+        scheme = IdentifierScheme.from_organization(org)
+        if scheme is not None:
+            schemes.setdefault(scheme.base, scheme)
+    return list(schemes.values())
+
+
+def _changed(client: FhirClient, schemes: list[IdentifierScheme], common: list[tuple[str, str]], since: str,
+             changed: set[RecordKey]) -> Iterator[dict[str, Any]]:
+    """Every record with a resource changed since ``since`` (its keys go into ``changed``), whole."""
     window = common + [("_lastUpdated", f"ge{since}")]
-    changed: set[tuple[str, str]] = set()
-    systems: dict[tuple[str, str], str] = {}
+    owner: dict[RecordKey, IdentifierScheme] = {}
     for rtype in ("Patient", "Practitioner", "Procedure", "Observation", "Consent", "Condition"):
         for res in _search(client, rtype, window):
-            for ident in (res.get("identifier") or [])[:1]:
-                key = record_key(ident)
+            for scheme in schemes:
+                key = scheme.record_of(res)
                 if key is not None:
                     changed.add(key)
-                    systems[key] = ident["system"].rsplit("/", 1)[0]
+                    owner.setdefault(key, scheme)
+                    break
             if rtype in ("Patient", "Practitioner"):
-                collector.add(res)
+                yield res
     for (record_type, record_id) in sorted(changed):
-        base = systems[(record_type, record_id)]
+        scheme = owner[(record_type, record_id)]
         if record_type == "assessment":
-            for res in _search(client, "Observation", [("identifier", f"{base}/assessment|{record_id}")]
-                               + [("_include", i) for i in _PANEL_INCLUDES] + _PANEL_ITERATE):
-                collector.add(res)
+            yield from _search(client, "Observation", [("identifier", f"{scheme.system('assessment')}|{record_id}")]
+                               + [("_include", i) for i in _PANEL_INCLUDES] + _PANEL_ITERATE)
         elif record_type == "treatment":
             # not the reason-reference: a panel without its members is not a whole assessment,
             # and the Procedure's reference names the assessment by its identifier anyway
-            for res in _search(client, "Procedure", [("identifier", f"{base}/treatment|{record_id}")]
+            yield from _search(client, "Procedure", [("identifier", f"{scheme.system('treatment')}|{record_id}")]
                                + [("_include", i) for i in _PROCEDURE_INCLUDES[:3]]
-                               + [("_revinclude", i) for i in _PROCEDURE_REVINCLUDES]):
-                collector.add(res)
-    return changed
+                               + [("_revinclude", i) for i in _PROCEDURE_REVINCLUDES])
 
 
-def _body_structures(client: FhirClient, collector: _Collector) -> None:
-    """The BodyStructures (sides of body sites) of every patient fetched: an extension names them,
-    which no search can follow."""
-    for patient_id in sorted(collector.patient_ids):
-        for res in _search(client, "BodyStructure", [("patient", f"Patient/{patient_id}"), ("_count", "200")]):
-            collector.add(res)
+def _with_body_structures(client: FhirClient, resources: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """The resources, then the BodyStructures (sides of body sites) of every patient among them:
+    only an extension names them, which no search can follow."""
+    patients: set[str] = set()
+    for res in resources:
+        if res.get("resourceType") == "Patient" and isinstance(res.get("id"), str):
+            patients.add(res["id"])
+        yield res
+    for patient_id in sorted(patients):
+        yield from _search(client, "BodyStructure", [("patient", f"Patient/{patient_id}"), ("_count", "200")])
 
 
 __all__ = ["PullOptions", "pull"]

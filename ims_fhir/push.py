@@ -14,8 +14,8 @@ Terms:
   no change, or a conditional create that matched a resource already there, which is
   then referenced and never overwritten).
 
-The sending engine is :func:`deliver` (one Bundle in, per-entry results and per-record
-refusals out); ``ims-fhir push`` (:class:`Pusher`) and the sync worker
+The sending engine is :mod:`ims_fhir.delivery` (one Bundle in, per-entry results and
+per-record refusals out); ``ims-fhir push`` (:class:`Pusher`) and the sync worker
 (:mod:`ims_fhir.sync.worker`) both send through it.
 
 Idempotent by construction: Patients/Practitioners/Organizations are conditional creates
@@ -25,34 +25,22 @@ on their identifiers, everything else a conditional update on its business ident
 from __future__ import annotations
 
 import re
-import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import orjson
 
-from .client import ClientConfig, EntryResponse, FhirClient, push_requirements
-from .convert import ConvertOptions, Converter
-from .errors import (
-    FhirAmbiguousMatchError,
-    FhirAuthError,
-    FhirClientSideError,
-    FhirError,
-    InputError,
-    OutcomeIssue,
-    UsageError,
-)
-from .fhir.bundles import SHARED_TYPES, BundlePacker
+from .client import ClientConfig, FhirClient, push_requirements
+from .convert import Converter, ConvertOptions
+from .delivery import Refusal, Sender, references
+from .errors import InputError, UsageError
+from .fhir.bundles import BundlePacker
 from .mapping.context import Dependency, MappedRecord
 from .workstore import WorkStore
 
 RESOURCE_TYPES = ("Organization", "Patient", "Practitioner", "Encounter", "Observation", "Procedure")
-_RECORD_KINDS = {
-    "patient": "patient", "practitioner": "practitioner", "organization": "source",
-    "assessment": "assessment", "assessment-finding": "assessment", "treatment": "treatment",
-    "treatment-finding": "treatment", "encounter": None,
-}
 
 
 @dataclass
@@ -79,218 +67,37 @@ class PushSummary:
         }
 
 
-def record_key(identifier: dict[str, Any]) -> tuple[str, str] | None:
-    """(record type, record id) a resource's business identifier belongs to."""
-    system, value = identifier.get("system", ""), identifier.get("value", "")
-    kind = system.rsplit("/", 1)[-1]
-    if kind == "encounter" and "/" in value:
-        kind, _, value = value.partition("/")
-        return kind, value
-    if kind == "body-structure" and value.count("/") >= 4:  # {record type}/{id}/{vocabulary}/{slug}/{side}
-        owner, _, value = value.rsplit("/", 3)[0].partition("/")
-        return owner, value
-    if kind == "diagnosis":  # {assessment id}/{i}
-        return "assessment", value.rsplit("/", 1)[0]
-    if kind == "consent":  # the treatment id
-        return "treatment", value
-    record_type = _RECORD_KINDS.get(kind)
-    if record_type is None:
-        return None
-    if kind.endswith("-finding"):
-        value = value.split("/", 1)[0]
-    return record_type, value
-
-
-def _outcome_codes(entry_response: dict[str, Any]) -> str:
-    outcome = entry_response.get("outcome") or {}
-    codes = [c.get("code", "") for issue in outcome.get("issue", []) for c in issue.get("details", {}).get("coding", [])]
-    return " ".join(codes)
-
-
-def _references(node: Any) -> Iterator[str]:
-    if isinstance(node, dict):
-        ref = node.get("reference")
-        if isinstance(ref, str):
-            yield ref
-        for value in node.values():
-            yield from _references(value)
-    elif isinstance(node, list):
-        for item in node:
-            yield from _references(item)
-
-
-def components(bundle: dict[str, Any]) -> list[tuple[list[tuple[str, str]], dict[str, Any]]]:
-    """Split a transaction into one transaction per record, for isolating a refused record.
-
-    A record's entries are those whose business identifier belongs to it (its Encounter,
-    panel and findings; its Procedure and the Observations part of it). Each part also
-    carries every entry its entries refer to by ``urn:uuid`` (shared Patient/Practitioner/
-    Organization entries, the assessment panel a treatment follows from), so each part can
-    be posted on its own. Returns ``(records the part is about, part)`` pairs.
-    """
-    entries = bundle.get("entry", [])
-    by_url = {e["fullUrl"]: e for e in entries if e.get("fullUrl")}
-    own: dict[tuple[str, str], list[str]] = {}
-    for url, entry in by_url.items():
-        ident = (entry["resource"].get("identifier") or [{}])[0]
-        key = record_key(ident) or ("resource", url)
-        own.setdefault(key, []).append(url)
-    refs = {url: {r for r in _references(e["resource"]) if r in by_url} for url, e in by_url.items()}
-    referenced = set().union(*refs.values()) if refs else set()
-    parts = []
-    for key, urls in own.items():
-        types = {by_url[u]["resource"]["resourceType"] for u in urls}
-        if types <= set(SHARED_TYPES) and any(u in referenced for u in urls):
-            continue  # a shared entry travels with the records that refer to it
-        wanted = set(urls)
-        stack = [r for u in urls for r in refs[u]]
-        while stack:
-            ref = stack.pop()
-            if ref not in wanted:
-                wanted.add(ref)
-                stack.extend(refs[ref])
-        part = [e for e in entries if e.get("fullUrl") in wanted]
-        parts.append(([key], {"resourceType": "Bundle", "type": "transaction", "entry": part}))
-    return parts
-
-
-@dataclass(frozen=True, slots=True)
-class EntryResult:
-    """What the server did with one entry of a transaction that went through."""
-
-    record: tuple[str, str] | None  # the record the entry belongs to (None: not one of ours)
-    resource_type: str
-    method: str
-    outcome: str  # created | updated | unchanged
-    status: int
-    resource_id: str | None = None
-    version_id: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Rejection:
-    """A part of a transaction the server refused (4xx), with the records it is about."""
-
-    records: list[tuple[str, str]]
-    part: dict[str, Any]
-    error: FhirError
-
-
-@dataclass
-class Delivery:
-    """The result of sending one Bundle: per-entry results of what went through, and refusals."""
-
-    entries: list[EntryResult] = field(default_factory=list)
-    rejections: list[Rejection] = field(default_factory=list)
-
-
-def _entry_results(bundle: dict[str, Any], response: Any) -> list[EntryResult]:
-    results = []
-    for entry, raw in zip(bundle.get("entry", []), (response.resource or {}).get("entry", [])):
-        res = raw.get("response", {})
-        parsed = EntryResponse.from_entry(raw)
-        codes = _outcome_codes(res)
-        method = entry["request"]["method"]
-        if parsed.status == 201:
-            outcome = "created"
-        elif "NO_CHANGE" in codes or method == "POST":
-            outcome = "unchanged"
-        else:
-            outcome = "updated"
-        resource = entry["resource"]
-        results.append(EntryResult(
-            record=record_key((resource.get("identifier") or [{}])[0]), resource_type=resource["resourceType"],
-            method=method, outcome=outcome, status=parsed.status, resource_id=parsed.resource_id,
-            version_id=parsed.version_id))
-    return results
-
-
-def deliver(client: FhirClient, bundle: dict[str, Any]) -> Delivery:
-    """Send one transaction Bundle; when the server refuses it (4xx), send each record's part alone.
-
-    The one sending engine of ``ims-fhir push`` and the sync worker. Errors that concern the
-    whole target rather than a record (connection, 5xx/429 after the client's retries,
-    401/403, capability) are raised; a record the server refuses becomes a
-    :class:`Rejection` carrying the server's error (status and OperationOutcome issues).
-    """
-    delivery = Delivery()
-    try:
-        response = client.transaction(bundle)
-    except FhirAuthError:
-        raise
-    except (FhirClientSideError, FhirAmbiguousMatchError) as exc:
-        parts = components(bundle)
-        if len(parts) <= 1:
-            delivery.rejections.append(Rejection([k for keys, _ in parts for k in keys], bundle, exc))
-            return delivery
-        for keys, part in parts:
-            try:
-                delivery.entries.extend(_entry_results(part, client.transaction(part)))
-            except FhirAuthError:
-                raise
-            except (FhirClientSideError, FhirAmbiguousMatchError) as part_exc:
-                delivery.rejections.append(Rejection(keys, part, part_exc))
-        return delivery
-    delivery.entries.extend(_entry_results(bundle, response))
-    return delivery
-
-
-def rejected_records(rejection: Rejection) -> list[tuple[str, str]]:
-    """The records a refusal is about; an ambiguous match also names the shared record at fault."""
-    exc = rejection.error
-    records = [k for k in rejection.records if k[0] != "resource"]
-    if isinstance(exc, FhirAmbiguousMatchError) or getattr(exc, "status", None) == 412:
-        for entry in rejection.part.get("entry", []):
-            if entry["resource"]["resourceType"] in SHARED_TYPES:
-                key = record_key((entry["resource"].get("identifier") or [{}])[0])
-                if key and key not in records and key[0] != "source" and _matches_ambiguous(exc, entry):
-                    records.insert(0, key)
-    return records
-
-
-def _matches_ambiguous(exc: FhirError, entry: dict[str, Any]) -> bool:
-    """Whether the server's message names this entry's match URL (HAPI quotes it)."""
-    text = str(exc)
-    url = entry.get("request", {}).get("ifNoneExist", "")
-    return not url or url.split("=", 1)[-1].split(",")[0].split("|")[-1] in text or entry["resource"]["resourceType"] in text
-
-
-def issues_as_dicts(exc: FhirError) -> list[dict[str, Any]]:
-    issues: list[OutcomeIssue] = list(getattr(exc, "issues", []))
-    return [{"severity": i.severity, "code": i.code, "diagnostics": i.diagnostics, "expression": list(i.expression)}
-            for i in issues]
-
-
 class Pusher:
-    """Sends transaction Bundles with :func:`deliver`, tallies outcomes, reports failing records."""
+    """Sends transaction Bundles through a :class:`~ims_fhir.delivery.Sender`, tallies outcomes,
+    reports failing records."""
 
-    def __init__(self, client: FhirClient, summary: PushSummary, report: Callable[[dict[str, Any]], None]) -> None:
-        self.client = client
+    def __init__(self, sender: Sender, summary: PushSummary, report: Callable[[dict[str, Any]], None]) -> None:
+        self.sender = sender
         self.summary = summary
         self.report = report
         self._reported: set[tuple[str, str]] = set()
 
     def push(self, bundle: dict[str, Any]) -> None:
         self.summary.bundles += 1
-        delivery = deliver(self.client, bundle)
-        for result in delivery.entries:
+        result = self.sender.send(bundle)
+        for entry in result.entries:
             self.summary.entries += 1
-            setattr(self.summary, result.outcome, getattr(self.summary, result.outcome) + 1)
-            counts = self.summary.by_type.setdefault(result.resource_type, {})
-            counts[result.outcome] = counts.get(result.outcome, 0) + 1
-        for rejection in delivery.rejections:
-            self._failed(rejection)
+            setattr(self.summary, entry.outcome, getattr(self.summary, entry.outcome) + 1)
+            counts = self.summary.by_type.setdefault(entry.resource_type, {})
+            counts[entry.outcome] = counts.get(entry.outcome, 0) + 1
+        for refusal in result.refusals:
+            self._failed(refusal)
 
-    def _failed(self, rejection: Rejection) -> None:
-        records = rejected_records(rejection)
+    def _failed(self, refusal: Refusal) -> None:
+        records = list(refusal.records)
         new = [k for k in records if k not in self._reported]
         self._reported.update(new)
         self.summary.failed_records += len(new) if records else 1
         self.report({
             "records": [{"record_type": t, "id": i} for t, i in records],
-            "status": getattr(rejection.error, "status", None),
-            "error": str(rejection.error),
-            "issues": issues_as_dicts(rejection.error),
+            "status": getattr(refusal.error, "status", None),
+            "error": str(refusal.error),
+            "issues": refusal.issues(),
         })
 
 
@@ -306,7 +113,7 @@ def _is_fhir_ndjson(path: Path) -> bool:
         return False
 
 
-def _ndjson_folder_bundles(folder: Path, bundle_size: int, store: WorkStore, emit: Callable[[bytes, int], None]) -> None:
+def _ndjson_folder_bundles(folder: Path, bundle_size: int, store: WorkStore) -> Iterator[dict[str, Any]]:
     """Regroup a convert NDJSON folder into self-contained Bundles (types in dependency order)."""
     files = {p.stem: p for p in folder.glob("*.ndjson") if p.name != "rejects.ndjson"}
 
@@ -328,13 +135,14 @@ def _ndjson_folder_bundles(folder: Path, bundle_size: int, store: WorkStore, emi
         for res in read(rtype):
             ident = (res.get("identifier") or [{}])[0]
             index[res["id"]] = (res["resourceType"], ident.get("system", ""), ident.get("value", ""))
+    ready: list[bytes] = []
     packer = BundlePacker(max_entries=bundle_size, organization=orgs[0], lookup=store.get_dep, remember=store.put_dep,
-                          defer=lambda g: None, emit=emit)
+                          defer=lambda g: None, emit=lambda body, n: ready.append(body))
     org_id = orgs[0]["id"]
 
     def group(res: dict[str, Any]) -> MappedRecord:
         deps = []
-        for ref in set(_references(res)):
+        for ref in set(references(res)):
             rtype, _, rid = ref.partition("/")
             target = index.get(rid)
             if target and rid != org_id and rid != res["id"]:
@@ -355,7 +163,15 @@ def _ndjson_folder_bundles(folder: Path, bundle_size: int, store: WorkStore, emi
     for stream in streams:
         for res in stream:
             packer.add(group(res), final=True)
+            yield from _drain(ready)
     packer.flush()
+    yield from _drain(ready)
+
+
+def _drain(ready: list[bytes]) -> Iterator[dict[str, Any]]:
+    for body in ready:
+        yield orjson.loads(body)
+    ready.clear()
 
 
 @dataclass(frozen=True)
@@ -365,45 +181,42 @@ class PushOptions:
     convert: ConvertOptions | None = None
 
 
-def iter_bundles(paths: list[Path], options: PushOptions, workdir: Path,
-                 on_reject: Callable[[dict[str, Any]], None], summary: PushSummary) -> Iterator[dict[str, Any]]:
-    """The Bundles to send, input by input, in order."""
-    ims_inputs: list[Path] = []
+def iter_bundles(paths: list[Path], options: PushOptions, on_reject: Callable[[dict[str, Any]], None],
+                 summary: PushSummary) -> Iterator[dict[str, Any]]:
+    """The Bundles to send, input by input, in order, built as they are sent (nothing on disk
+    but the bounded work stores)."""
+    kinds: list[tuple[Path, str]] = []
     for path in paths:
         if not path.exists():
             raise InputError(f"{path}: no such file or folder", source=str(path))
         if path.is_dir() and sorted(path.glob("bundle-*.json")):
+            kinds.append((path, "bundles"))
+        elif path.is_dir() and any(_is_fhir_ndjson(p) for p in path.glob("*.ndjson")):
+            kinds.append((path, "fhir-ndjson"))
+        elif path.suffix == ".json" and path.is_file() and _looks_like_bundle(path):
+            kinds.append((path, "bundle"))
+        else:
+            kinds.append((path, "ims"))
+    ims_inputs = [p for p, kind in kinds if kind == "ims"]
+    base = options.convert or ConvertOptions(out_dir=Path("."))
+    conv = Converter(ConvertOptions(**{**base.__dict__, "output_format": "bundle", "bundle_size": options.bundle_size}))
+    opened = conv.open_all(ims_inputs)  # an unreadable input or a bad source stops the run before anything is sent
+    for path, kind in kinds:
+        if kind == "bundles":
             for bundle_path in sorted(path.glob("bundle-*.json")):
                 yield _load_bundle(bundle_path)
-        elif path.is_dir() and any(_is_fhir_ndjson(p) for p in path.glob("*.ndjson")):
-            out = workdir / f"regrouped-{len(list(workdir.iterdir()))}"
-            out.mkdir()
-            counter = iter(range(1, 10**9))
-
-            def write(body: bytes, entries: int, out: Path = out) -> None:
-                (out / f"bundle-{next(counter):06d}.json").write_bytes(body)
-
-            with WorkStore(str(workdir)) as store:
-                _ndjson_folder_bundles(path, options.bundle_size, store, write)
-            for bundle_path in sorted(out.glob("bundle-*.json")):
-                yield _load_bundle(bundle_path)
-        elif path.suffix == ".json" and path.is_file() and _looks_like_bundle(path):
+        elif kind == "fhir-ndjson":
+            with WorkStore(base.temp_dir) as store:
+                yield from _ndjson_folder_bundles(path, options.bundle_size, store)
+        elif kind == "bundle":
             yield _load_bundle(path)
-        else:
-            ims_inputs.append(path)
     if ims_inputs:
-        base = options.convert or ConvertOptions(out_dir=workdir)
-        out = workdir / "converted"
-        conv_opts = ConvertOptions(**{**base.__dict__, "out_dir": out, "output_format": "bundle",
-                                      "bundle_size": options.bundle_size})
-        conv = Converter(conv_opts)
-        conv.run(ims_inputs)
-        summary.rejected_records += conv.summary.rejected
-        for line in (out / "rejects.ndjson").read_bytes().splitlines():
-            if line.strip():
-                on_reject(orjson.loads(line) | {"stage": "convert"})
-        for bundle_path in sorted(out.glob("bundle-*.json")):
-            yield _load_bundle(bundle_path)
+        for kind, item in conv.outputs(ims_inputs, opened):
+            if kind == "bundle":
+                yield orjson.loads(item)
+            elif kind == "rejected":
+                summary.rejected_records += 1
+                on_reject(item.as_dict() | {"stage": "convert"})
 
 
 def _looks_like_bundle(path: Path) -> bool:
@@ -414,7 +227,7 @@ def _looks_like_bundle(path: Path) -> bool:
 
 def _load_bundle(path: Path) -> dict[str, Any]:
     try:
-        bundle = orjson.loads(path.read_bytes())
+        bundle: dict[str, Any] = orjson.loads(path.read_bytes())
     except (OSError, orjson.JSONDecodeError) as exc:
         raise InputError(f"{path}: not a readable Bundle ({exc})", source=str(path)) from exc
     if bundle.get("resourceType") != "Bundle" or bundle.get("type") != "transaction":
@@ -427,24 +240,22 @@ def push(paths: list[Path], client_config: ClientConfig | None, options: PushOpt
          session: Any = None) -> PushSummary:
     """Push inputs; failures go to ``report`` one line each; returns the summary."""
     summary = PushSummary()
-    with tempfile.TemporaryDirectory(prefix="ims-fhir-push-", dir=options.convert.temp_dir if options.convert else None) as tmp:
-        bundles = iter_bundles(paths, options, Path(tmp), report, summary)
-        if options.dry_run:
-            for bundle in bundles:
-                summary.bundles += 1
-                summary.entries += len(bundle.get("entry", []))
-            return summary
-        if client_config is None:
-            raise UsageError("--server is required (or use --dry-run)")
-        with FhirClient(client_config, session=session) as client:
-            client.require(push_requirements(RESOURCE_TYPES, conditional_update=True))
-            pusher = Pusher(client, summary, report)
-            for bundle in bundles:
-                pusher.push(bundle)
-                if progress is not None:
-                    progress(summary)
+    bundles = iter_bundles(paths, options, report, summary)
+    if options.dry_run:
+        for bundle in bundles:
+            summary.bundles += 1
+            summary.entries += len(bundle.get("entry", []))
+        return summary
+    if client_config is None:
+        raise UsageError("--server is required (or use --dry-run)")
+    with FhirClient(client_config, session=session) as client:
+        client.require(push_requirements(RESOURCE_TYPES, conditional_update=True))
+        pusher = Pusher(Sender(client), summary, report)
+        for bundle in bundles:
+            pusher.push(bundle)
+            if progress is not None:
+                progress(summary)
     return summary
 
 
-__all__ = ["Delivery", "EntryResult", "PushOptions", "PushSummary", "Pusher", "Rejection", "components", "deliver",
-           "issues_as_dicts", "iter_bundles", "push", "record_key", "rejected_records"]
+__all__ = ["PushOptions", "PushSummary", "Pusher", "iter_bundles", "push"]

@@ -18,18 +18,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ims_fhir.importer import fhir_files, read_fhir_file
+from ims_fhir.importing import ImportedRecord, ImportResult, ReportItem, ReverseRun, reverse_resources
 from ims_fhir.mapping import MappingContext, map_record
-from ims_fhir.mapping.reverse import (
-    ImportedRecord,
-    ImportResult,
-    Reject,
-    ReportItem,
-    ReverseRun,
-    reverse_resources,
-)
 from ims_fhir.mapping.reverse.treatment import LEGACY_CONSENT_EXTENSION
 from ims_fhir.records.models import Source
 from ims_fhir.records.validation import validate_record
+from ims_fhir.rejects import Rejected
 from ims_fhir.terminology import default_terminology
 from tests.strategies import any_record
 
@@ -50,7 +44,7 @@ def _import_folder(folder: Path) -> ImportResult:
     for outcome in run.outcomes():
         if isinstance(outcome, ImportedRecord):
             result.records.append(outcome)
-        elif isinstance(outcome, Reject):
+        elif isinstance(outcome, Rejected):
             result.rejects.append(outcome)
         else:
             result.report.append(outcome)

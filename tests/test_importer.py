@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from ims_fhir.importer import output_paths
-from ims_fhir.mapping.reverse import normalise, normalise_source
+from ims_fhir.importing import normalise, normalise_source
 from ims_fhir.records.vocabulary import LIST_KEYS
 from tests.conftest import EXAMPLES, SOURCE, read_ndjson
 

@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 
 from ims_fhir.convert import ConvertOptions, convert
 from ims_fhir.fhir.bundles import BundlePacker
+from ims_fhir.importing import normalise, normalise_source, reverse_resources
 from ims_fhir.mapping import MappedRecord, MappingContext, map_organization, map_record
-from ims_fhir.mapping.reverse import normalise, normalise_source, reverse_resources
 from ims_fhir.mapping.reverse.codes import Codes
 from ims_fhir.records.models import Source
 from ims_fhir.records.validation import validate_record

@@ -1,4 +1,4 @@
-"""Tests for ims_fhir.synthetic: valid, deterministic, covering synthetic records.
+"""Tests for ims_fhir.dev.synthetic: valid, deterministic, covering synthetic records.
 
 The rules below are an independent reading of the spec (ims-record-format.md), kept
 here on purpose rather than borrowed from the validating models, so that the generator
@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from ims_fhir import synthetic
+from ims_fhir.dev import synthetic
 from ims_fhir.records.writers import RECORD_TYPES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,7 +31,8 @@ EXAMPLES = REPO / "examples"
 
 SPEC_ENUMS: dict[str, list[str]] = {
     "side": ["left", "right", "bilateral", "midline"],
-    "segment": [f"C{i}" for i in range(1, 9)] + [f"T{i}" for i in range(1, 13)] + [f"L{i}" for i in range(1, 6)] + [f"S{i}" for i in range(1, 6)],
+    "segment": [f"C{i}" for i in range(1, 9)] + [f"T{i}" for i in range(1, 13)] + [f"L{i}" for i in range(1, 6)]
+    + [f"S{i}" for i in range(1, 6)],
     "sex": ["female", "male", "other", "unknown"],
     "assessment_status": ["final", "preliminary", "amended", "entered-in-error"],
     "treatment_status": ["completed", "stopped", "not-done"],
@@ -325,12 +326,16 @@ def test_rule_check_has_every_spec_field() -> None:
 
 def test_rule_check_finds_broken_records() -> None:
     records = [
-        ("assessment", {"id": "A1", "patient_id": "P", "practitioner_id": "S", "performed_at": "2025-03-04T09:30:00", "pain": {"nrs": 11}}),
-        ("treatment", {"id": "T1", "patient_id": "P", "practitioner_id": "S", "started_at": "2025-03-04T09:30:00-08:00", "consent_obtained": False}),
+        ("assessment", {"id": "A1", "patient_id": "P", "practitioner_id": "S", "performed_at": "2025-03-04T09:30:00",
+                        "pain": {"nrs": 11}}),
+        ("treatment", {"id": "T1", "patient_id": "P", "practitioner_id": "S", "started_at": "2025-03-04T09:30:00-08:00",
+                       "consent_obtained": False}),
         ("patient", {"id": "P", "family_name": "Example", "pian": 1, "sex": "mail"}),
     ]
     problems = "\n".join(walk(records).problems)
-    for expected in ("performed_at: not a date-time", "pain.nrs: 11", "without consent", "without a site", ".pian: unknown", "'mail'"):
+    expectations = ("performed_at: not a date-time", "pain.nrs: 11", "without consent", "without a site", ".pian: unknown",
+                    "'mail'")
+    for expected in expectations:
         assert expected in problems
 
 
@@ -461,12 +466,13 @@ def test_source() -> None:
 
 
 def _tree(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and p.suffix != ".md" and not p.name.startswith(".")}
+    files = [p for p in sorted(root.rglob("*")) if p.is_file() and p.suffix != ".md" and not p.name.startswith(".")]
+    return {str(p.relative_to(root)): p.read_bytes() for p in files}
 
 
 def test_committed_examples_are_what_the_generator_writes(tmp_path: Path) -> None:
     assert synthetic.main(["examples", "--out", str(tmp_path)]) == 0
-    assert _tree(tmp_path) == _tree(EXAMPLES), "run: python -m ims_fhir.synthetic examples"
+    assert _tree(tmp_path) == _tree(EXAMPLES), "run: python -m ims_fhir.dev.synthetic examples"
 
 
 def test_example_forms_hold_the_same_records() -> None:
@@ -515,7 +521,8 @@ def test_bad_examples_break_one_rule_each() -> None:
     assert references(valid) == []
 
 
-@pytest.mark.parametrize(("form", "name"), [("ndjson", "r.ndjson"), ("ndjson.gz", "r.ndjson.gz"), ("json", "r.json"), ("csv", "csv")])
+@pytest.mark.parametrize(("form", "name"),
+                         [("ndjson", "r.ndjson"), ("ndjson.gz", "r.ndjson.gz"), ("json", "r.json"), ("csv", "csv")])
 def test_export_command(tmp_path: Path, form: str, name: str, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / name
     argv = ["export", "--patients", "4", "--seed", "3", "--format", form, "--out", str(out), "--treatments-per-patient", "1-3"]

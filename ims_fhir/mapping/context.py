@@ -2,8 +2,9 @@
 
 Terms:
 
-- *business identifier*: ``{system_base}/{kind}`` + a value (the record id, or for a
-  resource derived from part of a record, ``{record id}/{part}``). It never changes.
+- *business identifier*: a system of the clinic's :class:`~ims_fhir.identifiers.IdentifierScheme`
+  (``{system_base}/{kind}``) + a value (the record id, or for a resource derived from part of
+  a record, ``{record id}/{part}``). It never changes.
 - *resource id*: a UUIDv5 of the business identifier, so the same record always gives
   the same id, in any run, from any input form, and a reference to a record sent in an
   earlier file still points at the right resource.
@@ -20,6 +21,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..identifiers import IdentifierScheme
 from ..records.models import Source
 from ..terminology import CodeableConcept, Terminology
 
@@ -63,7 +65,7 @@ _NS_BYTES = ID_NAMESPACE.bytes
 
 def resource_id(system: str, value: str) -> str:
     """``str(uuid.uuid5(ID_NAMESPACE, f"{system}|{value}"))``, computed without building UUID objects."""
-    digest = bytearray(hashlib.sha1(_NS_BYTES + f"{system}|{value}".encode()).digest()[:16])
+    digest = bytearray(hashlib.sha1(_NS_BYTES + f"{system}|{value}".encode(), usedforsecurity=False).digest()[:16])
     digest[6] = (digest[6] & 0x0F) | 0x50
     digest[8] = (digest[8] & 0x3F) | 0x80
     h = digest.hex()
@@ -77,14 +79,8 @@ class MappingContext:
         self.source = source
         self.term = terminology
         self.options = options or MappingOptions()
-        base = source.system_base.rstrip("/")
-        self.systems = {
-            kind: f"{base}/{kind}"
-            for kind in (
-                "organization", "patient", "practitioner", "assessment", "treatment", "encounter",
-                "assessment-finding", "treatment-finding", "body-structure", "diagnosis", "consent",
-            )
-        }
+        self.scheme = IdentifierScheme.of(source)
+        self.systems = self.scheme.systems()
         self.organization_id = resource_id(self.systems["organization"], source.clinic_id)
         self.organization_ref = {"reference": f"Organization/{self.organization_id}"}
         self.body_site_url = terminology.core_extension_url("body-site")

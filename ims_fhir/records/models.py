@@ -130,15 +130,12 @@ class Source(BaseModel):
 
     clinic_id: Id
     clinic_name: Optional[Text] = None
+    #: the base of the clinic's identifier systems (see :mod:`ims_fhir.identifiers`)
     system_base: Uri
     #: ISO 3166-1 alpha-2 country where the clinic practises (decides e.g. US billing codes)
     country: Optional[Annotated[str, Field(pattern=r"^[A-Z]{2}$")]] = None
     #: ISO 3166-2 subdivision, e.g. CA-BC: the assigner of provincial/state health numbers
     jurisdiction: Optional[Annotated[str, Field(pattern=r"^[A-Z]{2}-[A-Z0-9]{1,3}$")]] = None
-
-    def system(self, kind: str) -> str:
-        """Identifier system for a record kind: ``{system_base}/{kind}``."""
-        return f"{self.system_base.rstrip('/')}/{kind}"
 
 
 class Identifier(BaseModel):

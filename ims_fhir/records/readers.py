@@ -125,34 +125,42 @@ def _read_json_document(path: Path, *, lenient: bool) -> tuple[dict[str, Any] | 
         raise InputError(f"{path}: cannot read ({exc.strerror or exc})", source=str(path)) from exc
     except orjson.JSONDecodeError as exc:
         raise InputError(f"{path}: not valid JSON ({exc})", source=str(path)) from exc
+    return document_records(doc, lenient=lenient, where=str(path), prefix=f"{path.name}:")
+
+
+def document_records(doc: Any, *, lenient: bool, where: str, prefix: str = "") -> tuple[dict[str, Any] | None,
+                                                                                     Iterator[RawRecord]]:
+    """A parsed JSON document -> (its declared source, its records); InputError if it is not one.
+
+    ``where`` names the input in errors; ``prefix`` starts every origin (``clinic.json:``).
+    """
     if not isinstance(doc, dict):
-        raise InputError(f"{path}: a JSON document must be an object with \"format\": \"{v.FORMAT}\"", source=str(path))
+        raise InputError(f"{where}: a JSON document must be an object with \"format\": \"{v.FORMAT}\"", source=where)
     fmt = doc.get("format")
     if fmt != v.FORMAT:
-        raise InputError(f"{path}: \"format\" is {fmt!r}; this reader understands {v.FORMAT!r}", source=str(path))
+        raise InputError(f"{where}: \"format\" is {fmt!r}; this reader understands {v.FORMAT!r}", source=where)
     source = doc.get("source")
     if source is not None and not isinstance(source, dict):
-        raise InputError(f"{path}: \"source\" must be an object", source=str(path))
+        raise InputError(f"{where}: \"source\" must be an object", source=where)
     known = {"format", "source", *v.LIST_KEYS.values()}
     unknown = [k for k in doc if k not in known]
     bad_scalars = [k for k in unknown if not isinstance(doc[k], list)]
     if bad_scalars and not lenient:
-        raise InputError(f"{path}: unknown top-level field(s) {', '.join(map(repr, bad_scalars))} "
-                         f"(not in {v.FORMAT}; use --lenient to ignore)", source=str(path))
+        raise InputError(f"{where}: unknown top-level field(s) {', '.join(map(repr, bad_scalars))} "
+                         f"(not in {v.FORMAT}; use --lenient to ignore)", source=where)
     for key in v.LIST_KEYS.values():
         if key in doc and not isinstance(doc[key], list):
-            raise InputError(f"{path}: \"{key}\" must be a list", source=str(path))
+            raise InputError(f"{where}: \"{key}\" must be a list", source=where)
 
     def records() -> Iterator[RawRecord]:
-        name = path.name
         for record_type, key in v.LIST_KEYS.items():
             for i, item in enumerate(doc.get(key) or ()):
-                yield RawRecord(record_type, item, f"{name}:{key}[{i}]")
+                yield RawRecord(record_type, item, f"{prefix}{key}[{i}]")
         # a list under a key we do not know is a record type we do not know: reject each item
         for key in unknown:
             if isinstance(doc[key], list):
                 for i, item in enumerate(doc[key]):
-                    yield RawRecord(key, item, f"{name}:{key}[{i}]", [Problem(
+                    yield RawRecord(key, item, f"{prefix}{key}[{i}]", [Problem(
                         "(record)", "unknown_record_type",
                         f"{key!r} is not a record list of {v.FORMAT} (expected {', '.join(v.LIST_KEYS.values())})")])
 
@@ -192,6 +200,38 @@ def parse_ndjson_line(line: bytes | str, origin: str) -> RawRecord:
             "record_type", "unknown_record_type",
             f"{record_type!r} is not a record type of {v.FORMAT} (expected one of: {', '.join(v.RECORD_TYPES)})")])
     return RawRecord(record_type, obj, origin)
+
+
+def read_body(body: bytes, *, lenient: bool = False) -> tuple[dict[str, Any] | None, Iterator[RawRecord]]:
+    """The records of a request body (``POST /records``), by the same rules as the files.
+
+    Any JSON form: one record object with ``record_type`` (origin ``body``), a JSON array of
+    them (``[3]``), a JSON document (``treatments[3]``) or NDJSON (``line 3``). Returns the
+    source a document declares, if any. InputError if the body is none of these.
+    """
+    text = body.strip()
+    if not text:
+        raise InputError("the request body holds no records")
+    try:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        if b"\n" not in text:
+            raise InputError("the request body is not JSON or NDJSON") from None
+        lines = text.split(b"\n")
+        return None, (parse_ndjson_line(line, f"line {n}") for n, line in enumerate(lines, start=1) if line.strip())
+    if isinstance(data, list):
+        return None, (_record_object(item, f"[{i}]") for i, item in enumerate(data))
+    if isinstance(data, dict) and "format" in data:
+        return document_records(data, lenient=lenient, where="the request body")
+    if isinstance(data, dict):
+        return None, iter([_record_object(data, "body")])
+    raise InputError("the request body must be a record object, an array of records, a document or NDJSON")
+
+
+def _record_object(item: Any, origin: str) -> RawRecord:
+    if not isinstance(item, dict):
+        return RawRecord(None, None, origin, [Problem("(record)", "type", "a record must be a JSON object")])
+    return parse_ndjson_line(orjson.dumps(item), origin)
 
 
 def _read_ndjson(path: Path) -> Iterator[RawRecord]:

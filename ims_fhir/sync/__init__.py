@@ -2,8 +2,8 @@
 
 Modules: :mod:`.store` (terms, states, the :class:`Outbox` interface), :mod:`.sqlite`
 (the default SQLite/WAL storage), :mod:`.intake` (request body -> validated, converted
-work), :mod:`.worker` (claim, send through :func:`ims_fhir.push.deliver`, record).
-The Flask service (``service/``) and ``ims-fhir worker`` both build on it.
+work), :mod:`.worker` (claim, send through :class:`ims_fhir.delivery.Sender`, record).
+The Flask service (``ims_fhir_service``) and ``ims-fhir worker`` (:mod:`.runner`, :mod:`.config`) build on it.
 """
 
 from __future__ import annotations

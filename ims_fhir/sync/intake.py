@@ -8,7 +8,11 @@ Terms:
 - *origin*: where a record sat in the body: ``line 3`` (NDJSON), ``[3]`` (array),
   ``treatments[3]`` (document), ``body`` (a single record).
 - *accepted*: a valid record, converted to its FHIR resources (:class:`~.store.Incoming`);
-  *rejected*: a record with every problem found, which is stored nowhere.
+  *rejected*: a record with every problem found (:class:`~ims_fhir.rejects.Rejected`),
+  which is stored nowhere.
+
+Parsing and conversion are the ones of the files (:func:`~ims_fhir.records.readers.read_body`,
+:class:`~ims_fhir.pipeline.RecordPipeline`): the same rules, ``lenient`` included.
 
 Pure: bytes in, data out (no I/O, no clock), like the rest of the core.
 """
@@ -21,25 +25,12 @@ from typing import Any
 
 import orjson
 
-from ..errors import InputError, Problem
 from ..fhir.bundles import SHARED_TYPES, entry_for, group_to_bytes
-from ..mapping import MappedRecord, MappingContext, map_record
-from ..records import vocabulary as v
-from ..records.readers import RawRecord, parse_ndjson_line
-from ..records.validation import record_id_of, validate_record
+from ..mapping import MappedRecord, MappingContext
+from ..pipeline import MemorySeen, RecordPipeline
+from ..records.readers import RawRecord, read_body
+from ..rejects import Rejected
 from .store import Incoming
-
-
-@dataclass(frozen=True, slots=True)
-class Rejected:
-    record_type: str | None
-    record_id: str | None
-    origin: str
-    problems: list[Problem]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"record_type": self.record_type, "id": self.record_id, "origin": self.origin,
-                "problems": [p.as_dict() for p in self.problems]}
 
 
 @dataclass
@@ -51,55 +42,13 @@ class Intake:
     declared_source: dict[str, Any] | None = None
 
 
-def parse_body(body: bytes) -> tuple[list[RawRecord], dict[str, Any] | None]:
-    """The raw records of a body and the source it declares (a JSON document may); InputError if unreadable."""
-    text = body.strip()
-    if not text:
-        raise InputError("the request body holds no records")
-    try:
-        data = orjson.loads(text)
-    except orjson.JSONDecodeError:
-        data = None
-        if b"\n" not in text:
-            raise InputError("the request body is not JSON or NDJSON") from None
-    if data is None:  # NDJSON: several lines
-        records = []
-        for n, line in enumerate(text.split(b"\n"), start=1):
-            if line.strip():
-                records.append(parse_ndjson_line(line, f"line {n}"))
-        return records, None
-    if isinstance(data, list):
-        return [_one(item, f"[{i}]") for i, item in enumerate(data)], None
-    if isinstance(data, dict) and "format" in data:
-        return _document(data)
-    if isinstance(data, dict):
-        return [_one(data, "body")], None
-    raise InputError("the request body must be a record object, an array of records, a document or NDJSON")
+def parse_body(body: bytes, *, lenient: bool = False) -> tuple[list[RawRecord], dict[str, Any] | None]:
+    """The raw records of a body and the source it declares (a JSON document may); InputError if unreadable.
 
-
-def _one(item: Any, origin: str) -> RawRecord:
-    if not isinstance(item, dict):
-        return RawRecord(None, None, origin, [Problem("(record)", "type", "a record must be a JSON object")])
-    return parse_ndjson_line(orjson.dumps(item), origin)
-
-
-def _document(doc: dict[str, Any]) -> tuple[list[RawRecord], dict[str, Any] | None]:
-    if doc.get("format") != v.FORMAT:
-        raise InputError(f"\"format\" is {doc.get('format')!r}; this service understands {v.FORMAT!r}")
-    source = doc.get("source")
-    if source is not None and not isinstance(source, dict):
-        raise InputError("\"source\" must be an object")
-    known = {"format", "source", *v.LIST_KEYS.values()}
-    records: list[RawRecord] = []
-    for record_type, key in v.LIST_KEYS.items():
-        items = doc.get(key) or []
-        if not isinstance(items, list):
-            raise InputError(f"\"{key}\" must be a list")
-        records.extend(RawRecord(record_type, item, f"{key}[{i}]") for i, item in enumerate(items))
-    for key in (k for k in doc if k not in known):
-        records.append(RawRecord(key, None, key, [Problem(key, "unknown_field",
-                                                          f"{key!r} is not a field of an {v.FORMAT} document")]))
-    return records, source
+    The same reader rules as files (:func:`ims_fhir.records.readers.read_body`).
+    """
+    source, records = read_body(body, lenient=lenient)
+    return list(records), source
 
 
 def content_hash(group_bytes: bytes) -> str:
@@ -123,35 +72,16 @@ def incoming(group: MappedRecord, ctx: MappingContext, *, assessment_id: str | N
 
 def take(raw_records: list[RawRecord], ctx: MappingContext, *, lenient: bool = False,
          context: dict[str, Any] | None = None) -> Intake:
-    """Validate and convert; every record ends accepted or rejected with every reason."""
+    """Validate and convert (:class:`~ims_fhir.pipeline.RecordPipeline`, as ``convert`` does);
+    every record ends accepted or rejected with every reason."""
+    pipeline = RecordPipeline(lenient=lenient, default_tz=(context or {}).get("default_tz"), seen=MemorySeen())
     out = Intake()
-    first_at: dict[tuple[str, str], str] = {}
-    for raw in raw_records:
-        record_id = record_id_of(raw.data)
-        problems = list(raw.problems)
-        model = None
-        if raw.record_type is not None and raw.data is not None and not problems:
-            model, found = validate_record(raw.record_type, raw.data, context=context, lenient=lenient)
-            problems.extend(found)
-        if record_id is not None and raw.record_type is not None:
-            key = (raw.record_type, record_id)
-            if key in first_at:
-                problems.append(Problem("id", "duplicate_id",
-                                        f"{raw.record_type} id {record_id!r} was already used at {first_at[key]}"))
-            else:
-                first_at[key] = raw.origin
-        group = None
-        if model is not None and not problems:
-            try:
-                group = map_record(raw.record_type or "", model, ctx)
-            except Exception as exc:  # a mapping bug rejects its record, never the batch
-                problems.append(Problem("(record)", "conversion_error",
-                                        f"internal error while mapping: {type(exc).__name__}"))
-        if problems or group is None:
-            out.rejected.append(Rejected(raw.record_type, record_id, raw.origin, problems))
+    for outcome in pipeline.run(raw_records, ctx):
+        if isinstance(outcome, Rejected):
+            out.rejected.append(outcome)
             continue
-        out.accepted.append(incoming(group, ctx, assessment_id=getattr(model, "assessment_id", None)))
-        out.origins[(group.record_type, group.record_id)] = raw.origin
+        out.accepted.append(incoming(outcome.group, ctx, assessment_id=getattr(outcome.model, "assessment_id", None)))
+        out.origins[(outcome.record_type, outcome.record_id)] = outcome.origin
     return out
 
 

@@ -4,7 +4,7 @@ One round (:meth:`SyncWorker.run_once`), for each target: claim up to ``batch_re
 due deliveries under a lease (patients and practitioners first, then assessments, then
 treatments; a treatment waits while its assessment is still queued), pack them into
 self-contained transaction Bundles, send each Bundle through the shared engine
-(:func:`ims_fhir.push.deliver`, with the client's retry policy), and record each
+(:class:`ims_fhir.delivery.Sender`, with the client's retry policy), and record each
 record's result as soon as its Bundle is answered:
 
 - its entries went through: ``synced`` with the server's ids and versions;
@@ -29,16 +29,18 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 
 from ..client import ClientConfig, FhirClient
+from ..delivery import BundleResult, Sender, operation_outcome, status_of
 from ..errors import FhirError, UsageError
 from ..fhir.bundles import BundlePacker, group_from_bytes
+from ..identifiers import IdentifierScheme, RecordKey
 from ..mapping.context import Resource
-from ..push import deliver, issues_as_dicts, record_key, rejected_records
 from .store import Claimed, Outbox, Result
 
 log = logging.getLogger("ims_fhir.sync")
@@ -98,25 +100,6 @@ def owner_is_dead(owner: str) -> bool:
     return False
 
 
-def _outcome_of(error: FhirError) -> dict[str, Any]:
-    for exc in (error, error.__cause__):
-        outcome = getattr(exc, "outcome", None)
-        if isinstance(outcome, dict) and outcome.get("resourceType") == "OperationOutcome":
-            return outcome
-    issues = issues_as_dicts(error)
-    if not issues and isinstance(error.__cause__, FhirError):
-        issues = issues_as_dicts(error.__cause__)
-    if not issues:
-        issues = [{"severity": "error", "code": "processing", "diagnostics": str(error), "expression": []}]
-    return {"resourceType": "OperationOutcome",
-            "issue": [{k: v for k, v in i.items() if v not in (None, [])} for i in issues]}
-
-
-def _status_of(error: FhirError) -> int | None:
-    status = getattr(error, "status", None) or getattr(error.__cause__, "status", None)
-    return int(status) if status else None
-
-
 class SyncWorker:
     """Sends the outbox to the configured targets (see the module docstring)."""
 
@@ -127,10 +110,15 @@ class SyncWorker:
         self.targets = targets
         self.organization = organization
         self.options = options
+        scheme = IdentifierScheme.from_organization(organization)
+        if scheme is None:
+            raise UsageError("worker: the clinic Organization carries no {system_base}/organization identifier")
+        self.scheme = scheme
         self.clock = clock
         self.owner = owner or new_owner()
         self._client_factory = client_factory or (lambda target: FhirClient(target.client))
         self._clients: dict[str, FhirClient] = {}
+        self._senders: dict[str, Sender] = {}
 
     def client(self, target: Target) -> FhirClient:
         client = self._clients.get(target.name)
@@ -138,10 +126,18 @@ class SyncWorker:
             client = self._clients[target.name] = self._client_factory(target)
         return client
 
+    def sender(self, target: Target) -> Sender:
+        """The target's sender (one per target: the seam for per-target strategies and identity maps)."""
+        sender = self._senders.get(target.name)
+        if sender is None:
+            sender = self._senders[target.name] = Sender(self.client(target), scheme=self.scheme)
+        return sender
+
     def close(self) -> None:
         for client in self._clients.values():
             client.close()
         self._clients.clear()
+        self._senders.clear()
 
     # -- one round ----------------------------------------------------------------------
 
@@ -180,7 +176,7 @@ class SyncWorker:
         for bundle in self._bundles(claimed):
             keys = []
             for entry in bundle["entry"]:
-                key = record_key((entry["resource"].get("identifier") or [{}])[0])
+                key = self.scheme.record_of(entry["resource"])
                 if key in by_key and key not in seen and key not in keys:
                     keys.append(key)
             seen.update(keys)
@@ -188,15 +184,15 @@ class SyncWorker:
             latency: float | None = None
             if down is None:
                 try:
-                    delivery = deliver(self.client(target), bundle)
+                    sent = self.sender(target).send(bundle)
                     latency = time.monotonic() - started
-                    results = self._results(keys, by_key, delivery)
+                    results = self._results(keys, by_key, sent)
                 except FhirError as exc:  # the target, not a record: try again later
                     down = exc
                     log.warning("target %s: send failed (%s): %d records queued for a later attempt",
                                 target.name, type(exc).__name__, len(keys))
             if down is not None:
-                results = [Result(k[0], k[1], "transient", by_key[k].revision, status=_status_of(down),
+                results = [Result(k[0], k[1], "transient", by_key[k].revision, status=status_of(down),
                                   error=str(down)) for k in keys]
             self.outbox.complete(target.name, results, owner=self.owner, now=self.clock(),
                                  max_attempts=self.options.max_attempts, backoff_base=self.options.backoff_base,
@@ -211,26 +207,19 @@ class SyncWorker:
                                  latency=None)
 
     @staticmethod
-    def _results(keys: list[tuple[str, str]], by_key: dict[tuple[str, str], Claimed], delivery: Any) -> list[Result]:
-        resources: dict[tuple[str, str], list[dict[str, Any]]] = {}
-        for entry in delivery.entries:
-            if entry.record in by_key:
-                resources.setdefault(entry.record, []).append({
-                    "resourceType": entry.resource_type, "id": entry.resource_id, "version": entry.version_id,
-                    "outcome": entry.outcome})
-        refused: dict[tuple[str, str], FhirError] = {}
-        for rejection in delivery.rejections:
-            for key in rejected_records(rejection):
-                refused.setdefault(key, rejection.error)
+    def _results(keys: list[RecordKey], by_key: dict[RecordKey, Claimed], sent: BundleResult) -> list[Result]:
+        """The ledger's result of each record: synced, rejected, or transient (send it again)."""
         results = []
-        for key in keys:
-            revision = by_key[key].revision
-            if key in resources:
-                results.append(Result(key[0], key[1], "synced", revision, resources=resources[key]))
-            elif key in refused:
-                err = refused[key]
-                results.append(Result(key[0], key[1], "rejected", revision, status=_status_of(err), error=str(err),
-                                      outcome=_outcome_of(err)))
+        for record in sent.record_results(keys):
+            key, revision = record.record, by_key[record.record].revision
+            if record.state == "accepted":
+                results.append(Result(key[0], key[1], "synced", revision, resources=[
+                    {"resourceType": e.resource_type, "id": e.resource_id, "version": e.version_id,
+                     "outcome": e.outcome} for e in record.entries]))
+            elif record.refusal is not None:
+                err = record.refusal.error
+                results.append(Result(key[0], key[1], "rejected", revision, status=status_of(err), error=str(err),
+                                      outcome=operation_outcome(err)))
             else:  # only in parts that failed for another record: send it again on its own
                 results.append(Result(key[0], key[1], "transient", revision,
                                       error="not sent: its Bundle part failed for another record"))

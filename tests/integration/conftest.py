@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from ims_fhir import devserver
+from ims_fhir.dev import hapi
 from ims_fhir.errors import ToolchainError
 from ims_fhir.ig import BUILT_PACKAGE
 
@@ -40,13 +40,13 @@ def _tail(path: Path, lines: int = 40) -> str:
 
 
 @pytest.fixture(scope="session")
-def fhir_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devserver.DevServer]:
+def fhir_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[hapi.DevServer]:
     """The local HAPI FHIR server, started once per test session; ``.base_url`` is its FHIR base.
 
     The server validates every write against the IMS IG package shipped with ims-fhir
     (``ims_fhir/ig/ims-fhir-ig.tgz``, passed by path), strictly: see hapi-server's
     ImsIgValidationConfig. Builds the server jar if the cache has none for the current ``hapi-server/`` sources
-    (see :mod:`ims_fhir.devserver`), starts it on a free port of 127.0.0.1 and stops it at
+    (see :mod:`ims_fhir.dev.hapi`), starts it on a free port of 127.0.0.1 and stops it at
     the end of the session. Maven's and the server's output go to ``hapi-build.log`` and
     ``hapi-server.log`` in a pytest temporary directory; when the build or start fails, the
     tests fail (never skip) with the toolchain message and the tail of the log.
@@ -63,8 +63,8 @@ def fhir_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devserver.
     server_log = logs / "hapi-server.log"
     failure: str | None = None
     try:
-        artifact = devserver.build(log_path=build_log)
-        server = devserver.start(log_path=server_log, artifact=artifact, ig_package=BUILT_PACKAGE)
+        artifact = hapi.build(log_path=build_log)
+        server = hapi.start(log_path=server_log, artifact=artifact, ig_package=BUILT_PACKAGE)
     except ToolchainError as exc:
         failure = str(exc)
         if "\n" not in failure:  # start failures already carry the server log's tail
@@ -80,7 +80,7 @@ def fhir_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devserver.
 
 
 @pytest.fixture
-def fhir(fhir_server: devserver.DevServer) -> Iterator[requests.Session]:
+def fhir(fhir_server: hapi.DevServer) -> Iterator[requests.Session]:
     """A requests session for the local server: FHIR JSON both ways, no proxies."""
     with requests.Session() as session:
         session.trust_env = False
@@ -106,7 +106,7 @@ def expunge_everything(base_url: str) -> None:
 
 
 @pytest.fixture
-def clean_fhir_server(fhir_server: devserver.DevServer) -> devserver.DevServer:
+def clean_fhir_server(fhir_server: hapi.DevServer) -> hapi.DevServer:
     """The session's server, emptied with ``$expunge`` before the test."""
     expunge_everything(fhir_server.base_url)
     return fhir_server

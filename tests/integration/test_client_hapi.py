@@ -32,7 +32,7 @@ from ims_fhir.client import (
     push_requirements,
     transaction_bundles,
 )
-from ims_fhir.devserver import DevServer
+from ims_fhir.dev.hapi import DevServer
 from ims_fhir.errors import (
     FhirConflictError,
     FhirNotFoundError,

@@ -4,7 +4,7 @@ Each test pins one property of ``hapi-server/`` configuration: FHIR R4, strict v
 of every write (422 on base-R4 errors, on a code system it does not know and on a binding a
 coding breaks; codes of LOINC/SNOMED CT, which it cannot hold offline, are warnings),
 client-assigned ids, conditional create, transactions, ETag/If-Match, no stale
-search cache, and ``$expunge`` for wiping. The last tests check ``ims_fhir.devserver``'s
+search cache, and ``$expunge`` for wiping. The last tests check ``ims_fhir.dev.hapi``'s
 toolchain check and source hash without a server.
 """
 
@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 import requests
 
-from ims_fhir import devserver
-from ims_fhir.devserver import DevServer
+from ims_fhir.dev import hapi
+from ims_fhir.dev.hapi import DevServer
 from ims_fhir.errors import ToolchainError
 
 from .conftest import expunge_everything
@@ -333,7 +333,7 @@ def test_check_toolchain_names_what_is_missing(
     monkeypatch.delenv("JAVA_HOME", raising=False)
 
     with pytest.raises(ToolchainError) as caught:
-        devserver.check_toolchain()
+        hapi.check_toolchain()
 
     assert message in str(caught.value)
     assert "\n" not in str(caught.value)
@@ -346,7 +346,7 @@ def test_check_toolchain_accepts_java_17_and_maven(tmp_path: Path, monkeypatch: 
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.delenv("JAVA_HOME", raising=False)
 
-    toolchain = devserver.check_toolchain()
+    toolchain = hapi.check_toolchain()
 
     assert toolchain.java_major == 21
     assert toolchain.mvn == str(tmp_path / "mvn")
@@ -354,16 +354,16 @@ def test_check_toolchain_accepts_java_17_and_maven(tmp_path: Path, monkeypatch: 
 
 def test_source_hash_follows_the_module_sources(tmp_path: Path) -> None:
     module = tmp_path / "hapi-server"
-    shutil.copytree(devserver.locate_module_source(), module, ignore=shutil.ignore_patterns("target"))
-    before = devserver.source_hash(module)
+    shutil.copytree(hapi.locate_module_source(), module, ignore=shutil.ignore_patterns("target"))
+    before = hapi.source_hash(module)
     (module / "target").mkdir(exist_ok=True)
     (module / "target" / "junk.txt").write_text("build output does not count")
-    assert devserver.source_hash(module) == before
+    assert hapi.source_hash(module) == before
 
     config = module / "src" / "main" / "resources" / "application.yaml"
     config.write_text(config.read_text() + "\n# changed\n")
 
-    assert devserver.source_hash(module) != before
+    assert hapi.source_hash(module) != before
 
 
 def _fake_maven(directory: Path, *, exit_code: int = 0) -> Path:
@@ -375,7 +375,7 @@ def _fake_maven(directory: Path, *, exit_code: int = 0) -> Path:
         f'echo "$PWD $*" >> {calls}\n'
         "echo 'pretending to build'\n"
         f"[ {exit_code} -ne 0 ] && exit {exit_code}\n"
-        f"mkdir -p target && echo jar > target/{devserver.JAR_NAME}\n",
+        f"mkdir -p target && echo jar > target/{hapi.JAR_NAME}\n",
         encoding="utf-8",
     )
     script.chmod(0o755)
@@ -390,25 +390,25 @@ def test_build_runs_maven_once_per_source_hash(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setenv("PATH", f"{tools}{os.pathsep}/usr/bin{os.pathsep}/bin")
     monkeypatch.delenv("JAVA_HOME", raising=False)
     module = tmp_path / "hapi-server"
-    shutil.copytree(devserver.locate_module_source(), module, ignore=shutil.ignore_patterns("target"))
+    shutil.copytree(hapi.locate_module_source(), module, ignore=shutil.ignore_patterns("target"))
     cache = tmp_path / "cache"
 
-    first = devserver.build(source=module, cache_root=cache)
-    again = devserver.build(source=module, cache_root=cache)
+    first = hapi.build(source=module, cache_root=cache)
+    again = hapi.build(source=module, cache_root=cache)
 
-    assert first == again == cache / devserver.source_hash(module) / devserver.JAR_NAME
+    assert first == again == cache / hapi.source_hash(module) / hapi.JAR_NAME
     assert first.read_text() == "jar\n"
     assert len(calls.read_text().splitlines()) == 1
     assert "-DskipTests" in calls.read_text() and "package" in calls.read_text()
-    assert (cache / f"{devserver.source_hash(module)}.build.log").read_text().count("pretending to build") == 1
+    assert (cache / f"{hapi.source_hash(module)}.build.log").read_text().count("pretending to build") == 1
 
     # Four more source versions: each builds once, and only the three newest builds stay.
     for n in range(4):
         (module / "src" / "main" / "resources" / f"extra-{n}.txt").write_text(str(n))
-        assert devserver.build(source=module, cache_root=cache).is_file()
+        assert hapi.build(source=module, cache_root=cache).is_file()
     assert len(calls.read_text().splitlines()) == 5
     assert len([d for d in cache.iterdir() if d.is_dir()]) == 3
-    assert devserver.artifact_path(source=module, cache_root=cache).is_file()
+    assert hapi.artifact_path(source=module, cache_root=cache).is_file()
 
 
 def test_failed_build_names_its_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -421,9 +421,9 @@ def test_failed_build_names_its_log(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     log = tmp_path / "build.log"
 
     with pytest.raises(ToolchainError) as caught:
-        devserver.build(cache_root=tmp_path / "cache", log_path=log)
+        hapi.build(cache_root=tmp_path / "cache", log_path=log)
 
     assert "mvn exit 1" in str(caught.value)
     assert str(log) in str(caught.value)
     assert "pretending to build" in log.read_text()
-    assert not list((tmp_path / "cache").glob("*/" + devserver.JAR_NAME))
+    assert not list((tmp_path / "cache").glob("*/" + hapi.JAR_NAME))

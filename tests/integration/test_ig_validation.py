@@ -20,7 +20,7 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ims_fhir.devserver import DevServer
+from ims_fhir.dev.hapi import DevServer
 from ims_fhir.mapping import (
     MappingContext,
     MappingOptions,

@@ -11,8 +11,8 @@ from typing import Any
 import orjson
 import requests
 
-from ims_fhir.devserver import DevServer
-from ims_fhir.mapping.reverse import normalise
+from ims_fhir.dev.hapi import DevServer
+from ims_fhir.importing import normalise
 from tests.conftest import EXAMPLES, SOURCE, read_ndjson
 
 HEADERS = {"Accept": "application/fhir+json", "Content-Type": "application/fhir+json"}

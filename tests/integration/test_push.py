@@ -20,7 +20,7 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ims_fhir.devserver import DevServer
+from ims_fhir.dev.hapi import DevServer
 from tests.conftest import EXAMPLES, SOURCE, output_resources, read_ndjson
 from tests.strategies import assessments, patients, practitioners, treatments
 

@@ -26,10 +26,10 @@ import orjson
 import pytest
 from flask import Flask
 
-from ims_fhir.devserver import DevServer
+from ims_fhir.dev.hapi import DevServer
 from ims_fhir.sync import SyncWorker
-from service import create_app
-from service.config import config_from_mapping
+from ims_fhir_service import create_app
+from ims_fhir_service.config import config_from_mapping
 from tests.conftest import EXAMPLES, SOURCE, output_resources
 from tests.service.conftest import RW_TOKEN, rw, service_settings
 from tests.service.support import captured_logs, leaks, personal_data

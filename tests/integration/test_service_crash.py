@@ -22,14 +22,14 @@ from typing import Any
 import orjson
 import requests
 
-from ims_fhir.devserver import DevServer
-from ims_fhir.synthetic import generate
+from ims_fhir.dev.hapi import DevServer
+from ims_fhir.dev.synthetic import generate
 from tests.conftest import SOURCE
 from tests.service.conftest import RW_TOKEN, service_settings
 from tests.service.support import artifacts, leaks, personal_data
 
-from .test_service import expected_counts
 from .test_push import counts
+from .test_service import expected_counts
 
 PATIENTS = 40
 

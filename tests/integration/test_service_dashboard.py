@@ -20,7 +20,7 @@ import pytest
 import waitress
 from flask import Flask
 
-from ims_fhir.devserver import DevServer
+from ims_fhir.dev.hapi import DevServer
 from ims_fhir.sync import SyncWorker
 from tests.service.conftest import RO_TOKEN, RW_TOKEN, rw
 from tests.service.support import artifacts, captured_logs, leaks, personal_data

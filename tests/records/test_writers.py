@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from ims_fhir import synthetic
+from ims_fhir.dev import synthetic
 from ims_fhir.records.writers import (
     CSV_TABLES,
     UnwritableRecordError,

@@ -14,9 +14,9 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from service import create_app
-from service.auth import hash_token
-from service.config import ServiceConfig, config_from_mapping
+from ims_fhir_service import create_app
+from ims_fhir_service.auth import hash_token
+from ims_fhir_service.config import ServiceConfig, config_from_mapping
 from tests.conftest import SOURCE
 
 RW_TOKEN = "rw-" + secrets.token_urlsafe(24)

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import orjson
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from service import create_app
-from service.config import ServiceConfig
+from ims_fhir_service import create_app
+from ims_fhir_service.config import ServiceConfig
 from tests.conftest import EXAMPLES, SOURCE
 
 from .conftest import RO_TOKEN, RW_TOKEN, ro, rw

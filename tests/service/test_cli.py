@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from service import create_app
-from service.config import config_from_mapping
+from ims_fhir_service import create_app
+from ims_fhir_service.config import config_from_mapping
 from tests.conftest import EXAMPLES
 
 from .conftest import rw, service_settings

@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 
 from ims_fhir.errors import ConfigurationError
-from service.auth import hash_token, main as auth_main
-from service.config import config_from_mapping, load_config
+from ims_fhir_service.auth import hash_token
+from ims_fhir_service.auth import main as auth_main
+from ims_fhir_service.config import config_from_mapping, load_config
 
 from .conftest import service_settings
 

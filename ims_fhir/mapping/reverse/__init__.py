@@ -1,38 +1,20 @@
 """FHIR R4 resources -> ``ims-record/1`` records: the import direction of the mapping.
 
 Pure, like the forward mapping: resources (plain dicts, written by this project or by
-anyone else) in, records, rejects and a report out; codes are decoded through the same
-:class:`~ims_fhir.terminology.Terminology` tables the forward mapping encodes with. The
-only state is the resource index, an SQLite database on a connection the caller may
-inject (in memory by default).
+anyone else) in, records being built, rejects and report items out; codes are decoded
+through the same :class:`~ims_fhir.terminology.Terminology` tables the forward mapping
+encodes with. No I/O and no validation here: the resource set is reached through
+:class:`~.resources.ResourceLookup`, and the run that indexes resources (SQLite),
+validates them and the rebuilt records is :mod:`ims_fhir.importing`.
 
-- :func:`reverse_resources` -- the whole set in memory, one :class:`ImportResult`;
-- :class:`ReverseRun` -- ``add()`` resources, then iterate ``outcomes()``: for big inputs
-  and for callers that stream (``ims-fhir import``, the ``pull`` of the sync engine);
-- :func:`normalise` -- the normal form in which ``reverse(forward(r)) == normalise(r)``.
-
-Modules: ``index`` (the resource set and reference resolution), ``context`` (element
-bookkeeping, identities), ``codes`` (the tables read backwards), ``people``,
-``assessment``, ``treatment`` (one mapper per record type), ``run`` (grouping, order,
-validation of the rebuilt records), ``outcomes`` (what comes out), ``normalise``.
+Modules: ``resources`` (entries, reference keys, the lookup interface), ``context``
+(element bookkeeping, identities), ``codes`` (the tables read backwards), ``people``,
+``assessment``, ``treatment`` (one mapper per record type), ``outcomes`` (what comes out).
 """
 
 from __future__ import annotations
 
-from .index import ResourceIndex
-from .normalise import normalise, normalise_source
-from .outcomes import ImportedRecord, ImportResult, Outcome, Reject, ReportItem
-from .run import ReverseRun, reverse_resources
+from .outcomes import Built, ImportedRecord, ImportResult, Outcome, ReportItem
+from .resources import Entry, ResourceLookup
 
-__all__ = [
-    "ImportResult",
-    "ImportedRecord",
-    "Outcome",
-    "Reject",
-    "ReportItem",
-    "ResourceIndex",
-    "ReverseRun",
-    "normalise",
-    "normalise_source",
-    "reverse_resources",
-]
+__all__ = ["Built", "Entry", "ImportResult", "ImportedRecord", "Outcome", "ReportItem", "ResourceLookup"]

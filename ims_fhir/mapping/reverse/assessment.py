@@ -28,7 +28,7 @@ from typing import Any
 from ...errors import Problem
 from .codes import FINDING_CONCEPTS, FINDING_VOCABULARIES, PANEL, describe
 from .context import Elements, ReverseContext, notes_text, same_reference
-from .index import Entry
+from .resources import Entry
 from .outcomes import Built
 
 #: the element of a member compared with the panel's, and the record field it feeds

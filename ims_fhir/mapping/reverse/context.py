@@ -9,10 +9,12 @@ Terms:
   is named, never dropped in silence. ``id``, ``meta``, ``text`` (the narrative, a
   rendering of the data), ``language`` and ``contained`` (reached through ``#`` references)
   are bookkeeping and are not reported.
-- *system base*: ``{system_base}/{kind}`` is the system of our business identifiers; a
-  base is *known* when an Organization (``/organization``), a Patient chart number (type
-  MR, ``/patient``) or the caller names it. Our identifier of a resource is the one under
-  a known base, else the first whose system ends with ``/{kind}``.
+- *system base*: ``{system_base}/{kind}`` (:mod:`ims_fhir.identifiers`) is the system of
+  our business identifiers; a base is *known* when an Organization (``/organization``), a
+  Patient chart number (type MR, ``/patient``) or the caller names it. Our identifier of a
+  resource is the one under a known base, else the first spelled ``{some base}/{kind}``
+  (:func:`~ims_fhir.identifiers.split_system`: the import discovers the bases of data
+  written elsewhere).
 - *foreign* resource: one without our business identifier. Its record id is its first
   identifier's value, else its resource id (reported as ``assumed``).
 """
@@ -20,13 +22,15 @@ Terms:
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import replace
-from typing import Any, Iterable
+from typing import Any
 
 from ...errors import Problem
+from ...identifiers import split_system
 from .codes import UNIT_FACTORS, Codes, describe
-from .index import Entry, ResourceIndex, reference_keys, reference_type
 from .outcomes import Built, ReportItem
+from .resources import Entry, ResourceLookup, reference_keys, reference_type
 
 #: elements that are bookkeeping, not data: never reported
 #: the R4 core extension from a body site (CodeableConcept) to its BodyStructure
@@ -113,7 +117,7 @@ def notes_text(el: Elements, notes: Any, path: str = "note") -> str | None:
 class ReverseContext:
     """Per-run state shared by the reverse mappers."""
 
-    def __init__(self, codes: Codes, index: ResourceIndex, bases: set[str]) -> None:
+    def __init__(self, codes: Codes, index: ResourceLookup, bases: set[str]) -> None:
         self.codes = codes
         self.index = index
         self.bases = bases
@@ -161,14 +165,13 @@ class ReverseContext:
     # -- identities ------------------------------------------------------------------------
     def our_identifier(self, identifiers: Any, kind: str) -> tuple[int, str, str] | None:
         """(position, system base, value) of our business identifier of ``kind``, if any."""
-        suffix = f"/{kind}"
         candidates = []
         for pos, ident in enumerate(identifiers if isinstance(identifiers, list) else ()):
             if not isinstance(ident, dict) or not isinstance(ident.get("value"), str):
                 continue
-            system = ident.get("system")
-            if isinstance(system, str) and system.endswith(suffix) and len(system) > len(suffix):
-                base = system[: -len(suffix)]
+            found = split_system(ident.get("system"))
+            if found is not None and found[1] == kind:
+                base = found[0]
                 typed = kind != "patient" or self.codes.is_chart_type(ident.get("type"))
                 if not typed and base not in self.bases:
                     continue  # a /patient system of someone else, not a chart number
@@ -275,14 +278,15 @@ class ReverseContext:
         # rules as chart_number / practitioner_number
         kind = "patient" if rtype == "Patient" else "practitioner"
         for system, value in _reference_identifiers(ref):
-            if system.endswith(f"/{kind}"):
+            split = split_system(system)
+            if split is not None and split[1] == kind:
                 return value
         ident = ref.get("identifier")
         if isinstance(ident, dict) and isinstance(ident.get("value"), str) and (
                 rtype == "Practitioner" or self.codes.is_chart_type(ident.get("type"))):
             el.note(path, "assumed", f"{rtype} not in the input: {field} taken from the reference's "
                     f"identifier {_ident(ident)}")
-            return ident["value"]
+            return str(ident["value"])
         message = (f"{where} names no {rtype} in the input and carries no identifier ({{system_base}}/{kind}) "
                    f"to take {field} from")
         el.note(path, "unresolved_reference", message)
@@ -354,7 +358,7 @@ def _ident(ident: Any) -> str:
 def _reference_identifiers(ref: dict[str, Any]) -> Iterable[tuple[str, str]]:
     text = ref.get("reference")
     if isinstance(text, str) and "?" in text:
-        from .index import identifier_tokens
+        from .resources import identifier_tokens
 
         yield from identifier_tokens(text.partition("?")[2])
     ident = ref.get("identifier")
@@ -379,4 +383,4 @@ def _ref_key(value: Any) -> Any:
 
 
 def same_reference(a: Any, b: Any) -> bool:
-    return _ref_key(a) == _ref_key(b)
+    return bool(_ref_key(a) == _ref_key(b))

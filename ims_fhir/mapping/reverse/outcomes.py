@@ -8,7 +8,7 @@ Every resource read ends in exactly one of these states (counted in
   an Encounter a record refers to);
 - *rejected*: it could not be mapped (invalid FHIR, no ``ims-record/1`` counterpart, a
   conflicting duplicate), or it went into a record that then failed the record models;
-  it is listed in a :class:`Reject` with every reason;
+  it is listed in a :class:`~ims_fhir.rejects.Rejected` with every reason;
 - *duplicate*: the same resource (same ``Type/id`` or ``fullUrl``, same content) was
   already read, e.g. a Patient repeated in every transaction Bundle.
 
@@ -20,9 +20,10 @@ had to assume, with the reason: nothing is dropped without a word.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 from ...errors import Problem
+from ...rejects import Rejected
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,36 +63,7 @@ class ImportedRecord:
         return str(self.data["id"])
 
 
-@dataclass(frozen=True, slots=True)
-class Reject:
-    """A resource that could not be mapped, or a record that could not be rebuilt validly."""
-
-    resource: str
-    origin: str
-    problems: tuple[Problem, ...]
-    record_type: str | None = None
-    record_id: str | None = None
-    #: the record as far as it could be rebuilt (for a record that failed the models)
-    record: dict[str, Any] | None = None
-    #: every resource the record was built from
-    resources: tuple[str, ...] = ()
-
-    def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "resource": self.resource,
-            "origin": self.origin,
-            "record_type": self.record_type,
-            "id": self.record_id,
-            "problems": [p.as_dict() for p in self.problems],
-        }
-        if self.record is not None:
-            out["record"] = self.record
-        if len(self.resources) > 1:
-            out["resources"] = list(self.resources)
-        return out
-
-
-Outcome = Union[ImportedRecord, Reject, ReportItem]
+Outcome = ImportedRecord | Rejected | ReportItem
 
 
 @dataclass
@@ -99,7 +71,7 @@ class ImportResult:
     """Everything one reverse run produced, in a deterministic order."""
 
     records: list[ImportedRecord] = field(default_factory=list)
-    rejects: list[Reject] = field(default_factory=list)
+    rejects: list[Rejected] = field(default_factory=list)
     report: list[ReportItem] = field(default_factory=list)
     #: system_base -> source (``clinic_id``, ``clinic_name``, ``system_base``) found in the Organizations
     sources: dict[str, dict[str, str]] = field(default_factory=dict)

@@ -19,7 +19,7 @@ from typing import Any
 
 from ...errors import Problem
 from .context import Elements, ReverseContext
-from .index import Entry
+from .resources import Entry
 from .outcomes import Built
 
 

@@ -30,12 +30,13 @@ from __future__ import annotations
 from typing import Any
 
 from ...errors import Problem
+from ...identifiers import split_system
 from ...records.validation import aware_datetime
 from .assessment import _components, _first, _put, _score, body_site
 from .codes import PANEL, PROCEDURE_CONCEPTS, describe
 from .context import Elements, ReverseContext, notes_text, same_reference
-from .index import Entry, identifier_tokens
 from .outcomes import Built
+from .resources import Entry, identifier_tokens
 
 
 def is_ims_procedure(ctx: ReverseContext, code: Any) -> bool:
@@ -85,9 +86,9 @@ def _assessment_id(ctx: ReverseContext, el: Elements, built: Built) -> None:
         text = ref.get("reference") if isinstance(ref, dict) else None
         found = None
         if isinstance(text, str) and "?" in text:
-            found = next((v for s, v in identifier_tokens(text.partition("?")[2]) if s.endswith("/assessment")), None)
+            found = next((v for s, v in identifier_tokens(text.partition("?")[2]) if _is_assessment_system(s)), None)
         ident = ref.get("identifier") if isinstance(ref, dict) else None
-        if found is None and isinstance(ident, dict) and str(ident.get("system", "")).endswith("/assessment"):
+        if found is None and isinstance(ident, dict) and _is_assessment_system(ident.get("system")):
             found = ident.get("value")
         if found:
             built.data["assessment_id"] = found
@@ -113,6 +114,11 @@ def _consent(ctx: ReverseContext, el: Elements, ext: dict[str, Any], built: Buil
         el.note("extension", "not_mapped", f"{target.label} is not an active permit or deny; consent not read")
         return None
     return bool(kind == "permit")
+
+
+def _is_assessment_system(system: Any) -> bool:
+    found = split_system(system)
+    return found is not None and found[1] == "assessment"
 
 
 def _status_reason(el: Elements) -> str | None:

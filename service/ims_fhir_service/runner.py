@@ -1,37 +1,24 @@
-"""Running the service: ``ims-fhir serve`` (waitress + the sync worker) and ``ims-fhir worker``.
+"""Running the service: ``ims-fhir serve`` (waitress + the sync worker).
 
 The app is served by waitress, a production WSGI server (never Flask's development
 server). The worker runs in a thread of the same process unless ``[worker] enabled =
 false``; then run ``ims-fhir worker`` beside it (several may run: claims are leases).
 SIGTERM and SIGINT stop both cleanly; a ``kill -9`` loses nothing (see
-:mod:`ims_fhir.sync.worker`).
+:mod:`ims_fhir.sync.worker`). The worker itself is built by :mod:`ims_fhir.sync.runner`.
 """
 
 from __future__ import annotations
 
 import logging
 import signal
-import sys
 import threading
 from types import FrameType
 
-from ims_fhir.mapping import MappingContext, MappingOptions, map_organization
-from ims_fhir.sync import SyncWorker, open_outbox
-from ims_fhir.terminology import default_terminology
+from ims_fhir.sync.runner import make_worker
 
 from .config import ServiceConfig
 
-log = logging.getLogger("service")
-
-
-def configure_logging(level: str = "INFO") -> None:
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
-def make_worker(config: ServiceConfig) -> SyncWorker:
-    mapping = MappingContext(config.source, default_terminology(), MappingOptions(cpt=config.convert.cpt))
-    return SyncWorker(open_outbox(config.storage_url), list(config.targets), map_organization(mapping), config.worker)
+log = logging.getLogger("ims_fhir_service")
 
 
 def _on_signals(stop: threading.Event) -> None:
@@ -72,24 +59,4 @@ def serve(config: ServiceConfig, *, with_worker: bool | None = None) -> int:
     return 0
 
 
-def run_worker(config: ServiceConfig, *, once: bool = False) -> int:
-    """The worker on its own; ``once`` runs rounds until the queue has nothing due, then returns."""
-    worker = make_worker(config)
-    if once:
-        try:
-            worker.recover()
-            while worker.run_once():
-                pass
-        finally:
-            worker.close()
-        return 0
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
-    try:
-        worker.run(stop)
-    except KeyboardInterrupt:
-        stop.set()
-    return 0
-
-
-__all__ = ["configure_logging", "make_worker", "run_worker", "serve"]
+__all__ = ["serve"]

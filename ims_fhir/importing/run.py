@@ -1,5 +1,9 @@
 """One reverse run: resources in (any order, any mix of files and Bundles), outcomes out.
 
+The stateful side of the import direction: the resource index (SQLite), validation of
+the resources and of the rebuilt records; the mapping itself (:mod:`ims_fhir.mapping.reverse`)
+is pure.
+
 1. :meth:`ReverseRun.add` each resource (a Bundle is unpacked, its entries' ``fullUrl``
    kept). It is validated with the R4 models first: an invalid resource, a resource with
    a ``modifierExtension`` (its meaning would change in ways we cannot know) or a second
@@ -12,7 +16,7 @@
    treatments; and a reject for every resource nothing took (an Encounter no record
    refers to, a finding whose panel is missing, a blood pressure). Each rebuilt record
    is validated with the record models: a valid one is an :class:`ImportedRecord` (its
-   data is what the models normalise), an invalid one a :class:`Reject` carrying every
+   data is what the models normalise), an invalid one a :class:`~ims_fhir.rejects.Rejected` carrying every
    problem and the partial record. The same record rebuilt twice (an NDJSON folder and
    the Bundles of the same data) is yielded once; the same id with different content is
    rejected (``duplicate_id``).
@@ -25,21 +29,23 @@ from __future__ import annotations
 
 import copy
 import sqlite3
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
-
-from ...errors import Problem
-from ...fhir.validation import validate_resource
-from ...records.models import record_dict
-from ...records.validation import validate_record
-from ...terminology import Terminology, default_terminology
-from .assessment import finding_kind, map_panel, map_standalone, own_finding_value
-from .codes import PANEL, TREATMENT_FINDING_CONCEPTS, Codes, describe
-from .context import ReverseContext, with_record
-from .index import COVERED, MAPPED, REJECTED, Entry, ResourceIndex, aliases, dumps, loads, resource_label
-from .outcomes import Built, ImportedRecord, ImportResult, Outcome, Reject, ReportItem
-from .people import map_patient, map_practitioner, organization_source
-from .treatment import is_ims_procedure, map_procedure
+from ..errors import Problem
+from ..fhir.validation import validate_resource
+from ..mapping.reverse.assessment import finding_kind, map_panel, map_standalone, own_finding_value
+from ..mapping.reverse.codes import PANEL, TREATMENT_FINDING_CONCEPTS, Codes, describe
+from ..mapping.reverse.context import ReverseContext, with_record
+from ..mapping.reverse.outcomes import Built, ImportedRecord, ImportResult, Outcome, ReportItem
+from ..mapping.reverse.people import map_patient, map_practitioner, organization_source
+from ..mapping.reverse.resources import COVERED, MAPPED, REJECTED, Entry, aliases, dumps, loads, resource_label
+from ..mapping.reverse.treatment import is_ims_procedure, map_procedure
+from ..records.models import record_dict
+from ..records.validation import validate_record
+from ..rejects import Rejected
+from ..terminology import Terminology, default_terminology
+from .index import ResourceIndex
 
 
 class ReverseRun:
@@ -88,7 +94,7 @@ class ReverseRun:
                                     f"{label} was already read at {first.origin} with different content")]
         if problems:
             self.index.add(resource, origin, full_url, "rejected", [], part_of=False, state=REJECTED)
-            self.index.add_outcome(_encode(Reject(label, origin, tuple(problems))))
+            self.index.add_outcome(_encode(Rejected(None, None, origin, tuple(problems), resource=label)))
             return
         role = self._role(resource)
         links = []
@@ -103,7 +109,7 @@ class ReverseRun:
     def add_unreadable(self, label: str, origin: str, problem: Problem) -> None:
         """Something read that is not a resource (a line that is not JSON): rejected, counted."""
         self.unreadable += 1
-        self.index.add_outcome(_encode(Reject(label, origin, (problem,))))
+        self.index.add_outcome(_encode(Rejected(None, None, origin, (problem,), resource=label)))
 
     def _add_bundle(self, bundle: dict[str, Any], origin: str) -> None:
         # the entries are validated one by one (validating the Bundle as a whole would do it twice)
@@ -120,7 +126,7 @@ class ReverseRun:
                 continue
             request = entry.get("request") if isinstance(entry, dict) else None
             what = f"a {request.get('method')} entry" if isinstance(request, dict) and request.get("method") else "an entry"
-            label = entry.get("fullUrl") if isinstance(entry, dict) and isinstance(entry.get("fullUrl"), str) else where
+            label = str(entry["fullUrl"]) if isinstance(entry, dict) and isinstance(entry.get("fullUrl"), str) else where
             self.add_unreadable(label, where, Problem("Bundle.entry.resource", "no_resource",
                                                       f"{what} without a resource has no ims-record/1 counterpart"))
 
@@ -227,7 +233,7 @@ class ReverseRun:
         if entry.seq < 0 or self.index.state(entry.seq) != 0:
             return
         self.index.mark([entry.seq], REJECTED)
-        yield Reject(entry.label, entry.origin, (Problem(entry.resource_type, rule, message),))
+        yield Rejected(None, None, entry.origin, (Problem(entry.resource_type, rule, message),), resource=entry.label)
 
     def _finish(self, built: Built) -> Iterator[Outcome]:
         rtype, data = built.record_type, built.data
@@ -242,9 +248,10 @@ class ReverseRun:
         outcome: Outcome | None
         if problems:
             self.index.mark(seqs, COVERED)
-            outcome = Reject(label, origin, tuple(problems), rtype, record_id, data, labels)
+            outcome = Rejected(rtype, record_id, origin, tuple(problems), resource=label, record=data, resources=labels)
+        elif model is None:  # the models found nothing wrong yet gave no record: cannot happen
+            raise RuntimeError(f"validate_record gave neither a {rtype} nor a problem")
         else:
-            assert model is not None
             out = record_dict(model)
             seen = self.index.record_seen(rtype, built.system_base or "", out["id"],
                                           dumps(out, sort_keys=True), origin)
@@ -257,9 +264,9 @@ class ReverseRun:
                 outcome = None
             else:
                 self.index.mark(seqs, COVERED)
-                outcome = Reject(label, origin, (Problem("id", "duplicate_id", f"{rtype} {out['id']!r} was already "
-                                                         f"imported from {seen[1]} with different content"),),
-                                 rtype, record_id, data, labels)
+                outcome = Rejected(rtype, record_id, origin, (Problem(
+                    "id", "duplicate_id", f"{rtype} {out['id']!r} was already imported from {seen[1]} with different "
+                    "content"),), resource=label, record=data, resources=labels)
         if outcome is not None:
             yield outcome
         for item in built.report:
@@ -281,13 +288,14 @@ def _a(word: str) -> str:
     return ("an " if word[:1].upper() in "AEIOU" else "a ") + word
 
 
-def _encode(reject: Reject) -> bytes:
+def _encode(reject: Rejected) -> bytes:
     return dumps(reject.as_dict())
 
 
-def _decode(body: bytes) -> Reject:
+def _decode(body: bytes) -> Rejected:
     d = loads(body)
-    return Reject(d["resource"], d["origin"], tuple(Problem(**p) for p in d["problems"]), d.get("record_type"), d.get("id"))
+    return Rejected(d.get("record_type"), d.get("id"), d["origin"], tuple(Problem(**p) for p in d["problems"]),
+                    resource=d["resource"])
 
 
 def reverse_resources(resources: Iterable[Any], terminology: Terminology | None = None, *,
@@ -305,7 +313,7 @@ def reverse_resources(resources: Iterable[Any], terminology: Terminology | None 
         for outcome in run.outcomes():
             if isinstance(outcome, ImportedRecord):
                 result.records.append(outcome)
-            elif isinstance(outcome, Reject):
+            elif isinstance(outcome, Rejected):
                 result.rejects.append(outcome)
             elif isinstance(outcome, ReportItem):
                 result.report.append(outcome)

@@ -9,7 +9,7 @@ Terms:
   (LOINC, SNOMED CT, CPT, ICD) as warnings because their content is not available offline.
 - *issue*: one entry of a resource's OperationOutcome: severity, code, diagnostics, expression.
 
-Needs Java 17 (and Maven the first time, to build the jar; see :mod:`ims_fhir.devserver`).
+Needs Java 17 (and Maven the first time, to build the jar; see :mod:`ims_fhir.dev.hapi`).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import devserver
-from .errors import ToolchainError
+from . import hapi as devserver
+from ..errors import ToolchainError
 
 MAIN_CLASS = "org.imsfhir.hapi.OfflineValidator"
 #: Spring Boot's classic launcher in the repackaged jar, able to start another main class
@@ -56,7 +56,7 @@ def validate_files(files: Sequence[Path], *, ig_package: Path | None = None,
     toolchain = devserver.check_toolchain(need_maven=artifact is None)
     artifact = artifact or devserver.build()
     if ig_package is None:
-        from .ig import BUILT_PACKAGE
+        from ..ig import BUILT_PACKAGE
 
         ig_package = BUILT_PACKAGE
     command = [toolchain.java, "-Xmx1g", "-XX:+UseSerialGC", "-cp", str(artifact), f"-Dloader.main={MAIN_CLASS}",

@@ -8,10 +8,11 @@ The round trip is a law, tested over the whole record space::
 from __future__ import annotations
 
 import copy
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
-from ...records.models import record_dict
-from ...records.validation import validate_record
+from ..records.models import record_dict
+from ..records.validation import validate_record
 
 
 def normalise(record_type: str, record: Mapping[str, Any]) -> dict[str, Any]:
@@ -40,7 +41,8 @@ def normalise(record_type: str, record: Mapping[str, Any]) -> dict[str, Any]:
     model, problems = validate_record(record_type, copy.deepcopy(dict(record)))
     if model is None:
         raise ValueError(f"not a valid {record_type}: " + "; ".join(f"{p.path}: {p.message}" for p in problems))
-    return _without_empty_lists(record_dict(model))
+    normal: dict[str, Any] = _without_empty_lists(record_dict(model))
+    return normal
 
 
 def normalise_source(source: Mapping[str, Any]) -> dict[str, Any]:

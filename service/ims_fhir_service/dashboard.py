@@ -23,7 +23,7 @@ from .auth import check_csrf, csrf_token, log_in, session_principal
 
 bp = Blueprint("dashboard", __name__, template_folder="templates", static_folder="static",
                static_url_path="/static")
-log = logging.getLogger("service.dashboard")
+log = logging.getLogger("ims_fhir_service.dashboard")
 F = TypeVar("F", bound=Callable[..., Any])
 
 

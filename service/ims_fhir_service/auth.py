@@ -13,7 +13,7 @@ Terms:
   also accept the session (the dashboard's script polls them); writes need the bearer
   token or, from the dashboard, a form with the CSRF token.
 
-``python -m service.auth`` reads a token on stdin (or makes a new one with ``--new``)
+``python -m ims_fhir_service.auth`` reads a token on stdin (or makes a new one with ``--new``)
 and prints the ``sha256`` line for the configuration.
 """
 
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         token = sys.stdin.readline().strip()
         if not token:
-            print("usage: python -m service.auth [--new] < token", file=sys.stderr)
+            print("usage: python -m ims_fhir_service.auth [--new] < token", file=sys.stderr)
             return 2
     print(f'sha256 = "{hash_token(token)}"')
     return 0

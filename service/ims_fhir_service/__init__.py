@@ -1,12 +1,12 @@
 """The ims-fhir sync service: a Flask app over the outbox in :mod:`ims_fhir.sync`.
 
-``create_app(config)`` builds one app from a :class:`~service.config.ServiceConfig`
-(see :mod:`service.config`); everything the views need hangs off
+``create_app(config)`` builds one app from a :class:`~ims_fhir_service.config.ServiceConfig`
+(see :mod:`ims_fhir_service.config`); everything the views need hangs off
 ``app.extensions["ims_fhir"]`` (:class:`ServiceState`), so two apps in one process
-(tests) share nothing. Blueprints: :mod:`service.api` (records, retry, pull),
-:mod:`service.ops` (health, readiness, metrics, OpenAPI), :mod:`service.dashboard`.
+(tests) share nothing. Blueprints: :mod:`ims_fhir_service.api` (records, retry, pull),
+:mod:`ims_fhir_service.ops` (health, readiness, metrics, OpenAPI), :mod:`ims_fhir_service.dashboard`.
 ``ims-fhir serve`` runs the app under waitress with the sync worker beside it
-(:mod:`service.runner`).
+(:mod:`ims_fhir_service.runner`).
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from flask import Flask, g, request
 
@@ -26,7 +27,7 @@ from ims_fhir.terminology import default_terminology
 
 from .config import ServiceConfig
 
-access_log = logging.getLogger("service.access")
+access_log = logging.getLogger("ims_fhir_service.access")
 
 
 @dataclass

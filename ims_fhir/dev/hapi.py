@@ -6,8 +6,9 @@ validates every write against base R4, so whatever ims-fhir sends is proven vali
 Terms used here:
 
 module source
-    The Maven module that defines the server: ``<repo>/hapi-server`` in a checkout, or
-    ``ims_fhir/hapi_server`` inside an installed wheel (see :func:`locate_module_source`).
+    The Maven module that defines the server: ``<repo>/hapi-server`` of the checkout this
+    module runs from (the development tools are not in the wheel; see
+    :func:`locate_module_source`).
 source hash
     A SHA-256 over the module's ``pom.xml`` and ``src/`` (paths and bytes), shortened to 16
     hex digits. A change to any of them gives a new hash and so a new build.
@@ -26,9 +27,9 @@ Needs Java 17+ (``$JAVA_HOME/bin/java``, else ``java`` on PATH) and Maven (``mvn
 PATH) to build, and only Java to run a built artifact. No module-level state: every
 function takes its settings as arguments.
 
-Command line: ``python -m ims_fhir.devserver build`` builds (or finds) the artifact and
-prints its path; ``python -m ims_fhir.devserver serve [--port N]`` runs the server in the
-foreground.
+Command line: ``python -m ims_fhir.dev.hapi build`` builds (or finds) the artifact and
+prints its path; ``python -m ims_fhir.dev.hapi serve [--port N]`` runs the server in the
+foreground (as ``ims-fhir dev-server``).
 """
 
 from __future__ import annotations
@@ -130,14 +131,14 @@ def check_toolchain(*, need_maven: bool = True) -> Toolchain:
 
 
 def locate_module_source() -> Path:
-    """Find the Maven module: ``ims_fhir/hapi_server`` (wheel) or ``<repo>/hapi-server``."""
-    package_dir = Path(__file__).resolve().parent
-    for candidate in (package_dir / "hapi_server", package_dir.parent / "hapi-server"):
-        if (candidate / "pom.xml").is_file():
-            return candidate
+    """Find the Maven module: ``<repo>/hapi-server`` of the checkout (``ims_fhir/dev/`` is two levels below)."""
+    repo = Path(__file__).resolve().parent.parent.parent
+    candidate = repo / "hapi-server"
+    if (candidate / "pom.xml").is_file():
+        return candidate
     raise ToolchainError(
-        f"the hapi-server Maven module was not found next to {package_dir} "
-        "(expected ims_fhir/hapi_server in a wheel or hapi-server/ in a checkout)"
+        f"the hapi-server Maven module was not found in {repo}: the HAPI FHIR dev server runs from a checkout "
+        'of ims-fhir (pip install -e ".[dev]")'
     )
 
 
@@ -225,7 +226,8 @@ def build(
         return artifact
 
     toolchain = check_toolchain(need_maven=True)
-    assert toolchain.mvn is not None
+    if toolchain.mvn is None:  # check_toolchain(need_maven=True) raises first; this narrows the type
+        raise ToolchainError("Maven (mvn) is needed to build the HAPI FHIR dev server")
     log_path = log_path or cache_root / f"{digest}.build.log"
     with _exclusive_lock(cache_root / f"{digest}.lock"):
         if artifact.is_file() and not force:  # another process built it while we waited
@@ -535,9 +537,9 @@ def _sigterm_as_keyboard_interrupt() -> Iterator[None]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m ims_fhir.devserver build|serve``."""
+    """``python -m ims_fhir.dev.hapi build|serve``."""
     parser = argparse.ArgumentParser(
-        prog="python -m ims_fhir.devserver",
+        prog="python -m ims_fhir.dev.hapi",
         description="Build or run the local HAPI FHIR JPA server (FHIR R4, in-memory H2).",
     )
     commands = parser.add_subparsers(dest="command", required=True)

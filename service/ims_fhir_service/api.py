@@ -29,7 +29,7 @@ from .auth import require
 from .outcomes import error_response, issue, outcome_response
 
 bp = Blueprint("api", __name__)
-log = logging.getLogger("service.api")
+log = logging.getLogger("ims_fhir_service.api")
 
 
 def state() -> ServiceState:
@@ -51,10 +51,10 @@ def _location(record_type: str, record_id: str) -> str:
 def post_records() -> Response:
     st = state()
     body = request.get_data(cache=False)  # past MAX_CONTENT_LENGTH: 413
-    raw_records, declared = parse_body(body)
+    convert = st.config.convert
+    raw_records, declared = parse_body(body, lenient=convert.lenient)
     if declared:
         resolve_source(declared, st.config.source.model_dump(exclude_none=True), "the posted document")
-    convert = st.config.convert
     intake = take(raw_records, st.mapping, lenient=convert.lenient,
                   context={"default_tz": convert.default_tz} if convert.default_tz else None)
     stored = st.outbox.put(intake.accepted, [t.name for t in st.config.targets], now=st.clock()) if intake.accepted else []

@@ -116,7 +116,7 @@ def metrics() -> Response:
     for target in st.config.targets:
         buckets, count, total = stats.latency.get(target.name, ([0] * len(LATENCY_BUCKETS), 0, 0.0))
         label = f'target="{_label(target.name)}"'
-        for bound, n in zip(LATENCY_BUCKETS, buckets):
+        for bound, n in zip(LATENCY_BUCKETS, buckets, strict=False):
             lines.append(f'ims_fhir_transaction_seconds_bucket{{{label},le="{bound:g}"}} {n}')
         lines.append(f'ims_fhir_transaction_seconds_bucket{{{label},le="+Inf"}} {count}')
         lines.append(f"ims_fhir_transaction_seconds_sum{{{label}}} {total:.6f}")
@@ -129,7 +129,7 @@ def metrics() -> Response:
             lines.append(f'ims_fhir_http_requests_total{{endpoint="{_label(endpoint)}",status="{status}"}} {n}')
         lines += ["# HELP ims_fhir_http_request_seconds API request duration in this process.",
                   "# TYPE ims_fhir_http_request_seconds histogram"]
-        for bound, n in zip(_HTTP_BUCKETS, http.buckets):
+        for bound, n in zip(_HTTP_BUCKETS, http.buckets, strict=False):
             lines.append(f'ims_fhir_http_request_seconds_bucket{{le="{bound:g}"}} {n}')
         lines.append(f'ims_fhir_http_request_seconds_bucket{{le="+Inf"}} {http.count}')
         lines.append(f"ims_fhir_http_request_seconds_sum {http.total:.6f}")
