@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import hapi as devserver
 from ..errors import ToolchainError
+from . import hapi as devserver
 
 MAIN_CLASS = "org.imsfhir.hapi.OfflineValidator"
 #: Spring Boot's classic launcher in the repackaged jar, able to start another main class
