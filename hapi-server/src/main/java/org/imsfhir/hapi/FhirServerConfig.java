@@ -145,6 +145,7 @@ public class FhirServerConfig {
 			@Qualifier("myInstanceValidator") IInstanceValidatorModule instanceValidator) {
 		FhirValidator validator = fhirContext.newValidator();
 		validator.registerValidatorModule(instanceValidator);
+		validator.setInterceptorBroadcaster(ImsIgValidationConfig.unknownCodeSystemsAreErrors());
 		return validator;
 	}
 

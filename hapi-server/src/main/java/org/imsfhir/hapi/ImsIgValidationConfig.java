@@ -2,11 +2,15 @@ package org.imsfhir.hapi;
 
 import ca.uhn.fhir.context.FhirContext;
 import ca.uhn.fhir.context.support.IValidationSupport;
+import ca.uhn.fhir.interceptor.api.IInterceptorBroadcaster;
+import ca.uhn.fhir.interceptor.executor.InterceptorService;
+import ca.uhn.fhir.rest.server.interceptor.validation.ValidationMessageUnknownCodeSystemPostProcessingInterceptor;
 import java.io.IOException;
 import java.io.InputStream;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import org.hl7.fhir.common.hapi.validation.support.PrePopulatedValidationSupport;
+import org.hl7.fhir.common.hapi.validation.support.UnknownCodeSystemWarningValidationSupport;
 import org.hl7.fhir.common.hapi.validation.support.ValidationSupportChain;
 import org.hl7.fhir.instance.model.api.IBaseResource;
 import org.hl7.fhir.utilities.npm.NpmPackage;
@@ -34,6 +38,19 @@ import org.springframework.context.annotation.Configuration;
 public class ImsIgValidationConfig {
 
 	private static final Logger LOG = LoggerFactory.getLogger(ImsIgValidationConfig.class);
+
+	/**
+	 * Validation hooks that make "unknown code system" messages errors: HAPI reports a code
+	 * system it cannot find as a warning in most bindings; the IG wants a typo in a system URL
+	 * or a CodeSystem the IG does not publish refused. (LOINC, SNOMED CT, CPT and ICD are not
+	 * unknown: {@link OfflineTerminologyWarnings} answers for them.)
+	 */
+	public static IInterceptorBroadcaster unknownCodeSystemsAreErrors() {
+		InterceptorService hooks = new InterceptorService("ims-fhir-validation");
+		hooks.registerInterceptor(
+				new ValidationMessageUnknownCodeSystemPostProcessingInterceptor(IValidationSupport.IssueSeverity.ERROR));
+		return hooks;
+	}
 
 	/** Reads every resource of the {@code package/} folder of a FHIR NPM package (.tgz). */
 	public static PrePopulatedValidationSupport load(FhirContext fhirContext, Path tgz) throws IOException {
@@ -68,6 +85,11 @@ public class ImsIgValidationConfig {
 				chain.addValidationSupport(0, load(fhirContext, Path.of(igPackage)));
 				LOG.info("Validating against the IG package {}", igPackage);
 			}
+			// last in the chain: a code system nobody above knows (not R4, not the IG, not UCUM and the
+			// other systems HAPI implements, not an external one) is an error, never silently passed
+			UnknownCodeSystemWarningValidationSupport unknown = new UnknownCodeSystemWarningValidationSupport(fhirContext);
+			unknown.setNonExistentCodeSystemSeverity(IValidationSupport.IssueSeverity.ERROR);
+			chain.addValidationSupport(unknown);
 			chain.invalidateCaches();
 		} else {
 			throw new IllegalStateException("the validation support is not a chain: " + validationSupportChain);

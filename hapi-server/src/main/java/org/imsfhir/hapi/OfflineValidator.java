@@ -22,6 +22,7 @@ import java.util.zip.GZIPInputStream;
 import org.hl7.fhir.common.hapi.validation.support.CommonCodeSystemsTerminologyService;
 import org.hl7.fhir.common.hapi.validation.support.InMemoryTerminologyServerValidationSupport;
 import org.hl7.fhir.common.hapi.validation.support.SnapshotGeneratingValidationSupport;
+import org.hl7.fhir.common.hapi.validation.support.UnknownCodeSystemWarningValidationSupport;
 import org.hl7.fhir.common.hapi.validation.support.ValidationSupportChain;
 import org.hl7.fhir.common.hapi.validation.validator.FhirInstanceValidator;
 
@@ -66,6 +67,9 @@ public final class OfflineValidator {
 					new CommonCodeSystemsTerminologyService(ctx),
 					new InMemoryTerminologyServerValidationSupport(ctx),
 					new SnapshotGeneratingValidationSupport(ctx));
+			UnknownCodeSystemWarningValidationSupport unknown = new UnknownCodeSystemWarningValidationSupport(ctx);
+			unknown.setNonExistentCodeSystemSeverity(ca.uhn.fhir.context.support.IValidationSupport.IssueSeverity.ERROR);
+			chain.addValidationSupport(unknown);
 			if (ig != null) {
 				chain.addValidationSupport(0, ImsIgValidationConfig.load(ctx, ig));
 			}
@@ -75,6 +79,7 @@ public final class OfflineValidator {
 		}
 		FhirValidator validator = ctx.newValidator();
 		validator.registerValidatorModule(new FhirInstanceValidator(chain));
+		validator.setInterceptorBroadcaster(ImsIgValidationConfig.unknownCodeSystemsAreErrors());
 		ObjectMapper json = new ObjectMapper();
 		boolean errors = false;
 		for (Path file : files) {
