@@ -87,6 +87,19 @@ def index_page(term: Terminology) -> str:
     lines += ["", "## Extensions", ""]
     for key, (title, vtype, context, description, _) in EXTENSIONS.items():
         lines.append(f"- `{term.extension_url(key)}` ({title}): {vtype} on {context}. {description}")
+    lines += ["", "## Validation", "",
+              "The test server and `ims-fhir validate` (HAPI FHIR's validator, offline) load this package and "
+              "validate strictly: every coding of a bound CodeableConcept must be valid, and a code system the "
+              "validator does not know is an **error**. The one documented exception, because their content "
+              "cannot be held offline: codes of `http://loinc.org`, `http://snomed.info/sct`, "
+              "`http://www.ama-assn.org/go/cpt`, `http://hl7.org/fhir/sid/icd-10-ca`, "
+              "`http://hl7.org/fhir/sid/icd-10-cm` and `http://hl7.org/fhir/sid/icd-9-cm` are reported as "
+              "**warnings** (\"not checked: the content of ... is not available offline\"). On the example "
+              "clinic the only warnings are on `Consent.category` (LOINC 59284-0).",
+              "", "## Consent policy", "",
+              f"`Consent.policy.uri` = `{term.base}/{term.fhir['consent_policy']['path']}` stands for: the patient "
+              "agrees (provision `permit`) or refuses (`deny`) to be needled in this one session, after the "
+              "practitioner explained the procedure, its expected soreness and its risks."]
     lines += ["", "Core R4 extensions used: `http://hl7.org/fhir/StructureDefinition/bodySite` (from a body site "
               "to the BodyStructure that carries its side).", "", "## Code systems and value sets", "",
               "Every closed list of ims-record/1 is a CodeSystem `" + term.base + "/CodeSystem/ims-*` with a ValueSet "
