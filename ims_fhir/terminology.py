@@ -108,7 +108,7 @@ class Terminology:
         return f"{self.base}/StructureDefinition/{self.profiles[key]['id']}"
 
     def diagnosis_system(self, system: str) -> str:
-        return self.systems[self.fhir["diagnosis_systems"][system]]
+        return str(self.systems[self.fhir["diagnosis_systems"][system]])
 
     def instrument_unit(self, instrument: str) -> tuple[str, str]:
         row = self.vocab_rows["instrument"]["concepts"][instrument]
@@ -207,22 +207,22 @@ def load_terminology(directory: Path | None = None) -> Terminology:
             reverse.setdefault(ck, ("concept", key))
         concepts[key] = {"coding": codings, "text": row.get("text", display)}
 
-    for key, row in profiles.items():
-        if not isinstance(row, dict) or not {"id", "type", "title", "description"} <= set(row):
-            problems.append(f"profiles.toml: [{key}] needs id, type, title and description")
-        elif row.get("concept") and row["concept"] not in concepts:
-            problems.append(f"profiles.toml: [{key}] names unknown concept {row['concept']!r}")
+    for pkey, prow in profiles.items():
+        if not isinstance(prow, dict) or not {"id", "type", "title", "description"} <= set(prow):
+            problems.append(f"profiles.toml: [{pkey}] needs id, type, title and description")
+        elif prow.get("concept") and prow["concept"] not in concepts:
+            problems.append(f"profiles.toml: [{pkey}] names unknown concept {prow['concept']!r}")
     for rel in concept_rows.get("relations", []):
         if rel.get("source") not in concepts or rel.get("system") not in systems:
             problems.append(f"concepts.toml: relation {rel.get('source')!r} -> {rel.get('code')!r} names an unknown concept or system")
         elif rel.get("import_as_source"):
             # read back only: a foreign resource coded with the related concept (never emitted)
             reverse.setdefault((systems[rel["system"]], rel["code"]), ("concept", rel["source"]))
-    for key in ("categories", "procedure_category", "encounter_class", "chart_identifier_type", "extensions", "status", "gender",
-                "health_number_identifier_type", "licence_identifier_type", "organization_type", "condition_category",
+    for table_name in ("categories", "procedure_category", "encounter_class", "chart_identifier_type", "extensions",
+                       "status", "gender", "health_number_identifier_type", "licence_identifier_type", "organization_type", "condition_category",
                 "consent_scope", "consent_category", "consent_policy", "diagnosis_systems", "core_extensions"):
-        if key not in fhir:
-            problems.append(f"fhir.toml: missing table [{key}]")
+        if table_name not in fhir:
+            problems.append(f"fhir.toml: missing table [{table_name}]")
     if problems:
         raise TerminologyError("inconsistent mapping tables: " + "; ".join(problems))
     return Terminology(
