@@ -127,7 +127,13 @@ def pull(config: ClientConfig, options: PullOptions, *, terminology: Terminology
             schemes = _schemes(client, options.system_base)
             resources = _changed(client, schemes, common, options.since, changed)
             keep = lambda record_type, record_id: (record_type, record_id) in changed  # noqa: E731
-        resources = _with_body_structures(client, resources)
+        if options.since is None:
+            resources = _with_body_structures(client, resources)
+        else:
+            # only the sides of the records being pulled: the patient's other BodyStructures belong to
+            # records that did not change and would be left over
+            resources = _with_body_structures(client, resources, lambda res: any(
+                scheme.record_of(res) in changed for scheme in schemes))
         return import_items(fetched.items(resources), [client.base_url],
                             ImportOptions(out_file=options.out_file, output_format=options.output_format,
                                           record_filter=keep), terminology=term)
@@ -173,16 +179,19 @@ def _changed(client: FhirClient, schemes: list[IdentifierScheme], common: list[t
                                + [("_revinclude", i) for i in _PROCEDURE_REVINCLUDES])
 
 
-def _with_body_structures(client: FhirClient, resources: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    """The resources, then the BodyStructures (sides of body sites) of every patient among them:
-    only an extension names them, which no search can follow."""
+def _with_body_structures(client: FhirClient, resources: Iterator[dict[str, Any]],
+                          wanted: Callable[[dict[str, Any]], bool] | None = None) -> Iterator[dict[str, Any]]:
+    """The resources, then the BodyStructures (sides of body sites) of every patient among them
+    (those ``wanted`` says): only an extension names them, which no search can follow."""
     patients: set[str] = set()
     for res in resources:
         if res.get("resourceType") == "Patient" and isinstance(res.get("id"), str):
             patients.add(res["id"])
         yield res
     for patient_id in sorted(patients):
-        yield from _search(client, "BodyStructure", [("patient", f"Patient/{patient_id}"), ("_count", "200")])
+        for res in _search(client, "BodyStructure", [("patient", f"Patient/{patient_id}"), ("_count", "200")]):
+            if wanted is None or wanted(res):
+                yield res
 
 
 __all__ = ["PullOptions", "pull"]
