@@ -149,14 +149,18 @@ def cli() -> None:
 @click.option("--lenient", is_flag=True, help="Ignore unknown fields instead of rejecting the record.")
 @click.option("--strict-refs", is_flag=True, help="Reject records whose patient, practitioner or assessment is not in the input.")
 @click.option("--default-tz", metavar="ZONE", help="IANA time zone for date-times written without an offset.")
-@click.option("--no-cpt", is_flag=True, help="Do not add CPT 20560/20561 codes to treatments.")
+@click.option("--country", metavar="CC", help="ISO 3166-1 alpha-2 country of the clinic (with --clinic-id), e.g. CA.")
+@click.option("--jurisdiction", metavar="CC-XX", help="ISO 3166-2 subdivision (with --clinic-id): assigner of health numbers, e.g. CA-BC.")
+@click.option("--cpt/--no-cpt", default=None,
+              help="Add (or leave out) CPT 20560/20561 on treatments. Default: only for a source with country US.")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes; the output is byte-identical whatever the number.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run's summary as JSON on stdout.")
 def convert(inputs: tuple[Path, ...], out_dir: Path, output_format: str, clinic_id: str | None, clinic_name: str | None,
             system_base: str | None, bundle_size: int, validate: bool, lenient: bool, strict_refs: bool,
-            default_tz: str | None, no_cpt: bool, jobs: int, quiet: bool, as_json: bool) -> int:
+            default_tz: str | None, country: str | None, jurisdiction: str | None, cpt: bool | None, jobs: int,
+            quiet: bool, as_json: bool) -> int:
     """Convert IMS records (JSON document, NDJSON[.gz] or CSV folder) to FHIR R4.
 
     Writes OUT/<ResourceType>.ndjson (or OUT/bundle-0001.json ...), OUT/rejects.ndjson
@@ -173,10 +177,11 @@ def convert(inputs: tuple[Path, ...], out_dir: Path, output_format: str, clinic_
         except ValueError as exc:
             raise UsageError(f"--default-tz: {exc}") from exc
     _check_csv_folders(inputs)
-    source = {k: v for k, v in (("clinic_id", clinic_id), ("clinic_name", clinic_name), ("system_base", system_base)) if v}
+    source = {k: v for k, v in (("clinic_id", clinic_id), ("clinic_name", clinic_name), ("system_base", system_base),
+                                ("country", country), ("jurisdiction", jurisdiction)) if v}
     options = ConvertOptions(
         out_dir=out_dir, output_format=output_format, bundle_size=bundle_size, source=source or None, lenient=lenient,
-        strict_refs=strict_refs, validate=validate, default_tz=default_tz, cpt=not no_cpt,
+        strict_refs=strict_refs, validate=validate, default_tz=default_tz, cpt=cpt,
     )
     progress = _Progress(enabled=not quiet and not as_json and sys.stderr.isatty())
     started = time.monotonic()
@@ -225,14 +230,18 @@ def convert(inputs: tuple[Path, ...], out_dir: Path, output_format: str, clinic_
 @click.option("--system-base", help="Absolute URI, base of the clinic's identifier systems.")
 @click.option("--lenient", is_flag=True, help="Ignore unknown fields of IMS records instead of rejecting the record.")
 @click.option("--default-tz", metavar="ZONE", help="IANA time zone for date-times written without an offset.")
-@click.option("--no-cpt", is_flag=True, help="Do not add CPT 20560/20561 codes to treatments.")
+@click.option("--country", metavar="CC", help="ISO 3166-1 alpha-2 country of the clinic (with --clinic-id).")
+@click.option("--jurisdiction", metavar="CC-XX", help="ISO 3166-2 subdivision (with --clinic-id), e.g. CA-BC.")
+@click.option("--cpt/--no-cpt", default=None,
+              help="Add (or leave out) CPT 20560/20561 on treatments. Default: only for a source with country US.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 def push(inputs: tuple[Path, ...], server: str | None, auth_spec: str, token_url: str | None, ca_bundle: str | None,
          client_cert: str | None, client_key: str | None, timeout: float, max_attempts: int, bundle_size: int,
          concurrency: int, report_file: Path | None, dry_run: bool, state_path: Path | None, clinic_id: str | None,
          clinic_name: str | None,
-         system_base: str | None, lenient: bool, default_tz: str | None, no_cpt: bool, quiet: bool, as_json: bool) -> int:
+         system_base: str | None, lenient: bool, default_tz: str | None, country: str | None, jurisdiction: str | None,
+         cpt: bool | None, quiet: bool, as_json: bool) -> int:
     """Send IMS records, or the output of convert, to a FHIR server as transaction Bundles.
 
     Pushing the same records twice changes nothing; an edited record is updated in place
@@ -247,9 +256,10 @@ def push(inputs: tuple[Path, ...], server: str | None, auth_spec: str, token_url
     from .push import PushOptions
     from .push import push as run_push
 
-    source = {k: v for k, v in (("clinic_id", clinic_id), ("clinic_name", clinic_name), ("system_base", system_base)) if v}
+    source = {k: v for k, v in (("clinic_id", clinic_id), ("clinic_name", clinic_name), ("system_base", system_base),
+                                ("country", country), ("jurisdiction", jurisdiction)) if v}
     convert_options = ConvertOptions(out_dir=Path("."), source=source or None, lenient=lenient,
-                                     default_tz=default_tz, cpt=not no_cpt)
+                                     default_tz=default_tz, cpt=cpt)
     config = None
     if server:
         config = ClientConfig.from_values(server, auth=auth_spec, read_timeout=timeout, ca_bundle=ca_bundle,
@@ -408,6 +418,59 @@ def codesystems(out_dir: Path | None) -> int:
         for res in resources:
             sys.stdout.buffer.write(orjson.dumps(res) + b"\n")
     return EXIT_OK
+
+
+@cli.command()
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder to write the IG package (<name>-<version>.tgz, standard FHIR NPM layout) into.")
+@click.option("--expand", is_flag=True, help="Also write each resource of the package as <Type>-<id>.json.")
+def ig(out_dir: Path, expand: bool) -> int:
+    """Write the IMS FHIR Implementation Guide package (profiles, extensions, CodeSystems, ValueSets, ConceptMaps)."""
+    from .ig import resources, write_package
+
+    path = write_package(out_dir)
+    if expand:
+        for res in resources():
+            (out_dir / f"{res['resourceType']}-{res['id']}.json").write_bytes(orjson.dumps(res, option=orjson.OPT_INDENT_2) + b"\n")
+    click.echo(str(path))
+    return EXIT_OK
+
+
+@cli.command("validate")
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--ig", "ig_package", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="IG package (.tgz) to validate against (default: the one shipped with ims-fhir).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON line per resource (its issues) on stdout.")
+def validate_cmd(files: tuple[Path, ...], ig_package: Path | None, as_json: bool) -> int:
+    """Validate FHIR files (NDJSON, a resource, a Bundle) offline against the IMS IG, with the test server's HAPI validator.
+
+    Prints the OperationOutcome issues (errors and warnings) of each resource; exit 1 when a
+    resource has an error. Needs Java 17 (and Maven once, to build the validator).
+    """
+    try:
+        from .dev.validate import validate_files
+    except ImportError as exc:
+        if exc.name is None or not exc.name.startswith("ims_fhir.dev"):
+            raise
+        click.echo("ims-fhir validate runs the HAPI validator of the development server and is not in the installed "
+                   'package: in a checkout of ims-fhir run pip install -e ".[dev]" (it also needs Java 17+)', err=True)
+        return EXIT_USAGE
+
+    errors = warnings = resources = 0
+    for checked in validate_files(list(files), ig_package=ig_package):
+        resources += 1
+        errors += checked.errors
+        warnings += checked.warnings
+        if as_json:
+            click.echo(orjson.dumps({"file": checked.file, "line": checked.line, "resource": checked.resource,
+                                     "issues": checked.issues}).decode())
+            continue
+        for issue in checked.issues:
+            where = f"{checked.file}:{checked.line}" if checked.line else checked.file
+            click.echo(f"{where} {checked.resource} {issue['severity']}: {issue.get('diagnostics')} "
+                       f"[{issue.get('expression')}]")
+    click.echo(f"validated {resources} resources: {errors} errors, {warnings} warnings", err=True)
+    return EXIT_REJECTED if errors else EXIT_OK
 
 
 @cli.command("dev-server")

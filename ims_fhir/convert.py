@@ -49,7 +49,8 @@ class ConvertOptions:
     strict_refs: bool = False
     validate: bool = False
     default_tz: str | None = None
-    cpt: bool = True
+    #: CPT on treatments: True always, False never, None only for a source with country US
+    cpt: bool | None = None
     temp_dir: str | None = None
 
 

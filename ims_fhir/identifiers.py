@@ -5,7 +5,9 @@ Terms:
 - *system base*: the clinic's URI (``source.system_base``), kept without a trailing ``/``.
 - *kind*: the last segment of an identifier system (:data:`KINDS`): ``organization``,
   ``patient``, ``practitioner``, ``assessment``, ``treatment``, ``encounter``,
-  ``assessment-finding``, ``treatment-finding``.
+  ``assessment-finding``, ``treatment-finding``, and the IG's ``diagnosis`` (a Condition,
+  ``{assessment id}/{i}``), ``consent`` (a session's Consent, the treatment id) and
+  ``body-structure`` (``{record type}/{record id}/{vocabulary}/{slug}/{side}``).
 - *value*: the record id; for a resource made from part of a record (a finding) it is
   ``{record id}/{part}``; for an Encounter ``{record type}/{record id}``; for the clinic's
   Organization the clinic id.
@@ -27,13 +29,14 @@ from typing import Any
 #: the kinds of identifier system, in the order the mappers use them
 KINDS: tuple[str, ...] = (
     "organization", "patient", "practitioner", "assessment", "treatment", "encounter",
-    "assessment-finding", "treatment-finding",
+    "assessment-finding", "treatment-finding", "body-structure", "diagnosis", "consent",
 )
 #: kind -> the record type a value of that kind names (None: the value says, ``{type}/{id}``)
 RECORD_TYPE_OF_KIND: dict[str, str | None] = {
     "organization": "source", "patient": "patient", "practitioner": "practitioner",
     "assessment": "assessment", "assessment-finding": "assessment",
     "treatment": "treatment", "treatment-finding": "treatment", "encounter": None,
+    "diagnosis": "assessment", "consent": "treatment", "body-structure": None,
 }
 #: the record types an Encounter's value may name
 _ENCOUNTER_RECORDS = frozenset({"assessment", "treatment"})
@@ -115,12 +118,20 @@ class IdentifierScheme:
             return None
         record_type = RECORD_TYPE_OF_KIND[kind]
         record_id = value
-        if record_type is None:  # an Encounter: "{record type}/{record id}"
+        if kind == "body-structure":  # "{record type}/{record id}/{vocabulary}/{slug}/{side}"
+            if value.count("/") < 4:
+                return None
+            record_type, sep, record_id = value.rsplit("/", 3)[0].partition("/")
+            if not sep or record_type not in _ENCOUNTER_RECORDS or not record_id:
+                return None
+        elif record_type is None:  # an Encounter: "{record type}/{record id}"
             record_type, sep, record_id = value.partition("/")
             if not sep or record_type not in _ENCOUNTER_RECORDS or not record_id:
                 return None
         elif kind.endswith("-finding"):
             record_id = value.split("/", 1)[0]
+        elif kind == "diagnosis":
+            record_id = value.rsplit("/", 1)[0]
         return ParsedIdentifier(kind, value, (record_type, record_id))
 
     def record_key(self, identifier: Any) -> RecordKey | None:

@@ -206,10 +206,10 @@ def choose_source(found: dict[str, dict[str, str]], given: dict[str, Any] | None
         source = {**found.get(base, {}), **given, "system_base": given["system_base"]}
         if "clinic_id" not in source:
             raise UsageError(f"no clinic Organization for {base} in the input: give --clinic-id as well")
-        return {k: source[k] for k in ("clinic_id", "clinic_name", "system_base") if k in source}
+        return {k: source[k] for k in ("clinic_id", "clinic_name", "system_base", "country", "jurisdiction") if k in source}
     if len(found) == 1:
         source = {**next(iter(found.values())), **given}
-        return {k: source[k] for k in ("clinic_id", "clinic_name", "system_base") if k in source}
+        return {k: source[k] for k in ("clinic_id", "clinic_name", "system_base", "country", "jurisdiction") if k in source}
     if not found:
         raise UsageError("the input has no clinic Organization ({system_base}/organization) to take the document's "
                          "source from: give --clinic-id and --system-base, or use --format ndjson")

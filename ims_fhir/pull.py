@@ -7,7 +7,11 @@ What is fetched (every search follows ``next`` links, with ``Cache-Control: no-c
   and the Patients, Practitioners and Encounters they refer to (``_include``);
 - assessments: panel Observations (``assessment-panel``) with their members
   (``has-member``), Patients, Practitioners and Encounters;
-- stand-alone pain scores (LOINC 72514-3) of other systems.
+- stand-alone pain scores (LOINC 72514-3) of other systems;
+- with them, what the IG puts beside a record: a session's Consent (``_revinclude`` on
+  ``Consent:data``), an assessment's Conditions (``Encounter:diagnosis``, iterated) and the
+  BodyStructures carrying the sides of body sites (searched by patient, since only an
+  extension names them).
 
 ``--patient SYSTEM|VALUE`` narrows every search to that patient (``patient.identifier``).
 ``--since`` narrows them to what changed (``_lastUpdated=ge``): any Observation, Procedure,
@@ -40,11 +44,15 @@ from .terminology import Terminology, default_terminology
 
 #: Searches pull makes; Encounters only come as _include of Procedures and panels.
 PULL_REQUIREMENTS = tuple(on_type(t, "search-type")
-                          for t in ("Procedure", "Observation", "Patient", "Practitioner", "Encounter", "Provenance"))
+                          for t in ("Procedure", "Observation", "Patient", "Practitioner", "Encounter", "Provenance",
+                                    "Consent", "Condition", "BodyStructure"))
 #: every search also brings the Provenance of what it finds (recorded beside the output)
 _PROVENANCE = ("_revinclude", "Provenance:target")
 _PROCEDURE_INCLUDES = ["Procedure:subject", "Procedure:performer", "Procedure:encounter", "Procedure:reason-reference"]
 _PANEL_INCLUDES = ["Observation:has-member", "Observation:subject", "Observation:performer", "Observation:encounter"]
+#: a session's Consent names the Procedure (Consent.provision.data); an assessment's Encounter its Conditions
+_PROCEDURE_REVINCLUDES = ["Observation:part-of", "Consent:data"]
+_PANEL_ITERATE = [("_include:iterate", "Encounter:diagnosis")]
 
 
 @dataclass(frozen=True)
@@ -157,9 +165,9 @@ def pull(config: ClientConfig, options: PullOptions, *, terminology: Terminology
         def everything() -> Iterator[dict[str, Any]]:
             yield from _search(client, "Procedure", common + [("code", procedure_codes)]
                                + [("_include", i) for i in _PROCEDURE_INCLUDES]
-                               + [("_revinclude", "Observation:part-of"), _PROVENANCE])
+                               + [("_revinclude", i) for i in _PROCEDURE_REVINCLUDES] + [_PROVENANCE])
             yield from _search(client, "Observation", common + [("code", panel_codes)]
-                               + [("_include", i) for i in _PANEL_INCLUDES] + [_PROVENANCE])
+                               + [("_include", i) for i in _PANEL_INCLUDES] + _PANEL_ITERATE + [_PROVENANCE])
             yield from _search(client, "Observation", common + [("code", pain_codes)]
                                + [("_include", i) for i in _PANEL_INCLUDES[1:]] + [_PROVENANCE])
 
@@ -170,6 +178,13 @@ def pull(config: ClientConfig, options: PullOptions, *, terminology: Terminology
             schemes = _schemes(client, options.system_base)
             resources = _changed(client, schemes, common, options.since, changed)
             keep = lambda record_type, record_id: (record_type, record_id) in changed  # noqa: E731
+        if options.since is None:
+            resources = _with_body_structures(client, resources)
+        else:
+            # only the sides of the records being pulled: the patient's other BodyStructures belong to
+            # records that did not change and would be left over
+            resources = _with_body_structures(client, resources, lambda res: any(
+                scheme.record_of(res) in changed for scheme in schemes))
         summary = import_items(fetched.items(resources), [client.base_url],
                                ImportOptions(out_file=options.out_file, output_format=options.output_format,
                                              record_filter=keep), terminology=term)
@@ -199,7 +214,7 @@ def _changed(client: FhirClient, schemes: list[IdentifierScheme], common: list[t
     """Every record with a resource changed since ``since`` (its keys go into ``changed``), whole."""
     window = common + [("_lastUpdated", f"ge{since}")]
     owner: dict[RecordKey, IdentifierScheme] = {}
-    for rtype in ("Patient", "Practitioner", "Procedure", "Observation"):
+    for rtype in ("Patient", "Practitioner", "Procedure", "Observation", "Consent", "Condition"):
         for res in _search(client, rtype, window):
             for scheme in schemes:
                 key = scheme.record_of(res)
@@ -214,13 +229,28 @@ def _changed(client: FhirClient, schemes: list[IdentifierScheme], common: list[t
         scheme = owner[(record_type, record_id)]
         if record_type == "assessment":
             yield from _search(client, "Observation", [("identifier", f"{scheme.system('assessment')}|{record_id}")]
-                               + [("_include", i) for i in _PANEL_INCLUDES] + [_PROVENANCE])
+                               + [("_include", i) for i in _PANEL_INCLUDES] + _PANEL_ITERATE + [_PROVENANCE])
         elif record_type == "treatment":
             # not the reason-reference: a panel without its members is not a whole assessment,
             # and the Procedure's reference names the assessment by its identifier anyway
             yield from _search(client, "Procedure", [("identifier", f"{scheme.system('treatment')}|{record_id}")]
                                + [("_include", i) for i in _PROCEDURE_INCLUDES[:3]]
-                               + [("_revinclude", "Observation:part-of"), _PROVENANCE])
+                               + [("_revinclude", i) for i in _PROCEDURE_REVINCLUDES] + [_PROVENANCE])
+
+
+def _with_body_structures(client: FhirClient, resources: Iterator[dict[str, Any]],
+                          wanted: Callable[[dict[str, Any]], bool] | None = None) -> Iterator[dict[str, Any]]:
+    """The resources, then the BodyStructures (sides of body sites) of every patient among them
+    (those ``wanted`` says): only an extension names them, which no search can follow."""
+    patients: set[str] = set()
+    for res in resources:
+        if res.get("resourceType") == "Patient" and isinstance(res.get("id"), str):
+            patients.add(res["id"])
+        yield res
+    for patient_id in sorted(patients):
+        for res in _search(client, "BodyStructure", [("patient", f"Patient/{patient_id}"), ("_count", "200")]):
+            if wanted is None or wanted(res):
+                yield res
 
 
 __all__ = ["PULL_REQUIREMENTS", "PullOptions", "provenance_lines", "pull"]

@@ -37,7 +37,7 @@ import orjson
 from .client import ClientConfig, FhirClient, delivery_requirements
 from .client.keyed_pool import KeyedPool
 from .convert import Converter, ConvertOptions
-from .delivery import BundleResult, Refusal, Sender, patient_keys, references
+from .delivery import DELIVERED_TYPES, BundleResult, Refusal, Sender, patient_keys, references
 from .errors import InputError, UsageError
 from .fhir.bundles import BundlePacker
 from .mapping.context import Dependency, MappedRecord
@@ -349,11 +349,11 @@ def push(paths: list[Path], client_config: ClientConfig | None, options: PushOpt
         if options.use_state:
             from .sync.push_state import PushState, default_state_path
 
-            client.require(sync_requirements(RESOURCE_TYPES))
+            client.require(sync_requirements(DELIVERED_TYPES))
             state = stack.enter_context(PushState(options.state_path or default_state_path()))
             sync = TargetSync(client, state, client.base_url)
         else:
-            client.require(delivery_requirements(RESOURCE_TYPES))
+            client.require(delivery_requirements(DELIVERED_TYPES))
         pusher = Pusher(Sender(client), summary, report, sync)
         if options.concurrency > 1:
             _push_concurrently(client, client_config, pusher, bundles, options.concurrency, progress, session)

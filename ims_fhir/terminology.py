@@ -66,6 +66,8 @@ class Terminology:
     #: raw rows, for publishing CodeSystems and reading units
     vocab_rows: dict[str, dict[str, Any]]
     concept_rows: dict[str, Any]
+    #: profiles.toml: profile key -> row (id, type, title, ...)
+    profiles: dict[str, dict[str, Any]]
 
     # -- forward ---------------------------------------------------------------------
     def vocab(self, vocabulary: str, slug: str) -> CodeableConcept:
@@ -98,6 +100,16 @@ class Terminology:
     def extension_url(self, key: str) -> str:
         return f"{self.base}/StructureDefinition/{self.fhir['extensions'][key]}"
 
+    def core_extension_url(self, key: str) -> str:
+        return str(self.fhir["core_extensions"][key])
+
+    def profile_url(self, key: str) -> str:
+        """Canonical URL of one of the IG's profiles (profiles.toml)."""
+        return f"{self.base}/StructureDefinition/{self.profiles[key]['id']}"
+
+    def diagnosis_system(self, system: str) -> str:
+        return str(self.systems[self.fhir["diagnosis_systems"][system]])
+
     def instrument_unit(self, instrument: str) -> tuple[str, str]:
         row = self.vocab_rows["instrument"]["concepts"][instrument]
         return row["unit"], row["unit_display"]
@@ -123,6 +135,7 @@ def load_terminology(directory: Path | None = None) -> Terminology:
     fhir = _read(directory / "fhir.toml")
     vocab_rows = _read(directory / "vocabularies.toml")
     concept_rows = _read(directory / "concepts.toml")
+    profiles = _read(directory / "profiles.toml")
     base = fhir["project"]["base"].rstrip("/")
     systems = dict(fhir["systems"])
     problems: list[str] = []
@@ -194,15 +207,28 @@ def load_terminology(directory: Path | None = None) -> Terminology:
             reverse.setdefault(ck, ("concept", key))
         concepts[key] = {"coding": codings, "text": row.get("text", display)}
 
-    for key in ("categories", "procedure_category", "encounter_class", "chart_identifier_type", "extensions", "status", "gender"):
-        if key not in fhir:
-            problems.append(f"fhir.toml: missing table [{key}]")
+    for pkey, prow in profiles.items():
+        if not isinstance(prow, dict) or not {"id", "type", "title", "description"} <= set(prow):
+            problems.append(f"profiles.toml: [{pkey}] needs id, type, title and description")
+        elif prow.get("concept") and prow["concept"] not in concepts:
+            problems.append(f"profiles.toml: [{pkey}] names unknown concept {prow['concept']!r}")
+    for rel in concept_rows.get("relations", []):
+        if rel.get("source") not in concepts or rel.get("system") not in systems:
+            problems.append(f"concepts.toml: relation {rel.get('source')!r} -> {rel.get('code')!r} names an unknown concept or system")
+        elif rel.get("import_as_source"):
+            # read back only: a foreign resource coded with the related concept (never emitted)
+            reverse.setdefault((systems[rel["system"]], rel["code"]), ("concept", rel["source"]))
+    for table_name in ("categories", "procedure_category", "encounter_class", "chart_identifier_type", "extensions",
+                       "status", "gender", "health_number_identifier_type", "licence_identifier_type", "organization_type", "condition_category",
+                "consent_scope", "consent_category", "consent_policy", "diagnosis_systems", "core_extensions"):
+        if table_name not in fhir:
+            problems.append(f"fhir.toml: missing table [{table_name}]")
     if problems:
         raise TerminologyError("inconsistent mapping tables: " + "; ".join(problems))
     return Terminology(
         base=base, systems=systems, fhir=fhir, vocab_concepts=vocab_concepts, vocab_systems=vocab_systems,
         concepts=concepts, concept_system=concept_system, reverse=reverse, vocab_rows=vocab_rows,
-        concept_rows=concept_rows,
+        concept_rows=concept_rows, profiles=profiles,
     )
 
 

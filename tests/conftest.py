@@ -26,7 +26,8 @@ def examples() -> Path:
 
 @pytest.fixture
 def source_args() -> list[str]:
-    return ["--clinic-id", SOURCE["clinic_id"], "--clinic-name", SOURCE["clinic_name"], "--system-base", SOURCE["system_base"]]
+    return ["--clinic-id", SOURCE["clinic_id"], "--clinic-name", SOURCE["clinic_name"], "--system-base", SOURCE["system_base"],
+            "--country", SOURCE["country"], "--jurisdiction", SOURCE["jurisdiction"]]
 
 
 class CliResult:

@@ -108,6 +108,12 @@ candidacies = _with_optional(
     {"contraindications": st.lists(st.sampled_from(v.CONTRAINDICATIONS), min_size=1, max_size=3), "note": text})
 
 
+diagnoses = _with_optional(
+    {"system": st.sampled_from(v.DIAGNOSIS_SYSTEMS),
+     "code": st.from_regex(r"[A-Z][0-9]{2}(\.[0-9]{1,2})?", fullmatch=True)},
+    {"text": text})
+
+
 @st.composite
 def assessments(draw: Any, aid: str | None = None, patient_id: str | None = None,
                 practitioner_id: str | None = None) -> dict[str, Any]:
@@ -125,6 +131,7 @@ def assessments(draw: Any, aid: str | None = None, patient_id: str | None = None
     _opt_list(draw, rec, "range_of_motion", roms)
     _opt_list(draw, rec, "outcome_measures", outcome_measures())
     _opt(draw, rec, "candidacy", candidacies)
+    _opt_list(draw, rec, "diagnoses", diagnoses, max_size=3)
     _opt(draw, rec, "notes", text)
     return rec
 

@@ -70,7 +70,8 @@ def test_every_emitted_resource_is_valid_r4(run_cli: Any, source_args: list[str]
         for res in resources:
             assert validate_resource(res) == [], (rtype, res["id"])
             kinds.add(rtype)
-    assert kinds == {"Organization", "Patient", "Practitioner", "Encounter", "Observation", "Procedure"}
+    assert kinds == {"Organization", "Patient", "Practitioner", "Encounter", "Observation", "Procedure", "Condition",
+                     "Consent", "BodyStructure"}
 
 
 def test_identifiers_and_ids_are_unique(run_cli: Any, source_args: list[str], tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from ims_fhir.importer import fhir_files, read_fhir_file
 from ims_fhir.importing import ImportedRecord, ImportResult, ReportItem, ReverseRun, reverse_resources
 from ims_fhir.mapping import MappingContext, map_record
+from ims_fhir.mapping.reverse.treatment import LEGACY_CONSENT_EXTENSION
 from ims_fhir.records.models import Source
 from ims_fhir.records.validation import validate_record
 from ims_fhir.rejects import Rejected
@@ -229,7 +230,7 @@ def test_performer_through_practitioner_role_or_contained_practitioner() -> None
 
 def _procedure(**extra: Any) -> dict[str, Any]:
     return {"resourceType": "Procedure", "id": "proc", "status": "completed",
-            "extension": [{"url": TERM.extension_url("consent-obtained"), "valueBoolean": True}],
+            "extension": [{"url": LEGACY_CONSENT_EXTENSION, "valueBoolean": True}],
             "code": {"coding": [{"system": TERM.systems["cpt"], "code": "20561"}]},
             "subject": {"reference": "Patient/p"}, "performer": [{"actor": {"reference": "Practitioner/pr"}}],
             "performedDateTime": "2025-01-02T03:04:05+01:00", **extra}

@@ -60,6 +60,7 @@ def test_wheel_has_two_named_top_level_packages_and_no_dev_tools(wheel: Path) ->
     top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert top == {"ims_fhir", "ims_fhir_service"}
     assert {"ims_fhir/mappings/vocabularies.toml", "ims_fhir/mappings/concepts.toml", "ims_fhir/mappings/fhir.toml"} <= set(names)
+    assert "ims_fhir/ig/ims-fhir-ig.tgz" in names and "ims_fhir/ig/__init__.py" in names
     assert {"ims_fhir_service/__init__.py", "ims_fhir_service/templates/dashboard.html",
             "ims_fhir_service/static/dashboard.js"} <= set(names)
     assert not [n for n in names if n.startswith("ims_fhir/dev/") or "hapi" in n or "/target/" in n]

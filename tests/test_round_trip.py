@@ -34,6 +34,7 @@ from tests.strategies import assessments, ids, patients, practitioners, treatmen
 TERM = default_terminology()
 SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 SOURCES = [Source(clinic_id="c1", system_base="https://clinic.example.org/ims"),
+           Source(clinic_id="us-1", system_base="https://us.example.org/ims", country="US", jurisdiction="US-WA"),
            Source(clinic_id="clinic 2", clinic_name="Clinic Two", system_base="urn:uuid:9d0c7a5e-3a0e-4f7e-9b7a-2f1d1d1c0b01")]
 
 

@@ -217,6 +217,7 @@ SHAPES: dict[str, Check] = {
             "suitable": (REQ, boolean), "contraindications": (OPT, items(enum("contraindication"))),
             "note": (OPT, text),
         })),
+        "diagnoses": (OPT, items(obj({"system": (REQ, text), "code": (REQ, text), "text": (OPT, text)}))),
         "notes": (OPT, text),
     }),
     "treatment": obj({
@@ -319,7 +320,7 @@ def references(records: list[tuple[str, dict[str, Any]]]) -> list[str]:
 
 
 def test_rule_check_has_every_spec_field() -> None:
-    assert len(ALL_PATHS) == 86
+    assert len(ALL_PATHS) == 90
     assert {"treatment.sites[].electrical_stimulation.frequency_hz", "assessment.pain.locations[].side"} <= ALL_PATHS
 
 

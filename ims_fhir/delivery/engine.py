@@ -50,7 +50,9 @@ from .split import record_parts
 
 Bundle = dict[str, Any]
 #: The resource types ims-fhir delivers (what a target must accept).
-DELIVERED_TYPES = ("Organization", "Patient", "Practitioner", "Encounter", "Observation", "Procedure")
+#: every resource type the mapping emits and delivery writes (what a server, or a SMART token, must allow)
+DELIVERED_TYPES = ("Organization", "Patient", "Practitioner", "Encounter", "Observation", "Procedure", "BodyStructure",
+                   "Condition", "Consent")
 RecordState = Literal["accepted", "refused", "not_sent"]
 
 

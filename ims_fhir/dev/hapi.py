@@ -369,6 +369,13 @@ class DevServer:
         return f"<DevServer {self.base_url} pid={self.pid} {state}>"
 
 
+def _ig_package() -> Path | None:
+    """The IMS IG package shipped with ims-fhir, for the dev server's validator."""
+    from ims_fhir.ig import BUILT_PACKAGE
+
+    return BUILT_PACKAGE if BUILT_PACKAGE.is_file() else None
+
+
 def start(
     port: int | None = None,
     *,
@@ -379,13 +386,16 @@ def start(
     cache_root: Path | None = None,
     maven_repo: Path | None = None,
     server_args: Sequence[str] = (),
+    ig_package: Path | None = None,
 ) -> DevServer:
     """Start the server on ``127.0.0.1:port`` (a free port when None) and wait until ready.
 
-    ``server_args`` are passed to the server: its optional modes, e.g.
-    ``--ims.auth.issuer=URL --ims.auth.audience=AUD`` (SMART-protected: every request but
-    ``/metadata`` needs a token of that issuer) or ``--ims.disable=transaction`` (see
-    ``hapi-server/src/main/java/org/imsfhir/hapi/modes``).
+    ``ig_package`` (a FHIR NPM package .tgz, e.g. :data:`ims_fhir.ig.BUILT_PACKAGE`) is
+    loaded into the server's validator: writes are then validated against the IMS IG's
+    profiles, CodeSystems and ValueSets. ``server_args`` are passed to the server: its
+    optional modes, e.g. ``--ims.auth.issuer=URL --ims.auth.audience=AUD`` (SMART-protected:
+    every request but ``/metadata`` needs a token of that issuer) or
+    ``--ims.disable=transaction`` (see ``hapi-server/src/main/java/org/imsfhir/hapi/modes``).
 
     Builds the artifact first if needed (see :func:`build`). Ready means
     ``GET /fhir/metadata`` answered 200. The JVM's output goes to ``log_path``. If the JVM
@@ -403,6 +413,8 @@ def start(
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     command = [toolchain.java, *java_opts, "-jar", str(artifact), f"--server.port={port}", *server_args]
+    if ig_package is not None:
+        command.append(f"--ims-fhir.ig-package={Path(ig_package).resolve()}")
     with open(log_path, "ab") as log:
         log.write(("$ " + " ".join(command) + "\n").encode())
         log.flush()
@@ -481,7 +493,7 @@ def serve_foreground(
         artifact = build(cache_root=cache_root)
         print(f"Starting HAPI FHIR R4 on {HOST}:{port} (log: {log_path})...", file=err, flush=True)
         log_path.unlink(missing_ok=True)  # one run per log file, not an ever-growing one
-        server = start(port, log_path=log_path, artifact=artifact)
+        server = start(port, log_path=log_path, artifact=artifact, ig_package=_ig_package())
     except ImsFhirError as exc:
         print(f"error: {exc}", file=err, flush=True)
         return exc.exit_code

@@ -57,6 +57,9 @@ def normalise_source(source: Mapping[str, Any]) -> dict[str, Any]:
     if name is not None and name != source["clinic_id"]:
         out["clinic_name"] = name
     out["system_base"] = str(source["system_base"]).rstrip("/")
+    for key in ("country", "jurisdiction"):
+        if source.get(key) is not None:
+            out[key] = source[key]
     return out
 
 

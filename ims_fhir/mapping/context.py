@@ -16,6 +16,7 @@ Terms:
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,8 +55,9 @@ class MappedRecord:
 
 @dataclass(frozen=True, slots=True)
 class MappingOptions:
-    #: emit CPT 20560/20561 on completed treatments (US billing codes)
-    cpt: bool = True
+    #: emit CPT 20560/20561 on completed treatments (US billing codes, AMA licence): True always,
+    #: False never, None (default) only when the source declares ``country: US``
+    cpt: bool | None = None
 
 
 _NS_BYTES = ID_NAMESPACE.bytes
@@ -81,9 +83,10 @@ class MappingContext:
         self.systems = self.scheme.systems()
         self.organization_id = resource_id(self.systems["organization"], source.clinic_id)
         self.organization_ref = {"reference": f"Organization/{self.organization_id}"}
-        self.laterality_url = terminology.extension_url("laterality")
-        self._body_sites: dict[tuple[str, str, str | None], CodeableConcept] = {}
-        self._side_only: dict[str, CodeableConcept] = {}
+        self.body_site_url = terminology.core_extension_url("body-site")
+        self._mrn = re.compile(terminology.fhir["patient_identifier_rules"]["mrn_system_pattern"], re.IGNORECASE)
+        self.cpt = self.options.cpt if self.options.cpt is not None else source.country == "US"
+        self._profiles = {key: (terminology.profile_url(key), row["title"]) for key, row in terminology.profiles.items()}
 
     # -- identifiers and references ----------------------------------------------------
     def identifier(self, kind: str, value: str) -> dict[str, str]:
@@ -102,29 +105,73 @@ class MappingContext:
         system = self.systems[kind]
         return Dependency(resource_type, resource_id(system, value), system, value)
 
-    # -- coded body sites ----------------------------------------------------------------
-    def body_site(self, vocabulary: str, slug: str, side: str | None) -> CodeableConcept:
-        """Muscle or region with its laterality as an extension (R4 has no laterality element)."""
-        key = (vocabulary, slug, side)
-        cc = self._body_sites.get(key)
-        if cc is None:
-            base = self.term.vocab(vocabulary, slug)
-            cc = {}
-            if side is not None:
-                cc["extension"] = [{"url": self.laterality_url, "valueCodeableConcept": self.term.vocab("side", side)}]
-            cc["coding"] = base["coding"]
-            cc["text"] = base["text"] if side is None else f"{base['text']}, {self.term.vocab('side', side)['text'].lower()}"
-            self._body_sites[key] = cc
+    def is_mrn_system(self, system: str) -> bool:
+        return self._mrn.search(system) is not None
+
+    # -- profiles ------------------------------------------------------------------------
+    def finish(self, resource: Resource, profile: str) -> Resource:
+        """Stamp ``meta.profile`` (profiles.toml key) and the generated narrative."""
+        from .narrative import finish
+
+        url, title = self._profiles[profile]
+        return finish(resource, url, title)
+
+
+class BodySites:
+    """The BodyStructures of one record: a muscle or region with its side, made computable.
+
+    R4 has no laterality element. A body site with a side becomes a ``BodyStructure``
+    (``location`` = the muscle or region, ``locationQualifier`` = the side), referenced from
+    the ``bodySite`` CodeableConcept by the core extension
+    ``http://hl7.org/fhir/StructureDefinition/bodySite``. Identifier:
+    ``{system_base}/body-structure`` = ``{owner}/{vocabulary}/{slug}/{side}`` where owner is
+    ``assessment/{id}`` or ``treatment/{id}``; one per distinct site of the record, so the
+    resource belongs to its record (conditional update like the others).
+    """
+
+    def __init__(self, ctx: MappingContext, owner: str, patient: dict[str, Any]) -> None:
+        self.ctx = ctx
+        self.owner = owner
+        self.patient = patient
+        self.resources: list[Resource] = []
+        self._refs: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def _structure(self, vocabulary: str, slug: str, side: str) -> dict[str, Any]:
+        key = (f"{vocabulary}/{slug}", side)
+        ref = self._refs.get(key)
+        if ref is None:
+            term = self.ctx.term
+            value = f"{self.owner}/{vocabulary}/{slug}/{side}"
+            rid = self.ctx.id_for("body-structure", value)
+            side_cc = term.vocab("side", side)
+            res: Resource = {"resourceType": "BodyStructure", "id": rid,
+                             "identifier": [self.ctx.identifier("body-structure", value)]}
+            if vocabulary != "side":
+                res["location"] = term.vocab(vocabulary, slug)
+                res["description"] = f"{side_cc['text']} {term.vocab(vocabulary, slug)['text'][:1].lower()}" \
+                                     f"{term.vocab(vocabulary, slug)['text'][1:]}"
+            else:
+                res["description"] = f"{side_cc['text']} side"
+            res["locationQualifier"] = [side_cc]
+            res["patient"] = self.patient
+            self.resources.append(self.ctx.finish(res, "body-structure"))
+            ref = self._refs[key] = {"url": self.ctx.body_site_url,
+                                     "valueReference": {"reference": f"BodyStructure/{rid}"}}
+        return ref
+
+    def site(self, vocabulary: str, slug: str, side: str | None) -> CodeableConcept:
+        """Muscle or region; with a side, the bodySite extension to its BodyStructure."""
+        term = self.ctx.term
+        base = term.vocab(vocabulary, slug)
+        cc: CodeableConcept = {}
+        if side is not None:
+            cc["extension"] = [self._structure(vocabulary, slug, side)]
+        cc["coding"] = base["coding"]
+        cc["text"] = base["text"] if side is None else f"{base['text']}, {term.vocab('side', side)['text'].lower()}"
         return cc
 
     def side_only(self, side: str) -> CodeableConcept:
         """A body site that is only a side (a sign or movement noted as left/right)."""
-        cc = self._side_only.get(side)
-        if cc is None:
-            text = self.term.vocab("side", side)["text"]
-            cc = {
-                "extension": [{"url": self.laterality_url, "valueCodeableConcept": self.term.vocab("side", side)}],
-                "text": f"{text} side" if side in ("left", "right") else text,
-            }
-            self._side_only[side] = cc
-        return cc
+        text = self.ctx.term.vocab("side", side)["text"]
+        return {"extension": [self._structure("side", side, side)],
+                "text": f"{text} side" if side in ("left", "right") else text}

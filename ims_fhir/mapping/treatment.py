@@ -1,11 +1,17 @@
 """treatment -> Encounter + Procedure + Observations ``partOf`` the Procedure.
 
-The Procedure (identifier ``{system_base}/treatment``) is coded with SNOMED CT
-231082000 (closest concept), the project's ``ims-procedure`` code and, for completed
-sessions on or after CPT's effective date, CPT 20560 (1-2 muscles) or 20561 (3 or
-more), counting distinct muscle+side pairs with ``bilateral`` as left and right.
-What R4's Procedure has no element for is carried by extensions (session number, series
-total, consent) or by Observations ``partOf`` the Procedure, identified by
+The Procedure (identifier ``{system_base}/treatment``) is coded with the project's
+``ims-procedure`` code only (no SNOMED CT concept means IMS; 231082000 is acupuncture and
+is related in the IG's ConceptMap instead) and, when CPT applies (a US source, or
+``--cpt``), for completed sessions on or after CPT's effective date, CPT 20560 (1-2
+muscles) or 20561 (3 or more), counting distinct muscle+side pairs with ``bilateral`` as
+left and right. Consent is a ``Consent`` resource (identifier ``{system_base}/consent`` =
+the treatment id) the Procedure names by the IG extension ``ims-consent``; a side is a
+BodyStructure (:class:`~ims_fhir.mapping.context.BodySites`). A session not done or
+stopped keeps a ``finished`` Encounter and ``final`` findings (the patient was seen and
+measured); its Procedure has a coded ``statusReason``.
+What R4's Procedure has no element for is carried by IG extensions (session number, series
+total) or by Observations ``partOf`` the Procedure, identified by
 ``{system_base}/treatment-finding`` = ``{treatment id}/{part}``: ``pain-before``,
 ``pain-after``, ``site/{i}`` (insertions, needle size, twitch, electrical stimulation,
 segment as components) and ``adverse-event/{i}``.
@@ -16,7 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..records.models import Treatment
-from .context import MappedRecord, MappingContext, Resource
+from .context import BodySites, MappedRecord, MappingContext, Resource
 
 
 def muscle_count(rec: Treatment) -> int:
@@ -38,7 +44,7 @@ def _quantity(ctx: MappingContext, value: float, unit: str, code: str) -> dict[s
 def _procedure_code(rec: Treatment, ctx: MappingContext) -> dict[str, Any]:
     term = ctx.term
     base = term.concept("ims-procedure")
-    if not ctx.options.cpt or rec.status != "completed" or rec.started_at[:10] < term.cpt_effective_from():
+    if not ctx.cpt or rec.status != "completed" or rec.started_at[:10] < term.cpt_effective_from():
         return base
     count = muscle_count(rec)
     if count == 0:
@@ -56,6 +62,8 @@ def map_treatment(rec: Treatment, ctx: MappingContext) -> MappedRecord:
     encounter_ref = {"reference": f"Encounter/{encounter_id}"}
     procedure_id = ctx.id_for("treatment", rec.id)
     procedure_ref = {"reference": f"Procedure/{procedure_id}"}
+    consent_id = ctx.id_for("consent", rec.id)
+    sites = BodySites(ctx, f"treatment/{rec.id}", subject)
     period = {"start": rec.started_at}
     if rec.ended_at is not None:
         period["end"] = rec.ended_at
@@ -67,18 +75,20 @@ def map_treatment(rec: Treatment, ctx: MappingContext) -> MappedRecord:
         "status": term.status("treatment_encounter", rec.status),
         "class": term.fixed_coding("encounter_class"),
         "type": [term.concept("treatment-visit")],
+        "serviceType": term.concept("physiotherapy-service"),
         "subject": subject,
         "participant": [{"individual": practitioner}],
         "period": period,
         "serviceProvider": ctx.organization_ref,
     }
+    encounter = ctx.finish(encounter, "encounter")
 
     extensions = []
     if rec.session_number is not None:
         extensions.append({"url": term.extension_url("session-number"), "valuePositiveInt": rec.session_number})
     if rec.series_total is not None:
         extensions.append({"url": term.extension_url("series-total"), "valuePositiveInt": rec.series_total})
-    extensions.append({"url": term.extension_url("consent-obtained"), "valueBoolean": rec.consent_obtained})
+    extensions.append({"url": term.extension_url("consent"), "valueReference": {"reference": f"Consent/{consent_id}"}})
 
     procedure: Resource = {
         "resourceType": "Procedure",
@@ -88,7 +98,8 @@ def map_treatment(rec: Treatment, ctx: MappingContext) -> MappedRecord:
         "status": term.status("treatment", rec.status),
     }
     if rec.status_reason is not None:
-        procedure["statusReason"] = {"text": rec.status_reason}
+        reason = term.concept("status-reason-not-done" if rec.status == "not-done" else "status-reason-stopped")
+        procedure["statusReason"] = {"coding": reason["coding"], "text": rec.status_reason}
     procedure["category"] = term.fixed_concept("procedure_category")
     procedure["code"] = _procedure_code(rec, ctx)
     procedure["subject"] = ctx.logical_ref("Patient", "patient", rec.patient_id)
@@ -107,16 +118,32 @@ def map_treatment(rec: Treatment, ctx: MappingContext) -> MappedRecord:
         procedure["reasonReference"] = [ctx.logical_ref("Observation", "assessment", rec.assessment_id)]
         deps.append(ctx.dependency("Observation", "assessment", rec.assessment_id))
     if rec.sites:
-        procedure["bodySite"] = [ctx.body_site("muscle", s.muscle, s.side) for s in rec.sites]
+        procedure["bodySite"] = [sites.site("muscle", s.muscle, s.side) for s in rec.sites]
     if rec.notes is not None:
         procedure["note"] = [{"text": rec.notes}]
     if rec.adverse_events:
         procedure["complication"] = [term.vocab("event", ae.event) for ae in rec.adverse_events]
+    procedure = ctx.finish(procedure, "procedure")
+
+    consent = ctx.finish({
+        "resourceType": "Consent",
+        "id": consent_id,
+        "identifier": [ctx.identifier("consent", rec.id)],
+        "status": "active",
+        "scope": term.fixed_concept("consent_scope"),
+        "category": [term.fixed_concept("consent_category")],
+        "patient": subject,
+        "dateTime": rec.started_at,
+        "organization": [ctx.organization_ref],
+        "policy": [{"uri": f"{term.base}/{term.fhir['consent_policy']['path']}"}],
+        "provision": {"type": "permit" if rec.consent_obtained else "deny",
+                      "data": [{"meaning": "related", "reference": procedure_ref}]},
+    }, "consent")
 
     obs_status = term.status("treatment_observation", rec.status)
     observations: list[Resource] = []
 
-    def observation(part: str, category: str, code: dict[str, Any], effective: str, **fields: Any) -> None:
+    def observation(part: str, profile: str, category: str, code: dict[str, Any], effective: str, **fields: Any) -> None:
         value = f"{rec.id}/{part}"
         obs: Resource = {
             "resourceType": "Observation",
@@ -132,18 +159,13 @@ def map_treatment(rec: Treatment, ctx: MappingContext) -> MappedRecord:
             "performer": [practitioner],
         }
         obs.update(fields)
-        observations.append(obs)
-
-    def pain_code(which: str) -> dict[str, Any]:
-        # the standard pain score code, qualified by our own before/after concept
-        nrs, own = term.concept("pain-nrs"), term.concept(which)
-        return {"coding": own["coding"] + [c for c in nrs["coding"] if c["system"] != term.concept_system], "text": own["text"]}
+        observations.append(ctx.finish(obs, profile))
 
     if rec.pain_before_nrs is not None:
-        observation("pain-before", "survey", pain_code("pain-before-treatment"), rec.started_at,
+        observation("pain-before", "pain-score", "survey", term.concept("pain-before-treatment"), rec.started_at,
                     valueInteger=rec.pain_before_nrs)
     if rec.pain_after_nrs is not None:
-        observation("pain-after", "survey", pain_code("pain-after-treatment"), rec.ended_at or rec.started_at,
+        observation("pain-after", "pain-score", "survey", term.concept("pain-after-treatment"), rec.ended_at or rec.started_at,
                     valueInteger=rec.pain_after_nrs)
 
     for i, site in enumerate(rec.sites or ()):
@@ -163,18 +185,19 @@ def map_treatment(rec: Treatment, ctx: MappingContext) -> MappedRecord:
             comps.append({"code": term.concept("estim-duration"), "valueQuantity": _quantity(ctx, es.duration_min, "min", "min")})
         if site.segment is not None:
             comps.append({"code": term.concept("spinal-segment"), "valueCodeableConcept": term.vocab("segment", site.segment)})
-        observation(f"site/{i}", "procedure", term.concept("needling-site"), rec.started_at,
-                    bodySite=ctx.body_site("muscle", site.muscle, site.side), component=comps)
+        observation(f"site/{i}", "needling-site", "procedure", term.concept("needling-site"), rec.started_at,
+                    bodySite=sites.site("muscle", site.muscle, site.side), component=comps)
 
     for i, ae in enumerate(rec.adverse_events or ()):
         fields: dict[str, Any] = {"valueCodeableConcept": term.vocab("event", ae.event)}
         if ae.note is not None:
             fields["note"] = [{"text": ae.note}]
         if ae.muscle is not None:
-            fields["bodySite"] = ctx.body_site("muscle", ae.muscle, None)
+            fields["bodySite"] = sites.site("muscle", ae.muscle, None)
         if ae.severity is not None:
             fields["component"] = [{"code": term.concept("adverse-event-severity"),
                                     "valueCodeableConcept": term.vocab("severity", ae.severity)}]
-        observation(f"adverse-event/{i}", "procedure", term.concept("adverse-event"), rec.started_at, **fields)
+        observation(f"adverse-event/{i}", "adverse-event", "procedure", term.concept("adverse-event"), rec.started_at, **fields)
 
-    return MappedRecord("treatment", rec.id, [encounter, procedure, *observations], deps, procedure_id)
+    return MappedRecord("treatment", rec.id, [encounter, procedure, consent, *observations, *sites.resources], deps,
+                        procedure_id)

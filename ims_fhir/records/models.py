@@ -197,6 +197,10 @@ class Source(BaseModel):
     clinic_name: Optional[Text] = None
     #: the base of the clinic's identifier systems (see :mod:`ims_fhir.identifiers`)
     system_base: Uri
+    #: ISO 3166-1 alpha-2 country where the clinic practises (decides e.g. US billing codes)
+    country: Optional[Annotated[str, Field(pattern=r"^[A-Z]{2}$")]] = None
+    #: ISO 3166-2 subdivision, e.g. CA-BC: the assigner of provincial/state health numbers
+    jurisdiction: Optional[Annotated[str, Field(pattern=r"^[A-Z]{2}-[A-Z0-9]{1,3}$")]] = None
 
 
 class Identifier(BaseModel):
@@ -298,6 +302,16 @@ class Candidacy(BaseModel):
     note: Optional[Note] = None
 
 
+class Diagnosis(BaseModel):
+    """A diagnosis charted at the assessment (added 2026-12-01, optional)."""
+
+    model_config = _STRICT
+
+    system: Literal[v.DIAGNOSIS_SYSTEMS]  # type: ignore[valid-type]
+    code: Annotated[str, Field(min_length=1, max_length=40), AfterValidator(_check_text)]
+    text: Optional[Text] = None
+
+
 class Assessment(BaseModel):
     model_config = _STRICT
 
@@ -313,6 +327,7 @@ class Assessment(BaseModel):
     range_of_motion: Optional[list[RangeOfMotion]] = None
     outcome_measures: Optional[list[OutcomeMeasure]] = None
     candidacy: Optional[Candidacy] = None
+    diagnoses: Optional[list[Diagnosis]] = None
     notes: Optional[Note] = None
 
 

@@ -40,6 +40,8 @@ FINDING_KINDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "palpation": ("palpation", "muscle", ("side", "segment", "tender", "taut_band", "trigger_point", "note")),
     "range_of_motion": ("range_of_motion", "movement", ("side", "degrees", "painful")),
     "outcome_measure": ("outcome_measures", "instrument", ("score",)),
+    # the diagnosis text is in `note` (renamed to `text` below); `system` is the optional last column
+    "diagnosis": ("diagnoses", "code", ("note", "system")),
 }
 
 _INT_COLUMNS = {"pain_nrs", "session_number", "series_total", "pain_before_nrs", "pain_after_nrs", "insertions"}
@@ -645,6 +647,8 @@ def _attach_findings(rec: dict[str, Any], rows: list[tuple[int, dict[str, str]]]
         _put(item, code_field, cells, "code")
         for col in columns:
             _put(item, col, cells)
+        if kind == "diagnosis" and "note" in item:
+            item["text"] = item.pop("note")
         items = lists.setdefault(list_name, [])
         prefix = f"pain.locations[{len(items)}]" if list_name == "locations" else f"{list_name}[{len(items)}]"
         origins[prefix] = f"{tbl}:{line}"

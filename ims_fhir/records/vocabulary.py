@@ -29,7 +29,8 @@ CSV_TABLES: dict[str, tuple[str, ...]] = {
                         "pain_nrs", "pain_duration_weeks", "candidacy_suitable", "contraindications",
                         "candidacy_note", "notes"),
     "assessment_findings.csv": ("assessment_id", "kind", "code", "side", "segment", "present", "tender",
-                                "taut_band", "trigger_point", "degrees", "painful", "score", "note"),
+                                "taut_band", "trigger_point", "degrees", "painful", "score", "note",
+                                "system"),  # system: optional last column, diagnosis rows only
     "treatments.csv": ("id", "patient_id", "practitioner_id", "assessment_id", "started_at", "ended_at", "status",
                        "status_reason", "session_number", "series_total", "consent_obtained", "pain_before_nrs",
                        "pain_after_nrs", "notes"),
@@ -38,6 +39,8 @@ CSV_TABLES: dict[str, tuple[str, ...]] = {
     "treatment_adverse_events.csv": ("treatment_id", "event", "severity", "muscle", "note"),
 }
 
+#: diagnoses[].system (added 2026-12-01)
+DIAGNOSIS_SYSTEMS = ("icd-10-ca", "icd-10-cm", "icd-9", "snomed")
 SIDES = ("left", "right", "bilateral", "midline")
 SEGMENTS = (
     tuple(f"C{i}" for i in range(1, 9))

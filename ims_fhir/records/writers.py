@@ -398,6 +398,7 @@ _ASSESSMENT_FIELDS = frozenset(
     {
         "id", "patient_id", "practitioner_id", "performed_at", "status", "chief_complaint", "pain",
         "neuropathic_signs", "palpation", "range_of_motion", "outcome_measures", "candidacy", "notes",
+        "diagnoses",
     }
 )  # fmt: skip
 _PAIN_FIELDS = frozenset({"nrs", "duration_weeks", "locations"})
@@ -423,6 +424,7 @@ _FINDINGS: tuple[tuple[str, str, str, frozenset[str]], ...] = tuple(
         ("palpation", "palpation", "muscle", ("side", "segment", "tender", "taut_band", "trigger_point", "note")),
         ("range_of_motion", "range_of_motion", "movement", ("side", "degrees", "painful")),
         ("outcome_measure", "outcome_measures", "instrument", ("score",)),
+        ("diagnosis", "diagnoses", "code", ("system", "text")),
     )
 )
 
@@ -492,6 +494,8 @@ def _assessment_rows(f: _Flattener, r: Mapping[str, Any]) -> Rows:
         for i, item in enumerate(f.items(values, path)):
             where = f"{path}[{i}]"
             item = f.object(item, allowed, where)
+            if kind == "diagnosis":  # the CSV form keeps a diagnosis's text in `note`
+                item = {**{k: v for k, v in item.items() if k != "text"}, "note": item.get("text")}
             finding = [assessment_id, kind, f.cell(item.get(code_key), code_key, where)]
             # Keys a kind does not have are absent from its items, so their cells are empty.
             finding.extend([f.cell(item.get(key), key, where) for key in _FINDING_KEYS])

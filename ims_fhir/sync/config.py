@@ -31,7 +31,7 @@ reads the environment after the configuration is built. The worker's sections::
     [convert]
     lenient = false
     default_tz = "America/Vancouver"   # optional
-    cpt = true
+    # cpt = true                   # CPT 20560/20561: default only when [source] country = "US"
 
     [[targets]]                   # FHIR servers; only ever from here, never from a request
     name = "hospital"
@@ -103,7 +103,16 @@ class ConvertSettings:
 
     lenient: bool = False
     default_tz: str | None = None
-    cpt: bool = True
+    #: CPT on treatments: True always, False never, None (unset) only for a source with country US
+    cpt: bool | None = None
+
+    def __post_init__(self) -> None:
+        value: object = self.cpt
+        if isinstance(value, str):  # from the environment
+            value = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}.get(value.lower(), value)
+            object.__setattr__(self, "cpt", value)
+        if value is not None and not isinstance(value, bool):
+            raise TypeError(f"convert.cpt: {value!r} is not true or false")
 
 
 @dataclass(frozen=True)

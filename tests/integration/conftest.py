@@ -19,6 +19,7 @@ import requests
 from ims_fhir.dev import hapi
 from ims_fhir.dev import keycloak as devkeycloak
 from ims_fhir.errors import ToolchainError
+from ims_fhir.ig import BUILT_PACKAGE
 
 FHIR_JSON = "application/fhir+json"
 XDIST_GROUP = "hapi-fhir-server"
@@ -47,7 +48,9 @@ def _tail(path: Path, lines: int = 40) -> str:
 def fhir_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[hapi.DevServer]:
     """The local HAPI FHIR server, started once per test session; ``.base_url`` is its FHIR base.
 
-    Builds the server jar if the cache has none for the current ``hapi-server/`` sources
+    The server validates every write against the IMS IG package shipped with ims-fhir
+    (``ims_fhir/ig/ims-fhir-ig.tgz``, passed by path), strictly: see hapi-server's
+    ImsIgValidationConfig. Builds the server jar if the cache has none for the current ``hapi-server/`` sources
     (see :mod:`ims_fhir.dev.hapi`), starts it on a free port of 127.0.0.1 and stops it at
     the end of the session. Maven's and the server's output go to ``hapi-build.log`` and
     ``hapi-server.log`` in a pytest temporary directory; when the build or start fails, the
@@ -66,7 +69,7 @@ def fhir_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[hapi.DevSe
     failure: str | None = None
     try:
         artifact = hapi.build(log_path=build_log)
-        server = hapi.start(log_path=server_log, artifact=artifact)
+        server = hapi.start(log_path=server_log, artifact=artifact, ig_package=BUILT_PACKAGE)
     except ToolchainError as exc:
         failure = str(exc)
         if "\n" not in failure:  # start failures already carry the server log's tail

@@ -26,7 +26,8 @@ from tests.strategies import assessments, patients, practitioners, treatments
 
 from .faultproxy import Fault, FaultProxy
 
-TYPES = ("Organization", "Patient", "Practitioner", "Encounter", "Observation", "Procedure")
+TYPES = ("Organization", "Patient", "Practitioner", "Encounter", "Observation", "Procedure", "Condition", "Consent",
+         "BodyStructure")
 HEADERS = {"Accept": "application/fhir+json", "Content-Type": "application/fhir+json"}
 
 

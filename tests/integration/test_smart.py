@@ -158,8 +158,12 @@ def test_wrong_key_is_one_line_exit_2(
 
 def test_missing_scope_is_403_one_line_exit_2(
         smart_setup: SmartSetup, capsys: pytest.CaptureFixture[str], debug_logs: pytest.LogCaptureFixture) -> None:
-    # Asking for everything but Observation: Keycloak grants it, the server refuses the transaction.
-    scopes = " ".join(f"system/{t}.cus" for t in ("Encounter", "Organization", "Patient", "Practitioner", "Procedure"))
+    # Asking for everything push needs but Observation: Keycloak grants it, the server refuses the transaction.
+    from ims_fhir.client.smart import scopes_for
+    from ims_fhir.delivery import DELIVERED_TYPES
+    from ims_fhir.sync.reconcile import sync_requirements
+
+    scopes = " ".join(s for s in scopes_for(sync_requirements(DELIVERED_TYPES)) if "/Observation." not in s)
     code, out, err = run(capsys, "push", CLINIC, "--server", smart_setup.base_url, "--auth", smart_setup.auth(scopes))
     assert code == 2
     line = error_line(err)

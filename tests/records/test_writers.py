@@ -35,7 +35,8 @@ SPEC_CSV_COLUMNS = {
         "candidacy_suitable, contraindications, candidacy_note, notes"
     ),
     "assessment_findings.csv": (
-        "assessment_id, kind, code, side, segment, present, tender, taut_band, trigger_point, degrees, painful, score, note"
+        "assessment_id, kind, code, side, segment, present, tender, taut_band, trigger_point, degrees, painful, score, note, "
+        "system"
     ),
     "treatments.csv": (
         "id, patient_id, practitioner_id, assessment_id, started_at, ended_at, status, status_reason, session_number, "
@@ -438,16 +439,19 @@ def _rebuild(folder: Path) -> Iterator[tuple[str, dict[str, Any]]]:
         r = _present(row, ["id", "patient_id", "practitioner_id", "performed_at", "status", "chief_complaint", "notes"])
         findings = children.get("assessment_findings.csv", {}).get(row["id"], [])
         by_kind: dict[str, list[dict[str, Any]]] = {}
-        codes = {"pain_location": "region", "neuropathic_sign": "sign", "palpation": "muscle", "range_of_motion": "movement", "outcome_measure": "instrument"}
+        codes = {"pain_location": "region", "neuropathic_sign": "sign", "palpation": "muscle", "range_of_motion": "movement", "outcome_measure": "instrument",
+                     "diagnosis": "code"}
         for f in findings:
             item = {codes[f["kind"]]: f["code"], **_present(f, SPEC_CSV_COLUMNS_LISTS["assessment_findings.csv"][3:])}
+            if f["kind"] == "diagnosis" and "note" in item:  # the spec keeps a diagnosis's text in `note`
+                item["text"] = item.pop("note")
             by_kind.setdefault(f["kind"], []).append(item)
         pain = {k: _value(c, row[c]) for k, c in (("nrs", "pain_nrs"), ("duration_weeks", "pain_duration_weeks")) if row[c]}
         if "pain_location" in by_kind:
             pain["locations"] = by_kind["pain_location"]
         if pain:
             r["pain"] = pain
-        for kind, name in (("neuropathic_sign", "neuropathic_signs"), ("palpation", "palpation"), ("range_of_motion", "range_of_motion"), ("outcome_measure", "outcome_measures")):
+        for kind, name in (("neuropathic_sign", "neuropathic_signs"), ("palpation", "palpation"), ("range_of_motion", "range_of_motion"), ("outcome_measure", "outcome_measures"), ("diagnosis", "diagnoses")):
             if kind in by_kind:
                 r[name] = by_kind[kind]
         candidacy: dict[str, Any] = {}

@@ -30,7 +30,7 @@ def write_examples(root: str | Path) -> None:
         generate(5, seed=EXAMPLES_SEED, practitioners=2, treatments_per_patient=(2, 4), full=True),
         key=lambda pair: RECORD_TYPES.index(pair[0]),
     )
-    clinic = source(EXAMPLES_SEED)
+    clinic = {**source(EXAMPLES_SEED), "country": "CA", "jurisdiction": "CA-BC"}
     small = root / "clinic-small"
     write_json_document(small / "clinic.json", clinic, records)
     write_ndjson(small / "records.ndjson", records)

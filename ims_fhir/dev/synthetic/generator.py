@@ -82,6 +82,17 @@ from .tables import (
 __all__ = ["generate", "source"]
 
 
+#: diagnoses a clinic might chart (synthetic picks; ICD codes as a clinic would write them)
+_DIAGNOSES: tuple[tuple[str, str, str], ...] = (
+    ("icd-10-ca", "M54.2", "Cervicalgia"),
+    ("icd-10-ca", "M54.5", "Low back pain"),
+    ("icd-10-cm", "M79.1", "Myalgia"),
+    ("icd-9", "724", "Back disorder (MSP diagnostic code)"),
+    ("icd-9", "723", "Neck disorder (MSP diagnostic code)"),
+    ("snomed", "247398009", "Neuropathic pain"),
+)
+
+
 def source(seed: int = 0) -> dict[str, str]:
     """The ``source`` object of a synthetic clinic export."""
     return {
@@ -422,6 +433,12 @@ class _Generator:
                 else:
                     candidacy["note"] = "Suitable; risks and expected soreness explained"
             record["candidacy"] = candidacy
+        # diagnoses (added to the format later) draw from their own stream, seeded by the record id,
+        # so that adding them left every other generated value as it was
+        dx_rng = random.Random(f"diagnoses/{record['id']}")
+        if full or dx_rng.random() < 0.35:
+            picks = dx_rng.sample(range(len(_DIAGNOSES)), k=dx_rng.choice((1, 1, 2)))
+            record["diagnoses"] = [dict(zip(("system", "code", "text"), _DIAGNOSES[i], strict=True)) for i in picks]
         if self.wanted(0.3, force=full):
             record["notes"] = rng.choice(ASSESSMENT_NOTES)
         return record

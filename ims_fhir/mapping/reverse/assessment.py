@@ -146,11 +146,7 @@ def body_site(ctx: ReverseContext, el: Elements, vocabulary: str | None, path: s
         slug = ctx.coded(el, cc, vocabulary, path)
     elif cc.get("coding"):
         el.note(f"{path}.coding", "not_mapped", "only the side of this body site has an ims-record/1 field")
-    side = ctx.codes.side(cc)
-    for i, ext in enumerate(cc.get("extension") or ()):
-        if not ctx.codes.is_laterality_extension(ext):
-            el.note(f"{path}.extension[{i}]", "not_mapped", f"extension {ext.get('url')!r} of a body site has no field")
-    return slug, side
+    return slug, ctx.site_side(el, cc, path)
 
 
 def _score(el: Elements, ctx: ReverseContext, kind: str | None, value: Any) -> int | None:
@@ -247,10 +243,8 @@ def _side_only(ctx: ReverseContext, el: Elements, vocabulary: str) -> tuple[str 
     cc = el.take("bodySite")
     if cc is None:
         return None, None
-    for i, ext in enumerate(cc.get("extension") or ()):
-        if not ctx.codes.is_laterality_extension(ext):
-            el.note(f"bodySite.extension[{i}]", "not_mapped", f"extension {ext.get('url')!r} of a body site has no field")
-    return ctx.codes.slug(cc, vocabulary), ctx.codes.side(cc)
+    side = ctx.site_side(el, cc)
+    return ctx.codes.slug(cc, vocabulary), side
 
 
 def _put(target: dict[str, Any], key: str, value: Any) -> None:
@@ -280,6 +274,8 @@ def head(ctx: ReverseContext, el: Elements, built: Built) -> dict[str, Any]:
         else:
             el.note(f"performer[{i}]", "not_mapped", "ims-record/1 keeps one practitioner per assessment")
     encounter = ctx.context_ref(el, "encounter", built)
+    if encounter is not None and "diagnoses" not in data:
+        _diagnoses(ctx, encounter, built)
     when = el.take("effectiveDateTime")
     for alt in ("effectivePeriod", "effectiveInstant"):
         value = el.take(alt)
@@ -316,6 +312,32 @@ def head(ctx: ReverseContext, el: Elements, built: Built) -> dict[str, Any]:
                 "the practitioner")
     ctx.require(built, "performed_at", f"the {what} has no effective time (nor its Encounter a start)")
     return expected
+
+
+def _diagnoses(ctx: ReverseContext, encounter: Entry, built: Built) -> None:
+    """``diagnoses`` from the Conditions the assessment's Encounter lists (``Encounter.diagnosis``), in rank order."""
+    found: list[tuple[int, int, dict[str, Any]]] = []
+    systems = {url: slug for slug, url in ctx.codes.diagnosis_systems.items()}
+    for pos, dx in enumerate(encounter.resource.get("diagnosis") or ()):
+        target = ctx.resolve(dx.get("condition") if isinstance(dx, dict) else None, encounter)
+        if target is None or target.resource_type != "Condition":
+            continue
+        cel = Elements(target, built)
+        code = cel.take("code") or {}
+        codings = [c for c in code.get("coding") or () if isinstance(c, dict) and c.get("system") in systems]
+        if not codings or not isinstance(codings[0].get("code"), str):
+            continue
+        ctx.use(target, built)
+        item: dict[str, Any] = {"system": systems[codings[0]["system"]], "code": codings[0]["code"]}
+        _put(item, "text", code.get("text") if isinstance(code.get("text"), str) else None)
+        for i in range(1, len(code.get("coding") or ())):
+            cel.note(f"code.coding[{i}]", "not_mapped", "ims-record/1 keeps one code per diagnosis")
+        cel.skip("identifier", "verificationStatus", "category", "subject", "encounter", "recordedDate", "recorder")
+        cel.finish()
+        rank = dx.get("rank") if isinstance(dx.get("rank"), int) else pos + 1
+        found.append((rank, pos, item))
+    if found:
+        built.data["diagnoses"] = [item for *_, item in sorted(found, key=lambda t: t[:2])]
 
 
 def _shared(el: Elements, expected: dict[str, Any], what: str) -> None:

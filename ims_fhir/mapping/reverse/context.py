@@ -33,6 +33,9 @@ from .outcomes import Built, ReportItem
 from .resources import Entry, ResourceLookup, reference_keys, reference_type
 
 #: elements that are bookkeeping, not data: never reported
+#: the R4 core extension from a body site (CodeableConcept) to its BodyStructure
+BODY_SITE_EXTENSION = "http://hl7.org/fhir/StructureDefinition/bodySite"
+
 IGNORED = frozenset({"resourceType", "id", "meta", "text", "language", "contained"})
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
@@ -128,6 +131,36 @@ class ReverseContext:
     def use(entry: Entry, built: Built) -> None:
         if all(seq != entry.seq for seq, _, _ in built.sources):
             built.sources.append((entry.seq, entry.label, entry.origin))
+
+    # -- body sites ------------------------------------------------------------------------
+    def site_side(self, el: Elements, cc: Any, path: str = "bodySite") -> str | None:
+        """The side of a body site: its BodyStructure's ``locationQualifier`` (core ``bodySite``
+        extension, the IG's representation) or a laterality extension valued with a side (older
+        exports, other IGs). Other extensions are reported."""
+        side = None
+        for i, ext in enumerate(cc.get("extension") or () if isinstance(cc, dict) else ()):
+            found = None
+            if isinstance(ext, dict) and ext.get("url") == BODY_SITE_EXTENSION:
+                target = self.resolve(ext.get("valueReference"), el.entry)
+                if target is not None and target.resource_type == "BodyStructure":
+                    self.use(target, el.built)
+                    for qualifier in target.resource.get("locationQualifier") or ():
+                        found = found or self.codes.slug(qualifier, "side")
+                    if found is None:
+                        el.note(f"{path}.extension[{i}]", "not_mapped", f"{target.label} names no side")
+                        continue
+                else:
+                    el.note(f"{path}.extension[{i}]", "unresolved_reference",
+                            "the body structure this site names is not in the input; its side is unknown")
+                    continue
+            elif self.codes.is_laterality_extension(ext):
+                found = self.codes.slug(ext.get("valueCodeableConcept"), "side")
+            else:
+                url = ext.get("url") if isinstance(ext, dict) else None
+                el.note(f"{path}.extension[{i}]", "not_mapped", f"extension {url!r} of a body site has no field")
+                continue
+            side = side or found
+        return side
 
     # -- identities ------------------------------------------------------------------------
     def our_identifier(self, identifiers: Any, kind: str) -> tuple[int, str, str] | None:

@@ -51,9 +51,26 @@ def _other_identifier(el: Elements, pos: int, ident: Any, *, chart: bool = False
         el.note(f"identifier[{pos}]", "not_mapped", f"identifier {ident['value']!r} has no system, which ims-record/1 needs")
         return None
     for key in ident:
-        if key not in ("system", "value") and not (chart and key in ("type", "use")):
+        if key not in ("system", "value") and not (chart and key in ("type", "use")) and not _derived(key, ident):
             el.note(f"identifier[{pos}].{key}", "not_mapped", f"the {key} of an identifier has no ims-record/1 field")
     return {"system": ident["system"], "value": ident["value"]}
+
+
+#: identifier types the forward mapping adds (v2-0203 JHN health number, MR record number, PRN registration)
+_DERIVED_TYPES = frozenset({("http://terminology.hl7.org/CodeSystem/v2-0203", "JHN"),
+                            ("http://terminology.hl7.org/CodeSystem/v2-0203", "MR"),
+                            ("http://terminology.hl7.org/CodeSystem/v2-0203", "PRN")})
+
+
+def _derived(key: str, ident: dict[str, Any]) -> bool:
+    """A type or assigner the forward mapping derives (from the record kind and source.jurisdiction)."""
+    value = ident.get(key)
+    if key == "type" and isinstance(value, dict):
+        codings = [c for c in value.get("coding") or () if isinstance(c, dict)]
+        return bool(codings) and all((c.get("system"), c.get("code")) in _DERIVED_TYPES for c in codings)
+    if key == "assigner" and isinstance(value, dict):
+        return set(value) == {"display"}
+    return False
 
 
 def map_patient(entry: Entry, ctx: ReverseContext) -> Built:
@@ -177,4 +194,10 @@ def organization_source(entry: Entry, ctx: ReverseContext) -> dict[str, str] | N
     if isinstance(name, str) and name.strip() and name != clinic_id:
         source["clinic_name"] = name
     source["system_base"] = base
+    # mapping/people.py: address.country = source.country, address.state = source.jurisdiction (ISO 3166-2)
+    for address in (entry.resource.get("address") or [])[:1]:
+        if isinstance(address, dict):
+            for key, field in (("country", "country"), ("state", "jurisdiction")):
+                if isinstance(address.get(key), str):
+                    source[field] = address[key]
     return source

@@ -98,6 +98,24 @@ def _assessment_id(ctx: ReverseContext, el: Elements, built: Built) -> None:
                     "{system_base}/assessment identifier; assessment_id left out")
 
 
+#: the boolean consent extension of exports before the IG (ims-fhir <= 0.x); still read
+LEGACY_CONSENT_EXTENSION = "https://ims-fhir.github.io/fhir/StructureDefinition/ims-consent-obtained"
+
+
+def _consent(ctx: ReverseContext, el: Elements, ext: dict[str, Any], built: Built) -> bool | None:
+    """consent_obtained from the Consent the Procedure names: provision permit -> true, deny -> false."""
+    target = ctx.resolve(ext.get("valueReference"), el.entry)
+    if target is None or target.resource_type != "Consent":
+        return None
+    ctx.use(target, built)
+    provision = target.resource.get("provision")
+    kind = provision.get("type") if isinstance(provision, dict) else None
+    if target.resource.get("status") != "active" or kind not in ("permit", "deny"):
+        el.note("extension", "not_mapped", f"{target.label} is not an active permit or deny; consent not read")
+        return None
+    return bool(kind == "permit")
+
+
 def _is_assessment_system(system: Any) -> bool:
     found = split_system(system)
     return found is not None and found[1] == "assessment"
@@ -108,7 +126,8 @@ def _status_reason(el: Elements) -> str | None:
     if not isinstance(reason, dict):
         return None
     if isinstance(reason.get("text"), str) and reason["text"].strip():
-        if reason.get("coding"):
+        own = {"status-reason-not-done", "status-reason-stopped"}
+        if reason.get("coding") and not all(isinstance(c, dict) and c.get("code") in own for c in reason["coding"]):
             el.note("statusReason.coding", "not_mapped", "the reason's text is kept, not its codes")
         return str(reason["text"])
     for coding in reason.get("coding") or ():
@@ -164,14 +183,17 @@ def map_procedure(entry: Entry, ctx: ReverseContext) -> tuple[Built, list[tuple[
     ctx.require(built, "practitioner_id", "the Procedure has no performer naming the practitioner")
     ctx.require(built, "started_at", "the Procedure has no performedPeriod.start or performedDateTime")
     _assessment_id(ctx, el, built)
-    ext = el.extensions({ctx.codes.extension[k]: k for k in ("session-number", "series-total", "consent-obtained")})
+    ext = el.extensions({**{ctx.codes.extension[k]: k for k in ("session-number", "series-total", "consent")},
+                         LEGACY_CONSENT_EXTENSION: "consent-obtained"})
     _put(data, "session_number", ext.get("session-number", {}).get("valuePositiveInt"))
     _put(data, "series_total", ext.get("series-total", {}).get("valuePositiveInt"))
     _put(data, "consent_obtained", ext.get("consent-obtained", {}).get("valueBoolean"))
+    if "consent" in ext:
+        _put(data, "consent_obtained", _consent(ctx, el, ext["consent"], built))
     if "consent_obtained" not in data:
         built.problems.append(Problem("consent_obtained", "required",
-                                      "the Procedure carries no consent (extension "
-                                      f"{ctx.codes.extension['consent-obtained']}); it is never assumed"))
+                                      "the Procedure names no Consent in the input (extension "
+                                      f"{ctx.codes.extension['consent']}); consent is never assumed"))
     _put(data, "notes", notes_text(el, el.take("note")))
 
     sites: list[tuple[bool, int, int, dict[str, Any]]] = []
@@ -319,7 +341,7 @@ def _pain(ctx: ReverseContext, el: Elements, key: str, data: dict[str, Any]) -> 
 def _site_from_body_site(ctx: ReverseContext, el: Elements, i: int, cc: Any) -> dict[str, Any]:
     site: dict[str, Any] = {}
     _put(site, "muscle", ctx.coded(el, cc, "muscle", f"bodySite[{i}]"))
-    side = ctx.codes.side(cc)
+    side = ctx.site_side(el, cc, f"bodySite[{i}]")
     _put(site, "side", side)
     el.note(f"bodySite[{i}]", "not_mapped" if side is None else "assumed",
             "no needling-site Observation: the site comes from Procedure.bodySite, without insertions"

@@ -3,7 +3,6 @@ package org.imsfhir.hapi;
 import ca.uhn.fhir.batch2.jobs.config.Batch2JobsConfig;
 import ca.uhn.fhir.context.FhirContext;
 import ca.uhn.fhir.context.support.IValidationSupport;
-import ca.uhn.fhir.interceptor.executor.InterceptorService;
 import ca.uhn.fhir.jpa.api.config.JpaStorageSettings;
 import ca.uhn.fhir.jpa.api.config.ThreadPoolFactoryConfig;
 import ca.uhn.fhir.jpa.api.dao.IFhirSystemDao;
@@ -22,7 +21,6 @@ import ca.uhn.fhir.rest.api.EncodingEnum;
 import ca.uhn.fhir.rest.server.ETagSupportEnum;
 import ca.uhn.fhir.rest.server.RestfulServer;
 import ca.uhn.fhir.rest.server.interceptor.RequestValidatingInterceptor;
-import ca.uhn.fhir.rest.server.interceptor.validation.ValidationMessageUnknownCodeSystemPostProcessingInterceptor;
 import ca.uhn.fhir.rest.server.provider.ResourceProviderFactory;
 import ca.uhn.fhir.rest.server.util.ISearchParamRegistry;
 import ca.uhn.fhir.validation.FhirValidator;
@@ -32,7 +30,6 @@ import jakarta.persistence.EntityManagerFactory;
 import java.util.HashMap;
 import java.util.Map;
 import javax.sql.DataSource;
-import org.hl7.fhir.common.hapi.validation.support.ValidationSupportChain;
 import org.springframework.beans.factory.annotation.Qualifier;
 import org.springframework.beans.factory.config.ConfigurableListableBeanFactory;
 import org.springframework.boot.web.servlet.ServletRegistrationBean;
@@ -133,34 +130,22 @@ public class FhirServerConfig {
 	}
 
 	/**
-	 * The validator behind every write: base R4 structure, cardinality, datatypes and bindings.
+	 * The validator behind every write: base R4 structure, cardinality, datatypes and bindings,
+	 * and the profiles a resource names in {@code meta.profile}.
 	 *
-	 * <p>The module is HAPI's JPA instance validator (base R4 definitions, plus any
-	 * profile/CodeSystem/ValueSet stored on this server; nothing remote, so it works offline).
-	 * Code systems it cannot know offline (LOINC, SNOMED CT, our own CodeSystem URLs) come out
-	 * of the validation chain as errors; the post-processing hook turns those into warnings,
-	 * so only structural and base-R4 errors fail. Unknown extensions are allowed by the
-	 * validator (reported as information).
-	 *
-	 * <p>A CodeableConcept is accepted when any of its codings is valid, as R4 asks of bindings
-	 * ("at least one coding from the value set"): by default HAPI wants all codings valid, so a
-	 * correct HL7 code next to one of our own codes (which cannot be checked offline) was refused.
+	 * <p>The module is HAPI's JPA instance validator (base R4 definitions, the IMS IG package
+	 * added by {@link ImsIgValidationConfig}, and any profile/CodeSystem/ValueSet stored on this
+	 * server; nothing remote, so it works offline). Strict: every coding of a CodeableConcept
+	 * must be valid, and a code system the validator does not know is an error, except the
+	 * external systems of {@link OfflineTerminologyWarnings} (warnings: not checkable offline).
 	 */
 	@Bean
 	public FhirValidator requestValidator(
 			FhirContext fhirContext,
-			@Qualifier("myInstanceValidator") IInstanceValidatorModule instanceValidator,
-			IValidationSupport validationSupportChain) {
-		if (validationSupportChain instanceof ValidationSupportChain chain) {
-			chain.setCodeableConceptValidationSuccessfulIfNotAllCodingsAreValid(true);
-		}
-		InterceptorService validationHooks = new InterceptorService("ims-fhir-validation");
-		validationHooks.registerInterceptor(new ValidationMessageUnknownCodeSystemPostProcessingInterceptor(
-				IValidationSupport.IssueSeverity.WARNING));
-
+			@Qualifier("myInstanceValidator") IInstanceValidatorModule instanceValidator) {
 		FhirValidator validator = fhirContext.newValidator();
 		validator.registerValidatorModule(instanceValidator);
-		validator.setInterceptorBroadcaster(validationHooks);
+		validator.setInterceptorBroadcaster(ImsIgValidationConfig.unknownCodeSystemsAreErrors());
 		return validator;
 	}
 
