@@ -116,7 +116,7 @@ def session_principal() -> Principal | None:
         session.clear()  # logged out, expired, or issued before a restart
         return None
     for configured in _tokens():
-        if configured.name == name and hmac.compare_digest(configured.sha256[:16], fingerprint):
+        if configured.name == name and hmac.compare_digest(configured.sha256[:16].encode(), str(fingerprint).encode()):
             return Principal(configured.name, configured.scope, "session")
     session.clear()  # the token was removed from the configuration
     return None
@@ -154,7 +154,8 @@ def csrf_token() -> str:
 def check_csrf() -> None:
     sent = request.form.get("csrf") or request.headers.get("X-CSRF-Token") or ""
     expected = csrf_token()
-    if not expected or not hmac.compare_digest(sent, expected):
+    # bytes: compare_digest refuses str with non-ASCII characters (TypeError), and a form may hold any
+    if not expected or not hmac.compare_digest(sent.encode("utf-8", "surrogatepass"), expected.encode("utf-8")):
         raise Forbidden("the form is stale or did not come from the dashboard (CSRF token missing or wrong); reload the page")
 
 

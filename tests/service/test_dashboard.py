@@ -67,3 +67,13 @@ def test_the_session_reads_the_api_but_does_not_write_it(client: FlaskClient) ->
     client.post("/login", data={"token": RW_TOKEN})
     assert client.get("/records/practitioner/PR9").status_code == 200
     assert client.post("/retry?state=dead").status_code == 401
+
+
+def test_a_non_ascii_csrf_token_is_refused_not_a_500(client: FlaskClient) -> None:
+    # found by the fuzz suite: hmac.compare_digest raised TypeError on a str with non-ASCII characters
+    client.post("/login", data={"token": RW_TOKEN})
+    for sent in ("\x80", "é" * 40):
+        answer = client.post("/ui/retry-dead", data={"csrf": sent})
+        assert answer.status_code == 403, (sent, answer.status_code)
+    answer = client.post("/ui/retry-dead", headers={"X-CSRF-Token": "ü"})
+    assert answer.status_code in (400, 403)
