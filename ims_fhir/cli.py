@@ -150,7 +150,8 @@ def cli() -> None:
 @click.option("--strict-refs", is_flag=True, help="Reject records whose patient, practitioner or assessment is not in the input.")
 @click.option("--default-tz", metavar="ZONE", help="IANA time zone for date-times written without an offset.")
 @click.option("--country", metavar="CC", help="ISO 3166-1 alpha-2 country of the clinic (with --clinic-id), e.g. CA.")
-@click.option("--jurisdiction", metavar="CC-XX", help="ISO 3166-2 subdivision (with --clinic-id): assigner of health numbers, e.g. CA-BC.")
+@click.option("--jurisdiction", metavar="CC-XX",
+              help="ISO 3166-2 subdivision (with --clinic-id): assigner of health numbers, e.g. CA-BC.")
 @click.option("--cpt/--no-cpt", default=None,
               help="Add (or leave out) CPT 20560/20561 on treatments. Default: only for a source with country US.")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True,
@@ -431,7 +432,8 @@ def ig(out_dir: Path, expand: bool) -> int:
     path = write_package(out_dir)
     if expand:
         for res in resources():
-            (out_dir / f"{res['resourceType']}-{res['id']}.json").write_bytes(orjson.dumps(res, option=orjson.OPT_INDENT_2) + b"\n")
+            (out_dir / f"{res['resourceType']}-{res['id']}.json").write_bytes(
+                orjson.dumps(res, option=orjson.OPT_INDENT_2) + b"\n")
     click.echo(str(path))
     return EXIT_OK
 

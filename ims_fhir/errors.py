@@ -18,7 +18,8 @@ are logged once, at the top (CLI or Flask error handler).
     ├── ToolchainError                exit_code 2  Java 17 / Maven needed for dev-server are missing or the build failed
     └── FhirError                     exit_code 1  anything that went wrong talking FHIR
         ├── FhirTransportError        exit_code 2  connection refused, reset, timeout, TLS (after retries)
-        ├── FhirServerError           exit_code 1  the server answered with an error status; carries status + OperationOutcome issues
+        ├── FhirServerError           exit_code 1  the server answered with an error status;
+        │                                          carries status + OperationOutcome issues
         │   ├── FhirClientSideError        4xx other than the ones below
         │   │   ├── FhirAuthError          401 / 403, token refusal  exit_code 2
         │   │   ├── FhirNotFoundError      404 / 410
@@ -140,7 +141,7 @@ class OutcomeIssue:
         return f"{self.severity}: {text}{where}"
 
     @classmethod
-    def from_fhir(cls, issue: dict[str, Any]) -> "OutcomeIssue":
+    def from_fhir(cls, issue: dict[str, Any]) -> OutcomeIssue:
         expression = issue.get("expression") or issue.get("location") or ()
         diagnostics = issue.get("diagnostics")
         if diagnostics is None:

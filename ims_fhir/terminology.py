@@ -77,7 +77,8 @@ class Terminology:
         return self.concepts[key]
 
     def own_coding(self, vocabulary: str, slug: str) -> Coding:
-        return self.vocab_concepts[(vocabulary, slug)]["coding"][0]
+        coding: Coding = self.vocab_concepts[(vocabulary, slug)]["coding"][0]
+        return coding
 
     def category(self, key: str) -> CodeableConcept:
         row = self.fhir["categories"][key]
@@ -89,13 +90,14 @@ class Terminology:
         return {"coding": [{"system": self.systems[row["system"]], "code": row["code"], "display": row["display"]}]}
 
     def fixed_coding(self, key: str) -> Coding:
-        return self.fixed_concept(key)["coding"][0]
+        coding: Coding = self.fixed_concept(key)["coding"][0]
+        return coding
 
     def status(self, table: str, value: str) -> str:
-        return self.fhir["status"][table][value]
+        return str(self.fhir["status"][table][value])
 
     def gender(self, sex: str) -> str:
-        return self.fhir["gender"][sex]
+        return str(self.fhir["gender"][sex])
 
     def extension_url(self, key: str) -> str:
         return f"{self.base}/StructureDefinition/{self.fhir['extensions'][key]}"
@@ -115,7 +117,7 @@ class Terminology:
         return row["unit"], row["unit_display"]
 
     def cpt_effective_from(self) -> str:
-        return self.concept_rows["cpt"]["effective_from"]
+        return str(self.concept_rows["cpt"]["effective_from"])
 
     # -- reverse ---------------------------------------------------------------------
     def decode(self, system: str | None, code: str | None) -> tuple[str, str] | None:
@@ -144,7 +146,8 @@ def load_terminology(directory: Path | None = None) -> Terminology:
         out = []
         for std in row.get("standard", []):
             if std.get("confidence") not in ("high", "medium"):
-                problems.append(f"{where}: standard code {std.get('code')} has confidence {std.get('confidence')!r}; only high or medium may be emitted")
+                problems.append(f"{where}: standard code {std.get('code')} has confidence {std.get('confidence')!r};"
+                                " only high or medium may be emitted")
                 continue
             if std.get("system") not in systems:
                 problems.append(f"{where}: unknown system alias {std.get('system')!r}")
@@ -184,7 +187,8 @@ def load_terminology(directory: Path | None = None) -> Terminology:
             for c in codings:
                 key = (c["system"], c["code"])
                 if key in reverse and reverse[key] != (vocabulary, slug):
-                    problems.append(f"vocabularies.toml: {c['system']}|{c['code']} used for both {reverse[key]} and {(vocabulary, slug)}")
+                    problems.append(f"vocabularies.toml: {c['system']}|{c['code']} used for both {reverse[key]}"
+                                    f" and {(vocabulary, slug)}")
                 reverse.setdefault(key, (vocabulary, slug))
             vocab_concepts[(vocabulary, slug)] = {"coding": codings, "text": display}
 
@@ -214,12 +218,14 @@ def load_terminology(directory: Path | None = None) -> Terminology:
             problems.append(f"profiles.toml: [{pkey}] names unknown concept {prow['concept']!r}")
     for rel in concept_rows.get("relations", []):
         if rel.get("source") not in concepts or rel.get("system") not in systems:
-            problems.append(f"concepts.toml: relation {rel.get('source')!r} -> {rel.get('code')!r} names an unknown concept or system")
+            problems.append(f"concepts.toml: relation {rel.get('source')!r} -> {rel.get('code')!r}"
+                            " names an unknown concept or system")
         elif rel.get("import_as_source"):
             # read back only: a foreign resource coded with the related concept (never emitted)
             reverse.setdefault((systems[rel["system"]], rel["code"]), ("concept", rel["source"]))
     for table_name in ("categories", "procedure_category", "encounter_class", "chart_identifier_type", "extensions",
-                       "status", "gender", "health_number_identifier_type", "licence_identifier_type", "organization_type", "condition_category",
+                       "status", "gender", "health_number_identifier_type", "licence_identifier_type", "organization_type",
+                       "condition_category",
                 "consent_scope", "consent_category", "consent_policy", "diagnosis_systems", "core_extensions"):
         if table_name not in fhir:
             problems.append(f"fhir.toml: missing table [{table_name}]")
@@ -250,7 +256,8 @@ def code_systems(term: Terminology) -> list[dict[str, Any]]:
         for key, cc in term.concepts.items()
         if cc["coding"][0]["system"] == term.concept_system
     ]
-    out.append(_code_system(term.concept_system, term.concept_rows["codesystem"]["name"], term.concept_rows["codesystem"]["title"], concepts))
+    out.append(_code_system(term.concept_system, term.concept_rows["codesystem"]["name"],
+                            term.concept_rows["codesystem"]["title"], concepts))
     return out
 
 

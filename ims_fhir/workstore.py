@@ -13,7 +13,7 @@ import os
 import sqlite3
 import tempfile
 from collections import OrderedDict
-from typing import Iterator
+from collections.abc import Iterator
 
 
 class WorkStore:
@@ -25,7 +25,8 @@ class WorkStore:
         self.db.execute("PRAGMA synchronous=OFF")
         self.db.execute("PRAGMA cache_size=-16000")  # 16 MB page cache at most
         self.db.execute("BEGIN")
-        self.db.execute("CREATE TABLE seen (scope TEXT, type TEXT, id TEXT, origin TEXT, PRIMARY KEY (scope, type, id)) WITHOUT ROWID")
+        self.db.execute("CREATE TABLE seen (scope TEXT, type TEXT, id TEXT, origin TEXT,"
+                        " PRIMARY KEY (scope, type, id)) WITHOUT ROWID")
         self.db.execute("CREATE TABLE ref (scope TEXT, type TEXT, id TEXT, origin TEXT, field TEXT)")
         self.db.execute("CREATE TABLE dep (id TEXT PRIMARY KEY, body BLOB) WITHOUT ROWID")
         self.db.execute("CREATE TABLE deferred (seq INTEGER PRIMARY KEY, body BLOB)")
@@ -85,8 +86,9 @@ class WorkStore:
         row = self.db.execute("SELECT body FROM dep WHERE id=?", (resource_id,)).fetchone()
         if row is None:
             return None
-        self._remember(resource_id, row[0])
-        return row[0]
+        stored: bytes = row[0]
+        self._remember(resource_id, stored)
+        return stored
 
     def _remember(self, resource_id: str, body: bytes) -> None:
         self._dep_cache[resource_id] = body
@@ -118,7 +120,7 @@ class WorkStore:
             except OSError:
                 pass
 
-    def __enter__(self) -> "WorkStore":
+    def __enter__(self) -> WorkStore:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -7,7 +7,7 @@ characters (no ``|``, so the CSV form can carry it too).
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 from hypothesis import strategies as st
@@ -23,7 +23,7 @@ offsets = st.sampled_from([-8, -7, -5, 0, 1, 5.5, 9])
 
 @st.composite
 def datetimes(draw: Any) -> datetime:
-    base = datetime(2019, 6, 1, tzinfo=timezone.utc)
+    base = datetime(2019, 6, 1, tzinfo=UTC)
     minutes = draw(st.integers(min_value=0, max_value=60 * 24 * 365 * 6))
     off = draw(offsets)
     tz = timezone(timedelta(hours=off))
@@ -73,12 +73,14 @@ def practitioners(draw: Any, pid: str | None = None) -> dict[str, Any]:
 def _pain(draw: Any) -> dict[str, Any]:
     pain: dict[str, Any] = {"nrs": draw(st.integers(0, 10))}
     _opt(draw, pain, "duration_weeks", st.one_of(st.integers(0, 520), decimal2))
-    loc = st.builds(lambda r, s: {"region": r, **({"side": s} if s else {})}, st.sampled_from(v.REGIONS), st.one_of(st.none(), sides))
+    loc = st.builds(lambda r, s: {"region": r, **({"side": s} if s else {})},
+                    st.sampled_from(v.REGIONS), st.one_of(st.none(), sides))
     _opt_list(draw, pain, "locations", loc)
     return pain
 
 
-def _with_optional(required: dict[str, st.SearchStrategy[Any]], optional: dict[str, st.SearchStrategy[Any]]) -> st.SearchStrategy[dict[str, Any]]:
+def _with_optional(required: dict[str, st.SearchStrategy[Any]],
+                   optional: dict[str, st.SearchStrategy[Any]]) -> st.SearchStrategy[dict[str, Any]]:
     return st.fixed_dictionaries(required, optional=optional)
 
 

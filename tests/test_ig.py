@@ -40,7 +40,8 @@ def _walk(value: Any, key: str = "") -> list[tuple[str, Any]]:
 def test_the_package_is_reproducible_and_the_committed_build_is_current() -> None:
     first = build_package()
     assert first == build_package()
-    assert BUILT_PACKAGE.read_bytes() == first, "regenerate with: ims-fhir ig --out DIR and copy the .tgz to ims_fhir/ig/ims-fhir-ig.tgz"
+    assert BUILT_PACKAGE.read_bytes() == first, (
+        "regenerate with: ims-fhir ig --out DIR and copy the .tgz to ims_fhir/ig/ims-fhir-ig.tgz")
     with tarfile.open(fileobj=io.BytesIO(first), mode="r:gz") as tar:
         assert {m.mtime for m in tar.getmembers()} == {1767225600}
         assert all(m.name.startswith("package/") for m in tar.getmembers())

@@ -308,5 +308,6 @@ def test_damaged_resources_never_crash_and_are_all_accounted_for(pair: tuple[str
     result = reverse_resources(resources, TERM)
     counts = result.counts
     assert counts["read"] == counts["mapped"] + counts["rejected"] + counts["duplicate"]
-    assert counts["read"] == len(resources) - sum(1 for r in resources if isinstance(r, dict) and r.get("resourceType") == "Bundle")
+    assert counts["read"] == len(resources) - sum(
+        1 for r in resources if isinstance(r, dict) and r.get("resourceType") == "Bundle")
     assert all(isinstance(i, ReportItem) for i in result.report)

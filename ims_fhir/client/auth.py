@@ -145,7 +145,7 @@ class AccessToken:
 
     value: str = field(repr=False)
     refresh_at: float | None
-    token_type: str = "Bearer"
+    token_type: str = "Bearer"  # noqa: S105  (the HTTP auth scheme name, not a secret)
 
 
 class CachedTokenAuth(Auth):

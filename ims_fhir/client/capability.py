@@ -130,8 +130,8 @@ class ServerCapabilities:
         ):
             found = statement.get("resourceType") if isinstance(statement, dict) else type(statement).__name__
             raise FhirCapabilityError(f"{base_url}/metadata did not return a CapabilityStatement (got {found!r})")
-        software = statement.get("software") if isinstance(statement.get("software"), Mapping) else {}
-        assert isinstance(software, Mapping)
+        raw_software = statement.get("software")
+        software: Mapping[str, Any] = raw_software if isinstance(raw_software, Mapping) else {}
         name = " ".join(str(software[k]) for k in ("name", "version") if software.get(k)) or None
         system_codes: set[str] = set()
         types: dict[str, TypeCapability] = {}

@@ -216,8 +216,7 @@ class FhirClient:
         conditional = if_none_exist is not None
         self._need(on_type(resource_type, "create", conditional=conditional))
         headers = self._prefer(prefer)
-        if conditional:
-            assert if_none_exist is not None
+        if if_none_exist is not None:  # i.e. conditional
             headers["If-None-Exist"] = encode_query(if_none_exist)
         try:
             return self._send(

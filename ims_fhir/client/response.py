@@ -102,8 +102,8 @@ class EntryResponse:
 
     @classmethod
     def from_entry(cls, entry: Mapping[str, Any]) -> EntryResponse:
-        response = entry.get("response") if isinstance(entry.get("response"), Mapping) else {}
-        assert isinstance(response, Mapping)
+        raw_response = entry.get("response")
+        response: Mapping[str, Any] = raw_response if isinstance(raw_response, Mapping) else {}
         match = re.match(r"\s*(\d{3})", str(response.get("status", "")))
         resource = entry.get("resource") if isinstance(entry.get("resource"), dict) else None
         location = response.get("location") if isinstance(response.get("location"), str) else None

@@ -21,7 +21,8 @@ run in case its dependency still comes later in the input.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import quote
 
 import orjson

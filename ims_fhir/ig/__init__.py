@@ -308,7 +308,8 @@ def build_package(term: Terminology | None = None) -> bytes:
     items = resources(term)
     index = {"index-version": 1, "files": [
         {"filename": _filename(r), "resourceType": r["resourceType"], "id": r["id"], "url": r["url"],
-         "version": r["version"], **({"kind": r["kind"], "type": r["type"]} if r["resourceType"] == "StructureDefinition" else {})}
+         "version": r["version"],
+         **({"kind": r["kind"], "type": r["type"]} if r["resourceType"] == "StructureDefinition" else {})}
         for r in items]}
     files = [("package/package.json", package_json(term)), ("package/.index.json", index)]
     files += [(f"package/{_filename(r)}", r) for r in items]

@@ -6,7 +6,7 @@ The mappers are pure: a validated record and a :class:`MappingContext` in, a
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from pydantic import BaseModel
 

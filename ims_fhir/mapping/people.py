@@ -65,7 +65,8 @@ def map_patient(rec: Patient, ctx: MappingContext) -> MappedRecord:
         res["birthDate"] = rec.birth_date
     res["managingOrganization"] = ctx.organization_ref
     res = ctx.finish(res, "patient")
-    return MappedRecord("patient", rec.id, [res], [ctx.dependency("Organization", "organization", ctx.source.clinic_id)], res["id"])
+    return MappedRecord("patient", rec.id, [res],
+                        [ctx.dependency("Organization", "organization", ctx.source.clinic_id)], res["id"])
 
 
 def map_practitioner(rec: Practitioner, ctx: MappingContext) -> MappedRecord:

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import copy
 import re
-from datetime import date, datetime, timedelta, timezone
-from typing import Annotated, Any, Literal, Optional
+from datetime import UTC, date, datetime, timedelta
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -54,7 +54,7 @@ FUTURE_SLACK = timedelta(days=366)
 
 def _now(info: ValidationInfo | None) -> datetime:
     now = (info.context or {}).get("now") if info is not None else None
-    return now if isinstance(now, datetime) else datetime.now(timezone.utc)
+    return now if isinstance(now, datetime) else datetime.now(UTC)
 
 # ---------------------------------------------------------------------------------------
 # scalar types
@@ -194,13 +194,13 @@ class Source(BaseModel):
     model_config = _STRICT
 
     clinic_id: ClinicId
-    clinic_name: Optional[Text] = None
+    clinic_name: Text | None = None
     #: the base of the clinic's identifier systems (see :mod:`ims_fhir.identifiers`)
     system_base: Uri
     #: ISO 3166-1 alpha-2 country where the clinic practises (decides e.g. US billing codes)
-    country: Optional[Annotated[str, Field(pattern=r"^[A-Z]{2}$")]] = None
+    country: Annotated[str, Field(pattern=r"^[A-Z]{2}$")] | None = None
     #: ISO 3166-2 subdivision, e.g. CA-BC: the assigner of provincial/state health numbers
-    jurisdiction: Optional[Annotated[str, Field(pattern=r"^[A-Z]{2}-[A-Z0-9]{1,3}$")]] = None
+    jurisdiction: Annotated[str, Field(pattern=r"^[A-Z]{2}-[A-Z0-9]{1,3}$")] | None = None
 
 
 class Identifier(BaseModel):
@@ -218,13 +218,13 @@ class Patient(BaseModel):
     model_config = _STRICT
 
     id: Id
-    identifiers: Optional[list[Identifier]] = None
+    identifiers: list[Identifier] | None = None
     family_name: Text
-    given_names: Optional[list[Text]] = None
-    birth_date: Optional[BirthDate] = None
-    sex: Optional[Sex] = None
-    phone: Optional[Text] = None
-    email: Optional[Text] = None
+    given_names: list[Text] | None = None
+    birth_date: BirthDate | None = None
+    sex: Sex | None = None
+    phone: Text | None = None
+    email: Text | None = None
 
 
 class Practitioner(BaseModel):
@@ -232,9 +232,9 @@ class Practitioner(BaseModel):
 
     id: Id
     family_name: Text
-    given_names: Optional[list[Text]] = None
-    registration: Optional[Identifier] = None
-    ims_certified: Optional[bool] = None
+    given_names: list[Text] | None = None
+    registration: Identifier | None = None
+    ims_certified: bool | None = None
 
 
 # ---------------------------------------------------------------------------------------
@@ -245,15 +245,15 @@ class PainLocation(BaseModel):
     model_config = _STRICT
 
     region: Region
-    side: Optional[Side] = None
+    side: Side | None = None
 
 
 class Pain(BaseModel):
     model_config = _STRICT
 
     nrs: Nrs
-    duration_weeks: Optional[Annotated[float, Field(ge=0)]] = None
-    locations: Optional[list[PainLocation]] = None
+    duration_weeks: Annotated[float, Field(ge=0)] | None = None
+    locations: list[PainLocation] | None = None
 
 
 class NeuropathicSign(BaseModel):
@@ -261,30 +261,30 @@ class NeuropathicSign(BaseModel):
 
     sign: Sign
     present: bool
-    segment: Optional[Segment] = None
-    side: Optional[Side] = None
-    note: Optional[Note] = None
+    segment: Segment | None = None
+    side: Side | None = None
+    note: Note | None = None
 
 
 class Palpation(BaseModel):
     model_config = _STRICT
 
     muscle: Muscle
-    side: Optional[Side] = None
-    segment: Optional[Segment] = None
-    tender: Optional[bool] = None
-    taut_band: Optional[bool] = None
-    trigger_point: Optional[bool] = None
-    note: Optional[Note] = None
+    side: Side | None = None
+    segment: Segment | None = None
+    tender: bool | None = None
+    taut_band: bool | None = None
+    trigger_point: bool | None = None
+    note: Note | None = None
 
 
 class RangeOfMotion(BaseModel):
     model_config = _STRICT
 
     movement: Movement
-    side: Optional[Side] = None
-    degrees: Optional[Annotated[float, Field(ge=0, le=360)]] = None
-    painful: Optional[bool] = None
+    side: Side | None = None
+    degrees: Annotated[float, Field(ge=0, le=360)] | None = None
+    painful: bool | None = None
 
 
 class OutcomeMeasure(BaseModel):
@@ -298,8 +298,8 @@ class Candidacy(BaseModel):
     model_config = _STRICT
 
     suitable: bool
-    contraindications: Optional[list[Contraindication]] = None
-    note: Optional[Note] = None
+    contraindications: list[Contraindication] | None = None
+    note: Note | None = None
 
 
 class Diagnosis(BaseModel):
@@ -309,7 +309,7 @@ class Diagnosis(BaseModel):
 
     system: Literal[v.DIAGNOSIS_SYSTEMS]  # type: ignore[valid-type]
     code: Annotated[str, Field(min_length=1, max_length=40), AfterValidator(_check_text)]
-    text: Optional[Text] = None
+    text: Text | None = None
 
 
 class Assessment(BaseModel):
@@ -320,15 +320,15 @@ class Assessment(BaseModel):
     practitioner_id: Id
     performed_at: DateTime
     status: AssessmentStatus = "final"
-    chief_complaint: Optional[Note] = None
-    pain: Optional[Pain] = None
-    neuropathic_signs: Optional[list[NeuropathicSign]] = None
-    palpation: Optional[list[Palpation]] = None
-    range_of_motion: Optional[list[RangeOfMotion]] = None
-    outcome_measures: Optional[list[OutcomeMeasure]] = None
-    candidacy: Optional[Candidacy] = None
-    diagnoses: Optional[list[Diagnosis]] = None
-    notes: Optional[Note] = None
+    chief_complaint: Note | None = None
+    pain: Pain | None = None
+    neuropathic_signs: list[NeuropathicSign] | None = None
+    palpation: list[Palpation] | None = None
+    range_of_motion: list[RangeOfMotion] | None = None
+    outcome_measures: list[OutcomeMeasure] | None = None
+    candidacy: Candidacy | None = None
+    diagnoses: list[Diagnosis] | None = None
+    notes: Note | None = None
 
 
 # ---------------------------------------------------------------------------------------
@@ -347,21 +347,21 @@ class Site(BaseModel):
 
     muscle: Muscle
     side: Side
-    segment: Optional[Segment] = None
+    segment: Segment | None = None
     insertions: Annotated[int, Field(ge=1)]
-    needle_diameter_mm: Optional[Annotated[float, Field(ge=0.12, le=0.50)]] = None
-    needle_length_mm: Optional[Annotated[float, Field(ge=10, le=125)]] = None
-    twitch_response: Optional[TwitchResponse] = None
-    electrical_stimulation: Optional[ElectricalStimulation] = None
+    needle_diameter_mm: Annotated[float, Field(ge=0.12, le=0.5)] | None = None
+    needle_length_mm: Annotated[float, Field(ge=10, le=125)] | None = None
+    twitch_response: TwitchResponse | None = None
+    electrical_stimulation: ElectricalStimulation | None = None
 
 
 class AdverseEvent(BaseModel):
     model_config = _STRICT
 
     event: Event
-    severity: Optional[Severity] = None
-    muscle: Optional[Muscle] = None
-    note: Optional[Note] = None
+    severity: Severity | None = None
+    muscle: Muscle | None = None
+    note: Note | None = None
 
 
 class Treatment(BaseModel):
@@ -370,19 +370,19 @@ class Treatment(BaseModel):
     id: Id
     patient_id: Id
     practitioner_id: Id
-    assessment_id: Optional[Id] = None
+    assessment_id: Id | None = None
     started_at: DateTime
-    ended_at: Optional[DateTime] = None
+    ended_at: DateTime | None = None
     status: TreatmentStatus = "completed"
-    status_reason: Optional[Note] = None
-    session_number: Optional[Annotated[int, Field(ge=1)]] = None
-    series_total: Optional[Annotated[int, Field(ge=1)]] = None
+    status_reason: Note | None = None
+    session_number: Annotated[int, Field(ge=1)] | None = None
+    series_total: Annotated[int, Field(ge=1)] | None = None
     consent_obtained: bool
-    sites: Optional[list[Site]] = None
-    pain_before_nrs: Optional[Nrs] = None
-    pain_after_nrs: Optional[Nrs] = None
-    adverse_events: Optional[list[AdverseEvent]] = None
-    notes: Optional[Note] = None
+    sites: list[Site] | None = None
+    pain_before_nrs: Nrs | None = None
+    pain_after_nrs: Nrs | None = None
+    adverse_events: list[AdverseEvent] | None = None
+    notes: Note | None = None
 
 
 MODELS: dict[str, type[BaseModel]] = {
@@ -407,10 +407,10 @@ class Document(BaseModel):
 
     format: Literal["ims-record/1"]
     source: Source
-    patients: Optional[list[Patient]] = None
-    practitioners: Optional[list[Practitioner]] = None
-    assessments: Optional[list[Assessment]] = None
-    treatments: Optional[list[Treatment]] = None
+    patients: list[Patient] | None = None
+    practitioners: list[Practitioner] | None = None
+    assessments: list[Assessment] | None = None
+    treatments: list[Treatment] | None = None
 
 
 _RULES_TEXT = {

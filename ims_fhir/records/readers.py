@@ -23,9 +23,10 @@ import os
 import re
 import sqlite3
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import orjson
 
@@ -382,7 +383,7 @@ class _CsvTable:
         try:
             self._fh = open(path, newline="", encoding="utf-8-sig")
             self._reader = csv.reader(self._fh)
-            self.header = next(self._reader, None) or []
+            self.header = next(self._reader, [])
         except UnicodeDecodeError as exc:
             raise InputError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})", source=str(path)) from exc
         except OSError as exc:
@@ -528,7 +529,8 @@ def _read_csv_folder(folder: Path, *, lenient: bool, temp_dir: str | None) -> It
         for tbl, line, cells in index.orphans():
             parent_col, child_type = _CHILD_TABLES[tbl]
             parent = cells.get(parent_col, "").strip()
-            what = f"{parent_col} {parent!r} matches no row of {parent_col.split('_')[0]}s.csv" if parent else f"{parent_col} is empty"
+            what = (f"{parent_col} {parent!r} matches no row of {parent_col.split('_')[0]}s.csv" if parent
+                    else f"{parent_col} is empty")
             yield RawRecord(child_type, None, f"{tbl}:{line}", [Problem(f"{tbl}:{line}.{parent_col}", "parent_missing",
                                                                         f"{what}; the row belongs to no record")])
     finally:
@@ -544,7 +546,7 @@ def _split_pairs(cells: dict[str, str], a: str, b: str, problems: list[Problem],
         problems.append(Problem(f"{where}.{a}", "pair_count",
                                 f"{a} has {len(la)} value(s) but {b} has {len(lb)}; pair them with '|'"))
         return []
-    return list(zip(la, lb))
+    return list(zip(la, lb, strict=True))  # the lengths were checked equal above
 
 
 def _build_patient(cells: dict[str, str], problems: list[Problem], name: str, line: int) -> dict[str, Any]:
@@ -662,7 +664,7 @@ def _attach_findings(rec: dict[str, Any], rows: list[tuple[int, dict[str, str]]]
 def _attach_sites(rec: dict[str, Any], rows: list[tuple[int, dict[str, str]]], problems: list[Problem],
                   origins: dict[str, str], lenient: bool, unknown: list[str]) -> None:
     tbl = "treatment_sites.csv"
-    sites = []
+    sites: list[dict[str, Any]] = []
     for line, cells in rows:
         problems.extend(_child_cell_problems(tbl, line, cells, unknown, lenient))
         site: dict[str, Any] = {}
@@ -682,7 +684,7 @@ def _attach_sites(rec: dict[str, Any], rows: list[tuple[int, dict[str, str]]], p
 def _attach_adverse_events(rec: dict[str, Any], rows: list[tuple[int, dict[str, str]]], problems: list[Problem],
                            origins: dict[str, str], lenient: bool, unknown: list[str]) -> None:
     tbl = "treatment_adverse_events.csv"
-    events = []
+    events: list[dict[str, Any]] = []
     for line, cells in rows:
         problems.extend(_child_cell_problems(tbl, line, cells, unknown, lenient))
         ae: dict[str, Any] = {}

@@ -9,8 +9,9 @@ the same pass ("rejected as a whole, with every problem it has").
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
-from typing import Any, Iterable
+from typing import Any, TypeGuard
 
 from pydantic import BaseModel, ValidationError
 
@@ -21,7 +22,8 @@ from .models import MODELS
 #: pydantic error type -> (rule, message template); ``{what}`` is filled in below.
 _RULES: dict[str, tuple[str, str]] = {
     "missing": ("required", "is required"),
-    "extra_forbidden": ("unknown_field", "is not a field of ims-record/1 {type} (a typo? use --lenient to ignore unknown fields)"),
+    "extra_forbidden": ("unknown_field",
+                        "is not a field of ims-record/1 {type} (a typo? use --lenient to ignore unknown fields)"),
     "literal_error": ("enum", "{value} is not a known {what}"),
     "greater_than_equal": ("range", "{value} is below the minimum {ge}"),
     "less_than_equal": ("range", "{value} is above the maximum {le}"),
@@ -126,11 +128,11 @@ def aware_datetime(value: Any) -> datetime | None:
     return parsed if parsed.tzinfo is not None else None
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_num(value: Any) -> bool:
+def _is_num(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 

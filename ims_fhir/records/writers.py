@@ -138,7 +138,7 @@ def _checked(record_type: str, fields: Any) -> Mapping[str, Any]:
                 "record_type",
                 f"says {fields['record_type']!r} but the record was given as {record_type!r}",
             )
-        fields = {k: v for k, v in fields.items() if k != "record_type"}
+        return {k: v for k, v in fields.items() if k != "record_type"}
     return fields
 
 
@@ -191,7 +191,7 @@ def write_ndjson(path: str | os.PathLike[str], records: Iterable[tuple[str, Mapp
     path = Path(path)
     counts = dict.fromkeys(RECORD_TYPES, 0)
     with _atomic_binary(path) as raw, ExitStack() as stack:
-        sink: IO[bytes] = raw
+        sink: IO[bytes] | gzip.GzipFile = raw
         if path.suffix.lower() == ".gz":
             sink = stack.enter_context(gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=6, mtime=0))
         out = io.TextIOWrapper(sink, encoding="utf-8", newline="\n")
@@ -231,7 +231,7 @@ class _TypeSpool:
     def rewound(self, record_type: str) -> IO[str]:
         spool = self.files[record_type]
         spool.seek(0)
-        return spool  # type: ignore[return-value]
+        return spool
 
     def close(self) -> None:
         for spool in self.files.values():

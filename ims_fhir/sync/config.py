@@ -74,9 +74,9 @@ from pydantic import ValidationError
 
 from ims_fhir.client import ClientConfig
 from ims_fhir.delivery import DELIVERED_TYPES
-from ims_fhir.sync.reconcile import sync_requirements
 from ims_fhir.errors import ConfigurationError, UsageError
 from ims_fhir.records.models import Source
+from ims_fhir.sync.reconcile import sync_requirements
 
 from .postgres import is_postgres_url
 from .sqlite import path_from_url

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 

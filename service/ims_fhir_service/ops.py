@@ -3,8 +3,8 @@
 ``/health`` and ``/ready`` are the only endpoints that need no token (load balancers and orchestrators call them) and
 say nothing about records. ``/ready`` checks the storage (a query, and SQLite's ``PRAGMA
 quick_check`` at most once a minute) and every target; without a token it answers only the
-verdicts (``{"storage": "ok", "targets": "ok"}``), with a read token it names the targets. ``/metrics`` reads the outbox, so its figures are the same
-whichever process (serve or a separate ``ims-fhir worker``) did the sending:
+verdicts (``{"storage": "ok", "targets": "ok"}``), with a read token it names the targets. ``/metrics`` reads the
+outbox, so its figures are the same whichever process (serve or a separate ``ims-fhir worker``) did the sending:
 
 - ``ims_fhir_outbox_deliveries{target,state}``: the queue depth per state
 - ``ims_fhir_records_sent_total{target}``, ``ims_fhir_records_failed_total{target}``,

@@ -4,7 +4,7 @@ edit one on the server, pull with --since, and get exactly that one."""
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,7 @@ def test_push_then_pull_gives_the_records_back(run_cli: Any, clean_fhir_server: 
 
     # edit one treatment on the server side, then pull only what changed
     time.sleep(1.1)
-    since = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+    since = datetime.now(UTC).replace(microsecond=0).isoformat()
     time.sleep(1.1)
     treatment = doc["treatments"][2]
     with requests.Session() as s:

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
 import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -150,7 +149,8 @@ def test_two_patients_with_one_identifier_is_a_clear_error(run_cli: Any, clean_f
     assert len(search(base, "Patient")) == 2 + len(others)
 
 
-def test_invalid_resource_fails_only_its_record_with_hapi_reasons(run_cli: Any, clean_fhir_server: DevServer, tmp_path: Path) -> None:
+def test_invalid_resource_fails_only_its_record_with_hapi_reasons(
+        run_cli: Any, clean_fhir_server: DevServer, tmp_path: Path) -> None:
     base = clean_fhir_server.base_url
     out = tmp_path / "out"
     assert run_cli("convert", EXAMPLES / "clinic.json", "--out", out, "--format", "bundle", "--bundle-size", "1000").code == 0

@@ -76,7 +76,8 @@ CASES = [
      ("outcome_measures[0].score", "range")),
     ("pain without nrs", _with(ASSESSMENT, pain={"duration_weeks": 3}), ("pain.nrs", "required")),
     ("bad birth date", _with(PATIENT, birth_date="1980-02-30"), ("birth_date", "date_format")),
-    ("bad identifier system", _with(PATIENT, identifiers=[{"system": "PHN", "value": "1"}]), ("identifiers[0].system", "absolute_uri")),
+    ("bad identifier system", _with(PATIENT, identifiers=[{"system": "PHN", "value": "1"}]),
+     ("identifiers[0].system", "absolute_uri")),
 ]
 
 
@@ -151,16 +152,19 @@ def test_batch_goes_on_past_bad_records_and_lists_each_with_origin(run_cli: Any,
     assert set(by_origin) == {"in.ndjson:2", "in.ndjson:4", "in.ndjson:6", "in.ndjson:7", "in.ndjson:8", "in.ndjson:9"}
     assert by_origin["in.ndjson:2"]["problems"][0]["rule"] == "malformed_json"
     assert by_origin["in.ndjson:4"]["id"] == "A1"
-    assert by_origin["in.ndjson:4"]["problems"] == [{"path": "pain.nrs", "rule": "range", "message": "11 is above the maximum 10"}]
+    assert by_origin["in.ndjson:4"]["problems"] == [
+        {"path": "pain.nrs", "rule": "range", "message": "11 is above the maximum 10"}]
     assert by_origin["in.ndjson:6"]["problems"][0]["rule"] == "duplicate_id"
     assert "in.ndjson:1" in by_origin["in.ndjson:6"]["problems"][0]["message"]
     assert by_origin["in.ndjson:7"]["problems"][0]["rule"] == "unknown_record_type"
-    assert by_origin["in.ndjson:9"]["problems"][0] == {"path": "record_type", "rule": "required", "message": "is required on every NDJSON line"}
+    assert by_origin["in.ndjson:9"]["problems"][0] == {
+        "path": "record_type", "rule": "required", "message": "is required on every NDJSON line"}
     assert "rejected 6 records" in result.err
 
 
 def test_everything_valid_exits_zero(run_cli: Any, tmp_path: Path) -> None:
-    result, rejects, summary = _convert(run_cli, tmp_path, [orjson.dumps(r) for r in (PATIENT, PRACTITIONER, ASSESSMENT, TREATMENT)])
+    result, rejects, summary = _convert(
+        run_cli, tmp_path, [orjson.dumps(r) for r in (PATIENT, PRACTITIONER, ASSESSMENT, TREATMENT)])
     assert result.code == 0 and rejects == [] and summary["converted"] == 4
 
 
@@ -181,7 +185,8 @@ def test_strict_refs_rejects_dangling_references_only_when_asked(run_cli: Any, t
     ("doc2.json", b'{"format": "ims-record/9", "source": {}}', "ims-record/1"),
     ("data.txt", b"whatever", "cannot tell the form"),
 ])
-def test_unreadable_input_is_exit_2_with_one_line(run_cli: Any, tmp_path: Path, name: str, content: bytes | None, expect: str) -> None:
+def test_unreadable_input_is_exit_2_with_one_line(
+        run_cli: Any, tmp_path: Path, name: str, content: bytes | None, expect: str) -> None:
     path = tmp_path / name
     if content is not None:
         path.write_bytes(content)

@@ -73,7 +73,8 @@ def test_tables_join_into_records(tmp_path: Path) -> None:
 
 def test_child_row_without_parent_is_its_own_reject(run_cli: Any, tmp_path: Path) -> None:
     tables = dict(BASE)
-    tables["treatment_sites.csv"] = BASE["treatment_sites.csv"] + [{"treatment_id": "T404", "muscle": "deltoid", "side": "left", "insertions": "1"}]
+    tables["treatment_sites.csv"] = BASE["treatment_sites.csv"] + [
+        {"treatment_id": "T404", "muscle": "deltoid", "side": "left", "insertions": "1"}]
     folder = _folder(tmp_path, tables)
     result = run_cli("convert", folder, "--out", tmp_path / "out")
     assert result.code == 1

@@ -238,7 +238,8 @@ def test_csv_cells_booleans_numbers_pipes_and_empty(tmp_path: Path) -> None:
                 birth_date="1980-05-17",
             ),
         ),
-        ("practitioner", practitioner(registration={"system": "https://college.example.org/pt", "value": "PT-1"}, ims_certified=False)),
+        ("practitioner", practitioner(registration={"system": "https://college.example.org/pt", "value": "PT-1"},
+                                      ims_certified=False)),
         (
             "assessment",
             assessment(
@@ -439,8 +440,8 @@ def _rebuild(folder: Path) -> Iterator[tuple[str, dict[str, Any]]]:
         r = _present(row, ["id", "patient_id", "practitioner_id", "performed_at", "status", "chief_complaint", "notes"])
         findings = children.get("assessment_findings.csv", {}).get(row["id"], [])
         by_kind: dict[str, list[dict[str, Any]]] = {}
-        codes = {"pain_location": "region", "neuropathic_sign": "sign", "palpation": "muscle", "range_of_motion": "movement", "outcome_measure": "instrument",
-                     "diagnosis": "code"}
+        codes = {"pain_location": "region", "neuropathic_sign": "sign", "palpation": "muscle", "range_of_motion": "movement",
+                 "outcome_measure": "instrument", "diagnosis": "code"}
         for f in findings:
             item = {codes[f["kind"]]: f["code"], **_present(f, SPEC_CSV_COLUMNS_LISTS["assessment_findings.csv"][3:])}
             if f["kind"] == "diagnosis" and "note" in item:  # the spec keeps a diagnosis's text in `note`
@@ -451,7 +452,9 @@ def _rebuild(folder: Path) -> Iterator[tuple[str, dict[str, Any]]]:
             pain["locations"] = by_kind["pain_location"]
         if pain:
             r["pain"] = pain
-        for kind, name in (("neuropathic_sign", "neuropathic_signs"), ("palpation", "palpation"), ("range_of_motion", "range_of_motion"), ("outcome_measure", "outcome_measures"), ("diagnosis", "diagnoses")):
+        for kind, name in (("neuropathic_sign", "neuropathic_signs"), ("palpation", "palpation"),
+                           ("range_of_motion", "range_of_motion"), ("outcome_measure", "outcome_measures"),
+                           ("diagnosis", "diagnoses")):
             if kind in by_kind:
                 r[name] = by_kind[kind]
         candidacy: dict[str, Any] = {}
@@ -469,13 +472,15 @@ def _rebuild(folder: Path) -> Iterator[tuple[str, dict[str, Any]]]:
         sites = []
         for s in children.get("treatment_sites.csv", {}).get(row["id"], []):
             site = _present(s, SPEC_CSV_COLUMNS_LISTS["treatment_sites.csv"][1:8])
-            estim = {k: _value(c, s[c]) for k, c in (("frequency_hz", "estim_frequency_hz"), ("duration_min", "estim_duration_min")) if s[c]}
+            estim = {k: _value(c, s[c])
+                     for k, c in (("frequency_hz", "estim_frequency_hz"), ("duration_min", "estim_duration_min")) if s[c]}
             if estim:
                 site["electrical_stimulation"] = estim
             sites.append(site)
         if sites:
             r["sites"] = sites
-        events = [_present(e, ["event", "severity", "muscle", "note"]) for e in children.get("treatment_adverse_events.csv", {}).get(row["id"], [])]
+        events = [_present(e, ["event", "severity", "muscle", "note"])
+                  for e in children.get("treatment_adverse_events.csv", {}).get(row["id"], [])]
         if events:
             r["adverse_events"] = events
         yield "treatment", r
@@ -575,9 +580,9 @@ def test_streaming_memory_does_not_grow_with_the_count(tmp_path: Path) -> None:
         tracemalloc.start()
         try:
             for form, write in (
-                ("ndjson", lambda: write_ndjson(tmp_path / f"{n}.ndjson", records(n))),
-                ("csv", lambda: write_csv_folder(tmp_path / f"csv{n}", SOURCE, records(n))),
-                ("json", lambda: write_json_document(tmp_path / f"{n}.json", SOURCE, records(n), indent=None)),
+                ("ndjson", lambda n=n: write_ndjson(tmp_path / f"{n}.ndjson", records(n))),
+                ("csv", lambda n=n: write_csv_folder(tmp_path / f"csv{n}", SOURCE, records(n))),
+                ("json", lambda n=n: write_json_document(tmp_path / f"{n}.json", SOURCE, records(n), indent=None)),
             ):
                 tracemalloc.reset_peak()
                 write()

@@ -28,8 +28,8 @@ from typing import Any
 from ...errors import Problem
 from .codes import FINDING_CONCEPTS, FINDING_VOCABULARIES, PANEL, describe
 from .context import Elements, ReverseContext, notes_text, same_reference
-from .resources import Entry
 from .outcomes import Built
+from .resources import Entry
 
 #: the element of a member compared with the panel's, and the record field it feeds
 _SHARED = ("status", "subject", "performer", "effectiveDateTime", "encounter")
@@ -106,13 +106,14 @@ def _components(ctx: ReverseContext, el: Elements, allowed: dict[str, tuple[str,
         for k in comp:
             if k not in ("code", value_key):
                 el.note(f"component[{i}].{k}", "not_mapped", f"the {k} of a component has no ims-record/1 field")
-        raw = comp.get(value_key) if value_key else None
+        raw: Any = comp.get(value_key) if value_key else None
         if value_key != f"value{kind}":
             if kind == "Integer" and value_key == "valueQuantity" and _integral(raw):
                 raw = int(raw["value"])
             else:
                 el.note(f"component[{i}]", "not_mapped", f"expected value{kind} in the {key} component")
                 continue
+        value: Any
         if kind == "CodeableConcept":
             value = ctx.coded(el, raw, str(extra), f"component[{i}].valueCodeableConcept")
         elif kind == "Quantity":
@@ -354,7 +355,7 @@ def _member_index(el: Elements, ctx: ReverseContext, assessment_id: str | None) 
     if ours is not None and assessment_id is not None and ours[2].startswith(f"{assessment_id}/"):
         tail = ours[2][len(assessment_id) + 1:].rpartition("/")[2]
         index = int(tail) if tail.isdigit() else None
-    for pos, ident in enumerate(idents):
+    for pos in range(len(idents)):
         if ours is None or pos != ours[0]:
             el.note(f"identifier[{pos}]", "not_mapped", "a finding's own identifier has no ims-record/1 field")
     return index
@@ -370,7 +371,7 @@ def map_panel(entry: Entry, ctx: ReverseContext) -> tuple[Built, list[Entry]]:
     notes = notes_text(el, el.take("note"))
     members: list[tuple[Entry, tuple[str, str | None]]] = []
     not_findings: list[Entry] = []
-    for i, ref in enumerate(el.take("hasMember") or ()):
+    for ref in el.take("hasMember") or ():
         target = ctx.resolve(ref, entry)
         if target is None or target.resource_type != "Observation":
             built.problems.append(Problem("(record)", "unresolved_reference",
@@ -405,7 +406,8 @@ def map_standalone(entries: list[Entry], ctx: ReverseContext) -> Built:
     for n, entry in enumerate(entries):
         el = ctx.elements(entry, built)
         kind = finding_kind(ctx, entry.resource.get("code"))
-        assert kind is not None
+        if kind is None:  # the index groups only findings: a broken invariant, not bad input
+            raise RuntimeError(f"{entry.origin}: a standalone finding whose code is no IMS finding")
         if n == 0:
             ctx.business_id(el, "assessment", built)
             expected = head(ctx, el, built)

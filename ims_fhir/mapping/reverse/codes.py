@@ -17,7 +17,8 @@ forward mapping uses; no code appears as a literal. Terms:
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ...terminology import Terminology
 

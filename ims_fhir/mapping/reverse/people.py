@@ -19,17 +19,17 @@ from typing import Any
 
 from ...errors import Problem
 from .context import Elements, ReverseContext
-from .resources import Entry
 from .outcomes import Built
+from .resources import Entry
 
 
 def _name(el: Elements, built: Built) -> None:
     names = [n for n in el.take("name") or () if isinstance(n, dict)]
     if not names:
         return
-    rank = {"official": 0, "usual": 1}
+    rank: dict[str | None, int] = {"official": 0, "usual": 1}
     chosen = min(range(len(names)), key=lambda i: (rank.get(names[i].get("use"), 2), i))
-    for i, name in enumerate(names):
+    for i in range(len(names)):
         if i != chosen:
             el.note(f"name[{i}]", "not_mapped", "ims-record/1 keeps one name per person")
     name = names[chosen]
@@ -156,7 +156,7 @@ def map_practitioner(entry: Entry, ctx: ReverseContext) -> Built:
                     if reg is not None:
                         built.data["registration"] = reg
                         break
-    for pos, ident in enumerate(idents):
+    for pos in range(len(idents)):
         if pos not in used:
             el.note(f"identifier[{pos}]", "not_mapped", "ims-record/1 keeps one registration per practitioner")
     _name(el, built)
