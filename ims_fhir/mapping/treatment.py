@@ -129,7 +129,8 @@ def map_treatment(rec: Treatment, ctx: MappingContext) -> MappedRecord:
         "resourceType": "Consent",
         "id": consent_id,
         "identifier": [ctx.identifier("consent", rec.id)],
-        "status": "active",
+        # a retracted session's consent record is retracted with it (same resource, new version)
+        "status": "entered-in-error" if rec.status == "entered-in-error" else "active",
         "scope": term.fixed_concept("consent_scope"),
         "category": [term.fixed_concept("consent_category")],
         "patient": subject,

@@ -110,7 +110,8 @@ def _consent(ctx: ReverseContext, el: Elements, ext: dict[str, Any], built: Buil
     ctx.use(target, built)
     provision = target.resource.get("provision")
     kind = provision.get("type") if isinstance(provision, dict) else None
-    if target.resource.get("status") != "active" or kind not in ("permit", "deny"):
+    # a retracted session's consent is entered-in-error with it: what was charted still reads back
+    if target.resource.get("status") not in ("active", "entered-in-error") or kind not in ("permit", "deny"):
         el.note("extension", "not_mapped", f"{target.label} is not an active permit or deny; consent not read")
         return None
     return bool(kind == "permit")
