@@ -386,13 +386,15 @@ def start(
     cache_root: Path | None = None,
     maven_repo: Path | None = None,
     server_args: Sequence[str] = (),
-    ig_package: Path | None = None,
+    ig_package: Path | None | bool = True,
 ) -> DevServer:
     """Start the server on ``127.0.0.1:port`` (a free port when None) and wait until ready.
 
-    ``ig_package`` (a FHIR NPM package .tgz, e.g. :data:`ims_fhir.ig.BUILT_PACKAGE`) is
-    loaded into the server's validator: writes are then validated against the IMS IG's
-    profiles, CodeSystems and ValueSets. ``server_args`` are passed to the server: its
+    ``ig_package`` (a FHIR NPM package .tgz; by default, ``True``, the IMS IG shipped with
+    ims-fhir, :data:`ims_fhir.ig.BUILT_PACKAGE`; ``False``/None: none) is loaded into the
+    server's validator: writes are then validated against the IMS IG's profiles, CodeSystems
+    and ValueSets. The server's validation is strict (an unknown code system is an error), so
+    every server that takes ims-fhir's output needs the IG, whatever mode it runs in. ``server_args`` are passed to the server: its
     optional modes, e.g. ``--ims.auth.issuer=URL --ims.auth.audience=AUD`` (SMART-protected:
     every request but ``/metadata`` needs a token of that issuer) or
     ``--ims.disable=transaction`` (see ``hapi-server/src/main/java/org/imsfhir/hapi/modes``).
@@ -413,8 +415,9 @@ def start(
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     command = [toolchain.java, *java_opts, "-jar", str(artifact), f"--server.port={port}", *server_args]
-    if ig_package is not None:
-        command.append(f"--ims-fhir.ig-package={Path(ig_package).resolve()}")
+    package = _ig_package() if ig_package is True else (ig_package or None)
+    if package is not None:
+        command.append(f"--ims-fhir.ig-package={Path(package).resolve()}")
     with open(log_path, "ab") as log:
         log.write(("$ " + " ".join(command) + "\n").encode())
         log.flush()
