@@ -74,10 +74,16 @@ class SparkOptions:
     lenient: bool = False
     validate: bool = False
     default_tz: str | None = None
-    cpt: bool = True
+    #: CPT on treatments as ``convert --cpt/--no-cpt``: True always, False never, None (default)
+    #: only for a source with ``country: US``
+    cpt: bool | None = None
+    #: ISO 3166-1 alpha-2 country and ISO 3166-2 subdivision of the clinic (``--country``, ``--jurisdiction``)
+    country: str | None = None
+    jurisdiction: str | None = None
 
     def source(self) -> Source:
-        data = {"clinic_id": self.clinic_id, "system_base": self.system_base, "clinic_name": self.clinic_name}
+        data = {"clinic_id": self.clinic_id, "system_base": self.system_base, "clinic_name": self.clinic_name,
+                "country": self.country, "jurisdiction": self.jurisdiction}
         return Source.model_validate({k: val for k, val in data.items() if val is not None})
 
     def context(self) -> MappingContext:
@@ -300,7 +306,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--lenient", action="store_true")
     ap.add_argument("--validate", action="store_true")
     ap.add_argument("--default-tz")
-    ap.add_argument("--no-cpt", action="store_true")
+    ap.add_argument("--country", metavar="CC", help="ISO 3166-1 alpha-2 country of the clinic, e.g. CA")
+    ap.add_argument("--jurisdiction", metavar="CC-XX", help="ISO 3166-2 subdivision, e.g. CA-BC")
+    ap.add_argument("--cpt", action=argparse.BooleanOptionalAction, default=None,
+                    help="add (or leave out) CPT 20560/20561 on treatments; default: only for country US")
     ap.add_argument("--partitions", type=int, help="input partitions (default: Spark's)")
     ap.add_argument("--overwrite", action="store_true")
     args = ap.parse_args(argv)
@@ -308,7 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pyspark.sql import SparkSession
 
     options = SparkOptions(args.clinic_id, args.system_base, args.clinic_name, args.lenient, args.validate,
-                           args.default_tz, not args.no_cpt)
+                           args.default_tz, args.cpt, args.country, args.jurisdiction)
     running = SparkSession.getActiveSession()
     spark = running or SparkSession.builder.appName("ims-fhir convert").getOrCreate()
     try:
