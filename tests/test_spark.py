@@ -41,8 +41,8 @@ def spark() -> Iterator[SparkSession]:
     session.stop()
 
 
-def _convert(run_cli: Any, inputs: list[Path], out: Path) -> dict[str, list[bytes]]:
-    result = run_cli("convert", *inputs, "--out", out, "--quiet", *SOURCE_ARGS)
+def _convert(run_cli: Any, inputs: list[Path], out: Path, *extra: str) -> dict[str, list[bytes]]:
+    result = run_cli("convert", *inputs, "--out", out, "--quiet", *SOURCE_ARGS, *extra)
     assert result.code in (0, 1), result.err
     return {p.name.removesuffix(".ndjson"): sorted(p.read_bytes().splitlines())
             for p in out.glob("*.ndjson") if p.stat().st_size}
@@ -84,7 +84,7 @@ def test_examples_give_the_same_resources_and_rejects(spark: SparkSession, run_c
     assert {"duplicate_id", "malformed_json", "unknown_field"} <= rules
     # the DataFrames give the same
     assert result.rejects.count() == len(expected["rejects"])
-    by_type = dict(result.resources.groupBy("resourceType").count().collect())
+    by_type: dict[str, int] = dict(result.resources.groupBy("resourceType").count().collect())
     assert by_type == {t: len(lines) for t, lines in expected.items() if t != "rejects"}
 
 
@@ -133,3 +133,14 @@ def test_command_line_with_a_folder(spark: SparkSession, run_cli: Any, tmp_path:
     assert main([str(EXAMPLES / "records.ndjson"), "--out", str(tmp_path / "o2"), "--clinic-id", "c",
                  "--system-base", "not a uri"]) == 2
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_command_line_country_and_cpt_as_convert(spark: SparkSession, run_cli: Any, tmp_path: Path) -> None:
+    """--country US adds CPT as in convert; --no-cpt leaves it out even then."""
+    records = EXAMPLES / "records.ndjson"
+    cpt = b"http://www.ama-assn.org/go/cpt"
+    for name, extra in (("us", ["--country", "US"]), ("us-no-cpt", ["--country", "US", "--no-cpt"])):
+        expected = _convert(run_cli, [records], tmp_path / f"convert-{name}", *extra)
+        assert any(cpt in line for line in expected["Procedure"]) == (name == "us")
+        assert main([str(records), "--out", str(tmp_path / name), *SOURCE_ARGS, *extra]) == 0
+        _assert_same(_spark_output(tmp_path / name), expected)
