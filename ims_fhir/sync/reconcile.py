@@ -572,11 +572,10 @@ def resolve_conflict(client: FhirClient, state: TargetState, conflict_id: int, r
 def sync_requirements(resource_types: Iterable[str]) -> list[Requirement]:
     """What sending through :class:`TargetSync` needs of a server (and of a SMART token's scopes):
     plain delivery (create, update, search), read of the delivered types (a conflict reads the
-    server's version), and the Provenance and ims-fhir Device every transaction carries (search
-    too: the Device is a conditional create, and pull brings Provenance along)."""
+    server's version), and the Provenance and ims-fhir Device every transaction carries (written
+    like the others: create, update, search)."""
     types = sorted(set(resource_types))
-    return [*delivery_requirements(types), *(on_type(t, "read") for t in types),
-            *(on_type(t, i) for t in ("Device", "Provenance") for i in ("create", "search-type"))]
+    return [*delivery_requirements([*types, "Device", "Provenance"]), *(on_type(t, "read") for t in types)]
 
 
 __all__ = ["CONFLICT", "KEPT", "RESOLUTION_HELP", "UNCHANGED", "Conflicted", "Resolved", "Sent", "TargetSync",
