@@ -41,7 +41,7 @@ from .delivery import DELIVERED_TYPES, BundleResult, Refusal, Sender, patient_ke
 from .errors import InputError, UsageError
 from .fhir.bundles import BundlePacker
 from .mapping.context import Dependency, MappedRecord
-from .sync.reconcile import Sent, TargetSync, sync_requirements
+from .sync.reconcile import KEPT, Sent, TargetSync, sync_requirements
 from .workstore import WorkStore
 
 RESOURCE_TYPES = ("Organization", "Patient", "Practitioner", "Encounter", "Observation", "Procedure")
@@ -92,6 +92,9 @@ class Pusher:
         self.report = report
         self.sync = sync
         self._reported: set[tuple[str, str]] = set()
+        #: server-owned resources already tallied: a shared Patient travels in every Bundle that
+        #: refers to it, but it is one resource kept (counted once per push)
+        self._kept: set[tuple[str, str]] = set()
 
     def push(self, bundle: dict[str, Any]) -> None:
         self.record(self.sync.send(bundle) if self.sync is not None else self.sender.send(bundle))
@@ -118,7 +121,12 @@ class Pusher:
                              "error": unresolved.reason, "issues": []})
         entries, refusals = result.entries, result.refusals
         for entry in entries:
-            outcome = "kept" if entry.outcome == "kept (server-owned)" else entry.outcome
+            if entry.outcome == KEPT:
+                seen = (entry.resource_type, entry.resource_id or "")
+                if seen in self._kept:
+                    continue
+                self._kept.add(seen)
+            outcome = "kept" if entry.outcome == KEPT else entry.outcome
             if entry.method != "-":  # "-": not sent (kept, or unchanged by the identity map)
                 self.summary.entries += 1
             setattr(self.summary, outcome, getattr(self.summary, outcome) + 1)

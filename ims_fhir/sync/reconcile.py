@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -60,7 +60,7 @@ from ..delivery import BundleResult, EntryResult, Refusal, Sender, TransactionSt
 from ..errors import FhirError, FhirNotFoundError, FhirVersionConflictError, UsageError
 from ..fhir.bundles import SHARED_TYPES, escape_token
 from ..fhir.diff import content, field_diff
-from ..identifiers import IdentifierScheme, RecordKey
+from ..identifiers import IdentifierScheme, RecordKey, split_system
 from ..mapping.provenance import provenance_ids, with_provenance
 from ..terminology import Terminology, default_terminology
 from .store import AuditEntry, Conflict, Identity, TargetState
@@ -510,23 +510,67 @@ class Resolved:
 
 
 def record_resources(client: FhirClient, conflict: Conflict) -> list[Resource]:
-    """The server's resources of a conflict's record (a Procedure with its Observations and
-    Encounter, an assessment panel with its members, a Patient...), for importing it back."""
-    rtype, sid = conflict.resource_type, conflict.server_id
-    params: list[tuple[str, str]] = [("_id", sid)]
-    if rtype == "Procedure":
-        params += [("_include", "Procedure:subject"), ("_include", "Procedure:performer"),
-                   ("_include", "Procedure:encounter"), ("_revinclude", "Observation:part-of")]
-    elif rtype == "Observation":
-        params += [("_include", "Observation:has-member"), ("_include", "Observation:subject"),
-                   ("_include", "Observation:performer"), ("_include", "Observation:encounter")]
+    """The server's resources of a conflict's record, whole, for importing it back: a session's
+    Procedure with its Observations, Encounter, Patient, Practitioner and Consent; an assessment's
+    panel with its members, Encounter and Conditions; a Patient or Practitioner alone. With them
+    the BodyStructures (sides of body sites) the record's resources name: only an extension names
+    them, which no search can follow, so they are read by id. The record is found by its business
+    identifier when the conflict names one (the resource that moved may be one of its
+    Observations), else by the resource's id."""
+    rtype, params = _record_search(conflict)
     out: list[Resource] = []
+    seen: set[str] = set()
+
+    def take(resources: Iterable[Resource]) -> None:
+        for resource in resources:
+            key = f"{resource.get('resourceType')}/{resource.get('id')}"
+            if resource.get("resourceType") != "OperationOutcome" and key not in seen:
+                seen.add(key)
+                out.append(resource)
+
+    take(_search_all(client, rtype, params))
+    structures = sorted({ref.split("/_history/")[0].partition("/")[2] for res in out for ref in _references(res)
+                         if ref.startswith("BodyStructure/")} - {k.partition("/")[2] for k in seen})
+    for i in range(0, len(structures), 50):
+        take(_search_all(client, "BodyStructure", [("_id", ",".join(structures[i:i + 50]))]))
+    return out
+
+
+def _search_all(client: FhirClient, rtype: str, params: list[tuple[str, str]]) -> Iterator[Resource]:
     for page in client.search_pages(rtype, params, no_cache=True):
         for entry in page.bundle.get("entry") or ():
             resource = entry.get("resource") if isinstance(entry, dict) else None
-            if isinstance(resource, dict) and resource.get("resourceType") != "OperationOutcome":
-                out.append(resource)
-    return out
+            if isinstance(resource, dict):
+                yield resource
+
+
+#: what comes with a session's Procedure, and with an assessment's panel (as pull fetches them)
+_SESSION = [("_include", "Procedure:subject"), ("_include", "Procedure:performer"),
+            ("_include", "Procedure:encounter"), ("_revinclude", "Observation:part-of"),
+            ("_revinclude", "Consent:data")]
+_ASSESSMENT = [("_include", "Observation:has-member"), ("_include", "Observation:subject"),
+               ("_include", "Observation:performer"), ("_include", "Observation:encounter"),
+               ("_include:iterate", "Encounter:diagnosis")]
+
+
+def _record_search(conflict: Conflict) -> tuple[str, list[tuple[str, str]]]:
+    """(type, search parameters) that find a conflict's whole record on the server."""
+    ident = _primary(conflict.clinic_resource)
+    found = split_system(ident[0]) if ident is not None else None
+    if found is not None and conflict.record_id:
+        scheme = IdentifierScheme(found[0])
+        if conflict.record_type == "treatment":
+            token = escape_token(scheme.system("treatment")) + "|" + escape_token(conflict.record_id)
+            return "Procedure", [("identifier", token), *_SESSION]
+        if conflict.record_type == "assessment":
+            token = escape_token(scheme.system("assessment")) + "|" + escape_token(conflict.record_id)
+            return "Observation", [("identifier", token), *_ASSESSMENT]
+    rtype, sid = conflict.resource_type, conflict.server_id
+    if rtype == "Procedure":
+        return rtype, [("_id", sid), *_SESSION]
+    if rtype == "Observation":
+        return rtype, [("_id", sid), *_ASSESSMENT]
+    return rtype, [("_id", sid)]
 
 
 def resolve_conflict(client: FhirClient, state: TargetState, conflict_id: int, resolution: str, *,
