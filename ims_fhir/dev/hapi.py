@@ -395,7 +395,8 @@ def start(
     server's validator: writes are then validated against the IMS IG's profiles, CodeSystems
     and ValueSets. The server's validation is strict (an unknown code system is an error), so
     every server that takes ims-fhir's output needs the IG, whatever mode it runs in.
-    ``server_args`` are passed to the server: its optional modes, e.g. ``--ims.auth.issuer=URL --ims.auth.audience=AUD`` (SMART-protected:
+    ``server_args`` are passed to the server: its optional modes, e.g.
+    ``--ims.auth.issuer=URL --ims.auth.audience=AUD`` (SMART-protected:
     every request but ``/metadata`` needs a token of that issuer) or
     ``--ims.disable=transaction`` (see ``hapi-server/src/main/java/org/imsfhir/hapi/modes``).
 
