@@ -21,15 +21,19 @@ cycle, pivot
     full content, ``If-Match`` the version the stub got. When the pivot already exists on the
     server (found by its search, ``ifNoneExist`` or read by id) no stub is written: its id is
     known, and the final update changes nothing if nothing changed. So the server ends with
-    what the transaction gives and a second push writes nothing new.
+    what the transaction gives and a second push writes nothing new. A push that fails
+    between the stub and the final update leaves the stub; the next push finds it and
+    completes it. A concurrent change between the two answers a version conflict.
 choice of the edge
     Generic code does not know the profiles' cardinalities, so the edge is chosen by where
     its reference sits, best first: inside an ``extension`` (extensions are optional unless a
-    profile requires one; the stub drops that extension); a Reference that also has an
-    ``identifier`` (the stub keeps only the identifier, every element stays present); inside
-    a repeating element (the stub drops that list item); anything else (the stub drops the
-    element). Ties go to the entry first in the Bundle. A ``modifierExtension`` is never
-    preferred: leaving one out changes what the stub means.
+    profile requires one; the stub drops that extension, the outermost one when nested); a
+    Reference that also has an ``identifier`` (the stub keeps only the identifier, every
+    element stays present); inside a repeating element (the stub drops that list item);
+    anything else (the stub drops the element). Ties go to the entry first in the Bundle. A
+    ``modifierExtension`` is never preferred: leaving one out changes what the stub means.
+    For a session that is the Procedure's ``ims-session-consent`` extension (0..1 in the
+    IG); ``Consent.provision.data`` is the Consent's only link to its session.
 conditional reference
     ``Observation?identifier=sys|val`` inside a resource: resolved by a search, which must
     find exactly one match (servers resolve these only inside transactions).
@@ -199,8 +203,8 @@ def _stub(resource: Resource, targets: set[str]) -> Resource:
     removals: list[tuple[str | int, ...]] = []
     for path, ref in found:
         if "extension" in path:
-            cut = max(k for k, step in enumerate(path) if step == "extension")
-            removals.append(path[:cut + 2])  # that extension (the list item)
+            cut = path.index("extension")
+            removals.append(path[:cut + 2])  # the whole (outermost) extension: no complex one is left half
         elif ref.get("identifier"):
             del ref["reference"]
         else:

@@ -105,6 +105,9 @@ def test_the_stub_leaves_out_only_the_references_that_close_the_cycle() -> None:
     assert stub["extension"] == [{"url": f"{SYS}/other", "valueString": "kept"}]
     assert stub["reasonReference"] == [{"reference": "Condition/9"}]
     assert stub["subject"] == {"reference": PATIENT_URL}
+    nested = {"resourceType": "Procedure", "extension": [{"url": f"{SYS}/complex", "extension": [
+        {"url": "a", "valueString": "x"}, {"url": "b", "valueReference": {"reference": CONSENT_URL}}]}]}
+    assert "extension" not in _stub(nested, {CONSENT_URL})  # no complex extension is left half
     cons = _stub(consent(), {PROC_URL})
     assert cons["provision"] == {"type": "permit"}  # the emptied list is dropped, not left as []
 
