@@ -10,8 +10,30 @@ Terms
 -----
 dependency order
     An entry is sent after every entry it refers to by ``urn:uuid`` (its ``fullUrl``); the
-    references are then rewritten to the ``Type/id`` the server gave. A cycle is a usage
-    error (ims-fhir's Bundles have none).
+    references are then rewritten to the ``Type/id`` the server gave.
+cycle, pivot
+    Entries may refer to each other in a cycle (a session's Procedure names its Consent in
+    the ``ims-session-consent`` extension, the Consent names the Procedure in
+    ``Consent.provision.data``); a transaction resolves that at once, single requests cannot.
+    A cycle is broken at one reference (an *edge*); the entry holding it is the *pivot*. The
+    pivot is written first without the references of the broken edges (its *stub*), the
+    others follow and refer to its id, and at the end the pivot is updated by id with its
+    full content, ``If-Match`` the version the stub got. When the pivot already exists on the
+    server (found by its search, ``ifNoneExist`` or read by id) no stub is written: its id is
+    known, and the final update changes nothing if nothing changed. So the server ends with
+    what the transaction gives and a second push writes nothing new. A push that fails
+    between the stub and the final update leaves the stub; the next push finds it and
+    completes it. A concurrent change between the two answers a version conflict.
+choice of the edge
+    Generic code does not know the profiles' cardinalities, so the edge is chosen by where
+    its reference sits, best first: inside an ``extension`` (extensions are optional unless a
+    profile requires one; the stub drops that extension, the outermost one when nested); a
+    Reference that also has an ``identifier`` (the stub keeps only the identifier, every
+    element stays present); inside a repeating element (the stub drops that list item);
+    anything else (the stub drops the element). Ties go to the entry first in the Bundle. A
+    ``modifierExtension`` is never preferred: leaving one out changes what the stub means.
+    For a session that is the Procedure's ``ims-session-consent`` extension (0..1 in the
+    IG); ``Consent.provision.data`` is the Consent's only link to its session.
 conditional reference
     ``Observation?identifier=sys|val`` inside a resource: resolved by a search, which must
     find exactly one match (servers resolve these only inside transactions).
@@ -60,16 +82,48 @@ def _references(node: Any) -> Iterator[dict[str, Any]]:
             yield from _references(item)
 
 
-def dependency_order(entries: list[dict[str, Any]]) -> list[int]:
-    """Indices of ``entries`` so that each comes after the entries it refers to by fullUrl."""
+def _reference_paths(node: Any, path: tuple[str | int, ...] = ()) -> Iterator[tuple[tuple[str | int, ...], dict[str, Any]]]:
+    """(path, Reference) for every Reference-like object inside ``node``; a path is keys and list indices."""
+    if isinstance(node, dict):
+        if isinstance(node.get("reference"), str):
+            yield path, node
+        for key, value in node.items():
+            yield from _reference_paths(value, (*path, key))
+    elif isinstance(node, list):
+        for index, item in enumerate(node):
+            yield from _reference_paths(item, (*path, index))
+
+
+def _rank(path: tuple[str | int, ...], ref: dict[str, Any]) -> int:
+    """How good a place to break a cycle this reference is (lower is better; see "choice of the edge")."""
+    if "extension" in path:
+        return 0
+    if ref.get("identifier"):
+        return 1
+    if any(isinstance(step, int) for step in path):
+        return 2
+    return 3
+
+
+def _edges(entries: list[dict[str, Any]]) -> list[dict[int, int]]:
+    """For each entry, the entries it refers to by fullUrl -> the best rank of those references."""
     by_url = {e.get("fullUrl"): i for i, e in enumerate(entries) if e.get("fullUrl")}
-    needs = [
-        sorted({by_url[r["reference"]] for r in _references(e.get("resource")) if r["reference"] in by_url} - {i})
-        for i, e in enumerate(entries)
-    ]
-    order: list[int] = []
-    state = [0] * len(entries)  # 0 new, 1 on the stack, 2 done
-    for start in range(len(entries)):
+    edges: list[dict[int, int]] = []
+    for i, entry in enumerate(entries):
+        found: dict[int, int] = {}
+        for path, ref in _reference_paths(entry.get("resource")):
+            target = by_url.get(ref["reference"])
+            if target is not None and target != i:
+                found[target] = min(found.get(target, 99), _rank(path, ref))
+        edges.append(found)
+    return edges
+
+
+def _find_cycle(needs: list[list[int]]) -> list[int] | None:
+    """The entries of one cycle in ``needs`` (in order, each needing the next), or ``None``;
+    else ``needs`` is acyclic."""
+    state = [0] * len(needs)  # 0 new, 1 on the stack, 2 done
+    for start in range(len(needs)):
         if state[start]:
             continue
         stack: list[tuple[int, int]] = [(start, 0)]
@@ -80,15 +134,102 @@ def dependency_order(entries: list[dict[str, Any]]) -> list[int]:
                 stack[-1] = (node, at + 1)
                 nxt = needs[node][at]
                 if state[nxt] == 1:
-                    raise UsageError("the Bundle's entries refer to each other in a cycle; cannot send them one by one")
+                    nodes = [n for n, _ in stack]
+                    return nodes[nodes.index(nxt):]
                 if state[nxt] == 0:
                     state[nxt] = 1
                     stack.append((nxt, 0))
             else:
                 stack.pop()
                 state[node] = 2
+    return None
+
+
+def _postorder(needs: list[list[int]]) -> list[int]:
+    order: list[int] = []
+    done = [False] * len(needs)
+
+    def visit(start: int) -> None:
+        stack: list[tuple[int, int]] = [(start, 0)]
+        done[start] = True
+        while stack:
+            node, at = stack[-1]
+            if at < len(needs[node]):
+                stack[-1] = (node, at + 1)
+                nxt = needs[node][at]
+                if not done[nxt]:
+                    done[nxt] = True
+                    stack.append((nxt, 0))
+            else:
+                stack.pop()
                 order.append(node)
+
+    for start in range(len(needs)):
+        if not done[start]:
+            visit(start)
     return order
+
+
+def plan(entries: list[dict[str, Any]]) -> tuple[list[int], dict[int, set[int]]]:
+    """(order, broken): indices of ``entries`` so that each comes after the entries it refers
+    to by fullUrl, once the edges in ``broken`` (pivot -> the entries whose references its
+    stub leaves out) are removed; see "cycle, pivot" in the module docstring."""
+    edges = _edges(entries)
+    broken: dict[int, set[int]] = {}
+    while True:
+        needs = [sorted(e) for e in edges]
+        cycle = _find_cycle(needs)
+        if cycle is None:
+            return _postorder(needs), broken
+        pairs = [(cycle[k], cycle[(k + 1) % len(cycle)]) for k in range(len(cycle))]
+        source, target = min(pairs, key=lambda p: (edges[p[0]][p[1]], p[0], p[1]))
+        del edges[source][target]
+        broken.setdefault(source, set()).add(target)
+
+
+def dependency_order(entries: list[dict[str, Any]]) -> list[int]:
+    """Indices of ``entries`` so that each comes after the entries it refers to by fullUrl.
+    Raises UsageError on a cycle (use :func:`plan`, which breaks cycles)."""
+    order, broken = plan(entries)
+    if broken:
+        raise UsageError("the Bundle's entries refer to each other in a cycle; cannot send them one by one")
+    return order
+
+
+def _stub(resource: Resource, targets: set[str]) -> Resource:
+    """``resource`` without its references to ``targets`` (see "choice of the edge")."""
+    stub = copy.deepcopy(resource)
+    found = [(path, ref) for path, ref in _reference_paths(stub) if ref["reference"] in targets]
+    removals: list[tuple[str | int, ...]] = []
+    for path, ref in found:
+        if "extension" in path:
+            cut = path.index("extension")
+            removals.append(path[:cut + 2])  # the whole (outermost) extension: no complex one is left half
+        elif ref.get("identifier"):
+            del ref["reference"]
+        else:
+            items = [k for k, step in enumerate(path) if isinstance(step, int)]
+            removals.append(path[:items[-1] + 1] if items else path)
+    # deepest and last first, so earlier paths stay valid
+    for path in sorted(set(removals), key=lambda p: (len(p), p), reverse=True):
+        parent: Any = stub
+        for step in path[:-1]:
+            parent = parent[step]
+        del parent[path[-1]]
+    _prune(stub)
+    return stub
+
+
+def _prune(node: Any) -> bool:
+    """Drop the lists and objects the stub emptied; True when ``node`` itself is empty."""
+    if isinstance(node, dict):
+        for key in [k for k, v in node.items() if isinstance(v, (dict, list)) and _prune(v)]:
+            del node[key]
+        return not node
+    if isinstance(node, list):
+        node[:] = [v for v in node if not (isinstance(v, (dict, list)) and _prune(v))]
+        return not node
+    return False
 
 
 def _outcome(code: str, text: str) -> dict[str, Any]:
@@ -115,6 +256,7 @@ class _Sender:
         self.client = client
         self.capabilities = capabilities
         self.resolved: dict[str, str] = {}  # fullUrl or conditional reference -> Type/id
+        self.done: dict[str, dict[str, Any]] = {}  # fullUrl of a pivot that needs no more -> its result
 
     def can(self, resource_type: str, what: str) -> bool:
         kind = self.capabilities.types.get(resource_type)
@@ -163,6 +305,61 @@ class _Sender:
         location = result["response"].get("location", "")
         if entry.get("fullUrl") and location:
             self.resolved[entry["fullUrl"]] = "/".join(location.split("/")[:2])
+        return result
+
+    def send_stub(self, entry: dict[str, Any], targets: set[str]) -> tuple[str, str | None, bool] | None:
+        """Make the pivot ``entry`` exist on the server before the entries it refers to by the
+        broken edges (``targets``: their fullUrls). Answers (id, version, created) for the final
+        update, or ``None`` when the entry is done (an ``ifNoneExist`` create that matched)."""
+        request = entry.get("request") or {}
+        method = str(request.get("method", "")).upper()
+        url = str(request.get("url", ""))
+        resource = self.rewrite(_stub(entry["resource"], targets))
+        resource_type = resource["resourceType"]
+        existing: Resource | None = None
+        if method == "POST":
+            query = request.get("ifNoneExist")
+            found = self.matches(resource_type, query) if query else []
+            existing = found[0] if found else None
+        elif method == "PUT" and "?" in url:
+            query = url.partition("?")[2]
+            found = self.matches(resource_type, query)
+            existing = found[0] if found else None
+        elif method == "PUT":
+            try:
+                existing = self.client.read(resource_type, url.rpartition("/")[2]).resource
+            except FhirNotFoundError:
+                existing = None
+        else:
+            raise UsageError(f"cannot send a {method or '?'} entry one by one (only POST and PUT)")
+        if existing is not None:
+            resource_id = str(existing["id"])
+            self.resolved[str(entry["fullUrl"])] = f"{resource_type}/{resource_id}"
+            version = (existing.get("meta") or {}).get("versionId")
+            if method == "POST":  # a conditional create that matches does nothing
+                self.done[str(entry["fullUrl"])] = _entry(200, resource_type, resource_id, version)
+                return None
+            return resource_id, version, False
+        if method == "PUT" and "?" not in url:
+            response = self.client.update(resource | {"id": url.rpartition("/")[2]}, prefer="OperationOutcome")
+            result = self._from(response, resource_type, url.rpartition("/")[2])
+        else:  # just searched: a conditional create only where the server has one
+            query = request.get("ifNoneExist") if method == "POST" else url.partition("?")[2]
+            result = self.create(resource, query if query and self.can(resource_type, "create") else None)
+        location = result["response"]["location"].split("/")
+        self.resolved[str(entry["fullUrl"])] = "/".join(location[:2])
+        return location[1], location[3] if len(location) > 3 else None, result["response"]["status"].startswith("201")
+
+    def complete(self, entry: dict[str, Any], resource_id: str, version: str | None, created: bool) -> dict[str, Any]:
+        """The pivot's final update: its full content, by id, ``If-Match`` the version it had."""
+        resource = self.rewrite(entry["resource"])
+        resource_type = resource["resourceType"]
+        response = self.client.update(resource | {"id": resource_id}, if_match=version, prefer="OperationOutcome")
+        result = self._from(response, resource_type, resource_id)
+        if created:
+            result["response"]["status"] = "201 Created"
+        elif version is not None and response.version_id == version:
+            result["response"]["outcome"] = _outcome(NO_CHANGE, "no change")
         return result
 
     def create(self, resource: Resource, if_none_exist: str | None) -> dict[str, Any]:
@@ -215,12 +412,24 @@ class _Sender:
 def send_entrywise(client: FhirClient, bundle: Resource) -> FhirResponse:
     """Apply a transaction Bundle with individual requests (see the module docstring)."""
     entries = list(bundle.get("entry") or [])
+    order, broken = plan(entries)
     sender = _Sender(client, client.capabilities())
     results: list[dict[str, Any] | None] = [None] * len(entries)
-    for index in dependency_order(entries):
-        results[index] = sender.send(entries[index])
+    pending: list[tuple[int, str, str | None, bool]] = []
+    for index in order:
+        if index in broken:
+            targets = {str(entries[t]["fullUrl"]) for t in broken[index]}
+            stubbed = sender.send_stub(entries[index], targets)
+            if stubbed is None:
+                results[index] = sender.done[str(entries[index]["fullUrl"])]
+            else:
+                pending.append((index, *stubbed))
+        else:
+            results[index] = sender.send(entries[index])
+    for index, resource_id, version, created in pending:
+        results[index] = sender.complete(entries[index], resource_id, version, created)
     response_bundle = {"resourceType": "Bundle", "type": "transaction-response", "entry": results}
     return FhirResponse(status=200, resource=response_bundle, url=client.base_url)
 
 
-__all__ = ["NO_CHANGE", "dependency_order", "send_entrywise"]
+__all__ = ["NO_CHANGE", "dependency_order", "plan", "send_entrywise"]

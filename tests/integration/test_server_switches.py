@@ -126,7 +126,16 @@ def test_push_adapts_exactly_once_idempotent_edits_in_place(
     assert added == expected
 
     second = orjson.loads(run_cli("push", EXAMPLES / "clinic.json", "--server", base, "--json").out)
-    assert second["created"] == 0 and second["updated"] == 0 and second["unchanged"] == summary["sent"]
+    # the identity map knows every resource and its content: nothing is even sent
+    assert second["created"] == 0 and second["updated"] == 0 and second["sent"] == 0
+    assert {t: counts(base)[t] - empty[t] for t in expected} == expected
+    # without the map everything is sent again, one by one: found, written with no change. The
+    # Procedure and its Consent refer to each other (a cycle): the Procedure is found first,
+    # its final update changes nothing
+    fresh = orjson.loads(run_cli("push", EXAMPLES / "clinic.json", "--server", base, "--json",
+                                 "--state", tmp_path / "fresh-state.sqlite").out)
+    assert fresh["created"] == 0 and fresh["updated"] == 0 and fresh["failed_records"] == 0
+    assert fresh["sent"] > 200 and fresh["by_type"]["Procedure"] == {"unchanged": expected["Procedure"]}
     assert {t: counts(base)[t] - empty[t] for t in expected} == expected
 
     doc = orjson.loads((EXAMPLES / "clinic.json").read_bytes())
