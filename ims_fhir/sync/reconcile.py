@@ -46,7 +46,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, unquote
@@ -474,6 +474,13 @@ class TargetSync:
             base = known.version if known else None
             if server_version is not None and server_version == base:
                 continue  # this entry did not move; another one of the part did
+            if server is not None and known is not None and not field_diff(resource, server):
+                # the server holds exactly what we send: our own earlier write landed and its answer
+                # was lost (a reset after the write), not a hospital edit. Take its version as the
+                # base; the retry then finds the resource unchanged.
+                self.state.put_identities([replace(known, version=server_version,
+                                                   content_hash=hashes.get(entry.get("fullUrl", "")))], now=now)
+                continue
             ident = _primary(resource)
             rec = record_key({"system": ident[0], "value": ident[1]}) if ident else None
             conflict = Conflict(
