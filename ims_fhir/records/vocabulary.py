@@ -1,6 +1,6 @@
 """The closed vocabularies of the ``ims-record/1`` format.
 
-These tuples are the format's contract (../shared/ims-record-format.md): the models
+These tuples are the format's contract (README.md, "The record format, ims-record/1"): the models
 accept exactly these slugs, and the terminology loader checks at start-up that every
 slug has a row in the code tables under ``mappings/`` (and no table row names a slug
 that is not here). A slug is the lower-case token a clinic writes, e.g. ``upper_trapezius``.
