@@ -253,8 +253,8 @@ class PostgresOutbox(SqlOutbox, SqlTargetState):
     def _requeue(self, where: str, params: tuple[Any, ...], *, now: float, target: str | None) -> int:
         return self._retrying(lambda: SqlOutbox._requeue(self, where, params, now=now, target=target))
 
-    def put_identities(self, identities: list[Identity], *, now: float) -> None:
-        self._retrying(lambda: SqlTargetState.put_identities(self, identities, now=now))
+    def put_identities(self, identities: list[Identity], *, now: float, force: bool = False) -> None:
+        self._retrying(lambda: SqlTargetState.put_identities(self, identities, now=now, force=force))
 
     def open_conflict(self, conflict: Conflict, *, now: float) -> int:
         return self._retrying(lambda: SqlTargetState.open_conflict(self, conflict, now=now))

@@ -469,7 +469,9 @@ UPSERT_IDENTITY = (
     "version=excluded.version, version_num=excluded.version_num, owner=excluded.owner, "
     "content_hash=COALESCE(excluded.content_hash, identity.content_hash), "
     "record_type=COALESCE(excluded.record_type, identity.record_type), "
-    "record_id=COALESCE(excluded.record_id, identity.record_id), pending=NULL, updated_at=excluded.updated_at "
+    "record_id=COALESCE(excluded.record_id, identity.record_id), pending=NULL, updated_at=excluded.updated_at ")
+#: the condition of :data:`UPSERT_IDENTITY` that keeps the higher version rank
+NEWER_IDENTITY = (
     "WHERE identity.server_id<>excluded.server_id OR identity.version_num IS NULL "
     "OR excluded.version_num IS NULL OR excluded.version_num>=identity.version_num")
 
@@ -523,7 +525,7 @@ class SqlTargetState:
                           "ORDER BY resource_type, system, value LIMIT ?", (*params, limit))
         return [_identity(r) for r in rows]
 
-    def put_identities(self, identities: list[Identity], *, now: float) -> None:
+    def put_identities(self, identities: list[Identity], *, now: float, force: bool = False) -> None:
         for i in identities:
             if i.owner not in OWNERS:
                 raise ValueError(f"identity owner must be one of {OWNERS}, not {i.owner!r}")
@@ -534,7 +536,7 @@ class SqlTargetState:
         if not rows:
             return
         with self._tx() as db:
-            db.cursor().executemany(self._q(UPSERT_IDENTITY), [r for _, r in rows])
+            db.cursor().executemany(self._q(UPSERT_IDENTITY + ("" if force else NEWER_IDENTITY)), [r for _, r in rows])
 
     def identity_by_server_id(self, target: str, resource_type: str, server_id: str) -> Identity | None:
         rows = self._rows(f"SELECT {_IDENTITY} FROM identity WHERE target=? AND resource_type=? "  # noqa: S608

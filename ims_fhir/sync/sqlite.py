@@ -12,12 +12,9 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
-
-import orjson
 
 from ..errors import ConfigurationError
 from .sql import SqlOutbox, SqlTargetState

@@ -318,8 +318,9 @@ class TargetState(Protocol):
     def identities(self, target: str, *, resource_type: str | None = None, owner: str | None = None,
                    limit: int = 1000) -> list[Identity]: ...
 
-    def put_identities(self, identities: list[Identity], *, now: float) -> None:
-        """Insert or replace, by (target, resource type, system, value)."""
+    def put_identities(self, identities: list[Identity], *, now: float, force: bool = False) -> None:
+        """Insert or replace, by (target, resource type, system, value); a version older than the
+        one held for the same server id is ignored, unless ``force`` (putting an identity back)."""
 
     def identity_by_server_id(self, target: str, resource_type: str, server_id: str) -> Identity | None: ...
 
