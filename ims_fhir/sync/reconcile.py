@@ -502,12 +502,13 @@ class TargetSync:
                                                    content_hash=hashes.get(entry.get("fullUrl", "")))], now=now)
                 own = True
                 continue
-            pending = known.pending if known is not None else None
-            if server is not None and known is not None and pending and not field_diff(pending["resource"], server):
+            landed = next((w for w in (known.pending or []) if not field_diff(w["resource"], server)), None) \
+                if server is not None and known is not None else None
+            if landed is not None and known is not None:
                 # the server holds an earlier update whose answer never came (the clinic edited the
                 # record again since): the adapter's own write, not a hospital edit. Its version is
                 # the base; this edit goes with If-Match on it.
-                self.state.put_identities([replace(known, version=server_version, content_hash=pending.get("hash"))],
+                self.state.put_identities([replace(known, version=server_version, content_hash=landed.get("hash"))],
                                           now=now)
                 own = True
                 continue

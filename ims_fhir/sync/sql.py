@@ -487,6 +487,10 @@ UPSERT_CONFLICT = (
     "clinic_hash=excluded.clinic_hash, detected_at=excluded.detected_at RETURNING id")
 
 
+#: in-flight updates kept per identity (each retry without an answer may have landed)
+PENDING_KEPT = 4
+
+
 def version_rank(version: str | None) -> int | None:
     """A version id as a number, when it is one (see the terms)."""
     return int(version) if version is not None and version.isdigit() and len(version) < 19 else None
@@ -496,6 +500,9 @@ class SqlTargetState:
     """:class:`~ims_fhir.sync.store.TargetState` in portable SQL (see the module docstring); the
     host class provides ``_tx`` (a context manager yielding a connection inside one transaction),
     may provide ``_q`` (its placeholders) and creates the tables."""
+
+    #: appended to a SELECT of a row about to be updated (PostgreSQL: FOR UPDATE)
+    row_lock = ""
 
     def _tx(self, *, write: bool = True) -> AbstractContextManager[Any]:
         raise NotImplementedError
@@ -550,13 +557,19 @@ class SqlTargetState:
                                "AND value=?"), (content_hash, target, resource_type, system, value))
 
     def set_pending(self, target: str, writes: list[tuple[str, str, str, dict[str, Any]]]) -> None:
-        rows = sorted(((orjson.dumps(w), target, rtype, system, value) for rtype, system, value, w in writes),
-                      key=lambda r: r[1:])
-        if not rows:
+        if not writes:
             return
         with self._tx() as db:
-            db.cursor().executemany(self._q("UPDATE identity SET pending=? WHERE target=? AND resource_type=? "
-                                            "AND system=? AND value=?"), rows)
+            for rtype, system, value, write in sorted(writes, key=lambda w: w[:3]):
+                key = (target, rtype, system, value)
+                sql = ("SELECT pending FROM identity WHERE target=? AND resource_type=? AND system=? "  # noqa: S608
+                       f"AND value=?{self.row_lock}")  # row_lock: a fixed clause of the storage class
+                row = db.execute(self._q(sql), key).fetchone()
+                if row is None:
+                    continue
+                earlier = [w for w in (orjson.loads(row[0]) if row[0] else []) if w != write]
+                db.execute(self._q("UPDATE identity SET pending=? WHERE target=? AND resource_type=? AND system=? "
+                                   "AND value=?"), (orjson.dumps([*earlier, write][-PENDING_KEPT:]), *key))
 
     def forget_identities(self, target: str) -> int:
         with self._tx() as db:

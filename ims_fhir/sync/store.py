@@ -243,9 +243,9 @@ class Identity:
     record_type: str | None = None
     record_id: str | None = None
     updated_at: float | None = None
-    #: the last update sent whose answer never came (``{"resource": ..., "hash": ...}``): a
-    #: refused If-Match whose server version holds it is the adapter's own write, not an edit
-    pending: dict[str, Any] | None = None
+    #: the latest updates sent whose answers never came (``[{"resource": ..., "hash": ...}]``): a
+    #: refused If-Match whose server version holds one of them is the adapter's own write, not an edit
+    pending: list[dict[str, Any]] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {"target": self.target, "resourceType": self.resource_type, "system": self.system,
@@ -330,7 +330,8 @@ class TargetState(Protocol):
 
     def set_pending(self, target: str, writes: list[tuple[str, str, str, dict[str, Any]]]) -> None:
         """Remember updates sent without an answer: ``(resource type, system, value, {"resource": the
-        resource as sent, "hash": its content hash})`` each; :meth:`put_identities` clears it."""
+        resource as sent, "hash": its content hash})`` each, added to the identity's latest few;
+        :meth:`put_identities` clears them (an answer came)."""
 
     def forget_identities(self, target: str) -> int:
         """Drop a target's identity map (it is rebuilt by searching); returns how many."""

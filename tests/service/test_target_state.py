@@ -157,8 +157,12 @@ def test_a_version_never_goes_back_and_an_in_flight_write_is_kept_until_answered
     assert state.identity("hospital", "Patient", SYS, "P1").version == "abc"  # type: ignore[union-attr]
 
     sent = {"resource": {"resourceType": "Patient", "id": "new", "gender": "male"}, "hash": "h9"}
+    later = {"resource": {"resourceType": "Patient", "id": "new", "gender": "female"}, "hash": "h10"}
     state.set_pending("hospital", [("Patient", SYS, "P1", sent)])
-    assert state.identity("hospital", "Patient", SYS, "P1").pending == sent  # type: ignore[union-attr]
+    state.set_pending("hospital", [("Patient", SYS, "P1", later), ("Patient", SYS, "unknown", sent)])
+    state.set_pending("hospital", [("Patient", SYS, "P1", later)])  # the same write again: kept once
+    assert state.identity("hospital", "Patient", SYS, "P1").pending == [sent, later]  # type: ignore[union-attr]
+    assert state.identity("hospital", "Patient", SYS, "unknown") is None
     state.put_identities([_identity("P1", server_id="new", version="2")], now=6.0)  # its answer came
     assert state.identity("hospital", "Patient", SYS, "P1").pending is None  # type: ignore[union-attr]
 
@@ -211,4 +215,4 @@ def test_a_push_state_file_of_an_earlier_version_is_brought_up_to_date(tmp_path:
         state.put_identities([_identity("P1", version="5")], now=1.0)
         state.set_pending("hospital", [("Patient", SYS, "P1", {"resource": {}, "hash": "h"})])
         got = state.identity("hospital", "Patient", SYS, "P1")
-        assert got is not None and got.version == "5" and got.pending == {"resource": {}, "hash": "h"}
+        assert got is not None and got.version == "5" and got.pending == [{"resource": {}, "hash": "h"}]
