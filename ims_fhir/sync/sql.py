@@ -521,14 +521,8 @@ class SqlTargetState:
 
     def identities(self, target: str, *, resource_type: str | None = None, owner: str | None = None,
                    limit: int = 1000) -> list[Identity]:
-        where, params = ["target=?"], [target]
-        if resource_type is not None:
-            where.append("resource_type=?")
-            params.append(resource_type)
-        if owner is not None:
-            where.append("owner=?")
-            params.append(owner)
-        rows = self._rows(f"SELECT {_IDENTITY} FROM identity WHERE {' AND '.join(where)} "  # noqa: S608 (fixed columns)
+        where, params = _filters(target=target, resource_type=resource_type, owner=owner)
+        rows = self._rows(f"SELECT {_IDENTITY} FROM identity WHERE {where} "  # noqa: S608 (fixed columns)
                           "ORDER BY resource_type, system, value LIMIT ?", (*params, limit))
         return [_identity(r) for r in rows]
 
@@ -588,14 +582,8 @@ class SqlTargetState:
         return _conflict(rows[0]) if rows else None
 
     def conflicts(self, *, state: str | None = "open", target: str | None = None, limit: int = 100) -> list[Conflict]:
-        where, params = ["1=1"], []
-        if state is not None:
-            where.append("state=?")
-            params.append(state)
-        if target is not None:
-            where.append("target=?")
-            params.append(target)
-        rows = self._rows(f"SELECT {_CONFLICT} FROM conflict WHERE {' AND '.join(where)} "  # noqa: S608 (fixed columns)
+        where, params = _filters(state=state, target=target)
+        rows = self._rows(f"SELECT {_CONFLICT} FROM conflict WHERE {where} "  # noqa: S608 (fixed columns)
                           "ORDER BY id DESC LIMIT ?", (*params, limit))
         return [_conflict(r) for r in rows]
 
@@ -625,21 +613,19 @@ class SqlTargetState:
 
     def audit(self, *, target: str | None = None, record: tuple[str, str] | None = None,
               server_id: str | None = None, limit: int = 100) -> list[AuditEntry]:
-        where, params = ["1=1"], []
-        if target is not None:
-            where.append("target=?")
-            params.append(target)
-        if record is not None:
-            where.append("record_type=? AND record_id=?")
-            params.extend(record)
-        if server_id is not None:
-            where.append("server_id=?")
-            params.append(server_id)
-        rows = self._rows(f"SELECT {_AUDIT} FROM audit WHERE {' AND '.join(where)} "  # noqa: S608 (fixed columns)
+        where, params = _filters(target=target, record_type=record[0] if record else None,
+                                 record_id=record[1] if record else None, server_id=server_id)
+        rows = self._rows(f"SELECT {_AUDIT} FROM audit WHERE {where} "  # noqa: S608 (fixed columns)
                           "ORDER BY seq DESC LIMIT ?", (*params, limit))
         return [AuditEntry(at=r[1], target=r[2], resource_type=r[3], server_id=r[4], version=r[5], system=r[6],
                            value=r[7], record_type=r[8], record_id=r[9], outcome=r[10], transaction=r[11],
                            detail=r[12], seq=int(r[0])) for r in rows]
+
+
+def _filters(**columns: str | None) -> tuple[str, list[str]]:
+    """A WHERE condition (``?`` placeholders) for the columns given a value; None leaves one out."""
+    given = {c: v for c, v in columns.items() if v is not None}
+    return " AND ".join([f"{c}=?" for c in given] or ["1=1"]), list(given.values())
 
 
 def _dumps(value: Any) -> bytes | None:
