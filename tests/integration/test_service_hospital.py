@@ -31,11 +31,12 @@ from ims_fhir.dev.hapi import DevServer
 from ims_fhir.sync import SyncWorker
 from tests.conftest import SOURCE
 from tests.service.conftest import RW_TOKEN, rw, service_settings
+from tests.service.live import free_port, start, toml, wait_healthy
 from tests.service.support import artifacts
 
 from .faultproxy import Fault, FaultProxy
 from .test_service import drain, example_lines, make_app, ndjson
-from .test_service_crash import _free_port, _start, _states, _toml, _wait_healthy
+from .test_service_crash import _states
 from .test_service_dashboard import Served, _wait, browser  # noqa: F401 (the browser fixture)
 
 HEADERS = {"Accept": "application/fhir+json", "Content-Type": "application/fhir+json"}
@@ -192,13 +193,13 @@ def test_serve_keeps_identity_ownership_and_conflicts_across_restart_and_kill_9(
     assert created.status_code == 201
     hospital_id = created.headers["Location"].split("/Patient/")[1].split("/")[0]
 
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     settings = service_settings(tmp_path, base_url=base, server={"port": port, "threads": 2,
                                                                  "max_body_bytes": 4 * 1024 * 1024},
                                 targets=_targets(base), worker=SLOW_WORKER, storage_url=storage_url)
     config = tmp_path / "service.toml"
-    config.write_text(_toml(settings), encoding="utf-8")
+    config.write_text(toml(settings), encoding="utf-8")
     log = artifacts() / "test_service_hospital.log"
     log.write_bytes(b"")
     auth = {"Authorization": f"Bearer {RW_TOKEN}"}
@@ -218,15 +219,15 @@ def test_serve_keeps_identity_ownership_and_conflicts_across_restart_and_kill_9(
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
 
-    proc = _start(config, log)
+    proc = start(config, log)
     try:
-        _wait_healthy(url, proc)
+        wait_healthy(url, proc)
         post(lines)
         settled({"synced": len(lines) - 1, "kept": 1})
         kill_9(proc)
 
-        proc = _start(config, log)
-        _wait_healthy(url, proc)
+        proc = start(config, log)
+        wait_healthy(url, proc)
         treatment = {**copy.deepcopy(next(r for r in lines if r["record_type"] == "treatment"
                                           and r["patient_id"] == patient["id"])), "notes": "Edited after restart"}
         post([{**patient, "phone": "+1-604-555-0199"}, treatment])
@@ -242,8 +243,8 @@ def test_serve_keeps_identity_ownership_and_conflicts_across_restart_and_kill_9(
         post([{**treatment, "notes": "Clinic edit"}])
         settled({"synced": len(lines) - 2, "kept": 1, "conflict": 1})
         kill_9(proc)
-        proc = _start(config, log)
-        _wait_healthy(url, proc)
+        proc = start(config, log)
+        wait_healthy(url, proc)
         (conflict,) = requests.get(f"{url}/conflicts", headers=auth, timeout=30).json()["conflicts"]
         assert conflict["record_id"] == treatment["id"] and conflict["server_version"] == "3"
         assert _procedure(base, treatment["id"])["note"] == [{"text": "Hospital edit"}]
