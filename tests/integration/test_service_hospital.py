@@ -28,14 +28,13 @@ import orjson
 import requests
 
 from ims_fhir.dev.hapi import DevServer
-from ims_fhir.sync import SyncWorker
 from tests.conftest import SOURCE
 from tests.service.conftest import RW_TOKEN, rw, service_settings
 from tests.service.live import free_port, start, toml, wait_healthy
 from tests.service.support import artifacts
 
 from .faultproxy import Fault, FaultProxy
-from .test_service import drain, example_lines, make_app, ndjson
+from .test_service import drain, example_lines, make_app, ndjson, one_round
 from .test_service_crash import _states
 from .test_service_dashboard import Served, _wait, browser  # noqa: F401 (the browser fixture)
 
@@ -284,12 +283,7 @@ def test_an_edit_after_a_lost_answer_is_no_conflict(clean_fhir_server: DevServer
         proxy.inject(Fault.reset(forward="before"), when=proxy.is_transaction, times=1)
         assert client.post("/records", data=ndjson([{**treatment, "notes": "Lost answer"}]),
                            headers=rw()).status_code == 202
-        st = app.extensions["ims_fhir"]
-        worker = SyncWorker(st.outbox, list(st.config.targets), st.organization, st.config.worker)
-        try:
-            worker.run_once()
-        finally:
-            worker.close()
+        one_round(app)
         assert proxy.pending() == 0 and "reset" in [e.action for e in proxy.log]
         landed = _procedure(base, treatment["id"])
         assert landed["meta"]["versionId"] == "2" and landed["note"] == [{"text": "Lost answer"}]

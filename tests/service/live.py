@@ -25,6 +25,8 @@ from typing import Any
 import orjson
 import requests
 
+from ims_fhir.dev.process import stop as stop_process
+
 from .conftest import service_settings
 from .support import artifacts
 
@@ -86,13 +88,7 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -
 
 def stop(proc: subprocess.Popen[bytes], grace: float = 30.0) -> None:
     """SIGTERM, then SIGKILL after ``grace`` seconds."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
+    stop_process(proc, grace)
 
 
 @contextmanager
