@@ -43,18 +43,9 @@ from ims_fhir.dev.synthetic import generate  # noqa: E402
 from ims_fhir_service import create_app  # noqa: E402
 from ims_fhir_service.auth import hash_token  # noqa: E402
 from ims_fhir_service.config import config_from_mapping  # noqa: E402
+from tests.service.live import toml  # noqa: E402
 
 TOKEN = "benchmark-token-not-a-secret"
-
-
-def _toml(data: dict[str, Any]) -> str:
-    lines = []
-    for key, section in data.items():
-        for table in section if isinstance(section, list) else [section]:
-            lines.append(f"[[{key}]]" if isinstance(section, list) else f"[{key}]")
-            lines += [f"{k} = {json.dumps(v)}" for k, v in table.items()]
-            lines.append("")
-    return "\n".join(lines)
 
 
 def run(patients: int, batch: int, fhir_base: str, seed: int, batch_records: int, storage_url: str,
@@ -73,7 +64,7 @@ def run(patients: int, batch: int, fhir_base: str, seed: int, batch_records: int
             "tokens": [{"name": "bench", "sha256": hash_token(TOKEN), "scope": "read-write"}],
         }
         config_file = Path(tmp) / "service.toml"
-        config_file.write_text(_toml(settings), encoding="utf-8")
+        config_file.write_text(toml(settings), encoding="utf-8")
         config = config_from_mapping(settings, environ={})
         app = create_app(config)
         st = app.extensions["ims_fhir"]

@@ -44,7 +44,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,18 +52,20 @@ from typing import IO
 
 import requests
 
+from ims_fhir.dev.process import HOST, free_port, wait_until_ready
+from ims_fhir.dev.process import LOG_TAIL_LINES as _LOG_TAIL_LINES
+from ims_fhir.dev.process import log_tail as _log_tail
+from ims_fhir.dev.process import stop as stop_process
 from ims_fhir.errors import ImsFhirError, ToolchainError, UsageError
 
 JAR_NAME = "ims-fhir-hapi-server.jar"
 MIN_JAVA = 17
-HOST = "127.0.0.1"
 #: Heap for the server JVM: HAPI with validation peaks well under this for test workloads.
 DEFAULT_JAVA_OPTS: tuple[str, ...] = ("-Xmx1280m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1")
 DEFAULT_BUILD_TIMEOUT = 1800.0
 #: How many builds (source hashes) the cache keeps; older ones are deleted after a build.
 KEEP_BUILDS = 3
 STOP_GRACE_SECONDS = 20.0
-_LOG_TAIL_LINES = 40
 
 
 # --------------------------------------------------------------------------- toolchain
@@ -192,14 +193,6 @@ def _exclusive_lock(lock_path: Path) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
-def _log_tail(log_path: Path, lines: int = _LOG_TAIL_LINES) -> str:
-    try:
-        text = log_path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return "(no log)"
-    return "\n".join(text.splitlines()[-lines:])
-
-
 def build(
     *,
     source: Path | None = None,
@@ -301,13 +294,6 @@ def _prune_old_builds(cache_root: Path, *, keep: str, max_builds: int = KEEP_BUI
 # --------------------------------------------------------------------------- run
 
 
-def free_port(host: str = HOST) -> int:
-    """A TCP port that is free on ``host`` right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
 def _port_is_free(port: int, host: str = HOST) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         # Like Tomcat: a port whose old connections linger in TIME_WAIT counts as free.
@@ -344,14 +330,7 @@ class DevServer:
 
     def stop(self, grace: float = STOP_GRACE_SECONDS) -> int | None:
         """Ask the JVM to shut down (SIGTERM), kill it after ``grace`` seconds; return its exit code."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return stop_process(self.process, grace)
 
     def __enter__(self) -> DevServer:
         return self
@@ -444,29 +423,15 @@ def start(
 
 
 def _wait_until_ready(server: DevServer, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    url = server.base_url + "/metadata"
     with requests.Session() as session:
         session.trust_env = False  # a loopback server: never through an HTTP(S)_PROXY
-        while True:
-            code = server.process.poll()
-            if code is not None:
-                raise ToolchainError(
-                    f"the HAPI FHIR server exited with code {code} while starting; "
-                    f"log {server.log_path} ends with:\n{server.log_tail()}"
-                )
-            try:
-                response = session.get(url, timeout=5, headers={"Accept": "application/fhir+json"})
-                if response.status_code == 200:
-                    return
-            except requests.RequestException:
-                pass  # not listening yet
-            if time.monotonic() >= deadline:
-                raise ToolchainError(
-                    f"the HAPI FHIR server was not ready within {timeout:.0f} s; "
-                    f"log {server.log_path} ends with:\n{server.log_tail()}"
-                )
-            time.sleep(0.5)
+
+        def up() -> bool:
+            reply = session.get(server.base_url + "/metadata", timeout=5, headers={"Accept": "application/fhir+json"})
+            return reply.status_code == 200
+
+        wait_until_ready(server.process, up, what="the HAPI FHIR server", log_path=server.log_path, timeout=timeout,
+                         interval=0.5)
 
 
 # --------------------------------------------------------------------------- foreground

@@ -39,7 +39,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -48,7 +47,10 @@ from typing import Any
 
 import requests
 
-from ims_fhir.dev.hapi import HOST, _exclusive_lock, _java_major, _log_tail, free_port
+from ims_fhir.dev.hapi import _exclusive_lock, _java_major
+from ims_fhir.dev.process import HOST, free_port, wait_until_ready
+from ims_fhir.dev.process import log_tail as _log_tail
+from ims_fhir.dev.process import stop as stop_process
 from ims_fhir.errors import ImsFhirError, ToolchainError
 
 KEYCLOAK_VERSION = "26.5.6"
@@ -214,14 +216,7 @@ class KeycloakServer:
 
     def stop(self, grace: float = STOP_GRACE_SECONDS) -> int | None:
         self.session.close()
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return stop_process(self.process, grace)
 
     def __enter__(self) -> KeycloakServer:
         return self
@@ -272,22 +267,9 @@ def start(
 
 
 def _wait_until_ready(server: KeycloakServer, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
     url = f"{server.base_url}/realms/master"
-    while True:
-        code = server.process.poll()
-        if code is not None:
-            raise ToolchainError(f"Keycloak exited with code {code} while starting; log {server.log_path} "
-                                 f"ends with:\n{server.log_tail()}")
-        try:
-            if server.session.get(url, timeout=5).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        if time.monotonic() >= deadline:
-            raise ToolchainError(f"Keycloak was not ready within {timeout:.0f} s; log {server.log_path} "
-                                 f"ends with:\n{server.log_tail()}")
-        time.sleep(1.0)
+    wait_until_ready(server.process, lambda: server.session.get(url, timeout=5).status_code == 200, what="Keycloak",
+                     log_path=server.log_path, timeout=timeout, interval=1.0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,7 +17,11 @@ How several workers share the queue:
   :func:`ims_fhir.sync.worker.owner_is_dead`); re-sending is safe (conditional writes);
 - :meth:`complete` locks the delivery before it reads the record's revision, and intake's
   delivery upsert decides "still sending?" on the locked row, so a record changed while it
-  is being sent is always sent again.
+  is being sent is always sent again;
+- the per-target state of issue 9 (identity map, conflicts, audit trail; :mod:`.sql`,
+  :class:`~ims_fhir.sync.sql.SqlTargetState`) is written by upserts in key order: two workers
+  that learn the same identity or meet the same conflict write one row, and an identity's
+  version never goes back to an older one.
 
 Transactions run at READ COMMITTED; one that PostgreSQL aborts for a deadlock or a
 serialization failure (two intakes of the same new record) is run again, up to
@@ -36,8 +40,8 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import ConfigurationError
-from .sql import UPSERT_DELIVERY, SqlOutbox
-from .store import DEAD_AFTER, KIND_RANK, Claimed, Incoming, Result, Stored
+from .sql import UPSERT_DELIVERY, SqlOutbox, SqlTargetState
+from .store import DEAD_AFTER, KIND_RANK, AuditEntry, Claimed, Conflict, Identity, Incoming, Result, Stored
 
 if TYPE_CHECKING:
     import psycopg
@@ -103,6 +107,30 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         END $$""",
         "ALTER TABLE record ALTER COLUMN body SET STORAGE MAIN",
     ),
+    (  # 3: issue 9's per-target state (identity map, conflicts, audit trail), as on SQLite; several
+       # workers write it at once: identities by upsert (a version never goes back, see
+       # :mod:`.sql`, *version rank*), one open conflict per resource by a partial unique index
+        """CREATE TABLE identity (
+            target TEXT NOT NULL, resource_type TEXT NOT NULL, system TEXT NOT NULL, value TEXT NOT NULL,
+            server_id TEXT NOT NULL, version TEXT, version_num BIGINT, owner TEXT NOT NULL, content_hash TEXT,
+            record_type TEXT, record_id TEXT, updated_at DOUBLE PRECISION NOT NULL, pending BYTEA,
+            PRIMARY KEY (target, resource_type, system, value))""",
+        "CREATE INDEX identity_server ON identity (target, resource_type, server_id)",
+        """CREATE TABLE conflict (
+            id BIGSERIAL PRIMARY KEY, target TEXT NOT NULL, resource_type TEXT NOT NULL, server_id TEXT NOT NULL,
+            record_type TEXT, record_id TEXT, base_version TEXT, server_version TEXT,
+            clinic_resource BYTEA NOT NULL, server_resource BYTEA, diff BYTEA NOT NULL,
+            state TEXT NOT NULL, resolution TEXT, detected_at DOUBLE PRECISION NOT NULL,
+            resolved_at DOUBLE PRECISION, detail TEXT, clinic_hash TEXT)""",
+        "CREATE INDEX conflict_state ON conflict (state, target, id)",
+        "CREATE UNIQUE INDEX conflict_open ON conflict (target, resource_type, server_id) WHERE state='open'",
+        """CREATE TABLE audit (
+            seq BIGSERIAL PRIMARY KEY, at DOUBLE PRECISION NOT NULL, target TEXT NOT NULL,
+            resource_type TEXT NOT NULL, server_id TEXT, version TEXT, system TEXT, value TEXT,
+            record_type TEXT, record_id TEXT, outcome TEXT NOT NULL, txn TEXT, detail TEXT)""",
+        "CREATE INDEX audit_record ON audit (record_type, record_id, seq)",
+        "CREATE INDEX audit_target ON audit (target, seq)",
+    ),
 )
 
 _URL = re.compile(r"postgres(ql)?://")
@@ -125,8 +153,9 @@ def _where(url: str) -> str:
     return re.sub(r"://([^:@/]*):[^@/]*@", r"://\1:***@", url)
 
 
-class PostgresOutbox(SqlOutbox):
-    """:class:`~ims_fhir.sync.store.Outbox` on PostgreSQL (see the module docstring)."""
+class PostgresOutbox(SqlOutbox, SqlTargetState):
+    """:class:`~ims_fhir.sync.store.Outbox`, with the per-target state of issue 9, on PostgreSQL
+    (see the module docstring)."""
 
     lock_clause = " FOR UPDATE OF d SKIP LOCKED"
     row_lock = " FOR UPDATE"
@@ -223,6 +252,15 @@ class PostgresOutbox(SqlOutbox):
 
     def _requeue(self, where: str, params: tuple[Any, ...], *, now: float, target: str | None) -> int:
         return self._retrying(lambda: SqlOutbox._requeue(self, where, params, now=now, target=target))
+
+    def put_identities(self, identities: list[Identity], *, now: float, force: bool = False) -> None:
+        self._retrying(lambda: SqlTargetState.put_identities(self, identities, now=now, force=force))
+
+    def open_conflict(self, conflict: Conflict, *, now: float) -> int:
+        return self._retrying(lambda: SqlTargetState.open_conflict(self, conflict, now=now))
+
+    def add_audit(self, entries: list[AuditEntry]) -> None:
+        self._retrying(lambda: SqlTargetState.add_audit(self, entries))
 
     # -- intake, batched ------------------------------------------------------------------
 

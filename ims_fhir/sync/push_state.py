@@ -3,6 +3,7 @@
 Terms:
 
 - *state file*: one SQLite file holding the tables of :data:`~ims_fhir.sync.sqlite.TARGET_STATE_SCHEMA`
+  (brought up to date by :func:`~ims_fhir.sync.sqlite.adopt_target_state`)
   (the same tables the sync service keeps beside its outbox). Default location
   :func:`default_state_path`: ``$XDG_STATE_HOME/ims-fhir/push-state.sqlite``, or
   ``~/.local/state/ims-fhir/push-state.sqlite`` when ``XDG_STATE_HOME`` is unset; ``--state PATH``
@@ -27,7 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import ConfigurationError
-from .sqlite import TARGET_STATE_SCHEMA, SQLiteTargetState
+from .sqlite import SQLiteTargetState, adopt_target_state
 
 STATE_FILE = "push-state.sqlite"
 
@@ -51,7 +52,7 @@ class PushState(SQLiteTargetState):
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.executescript(TARGET_STATE_SCHEMA)
+            adopt_target_state(self._db)
         except (OSError, sqlite3.Error) as exc:
             raise ConfigurationError(f"push state {self.path}: cannot open ({exc}); it is safe to delete, "
                                      "or choose another with --state PATH") from exc

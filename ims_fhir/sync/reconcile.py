@@ -239,8 +239,10 @@ class TargetSync:
 
     # -- sending ---------------------------------------------------------------------------
 
-    def send(self, bundle: Resource) -> Sent:
-        """Send one Bundle as the module docstring says; target-wide errors are raised."""
+    def send(self, bundle: Resource, *, again: bool = True) -> Sent:
+        """Send one Bundle as the module docstring says; target-wide errors are raised. When a
+        refused If-Match turned out to be the adapter's own earlier write (its answer was lost) the
+        identity map now has that version: the Bundle is sent once more (``again``)."""
         sent = Sent()
         scheme = IdentifierScheme.from_bundle(bundle)
 
@@ -357,6 +359,7 @@ class TargetSync:
 
         # 4. the Bundle to send: known resources by id, updates with If-Match
         out_entries = []
+        in_flight: list[tuple[str, str, str, dict[str, Any]]] = []
         for entry in entries:
             url = entry.get("fullUrl", "")
             if url in drop:
@@ -370,6 +373,8 @@ class TargetSync:
                 new["request"] = {"method": "PUT", "url": f"{rtype}/{known_id.server_id}"}
                 if known_id.version:
                     new["request"]["ifMatch"] = _weak(known_id.version)
+                in_flight.append((rtype, known_id.system, known_id.value,
+                                  {"resource": new["resource"], "hash": hashes[url]}))
             out_entries.append(new)
         written = [e for e in out_entries if (e["resource"].get("resourceType") != "Organization")]
         now = self.clock()
@@ -389,12 +394,21 @@ class TargetSync:
             return full
 
         sender = Sender(self.client, scheme=scheme, strategy=TransactionStrategy(prepare))
-        sent.delivery = sender.send(to_send)
-        self._after(sent, to_send, hashes, updates, now, record_key)
+        try:
+            sent.delivery = sender.send(to_send)
+        except FhirError:
+            # the answer may be lost after the server made the writes: remember what each update
+            # sent, so that a refused If-Match later recognises its own write (see :meth:`_conflicts`)
+            self.state.set_pending(self.target, in_flight)
+            raise
+        if self._after(sent, to_send, hashes, updates, now, record_key) and again:
+            return self.send(bundle, again=False)
         return sent
 
     def _after(self, sent: Sent, bundle: Resource, hashes: dict[str, str], updates: dict[str, Identity],
-               now: float, record_key: Callable[[dict[str, Any]], Key | None]) -> None:
+               now: float, record_key: Callable[[dict[str, Any]], Key | None]) -> bool:
+        """Record what became of a sent Bundle; True when a refused If-Match was the adapter's own
+        earlier write (the identity map has its version now: worth sending again at once)."""
         by_ident: dict[tuple[str, str, str], str] = {}
         for entry in bundle["entry"]:
             ident = _primary(entry["resource"])
@@ -420,9 +434,11 @@ class TargetSync:
                                     record_id=result.record[1] if result.record else None, transaction=txn))
         self.state.put_identities(identities, now=now)
         kept_refusals = []
+        healed = False
         for rejection in sent.delivery.refusals:
             if isinstance(rejection.error, FhirVersionConflictError):
-                found = self._conflicts(rejection, updates, hashes, now, record_key)
+                found, own = self._conflicts(rejection, updates, hashes, now, record_key)
+                healed = healed or (own and not found)
                 if found:
                     sent.conflicts.extend(found)
                     for c in found:
@@ -446,6 +462,7 @@ class TargetSync:
         sent.delivery.refusals = kept_refusals
         self.state.add_audit(audit)
         self._audit_skipped(sent, now)
+        return healed
 
     def _audit_skipped(self, sent: Sent, now: float) -> None:
         self.state.add_audit([
@@ -456,8 +473,11 @@ class TargetSync:
             for s in sent.skipped if s.outcome == KEPT])
 
     def _conflicts(self, rejection: Refusal, updates: dict[str, Identity], hashes: dict[str, str],
-                   now: float, record_key: Callable[[dict[str, Any]], Key | None]) -> list[Conflicted]:
+                   now: float, record_key: Callable[[dict[str, Any]], Key | None]) -> tuple[list[Conflicted], bool]:
+        """The conflicts of a refused part, and whether one of its refused entries was the
+        adapter's own earlier write (no conflict: its version is now the base)."""
         out = []
+        own = False
         for entry in rejection.part.get("entry", []):
             request = entry.get("request") or {}
             if not request.get("ifMatch"):
@@ -480,6 +500,17 @@ class TargetSync:
                 # base; the retry then finds the resource unchanged.
                 self.state.put_identities([replace(known, version=server_version,
                                                    content_hash=hashes.get(entry.get("fullUrl", "")))], now=now)
+                own = True
+                continue
+            landed = next((w for w in (known.pending or []) if not field_diff(w["resource"], server)), None) \
+                if server is not None and known is not None else None
+            if landed is not None and known is not None:
+                # the server holds an earlier update whose answer never came (the clinic edited the
+                # record again since): the adapter's own write, not a hospital edit. Its version is
+                # the base; this edit goes with If-Match on it.
+                self.state.put_identities([replace(known, version=server_version, content_hash=landed.get("hash"))],
+                                          now=now)
+                own = True
                 continue
             ident = _primary(resource)
             rec = record_key({"system": ident[0], "value": ident[1]}) if ident else None
@@ -492,7 +523,7 @@ class TargetSync:
                 detail=None if server is not None else "the resource is gone from the server")
             cid = self.state.open_conflict(conflict, now=now)
             out.append(Conflicted(rec, cid, f"{rtype}/{sid}", base, server_version))
-        return out
+        return out, own
 
 
 class _Ambiguous(FhirError):
@@ -581,8 +612,15 @@ def _record_search(conflict: Conflict) -> tuple[str, list[tuple[str, str]]]:
 
 
 def resolve_conflict(client: FhirClient, state: TargetState, conflict_id: int, resolution: str, *,
-                     now: float, detail: str | None = None) -> Resolved:
-    """Carry out one resolution (see the terms) and mark the conflict resolved."""
+                     now: float, detail: str | None = None,
+                     take: Callable[[list[Resource]], None] | None = None) -> Resolved:
+    """Carry out one resolution (see the terms) and mark the conflict resolved.
+
+    ``take`` (for ``accept``) imports the server's resources of the record as the clinic's new
+    revision; it runs after the identity map took the server's version as the base (so that the
+    new revision is sent with ``If-Match`` on it) and before the conflict is marked resolved. A
+    resolution that fails (a server error, ``take`` raising) leaves the conflict open with the
+    reason in its detail and the identity map as it was; the exception is raised again."""
     conflict = state.conflict(conflict_id)
     if conflict is None:
         raise UsageError(f"no conflict {conflict_id}")
@@ -590,29 +628,40 @@ def resolve_conflict(client: FhirClient, state: TargetState, conflict_id: int, r
         raise UsageError(f"conflict {conflict_id} is already resolved ({conflict.resolution})")
     if resolution not in RESOLUTION_HELP:
         raise UsageError(f"resolution must be one of {', '.join(RESOLUTION_HELP)}, not {resolution!r}")
-    current = client.read(conflict.resource_type, conflict.server_id)
-    version = current.version_id
     known = state.identity_by_server_id(conflict.target, conflict.resource_type, conflict.server_id)
-    resources: list[Resource] = []
-    content_hash_: str | None
-    if resolution == "resend":
-        body = {**conflict.clinic_resource, "id": conflict.server_id}
-        written = client.update(body, if_match=version) if version else client.update(body)
-        version = written.version_id
-        content_hash_ = conflict.clinic_hash
-        outcome = "override"
-    elif resolution == "accept":
-        resources = record_resources(client, conflict)
-        content_hash_ = None  # the clinic's next revision (the import) is sent with If-Match on this version
-        outcome = "accepted (server version)"
-    else:
-        content_hash_ = conflict.clinic_hash
-        outcome = "dismissed (server version kept)"
-    if known is not None:
-        state.put_identities([Identity(known.target, known.resource_type, known.system, known.value,
-                                       conflict.server_id, version, "clinic", record_type=known.record_type,
-                                       record_id=known.record_id)], now=now)
-        state.set_content_hash(known.target, known.resource_type, known.system, known.value, content_hash_)
+    moved = False
+    try:
+        current = client.read(conflict.resource_type, conflict.server_id)
+        version = current.version_id
+        resources: list[Resource] = []
+        content_hash_: str | None
+        if resolution == "resend":
+            body = {**conflict.clinic_resource, "id": conflict.server_id}
+            written = client.update(body, if_match=version) if version else client.update(body)
+            version = written.version_id
+            content_hash_ = conflict.clinic_hash
+            outcome = "override"
+        elif resolution == "accept":
+            resources = record_resources(client, conflict)
+            content_hash_ = None  # the clinic's next revision (the import) is sent with If-Match on this version
+            outcome = "accepted (server version)"
+        else:
+            content_hash_ = conflict.clinic_hash
+            outcome = "dismissed (server version kept)"
+        if known is not None:
+            state.put_identities([Identity(known.target, known.resource_type, known.system, known.value,
+                                           conflict.server_id, version, "clinic", record_type=known.record_type,
+                                           record_id=known.record_id)], now=now)
+            state.set_content_hash(known.target, known.resource_type, known.system, known.value, content_hash_)
+            moved = True
+        if take is not None and resolution == "accept":
+            take(resources)
+    except Exception as exc:
+        if moved and known is not None and resolution == "accept":  # nothing was written: the base stays
+            state.put_identities([known], now=now, force=True)
+            state.set_content_hash(known.target, known.resource_type, known.system, known.value, known.content_hash)
+        state.note_conflict(conflict_id, f"{resolution} failed: {exc}"[:2000])
+        raise
     state.resolve_conflict(conflict_id, resolution, now=now, detail=detail)
     state.add_audit([AuditEntry(now, conflict.target, conflict.resource_type, outcome, conflict.server_id, version,
                                 known.system if known else None, known.value if known else None,

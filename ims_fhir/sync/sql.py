@@ -15,6 +15,15 @@ Terms:
   processes starting at once apply each step once).
 - *blocker*: an earlier delivery of the same patient and target that is still queued or
   sending; a delivery with a blocker is not claimable (see :mod:`.store`, *patient*).
+- *version rank*: ``identity.version_num``, the version as a number when the server's
+  version ids are numbers (HAPI's are); an identity's version never goes back to a lower
+  rank of the same server id, so a worker that read a resource before another one wrote it
+  cannot put the older version over the newer one (a lost update of the map's versions).
+
+:class:`SqlTargetState` is the per-target state of issue 9 (:class:`~ims_fhir.sync.store.TargetState`)
+in the same portable SQL, for both outbox storages and the push command's state file: every
+write is one statement or one transaction (an open conflict per resource is unique by a
+partial index and written with ``ON CONFLICT``), so several workers share it safely.
 """
 
 from __future__ import annotations
@@ -30,10 +39,16 @@ from .store import (
     DEAD_AFTER,
     KIND_RANK,
     LATENCY_BUCKETS,
+    OWNERS,
+    RESOLUTIONS,
+    AuditEntry,
     Claimed,
+    Conflict,
     DeliveryStatus,
     Event,
     Failure,
+    FieldChange,
+    Identity,
     Incoming,
     RecordStatus,
     Result,
@@ -435,4 +450,200 @@ class SqlOutbox:
         return Stats(depth, counters, latency)
 
 
-__all__ = ["PRIMARY", "SqlOutbox"]
+# -- the per-target state of issue 9 ------------------------------------------------------------
+
+_IDENTITY = ("target, resource_type, system, value, server_id, version, owner, content_hash, record_type, record_id, "
+             "updated_at, pending")
+_CONFLICT = ("id, target, resource_type, server_id, record_type, record_id, base_version, server_version, "
+             "clinic_resource, server_resource, diff, state, resolution, detected_at, resolved_at, detail, clinic_hash")
+_AUDIT = ("seq, at, target, resource_type, server_id, version, system, value, record_type, record_id, outcome, txn, "
+          "detail")
+
+#: insert or update one identity; the update keeps what the new row does not say (hash, record),
+#: clears the in-flight write (its answer came, or the map was corrected) and never puts a lower
+#: version rank of the same server id over a higher one (see the terms: *version rank*)
+UPSERT_IDENTITY = (
+    "INSERT INTO identity (target, resource_type, system, value, server_id, version, version_num, owner, "
+    "content_hash, record_type, record_id, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?) "
+    "ON CONFLICT (target, resource_type, system, value) DO UPDATE SET server_id=excluded.server_id, "
+    "version=excluded.version, version_num=excluded.version_num, owner=excluded.owner, "
+    "content_hash=COALESCE(excluded.content_hash, identity.content_hash), "
+    "record_type=COALESCE(excluded.record_type, identity.record_type), "
+    "record_id=COALESCE(excluded.record_id, identity.record_id), pending=NULL, updated_at=excluded.updated_at ")
+#: the condition of :data:`UPSERT_IDENTITY` that keeps the higher version rank
+NEWER_IDENTITY = (
+    "WHERE identity.server_id<>excluded.server_id OR identity.version_num IS NULL "
+    "OR excluded.version_num IS NULL OR excluded.version_num>=identity.version_num")
+
+#: one open conflict per resource (a partial unique index): a newer refusal updates it
+UPSERT_CONFLICT = (
+    "INSERT INTO conflict (target, resource_type, server_id, record_type, record_id, base_version, server_version, "
+    "clinic_resource, server_resource, diff, detail, clinic_hash, state, detected_at) "
+    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,'open',?) "
+    "ON CONFLICT (target, resource_type, server_id) WHERE state='open' DO UPDATE SET "
+    "record_type=excluded.record_type, record_id=excluded.record_id, base_version=excluded.base_version, "
+    "server_version=excluded.server_version, clinic_resource=excluded.clinic_resource, "
+    "server_resource=excluded.server_resource, diff=excluded.diff, detail=excluded.detail, "
+    "clinic_hash=excluded.clinic_hash, detected_at=excluded.detected_at RETURNING id")
+
+
+#: in-flight updates kept per identity (each retry without an answer may have landed)
+PENDING_KEPT = 4
+
+
+def version_rank(version: str | None) -> int | None:
+    """A version id as a number, when it is one (see the terms)."""
+    return int(version) if version is not None and version.isdigit() and len(version) < 19 else None
+
+
+class SqlTargetState:
+    """:class:`~ims_fhir.sync.store.TargetState` in portable SQL (see the module docstring); the
+    host class provides ``_tx`` (a context manager yielding a connection inside one transaction),
+    may provide ``_q`` (its placeholders) and creates the tables."""
+
+    #: appended to a SELECT of a row about to be updated (PostgreSQL: FOR UPDATE)
+    row_lock = ""
+
+    def _tx(self, *, write: bool = True) -> AbstractContextManager[Any]:
+        raise NotImplementedError
+
+    def _q(self, sql: str) -> str:
+        return sql
+
+    def _rows(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        with self._tx(write=False) as db:
+            return list(db.execute(self._q(sql), tuple(params)).fetchall())
+
+    def identity(self, target: str, resource_type: str, system: str, value: str) -> Identity | None:
+        rows = self._rows(f"SELECT {_IDENTITY} FROM identity WHERE target=? AND resource_type=? "  # noqa: S608
+                          "AND system=? AND value=?", (target, resource_type, system, value))
+        return _identity(rows[0]) if rows else None
+
+    def identities(self, target: str, *, resource_type: str | None = None, owner: str | None = None,
+                   limit: int = 1000) -> list[Identity]:
+        where, params = _filters(target=target, resource_type=resource_type, owner=owner)
+        rows = self._rows(f"SELECT {_IDENTITY} FROM identity WHERE {where} "  # noqa: S608 (fixed columns)
+                          "ORDER BY resource_type, system, value LIMIT ?", (*params, limit))
+        return [_identity(r) for r in rows]
+
+    def put_identities(self, identities: list[Identity], *, now: float, force: bool = False) -> None:
+        for i in identities:
+            if i.owner not in OWNERS:
+                raise ValueError(f"identity owner must be one of {OWNERS}, not {i.owner!r}")
+        # in key order: two workers writing the same identities wait for each other, never deadlock
+        rows = sorted({(i.target, i.resource_type, i.system, i.value): (
+            i.target, i.resource_type, i.system, i.value, i.server_id, i.version, version_rank(i.version), i.owner,
+            i.content_hash, i.record_type, i.record_id, now) for i in identities}.items())
+        if not rows:
+            return
+        with self._tx() as db:
+            db.cursor().executemany(self._q(UPSERT_IDENTITY + ("" if force else NEWER_IDENTITY)), [r for _, r in rows])
+
+    def identity_by_server_id(self, target: str, resource_type: str, server_id: str) -> Identity | None:
+        rows = self._rows(f"SELECT {_IDENTITY} FROM identity WHERE target=? AND resource_type=? "  # noqa: S608
+                          "AND server_id=? ORDER BY owner, system LIMIT 1", (target, resource_type, server_id))
+        return _identity(rows[0]) if rows else None
+
+    def set_content_hash(self, target: str, resource_type: str, system: str, value: str,
+                         content_hash: str | None) -> None:
+        with self._tx() as db:
+            db.execute(self._q("UPDATE identity SET content_hash=? WHERE target=? AND resource_type=? AND system=? "
+                               "AND value=?"), (content_hash, target, resource_type, system, value))
+
+    def set_pending(self, target: str, writes: list[tuple[str, str, str, dict[str, Any]]]) -> None:
+        if not writes:
+            return
+        with self._tx() as db:
+            for rtype, system, value, write in sorted(writes, key=lambda w: w[:3]):
+                key = (target, rtype, system, value)
+                sql = ("SELECT pending FROM identity WHERE target=? AND resource_type=? AND system=? "  # noqa: S608
+                       f"AND value=?{self.row_lock}")  # row_lock: a fixed clause of the storage class
+                row = db.execute(self._q(sql), key).fetchone()
+                if row is None:
+                    continue
+                earlier = [w for w in (orjson.loads(row[0]) if row[0] else []) if w != write]
+                db.execute(self._q("UPDATE identity SET pending=? WHERE target=? AND resource_type=? AND system=? "
+                                   "AND value=?"), (orjson.dumps([*earlier, write][-PENDING_KEPT:]), *key))
+
+    def forget_identities(self, target: str) -> int:
+        with self._tx() as db:
+            return int(db.execute(self._q("DELETE FROM identity WHERE target=?"), (target,)).rowcount)
+
+    def open_conflict(self, conflict: Conflict, *, now: float) -> int:
+        params = (conflict.target, conflict.resource_type, conflict.server_id, conflict.record_type,
+                  conflict.record_id, conflict.base_version, conflict.server_version,
+                  orjson.dumps(conflict.clinic_resource), _dumps(conflict.server_resource),
+                  orjson.dumps([c.as_dict() for c in conflict.diff]), conflict.detail, conflict.clinic_hash, now)
+        with self._tx() as db:
+            return int(db.execute(self._q(UPSERT_CONFLICT), params).fetchone()[0])
+
+    def conflict(self, conflict_id: int) -> Conflict | None:
+        rows = self._rows(f"SELECT {_CONFLICT} FROM conflict WHERE id=?", (conflict_id,))  # noqa: S608
+        return _conflict(rows[0]) if rows else None
+
+    def conflicts(self, *, state: str | None = "open", target: str | None = None, limit: int = 100) -> list[Conflict]:
+        where, params = _filters(state=state, target=target)
+        rows = self._rows(f"SELECT {_CONFLICT} FROM conflict WHERE {where} "  # noqa: S608 (fixed columns)
+                          "ORDER BY id DESC LIMIT ?", (*params, limit))
+        return [_conflict(r) for r in rows]
+
+    def resolve_conflict(self, conflict_id: int, resolution: str, *, now: float, detail: str | None = None) -> bool:
+        if resolution not in RESOLUTIONS:
+            raise ValueError(f"resolution must be one of {RESOLUTIONS}, not {resolution!r}")
+        with self._tx() as db:
+            cur = db.execute(self._q("UPDATE conflict SET state='resolved', resolution=?, resolved_at=?, "
+                                     "detail=COALESCE(?, detail) WHERE id=? AND state='open'"),
+                             (resolution, now, detail, conflict_id))
+            return bool(cur.rowcount == 1)
+
+    def note_conflict(self, conflict_id: int, detail: str) -> bool:
+        with self._tx() as db:
+            cur = db.execute(self._q("UPDATE conflict SET detail=? WHERE id=? AND state='open'"), (detail, conflict_id))
+            return bool(cur.rowcount == 1)
+
+    def add_audit(self, entries: list[AuditEntry]) -> None:
+        if not entries:
+            return
+        with self._tx() as db:
+            db.cursor().executemany(self._q(
+                "INSERT INTO audit (at, target, resource_type, server_id, version, system, value, record_type, "
+                "record_id, outcome, txn, detail) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"),
+                [(e.at, e.target, e.resource_type, e.server_id, e.version, e.system, e.value, e.record_type,
+                  e.record_id, e.outcome, e.transaction, e.detail) for e in entries])
+
+    def audit(self, *, target: str | None = None, record: tuple[str, str] | None = None,
+              server_id: str | None = None, limit: int = 100) -> list[AuditEntry]:
+        where, params = _filters(target=target, record_type=record[0] if record else None,
+                                 record_id=record[1] if record else None, server_id=server_id)
+        rows = self._rows(f"SELECT {_AUDIT} FROM audit WHERE {where} "  # noqa: S608 (fixed columns)
+                          "ORDER BY seq DESC LIMIT ?", (*params, limit))
+        return [AuditEntry(at=r[1], target=r[2], resource_type=r[3], server_id=r[4], version=r[5], system=r[6],
+                           value=r[7], record_type=r[8], record_id=r[9], outcome=r[10], transaction=r[11],
+                           detail=r[12], seq=int(r[0])) for r in rows]
+
+
+def _filters(**columns: str | None) -> tuple[str, list[str]]:
+    """A WHERE condition (``?`` placeholders) for the columns given a value; None leaves one out."""
+    given = {c: v for c, v in columns.items() if v is not None}
+    return " AND ".join([f"{c}=?" for c in given] or ["1=1"]), list(given.values())
+
+
+def _dumps(value: Any) -> bytes | None:
+    return None if value is None else orjson.dumps(value)
+
+
+def _identity(r: Sequence[Any]) -> Identity:
+    return Identity(target=r[0], resource_type=r[1], system=r[2], value=r[3], server_id=r[4], version=r[5],
+                    owner=r[6], content_hash=r[7], record_type=r[8], record_id=r[9], updated_at=r[10],
+                    pending=orjson.loads(r[11]) if r[11] else None)
+
+
+def _conflict(r: Sequence[Any]) -> Conflict:
+    return Conflict(id=int(r[0]), target=r[1], resource_type=r[2], server_id=r[3], record_type=r[4], record_id=r[5],
+                    base_version=r[6], server_version=r[7], clinic_resource=orjson.loads(r[8]),
+                    server_resource=orjson.loads(r[9]) if r[9] else None,
+                    diff=[FieldChange(**c) for c in orjson.loads(r[10])], state=r[11], resolution=r[12],
+                    detected_at=r[13], resolved_at=r[14], detail=r[15], clinic_hash=r[16])
+
+
+__all__ = ["PRIMARY", "SqlOutbox", "SqlTargetState", "version_rank"]

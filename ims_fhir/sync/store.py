@@ -203,54 +203,6 @@ class Stats:
     latency: dict[str, tuple[list[int], int, float]]  # target -> (cumulative bucket counts, count, sum)
 
 
-class Outbox(Protocol):
-    """The storage interface of the sync service (see the module docstring)."""
-
-    def put(self, records: list[Incoming], targets: list[str], *, now: float) -> list[Stored]:
-        """Store records in one transaction; a changed record is queued again for every target."""
-
-    def claim(self, target: str, *, owner: str, limit: int, lease_seconds: float, now: float) -> list[Claimed]:
-        """Lease up to ``limit`` due deliveries of ``target``, the kinds others refer to first."""
-
-    def shared_entry(self, resource_id: str) -> bytes | None:
-        """The conditional-create entry of a Patient/Practitioner the outbox holds, by resource id."""
-
-    def release_abandoned(self, is_dead: Callable[[str], bool], *, now: float) -> int:
-        """Queue again the deliveries leased by owners ``is_dead`` says are gone (a worker on this
-        host that was killed), without waiting for their leases to expire; returns how many."""
-
-    def complete(self, target: str, results: list[Result], *, owner: str, now: float, max_attempts: int,
-                 backoff_base: float, backoff_cap: float, latency: float | None,
-                 dead_after: float = DEAD_AFTER) -> None:
-        """Record what happened to claimed deliveries (only those still leased by ``owner``); a
-        transient failure is ``dead`` after ``max_attempts`` attempts and ``dead_after`` seconds."""
-
-    def status(self, record_type: str, record_id: str) -> RecordStatus | None: ...
-
-    def history(self, record_type: str, record_id: str, *, limit: int = 100) -> list[Event]: ...
-
-    def retry(self, record_type: str, record_id: str, *, now: float, target: str | None = None) -> int:
-        """Queue a record's failed or dead deliveries again (attempts reset); returns how many."""
-
-    def retry_state(self, state: str, *, now: float, target: str | None = None) -> int:
-        """Queue every delivery in ``state`` (failed or dead) again; returns how many."""
-
-    def failures(self, *, limit: int = 20) -> list[Failure]: ...
-
-    def recent(self, *, limit: int = 20) -> list[Event]:
-        """The latest events over all records, newest first."""
-
-    def stats(self) -> Stats: ...
-
-    def pending(self, target: str | None = None) -> int:
-        """Deliveries not yet in a final state (queued or sending)."""
-
-    def ping(self) -> None:
-        """Raise if the storage cannot be reached."""
-
-    def close(self) -> None: ...
-
-
 # -- per-target state: identity map, conflicts, audit trail ---------------------------------------
 #
 # Terms (issue 9):
@@ -291,6 +243,9 @@ class Identity:
     record_type: str | None = None
     record_id: str | None = None
     updated_at: float | None = None
+    #: the latest updates sent whose answers never came (``[{"resource": ..., "hash": ...}]``): a
+    #: refused If-Match whose server version holds one of them is the adapter's own write, not an edit
+    pending: list[dict[str, Any]] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {"target": self.target, "resourceType": self.resource_type, "system": self.system,
@@ -363,14 +318,20 @@ class TargetState(Protocol):
     def identities(self, target: str, *, resource_type: str | None = None, owner: str | None = None,
                    limit: int = 1000) -> list[Identity]: ...
 
-    def put_identities(self, identities: list[Identity], *, now: float) -> None:
-        """Insert or replace, by (target, resource type, system, value)."""
+    def put_identities(self, identities: list[Identity], *, now: float, force: bool = False) -> None:
+        """Insert or replace, by (target, resource type, system, value); a version older than the
+        one held for the same server id is ignored, unless ``force`` (putting an identity back)."""
 
     def identity_by_server_id(self, target: str, resource_type: str, server_id: str) -> Identity | None: ...
 
     def set_content_hash(self, target: str, resource_type: str, system: str, value: str,
                          content_hash: str | None) -> None:
         """Set (or clear, with None) the content hash last written of one identity."""
+
+    def set_pending(self, target: str, writes: list[tuple[str, str, str, dict[str, Any]]]) -> None:
+        """Remember updates sent without an answer: ``(resource type, system, value, {"resource": the
+        resource as sent, "hash": its content hash})`` each, added to the identity's latest few;
+        :meth:`put_identities` clears them (an answer came)."""
 
     def forget_identities(self, target: str) -> int:
         """Drop a target's identity map (it is rebuilt by searching); returns how many."""
@@ -386,11 +347,68 @@ class TargetState(Protocol):
     def resolve_conflict(self, conflict_id: int, resolution: str, *, now: float, detail: str | None = None) -> bool:
         """Mark an open conflict resolved; False if it is not open."""
 
+    def note_conflict(self, conflict_id: int, detail: str) -> bool:
+        """Say why an open conflict is still open (a resolution that failed); False if it is not open."""
+
     def add_audit(self, entries: list[AuditEntry]) -> None: ...
 
     def audit(self, *, target: str | None = None, record: tuple[str, str] | None = None,
               server_id: str | None = None, limit: int = 100) -> list[AuditEntry]:
         """The newest audit entries first."""
+
+
+class Outbox(TargetState, Protocol):
+    """The storage interface of the sync service (see the module docstring), with the per-target
+    state of issue 9 (identity map, conflicts, audit trail) that its worker and API use."""
+
+    def put(self, records: list[Incoming], targets: list[str], *, now: float) -> list[Stored]:
+        """Store records in one transaction; a changed record is queued again for every target."""
+
+    def claim(self, target: str, *, owner: str, limit: int, lease_seconds: float, now: float) -> list[Claimed]:
+        """Lease up to ``limit`` due deliveries of ``target``, the kinds others refer to first."""
+
+    def shared_entry(self, resource_id: str) -> bytes | None:
+        """The conditional-create entry of a Patient/Practitioner the outbox holds, by resource id."""
+
+    def release_abandoned(self, is_dead: Callable[[str], bool], *, now: float) -> int:
+        """Queue again the deliveries leased by owners ``is_dead`` says are gone (a worker on this
+        host that was killed), without waiting for their leases to expire; returns how many."""
+
+    def complete(self, target: str, results: list[Result], *, owner: str, now: float, max_attempts: int,
+                 backoff_base: float, backoff_cap: float, latency: float | None,
+                 dead_after: float = DEAD_AFTER) -> None:
+        """Record what happened to claimed deliveries (only those still leased by ``owner``); a
+        transient failure is ``dead`` after ``max_attempts`` attempts and ``dead_after`` seconds."""
+
+    def status(self, record_type: str, record_id: str) -> RecordStatus | None: ...
+
+    def history(self, record_type: str, record_id: str, *, limit: int = 100) -> list[Event]: ...
+
+    def retry(self, record_type: str, record_id: str, *, now: float, target: str | None = None) -> int:
+        """Queue a record's failed or dead deliveries again (attempts reset); returns how many."""
+
+    def retry_state(self, state: str, *, now: float, target: str | None = None) -> int:
+        """Queue every delivery in ``state`` (failed or dead) again; returns how many."""
+
+    def failures(self, *, limit: int = 20) -> list[Failure]: ...
+
+    def recent(self, *, limit: int = 20) -> list[Event]:
+        """The latest events over all records, newest first."""
+
+    def stats(self) -> Stats: ...
+
+    def pending(self, target: str | None = None) -> int:
+        """Deliveries not yet in a final state (queued or sending)."""
+
+    def settle_conflict(self, target: str, record_type: str, record_id: str, *, state: str, detail: str,
+                        now: float) -> bool:
+        """After a conflict's resolution: its delivery leaves ``conflict`` for ``state`` (``synced`` or
+        ``queued``). False when the delivery is not in conflict."""
+
+    def ping(self) -> None:
+        """Raise if the storage cannot be reached."""
+
+    def close(self) -> None: ...
 
 
 __all__ = ["CONFLICT_STATES", "DEAD_AFTER", "KIND_RANK", "LATENCY_BUCKETS", "OWNERS", "RESOLUTIONS", "STATES", "AuditEntry",

@@ -42,7 +42,7 @@ import orjson
 
 from ..client import ClientConfig, FhirClient
 from ..client.keyed_pool import KeyedPool
-from ..delivery import BundleResult, Sender, operation_outcome, patient_keys, status_of
+from ..delivery import operation_outcome, patient_keys, status_of
 from ..errors import FhirError, UsageError
 from ..fhir.bundles import BundlePacker, group_from_bytes
 from ..identifiers import IdentifierScheme, RecordKey
@@ -133,7 +133,6 @@ class SyncWorker:
         self.owner = owner or new_owner()
         self._client_factory = client_factory or (lambda target: FhirClient(target.client))
         self._clients: dict[str, FhirClient] = {}
-        self._senders: dict[str, Sender] = {}
         self._syncs: dict[str, TargetSync] = {}
 
     def client(self, target: Target) -> FhirClient:
@@ -142,18 +141,10 @@ class SyncWorker:
             client = self._clients[target.name] = self._client_factory(target)
         return client
 
-    def sender(self, target: Target) -> Sender:
-        """The target's sender (one per target: the seam for per-target strategies and identity maps)."""
-        sender = self._senders.get(target.name)
-        if sender is None:
-            sender = self._senders[target.name] = Sender(self.client(target), scheme=self.scheme)
-        return sender
-
     def close(self) -> None:
         for client in self._clients.values():
             client.close()
         self._clients.clear()
-        self._senders.clear()
         self._syncs.clear()
 
     # -- one round ----------------------------------------------------------------------
@@ -203,20 +194,16 @@ class SyncWorker:
             latency: float | None = None
             if down is None:
                 try:
-                    outcome: BundleResult | Sent
+                    outcome: Sent
                     if index in ahead:  # sent already, concurrently with the others
                         done, latency = ahead[index]
                         if isinstance(done, FhirError):
                             raise done
                         outcome = done
                     else:
-                        sync = self.target_sync(target)
-                        outcome = sync.send(bundle) if sync is not None else self.sender(target).send(bundle)
+                        outcome = self.target_sync(target).send(bundle)
                         latency = time.monotonic() - started
-                    if isinstance(outcome, Sent):
-                        results = self._results_sync(keys, by_key, outcome)
-                    else:
-                        results = self._results(keys, by_key, outcome)
+                    results = self._results_sync(keys, by_key, outcome)
                 except FhirError as exc:  # the target, not a record: try again later
                     down = exc
                     log.warning("target %s: send failed (%s): %d records queued for a later attempt",
@@ -238,7 +225,7 @@ class SyncWorker:
                                  latency=None, dead_after=self.options.dead_after_seconds)
 
     def _deliver_concurrently(self, target: Target, bundles: list[dict[str, Any]]
-                              ) -> dict[int, tuple[BundleResult | Sent | FhirError, float]]:
+                              ) -> dict[int, tuple[Sent | FhirError, float]]:
         """Send ``bundles`` with up to ``concurrency`` in flight, a patient's in order (KeyedPool).
 
         Worker threads have their own clients sharing the target's throttle (one 429
@@ -250,25 +237,20 @@ class SyncWorker:
         shared = self.client(target)
         local = threading.local()
         made: list[FhirClient] = []
-        outcomes: dict[int, tuple[BundleResult | Sent | FhirError, float]] = {}
-        with_state = self.target_sync(target) is not None
+        outcomes: dict[int, tuple[Sent | FhirError, float]] = {}
         lock = threading.Lock()
 
         def job(index: int, bundle: dict[str, Any]) -> None:
-            mine: Callable[[dict[str, Any]], BundleResult | Sent] | None = getattr(local, "send", None)
+            mine: Callable[[dict[str, Any]], Sent] | None = getattr(local, "send", None)
             if mine is None:
                 worker = self._client_factory(target)
                 worker.transport.throttle = shared.transport.throttle
-                if with_state:
-                    mine = TargetSync(worker, self.outbox, target.name,  # type: ignore[arg-type]
-                                      clock=self.clock).send
-                else:
-                    mine = Sender(worker, scheme=self.scheme).send
+                mine = TargetSync(worker, self.outbox, target.name, clock=self.clock).send
                 local.send = mine
                 with lock:
                     made.append(worker)
             started = time.monotonic()
-            outcome: BundleResult | Sent | FhirError
+            outcome: Sent | FhirError
             try:
                 outcome = mine(bundle)
             except FhirError as exc:  # the target, not a record: recorded like a sequential failure
@@ -288,20 +270,19 @@ class SyncWorker:
                     client.close()
         return outcomes
 
-    def target_sync(self, target: Target) -> TargetSync | None:
-        """Identity map, ownership, If-Match, conflicts and Provenance for a target (issue 9), when
-        the outbox keeps the per-target state (:class:`~ims_fhir.sync.store.TargetState`)."""
-        if not all(hasattr(self.outbox, m) for m in ("identity", "open_conflict", "add_audit")):
-            return None
+    def target_sync(self, target: Target) -> TargetSync:
+        """Identity map, ownership, If-Match, conflicts and Provenance for a target (issue 9), kept
+        in the outbox (every storage keeps the per-target state, :class:`~ims_fhir.sync.store.TargetState`)."""
         sync = self._syncs.get(target.name)
         if sync is None:
-            sync = self._syncs[target.name] = TargetSync(self.client(target), self.outbox,  # type: ignore[arg-type]
-                                                         target.name, clock=self.clock)
+            sync = self._syncs[target.name] = TargetSync(self.client(target), self.outbox, target.name,
+                                                         clock=self.clock)
         return sync
 
     @staticmethod
     def _results_sync(keys: list[RecordKey], by_key: dict[RecordKey, Claimed], sent: Sent) -> list[Result]:
-        """As :meth:`_results`, with ``kept`` (server-owned, never written) and ``conflict``."""
+        """The ledger's result of each record: synced, kept (server-owned, never written), version_conflict
+        (a hospital edit, recorded), rejected, conflict (a clash, retried) or transient (send it again)."""
         unresolved = {k: u.reason for u in sent.unresolved for k in u.records}
         conflicts = {c.record: c for c in sent.conflicts if c.record is not None}
         resources: dict[RecordKey, list[dict[str, Any]]] = {}
@@ -328,36 +309,17 @@ class SyncWorker:
                 results.append(Result(key[0], key[1], "version_conflict", revision, status=409, error=error))
             elif key in refused:
                 err = refused[key]
-                results.append(Result(key[0], key[1], "rejected", revision, status=status_of(err), error=str(err),
+                status = status_of(err)
+                # 409/412 that is no hospital edit: a clash with a concurrent write (another worker,
+                # a re-send after a crash): worth another try, unlike a refusal of the content
+                kind = "conflict" if status in (409, 412) else "rejected"
+                results.append(Result(key[0], key[1], kind, revision, status=status, error=str(err),
                                       outcome=operation_outcome(err)))
             elif key in resources:
                 kept = all(r["outcome"] == KEPT for r in resources[key])
                 results.append(Result(key[0], key[1], "kept" if kept else "synced", revision,
                                       resources=resources[key]))
             else:
-                results.append(Result(key[0], key[1], "transient", revision,
-                                      error="not sent: its Bundle part failed for another record"))
-        return results
-
-    @staticmethod
-    def _results(keys: list[RecordKey], by_key: dict[RecordKey, Claimed], sent: BundleResult) -> list[Result]:
-        """The ledger's result of each record: synced, rejected, or transient (send it again)."""
-        results = []
-        for record in sent.record_results(keys):
-            key, revision = record.record, by_key[record.record].revision
-            if record.state == "accepted":
-                results.append(Result(key[0], key[1], "synced", revision, resources=[
-                    {"resourceType": e.resource_type, "id": e.resource_id, "version": e.version_id,
-                     "outcome": e.outcome} for e in record.entries]))
-            elif record.refusal is not None:
-                err = record.refusal.error
-                status = status_of(err)
-                # 409/412: a clash with a concurrent write (another sender, a re-send after a
-                # crash): worth another try, unlike a refusal of the content
-                kind = "conflict" if status in (409, 412) else "rejected"
-                results.append(Result(key[0], key[1], kind, revision, status=status, error=str(err),
-                                      outcome=operation_outcome(err)))
-            else:  # only in parts that failed for another record: send it again on its own
                 results.append(Result(key[0], key[1], "transient", revision,
                                       error="not sent: its Bundle part failed for another record"))
         return results

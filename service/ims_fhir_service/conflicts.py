@@ -22,7 +22,8 @@ from flask import Blueprint, Response, current_app, jsonify, request
 
 from ims_fhir.errors import FhirError, UsageError
 from ims_fhir.importing import reverse_resources
-from ims_fhir.sync import parse_body, take
+from ims_fhir.sync import parse_body
+from ims_fhir.sync import take as take_records
 from ims_fhir.sync.reconcile import RESOLUTION_HELP, resolve_conflict
 from ims_fhir.sync.store import Conflict, TargetState
 
@@ -38,10 +39,9 @@ def _state() -> ServiceState:
     return current_app.extensions["ims_fhir"]  # type: ignore[no-any-return]
 
 
-def target_state(st: ServiceState) -> TargetState | None:
-    """The outbox as per-target state, when its storage keeps it."""
-    outbox: Any = st.outbox
-    return outbox if all(hasattr(outbox, m) for m in ("conflicts", "audit", "open_conflict")) else None
+def target_state(st: ServiceState) -> TargetState:
+    """The per-target state (identity map, conflicts, audit trail): every outbox storage keeps it."""
+    return st.outbox
 
 
 def _iso(ts: float | None) -> str | None:
@@ -63,10 +63,11 @@ class ResolutionError(Exception):
 
 
 def resolve(st: ServiceState, conflict_id: int, resolution: str) -> dict[str, Any]:
-    """Carry out a resolution (see the module docstring); raises :class:`ResolutionError`."""
+    """Carry out a resolution (see the module docstring); raises :class:`ResolutionError`.
+
+    ``accept`` is one step: the conflict is resolved only once the server's version is stored as
+    the record's new revision; when that fails the conflict stays open with the reason."""
     ts = target_state(st)
-    if ts is None:
-        raise ResolutionError(404, "this storage keeps no conflicts")
     if resolution not in RESOLUTION_HELP:
         raise ResolutionError(422, f"resolution must be one of {', '.join(RESOLUTION_HELP)}")
     conflict = ts.conflict(conflict_id)
@@ -77,19 +78,14 @@ def resolve(st: ServiceState, conflict_id: int, resolution: str) -> dict[str, An
     target = st.config.target(conflict.target)
     if target is None:
         raise ResolutionError(422, f"conflict {conflict_id} is on {conflict.target!r}, no longer a configured target")
-    client = st.client_factory(target)
-    try:
-        done = resolve_conflict(client, ts, conflict_id, resolution, now=st.clock())
-    except UsageError as exc:
-        raise ResolutionError(409, str(exc)) from exc
-    except FhirError as exc:
-        raise ResolutionError(502, f"{target.name}: {exc}") from exc
-    finally:
-        client.close()
     record = (conflict.record_type, conflict.record_id)
-    answer: dict[str, Any] = {"conflict": conflict_id, "resolution": resolution, "server_version": done.version}
-    if resolution == "accept" and record[0] and record[1]:
-        result = reverse_resources(done.resources, system_base=st.config.source.system_base)
+    answer: dict[str, Any] = {"conflict": conflict_id, "resolution": resolution}
+
+    def take(resources: list[dict[str, Any]]) -> None:
+        """Import the server's version of the record back into the outbox as its new revision."""
+        if not (record[0] and record[1]):
+            return
+        result = reverse_resources(resources, system_base=st.config.source.system_base)
         data = [r.data for r in result.records if r.record_type == record[0] and r.data.get("id") == record[1]]
         if not data:
             raise ResolutionError(502, f"{record[0]} {record[1]}: the server's version could not be read back "
@@ -99,18 +95,34 @@ def resolve(st: ServiceState, conflict_id: int, resolution: str) -> dict[str, An
         body = orjson.dumps({"format": "ims-record/1", "source": st.config.source.model_dump(exclude_none=True),
                              lists[record[0]]: data})
         raw, _ = parse_body(body)
-        intake = take(raw, st.mapping)
+        intake = take_records(raw, st.mapping)
         if intake.rejected:
             problems = "; ".join(f"{p.path}: {p.message}" for r in intake.rejected for p in r.problems)
-            raise ResolutionError(502, f"{record[0]} {record[1]}: the server's version is not a valid record: {problems}")
+            raise ResolutionError(502, f"{record[0]} {record[1]}: the server's version is not a valid record: "
+                                       f"{problems}")
         stored = st.outbox.put(intake.accepted, [t.name for t in st.config.targets], now=st.clock())
         answer["record"] = data[0]
         answer["revision"] = stored[0].revision if stored else None
-    elif record[0] and record[1]:
-        settle: Any = getattr(st.outbox, "settle_conflict", None)
-        if callable(settle):
-            settle(conflict.target, record[0], record[1], state="synced",
-                   detail=f"conflict {conflict_id} resolved: {resolution}", now=st.clock())
+
+    client = st.client_factory(target)
+    try:
+        done = resolve_conflict(client, ts, conflict_id, resolution, now=st.clock(), take=take)
+    except ResolutionError:
+        raise
+    except UsageError as exc:
+        raise ResolutionError(409, str(exc)) from exc
+    except FhirError as exc:
+        raise ResolutionError(502, f"{target.name}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 (an OperationOutcome, never a 500; the conflict stays open)
+        log.warning("conflict %d: %s failed (%s)", conflict_id, resolution, type(exc).__name__)
+        raise ResolutionError(502, f"conflict {conflict_id}: {resolution} failed ({type(exc).__name__}); "
+                                   "the conflict stays open") from exc
+    finally:
+        client.close()
+    answer["server_version"] = done.version
+    if resolution != "accept" and record[0] and record[1]:
+        st.outbox.settle_conflict(conflict.target, record[0], record[1], state="synced",
+                                  detail=f"conflict {conflict_id} resolved: {resolution}", now=st.clock())
     log.info("conflict %d (%s %s on %s) resolved: %s", conflict_id, record[0], record[1], conflict.target, resolution)
     return answer
 
@@ -122,7 +134,7 @@ def list_conflicts() -> Response:
     wanted = request.args.get("state", "open")
     if wanted not in ("open", "resolved", "all"):
         return error_response(422, "state must be open, resolved or all")
-    found = [] if ts is None else ts.conflicts(state=None if wanted == "all" else wanted,
+    found = ts.conflicts(state=None if wanted == "all" else wanted,
                                                target=request.args.get("target") or None, limit=500)
     return jsonify({"conflicts": [conflict_json(c) for c in found]})
 
@@ -131,7 +143,7 @@ def list_conflicts() -> Response:
 @require("read", session_ok=True)
 def get_conflict(conflict_id: int) -> Response:
     ts = target_state(_state())
-    conflict = ts.conflict(conflict_id) if ts is not None else None
+    conflict = ts.conflict(conflict_id)
     if conflict is None:
         return error_response(404, f"no conflict {conflict_id}")
     return jsonify(conflict_json(conflict))
@@ -162,7 +174,7 @@ def audit() -> Response:
         limit = min(max(int(request.args.get("limit", "100")), 1), 1000)
     except ValueError:
         return error_response(422, "limit must be a number")
-    entries = [] if ts is None else ts.audit(target=request.args.get("target") or None,
+    entries = ts.audit(target=request.args.get("target") or None,
                                              record=(rtype, rid) if rtype and rid else None, limit=limit)
     out = []
     for e in entries:

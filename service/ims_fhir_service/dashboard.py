@@ -101,7 +101,7 @@ def index() -> str:
     ts = target_state(st)
     return render_template("dashboard.html", counts=counts, dead=dead, failures=st.outbox.failures(limit=25),
                            recent=st.outbox.recent(limit=15), source=st.config.source, principal=g.principal,
-                           record_types=v.RECORD_TYPES, conflicts=ts.conflicts(limit=50) if ts else [],
+                           record_types=v.RECORD_TYPES, conflicts=ts.conflicts(limit=50),
                            resolutions=RESOLUTION_HELP)
 
 
@@ -178,5 +178,5 @@ def audit() -> str:
     ts = target_state(st)
     rtype, rid = request.args.get("record_type") or None, request.args.get("record_id") or None
     entries = ts.audit(target=request.args.get("target") or None,
-                       record=(rtype, rid) if rtype and rid else None, limit=500) if ts else []
+                       record=(rtype, rid) if rtype and rid else None, limit=500)
     return render_template("audit.html", entries=entries, principal=g.principal)

@@ -29,7 +29,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -45,6 +44,7 @@ import orjson
 import requests
 
 from ims_fhir.dev.synthetic import generate
+from tests.service.live import free_port, toml
 
 from .faultproxy import LOOPBACK, Fault, FaultProxy
 
@@ -92,25 +92,6 @@ class ChaosResult:
                 f"lost {self.records_lost}",
                 f"ledger: {self.ledger}",
                 f"time: {self.fault_seconds:.0f} s of faults, {self.drain_seconds:.0f} s to drain"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return int(s.getsockname()[1])
-
-
-def _toml(data: dict[str, Any]) -> str:
-    def value(v: Any) -> str:
-        return ("true" if v else "false") if isinstance(v, bool) else orjson.dumps(v).decode()
-
-    lines = []
-    for key, section in data.items():
-        for table in section if isinstance(section, list) else [section]:
-            lines.append(f"[[{key}]]" if isinstance(section, list) else f"[{key}]")
-            lines += [f"{k} = {value(v)}" for k, v in table.items()]
-            lines.append("")
-    return "\n".join(lines)
 
 
 class _Process:
@@ -226,7 +207,7 @@ def run_chaos(hapi_base: str, workdir: Path, *, faults: int = 1000, patients: in
 
     proxy = FaultProxy(hapi_base, lifetime=max_seconds + drain_seconds + 120, max_requests=10**7, max_delay=30.0)
     proxy.start()
-    port = _free_port()
+    port = free_port()
     url = f"http://{LOOPBACK}:{port}"
     db_path = workdir / "outbox.sqlite"
     from ims_fhir_service.auth import hash_token
@@ -242,7 +223,7 @@ def run_chaos(hapi_base: str, workdir: Path, *, faults: int = 1000, patients: in
         "tokens": [{"name": "chaos", "sha256": hash_token(TOKEN), "scope": "read-write"}],
     }
     config = workdir / "service.toml"
-    config.write_text(_toml(settings), encoding="utf-8")
+    config.write_text(toml(settings), encoding="utf-8")
 
     def healthy() -> bool:
         try:

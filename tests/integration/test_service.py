@@ -68,6 +68,16 @@ def make_app(tmp_path: Path, base_url: str, **sections: Any) -> Flask:
     return app
 
 
+def one_round(app: Flask) -> bool:
+    """One worker round in this thread (True when it sent something)."""
+    st = app.extensions["ims_fhir"]
+    worker = SyncWorker(st.outbox, list(st.config.targets), st.organization, st.config.worker)
+    try:
+        return worker.run_once()
+    finally:
+        worker.close()
+
+
 def drain(app: Flask, *, timeout: float = 240.0) -> SyncWorker:
     """Run worker rounds in this thread until nothing is queued or sending."""
     st = app.extensions["ims_fhir"]

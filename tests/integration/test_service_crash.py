@@ -16,13 +16,10 @@ The logs of every run name no patient.
 
 from __future__ import annotations
 
-import os
 import re
 import signal
-import socket
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -35,62 +32,13 @@ from ims_fhir.dev.hapi import DevServer
 from ims_fhir.dev.synthetic import generate
 from tests.conftest import SOURCE
 from tests.service.conftest import RW_TOKEN, service_settings
+from tests.service.live import free_port, start, stop, toml, wait_healthy
 from tests.service.support import artifacts, leaks, personal_data
 
 from .test_push import counts, search
 from .test_service import expected_counts
 
 PATIENTS = 40
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _toml(data: dict[str, Any]) -> str:
-    """Just enough TOML for the service's configuration (tables, arrays of tables, scalars)."""
-    def value(v: Any) -> str:
-        return ("true" if v else "false") if isinstance(v, bool) else orjson.dumps(v).decode()
-
-    lines = []
-    for key, section in data.items():
-        for table in section if isinstance(section, list) else [section]:
-            lines.append(f"[[{key}]]" if isinstance(section, list) else f"[{key}]")
-            lines += [f"{k} = {value(v)}" for k, v in table.items()]
-            lines.append("")
-    return "\n".join(lines)
-
-
-def _start(config: Path, log: Path, command: str = "serve") -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IMS_FHIR_")}
-    with log.open("ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "ims_fhir", command, "--config", str(config)],
-                                stdout=out, stderr=subprocess.STDOUT, env=env)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
-
-
-def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "ims-fhir serve exited"
-        try:
-            if requests.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("ims-fhir serve did not come up")
 
 
 def _query(url: str, sql: str) -> list[tuple[Any, ...]]:
@@ -115,20 +63,20 @@ def test_kill_9_while_sending_loses_nothing_and_duplicates_nothing(
     export.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
     expected = expected_counts(run_cli, tmp_path, export)
 
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     settings = service_settings(tmp_path, base_url=clean_fhir_server.base_url, storage_url=storage_url,
                                 server={"port": port, "threads": 2, "max_body_bytes": 4 * 1024 * 1024},
                                 worker={"batch_records": 10, "bundle_size": 200, "lease_seconds": 120})
     settings["targets"][0].update(timeout=60, retry_budget=30)
     config = tmp_path / "service.toml"
-    config.write_text(_toml(settings), encoding="utf-8")
+    config.write_text(toml(settings), encoding="utf-8")
     log = artifacts() / "test_service_crash.log"
     log.write_bytes(b"")
 
-    proc = _start(config, log)
+    proc = start(config, log)
     try:
-        _wait_healthy(url, proc)
+        wait_healthy(url, proc)
         auth = {"Authorization": f"Bearer {RW_TOKEN}", "Content-Type": "application/x-ndjson"}
         for i in range(0, len(records), 100):
             body = b"".join(orjson.dumps(r) + b"\n" for r in records[i:i + 100])
@@ -151,9 +99,9 @@ def test_kill_9_while_sending_loses_nothing_and_duplicates_nothing(
     at_kill = _states(storage_url)
     assert at_kill.get("sending", 0) > 0 and at_kill.get("queued", 0) > 0, at_kill
 
-    proc = _start(config, log)
+    proc = start(config, log)
     try:
-        _wait_healthy(url, proc)
+        wait_healthy(url, proc)
         deadline = time.monotonic() + 300
         while _states(storage_url) != {"synced": len(records)}:
             assert time.monotonic() < deadline, f"not drained after the restart: {_states(storage_url)}"
@@ -199,7 +147,7 @@ def test_three_workers_on_postgresql_kill_9_of_a_worker_and_of_serve_keep_every_
     treatments = [r for r in records if r["record_type"] == "treatment"]
     edited = treatments[::max(1, len(treatments) // EDITED)][:EDITED]
 
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     settings = service_settings(tmp_path, base_url=base, storage_url=postgres_url,
                                 server={"port": port, "threads": 2, "max_body_bytes": 4 * 1024 * 1024},
@@ -207,15 +155,15 @@ def test_three_workers_on_postgresql_kill_9_of_a_worker_and_of_serve_keep_every_
                                         "lease_seconds": 70, "poll_seconds": 0.1})
     settings["targets"][0].update(timeout=60, retry_budget=5)
     config = tmp_path / "service.toml"
-    config.write_text(_toml(settings), encoding="utf-8")
+    config.write_text(toml(settings), encoding="utf-8")
     log = artifacts() / "test_service_crash_workers.log"
     log.write_bytes(b"")
 
-    serve = _start(config, log)
-    workers = [_start(config, log, "worker") for _ in range(3)]
+    serve = start(config, log)
+    workers = [start(config, log, "worker") for _ in range(3)]
     procs = [serve, *workers]
     try:
-        _wait_healthy(url, serve)
+        wait_healthy(url, serve)
         half = len(records) // 2
         for i in range(0, half, 50):
             batch = b"".join(orjson.dumps(r) + b"\n" for r in records[i:min(i + 50, half)])
@@ -243,9 +191,9 @@ def test_three_workers_on_postgresql_kill_9_of_a_worker_and_of_serve_keep_every_
         serve.send_signal(signal.SIGKILL)
         serve.wait(timeout=30)
         poster.join(timeout=60)
-        serve = _start(config, log)
+        serve = start(config, log)
         procs.append(serve)
-        _wait_healthy(url, serve)
+        wait_healthy(url, serve)
         again = _post(url, rest)
         assert again.status_code == 202, again.text
 
@@ -262,7 +210,7 @@ def test_three_workers_on_postgresql_kill_9_of_a_worker_and_of_serve_keep_every_
             time.sleep(0.5)
     finally:
         for proc in procs:
-            _stop(proc)
+            stop(proc)
 
     assert counts(base) == expected  # every record once
     system = SOURCE["system_base"]

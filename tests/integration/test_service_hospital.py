@@ -4,9 +4,15 @@
   records a conflict (state ``conflict``, diff via ``GET /conflicts``), the server keeps its
   version; a person sees it on the dashboard in headless Chromium and resolves it (resend);
   the other two resolutions go through the API and do what they say; the audit trail lists it.
+  An ``accept`` whose import of the server's version fails leaves the conflict open with the
+  reason (an OperationOutcome, never a 500) and the identity map as it was.
 - ``ims-fhir serve`` as a subprocess: a hospital Patient known by health number is ``kept``
   (never written), and the identity map, ownership and an open conflict survive a restart
   and a ``kill -9``.
+- An update whose answer was lost (the fault proxy resets the connection after HAPI wrote it),
+  then the record edited again at the clinic: no false conflict, the new edit is written.
+
+Each runs on both outbox storages (``storage_url``: SQLite, PostgreSQL).
 """
 
 from __future__ import annotations
@@ -24,10 +30,12 @@ import requests
 from ims_fhir.dev.hapi import DevServer
 from tests.conftest import SOURCE
 from tests.service.conftest import RW_TOKEN, rw, service_settings
+from tests.service.live import free_port, start, toml, wait_healthy
 from tests.service.support import artifacts
 
-from .test_service import example_lines, make_app, ndjson
-from .test_service_crash import _free_port, _start, _states, _toml, _wait_healthy
+from .faultproxy import Fault, FaultProxy
+from .test_service import drain, example_lines, make_app, ndjson, one_round
+from .test_service_crash import _states
 from .test_service_dashboard import Served, _wait, browser  # noqa: F401 (the browser fixture)
 
 HEADERS = {"Accept": "application/fhir+json", "Content-Type": "application/fhir+json"}
@@ -49,11 +57,11 @@ def _procedure(base: str, treatment_id: str) -> dict[str, Any]:
     return dict(entry["resource"])
 
 
-def _edit_at_hospital(base: str, treatment_id: str, note: str) -> dict[str, Any]:
+def _edit_at_hospital(base: str, treatment_id: str, note: str, **changes: Any) -> dict[str, Any]:
     procedure = _procedure(base, treatment_id)
     with _fhir() as s:
-        reply = s.put(f"{base}/Procedure/{procedure['id']}", data=orjson.dumps({**procedure, "note": [{"text": note}]}),
-                      timeout=60)
+        reply = s.put(f"{base}/Procedure/{procedure['id']}",
+                      data=orjson.dumps({**procedure, "note": [{"text": note}], **changes}), timeout=60)
     assert reply.status_code == 200, reply.text
     return dict(reply.json())
 
@@ -72,29 +80,49 @@ def _treatments(lines: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
 
 
 def test_conflict_on_the_dashboard_and_the_three_resolutions(browser: Any, clean_fhir_server: DevServer,  # noqa: F811
-                                                             tmp_path: Path) -> None:
+                                                             tmp_path: Path, storage_url: str) -> None:
     base = clean_fhir_server.base_url
     lines = example_lines()
-    app = make_app(tmp_path, base, targets=_targets(base), worker=SLOW_WORKER)
+    app = make_app(tmp_path, base, targets=_targets(base), worker=SLOW_WORKER, storage_url=storage_url)
     client = app.test_client()
     outbox = app.extensions["ims_fhir"].outbox
     shots = artifacts()
     with Served(app) as served:
         assert client.post("/records", data=ndjson(lines), headers=rw()).status_code == 202
         _wait(lambda: outbox.pending() == 0, "the first sync")
-        three = _treatments(lines, 3)
+        *three, renamed = _treatments(lines, 4)
         for i, t in enumerate(three):
             _edit_at_hospital(base, t["id"], f"Hospital note {i}")
-        edited = [{**copy.deepcopy(t), "notes": f"Clinic note {i}"} for i, t in enumerate(three)]
+        # the fourth is given another identifier at the hospital: its record cannot be read back
+        hospital_id = _procedure(base, renamed["id"])["identifier"]
+        _edit_at_hospital(base, renamed["id"], "Hospital note 3",
+                          identifier=[{**hospital_id[0], "value": "HOSP-" + renamed["id"]}, *hospital_id[1:]])
+        edited = [{**copy.deepcopy(t), "notes": f"Clinic note {i}"} for i, t in enumerate([*three, renamed])]
         assert client.post("/records", data=ndjson(edited), headers=rw()).status_code == 202
         _wait(lambda: outbox.pending() == 0, "the edits")
-        for t in three:
+        for t in [*three, renamed]:
             (delivery,) = outbox.status("treatment", t["id"]).deliveries
             assert delivery.state == "conflict", delivery
+        for t in three:
             assert _procedure(base, t["id"])["meta"]["versionId"] == "2"  # the hospital's version stays
         listed = client.get("/conflicts", headers=rw()).json["conflicts"]
         by_record = {c["record_id"]: c for c in listed}
-        assert set(by_record) == {t["id"] for t in three}
+        assert set(by_record) == {t["id"] for t in [*three, renamed]}
+
+        # accept where the server's version cannot be imported: one step, so nothing is resolved
+        failed = client.post(f"/conflicts/{by_record[renamed['id']]['id']}/resolve", json={"resolution": "accept"},
+                             headers=rw())
+        assert failed.status_code == 502 and failed.json["resourceType"] == "OperationOutcome", failed.json
+        assert "could not be read back" in failed.json["issue"][0]["diagnostics"]
+        still = client.get(f"/conflicts/{by_record[renamed['id']]['id']}", headers=rw()).json
+        assert still["state"] == "open" and "accept failed" in still["detail"] and "could not be read back" in still["detail"]
+        assert outbox.status("treatment", renamed["id"]).deliveries[0].state == "conflict"
+        assert outbox.status("treatment", renamed["id"]).revision == 2  # nothing imported
+        (procedure_identity,) = [i for i in outbox.identities("hospital", resource_type="Procedure")
+                                 if i.record_id == renamed["id"]]
+        assert procedure_identity.version == "1"  # the base of the next If-Match stays the clinic's write
+        assert client.post(f"/conflicts/{by_record[renamed['id']]['id']}/resolve", json={"resolution": "dismiss"},
+                           headers=rw()).status_code == 200
         first = by_record[three[0]["id"]]
         assert {"path": "note[0].text", "clinic": "Clinic note 0", "server": "Hospital note 0"} in first["diff"]
         assert (first["base_version"], first["server_version"]) == ("1", "2")
@@ -142,7 +170,7 @@ def test_conflict_on_the_dashboard_and_the_three_resolutions(browser: Any, clean
                             headers=rw())
         assert again.status_code == 409  # resolved once
         assert client.get("/conflicts", headers=rw()).json["conflicts"] == []
-        assert len(client.get("/conflicts?state=resolved", headers=rw()).json["conflicts"]) == 3
+        assert len(client.get("/conflicts?state=resolved", headers=rw()).json["conflicts"]) == 4
 
         audit = client.get(f"/audit?record_type=treatment&record_id={three[0]['id']}", headers=rw()).json["audit"]
         outcomes = [a["outcome"] for a in audit]
@@ -153,7 +181,7 @@ def test_conflict_on_the_dashboard_and_the_three_resolutions(browser: Any, clean
 
 
 def test_serve_keeps_identity_ownership_and_conflicts_across_restart_and_kill_9(
-        clean_fhir_server: DevServer, tmp_path: Path) -> None:
+        clean_fhir_server: DevServer, tmp_path: Path, storage_url: str) -> None:
     base = clean_fhir_server.base_url
     lines = example_lines()
     patient = next(r for r in lines if r["record_type"] == "patient" and r.get("identifiers"))
@@ -164,14 +192,13 @@ def test_serve_keeps_identity_ownership_and_conflicts_across_restart_and_kill_9(
     assert created.status_code == 201
     hospital_id = created.headers["Location"].split("/Patient/")[1].split("/")[0]
 
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     settings = service_settings(tmp_path, base_url=base, server={"port": port, "threads": 2,
                                                                  "max_body_bytes": 4 * 1024 * 1024},
-                                targets=_targets(base), worker=SLOW_WORKER)
-    storage_url = settings["storage"]["url"]
+                                targets=_targets(base), worker=SLOW_WORKER, storage_url=storage_url)
     config = tmp_path / "service.toml"
-    config.write_text(_toml(settings), encoding="utf-8")
+    config.write_text(toml(settings), encoding="utf-8")
     log = artifacts() / "test_service_hospital.log"
     log.write_bytes(b"")
     auth = {"Authorization": f"Bearer {RW_TOKEN}"}
@@ -191,15 +218,15 @@ def test_serve_keeps_identity_ownership_and_conflicts_across_restart_and_kill_9(
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
 
-    proc = _start(config, log)
+    proc = start(config, log)
     try:
-        _wait_healthy(url, proc)
+        wait_healthy(url, proc)
         post(lines)
         settled({"synced": len(lines) - 1, "kept": 1})
         kill_9(proc)
 
-        proc = _start(config, log)
-        _wait_healthy(url, proc)
+        proc = start(config, log)
+        wait_healthy(url, proc)
         treatment = {**copy.deepcopy(next(r for r in lines if r["record_type"] == "treatment"
                                           and r["patient_id"] == patient["id"])), "notes": "Edited after restart"}
         post([{**patient, "phone": "+1-604-555-0199"}, treatment])
@@ -215,8 +242,8 @@ def test_serve_keeps_identity_ownership_and_conflicts_across_restart_and_kill_9(
         post([{**treatment, "notes": "Clinic edit"}])
         settled({"synced": len(lines) - 2, "kept": 1, "conflict": 1})
         kill_9(proc)
-        proc = _start(config, log)
-        _wait_healthy(url, proc)
+        proc = start(config, log)
+        wait_healthy(url, proc)
         (conflict,) = requests.get(f"{url}/conflicts", headers=auth, timeout=30).json()["conflicts"]
         assert conflict["record_id"] == treatment["id"] and conflict["server_version"] == "3"
         assert _procedure(base, treatment["id"])["note"] == [{"text": "Hospital edit"}]
@@ -232,3 +259,46 @@ def test_serve_keeps_identity_ownership_and_conflicts_across_restart_and_kill_9(
                 proc.wait(timeout=30)
     text = log.read_text(encoding="utf-8", errors="replace")
     assert "Traceback" not in text and RW_TOKEN not in text
+
+
+def test_an_edit_after_a_lost_answer_is_no_conflict(clean_fhir_server: DevServer, tmp_path: Path,
+                                                    storage_url: str) -> None:
+    base = clean_fhir_server.base_url
+    lines = example_lines()
+    with FaultProxy(base, lifetime=300) as proxy:
+        # one attempt per send: a reset is the target's failure, the record waits for a later round
+        target = {"name": "hospital", "base_url": proxy.base_url, "timeout": 20, "retry_budget": 5,
+                  "max_attempts": 1}
+        app = make_app(tmp_path, proxy.base_url, storage_url=storage_url, targets=[target],
+                       worker={"backoff_base": 0.2, "backoff_cap": 0.5})
+        client = app.test_client()
+        outbox = app.extensions["ims_fhir"].outbox
+        assert client.post("/records", data=ndjson(lines), headers=rw()).status_code == 202
+        drain(app)
+        (treatment,) = _treatments(lines, 1)
+        first = _procedure(base, treatment["id"])
+        assert first["meta"]["versionId"] == "1"
+
+        # the edit reaches HAPI, its answer does not
+        proxy.inject(Fault.reset(forward="before"), when=proxy.is_transaction, times=1)
+        assert client.post("/records", data=ndjson([{**treatment, "notes": "Lost answer"}]),
+                           headers=rw()).status_code == 202
+        one_round(app)
+        assert proxy.pending() == 0 and "reset" in [e.action for e in proxy.log]
+        landed = _procedure(base, treatment["id"])
+        assert landed["meta"]["versionId"] == "2" and landed["note"] == [{"text": "Lost answer"}]
+        assert outbox.status("treatment", treatment["id"]).deliveries[0].state == "queued"
+
+        # edited again before the retry: sent with If-Match on version 1, refused; the server's
+        # version 2 is the adapter's own write, so the edit is written on top of it
+        assert client.post("/records", data=ndjson([{**treatment, "notes": "Edited again"}]),
+                           headers=rw()).status_code == 202
+        drain(app)
+    assert client.get("/conflicts?state=all", headers=rw()).json["conflicts"] == []
+    status = outbox.status("treatment", treatment["id"])
+    assert (status.revision, status.deliveries[0].state) == (3, "synced"), status
+    final = _procedure(base, treatment["id"])
+    assert final["meta"]["versionId"] == "3" and final["note"] == [{"text": "Edited again"}]
+    outcomes = [a["outcome"] for a in client.get(f"/audit?record_type=treatment&record_id={treatment['id']}",
+                                                 headers=rw()).json["audit"]]
+    assert "conflict" not in outcomes

@@ -30,6 +30,7 @@ from tests.conftest import EXAMPLES
 from tests.service.conftest import rw, service_settings
 
 from .conftest import SmartSetup
+from .test_service import one_round
 
 CLINIC = EXAMPLES / "clinic.json"
 #: A JWT (header.payload.signature, base64url, header starting '{"'): assertions and Keycloak's tokens.
@@ -206,14 +207,7 @@ def test_revoked_client_fails_the_cli_and_the_service_target(
         treatment = next(r for r in lines[:13] if r["record_type"] == "treatment")
         edited = treatment | {"notes": "edited while the hospital had revoked the clinic"}
         assert client.post("/records", data=orjson.dumps(edited), headers=rw()).status_code == 202
-        st = app.extensions["ims_fhir"]
-        from ims_fhir.sync import SyncWorker
-
-        worker = SyncWorker(st.outbox, list(st.config.targets), st.organization, st.config.worker)
-        try:
-            worker.run_once()
-        finally:
-            worker.close()
+        one_round(app)
         status = client.get(f"/records/{edited['record_type']}/{edited['id']}", headers=rw()).json
         (target,) = status["targets"]
         assert target["state"] in ("queued", "failed", "dead"), target

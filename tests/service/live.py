@@ -1,5 +1,9 @@
 """A real ``ims-fhir serve`` in a subprocess for tests that need waitress itself (loopback only).
 
+The helpers to start one (:func:`free_port`, :func:`toml`, :func:`start`, :func:`wait_healthy`,
+:func:`stop`) are the ones every test and benchmark that runs ``ims-fhir serve`` or ``worker``
+as a process uses (the crash and chaos tests, ``benchmarks/service.py``).
+
 :func:`running_service` writes the TOML configuration, starts the service with the worker
 off (no FHIR server is contacted), waits for ``/health`` and stops it (SIGTERM, then
 SIGKILL) afterwards; the service's log is kept in ``test-artifacts/``.
@@ -20,6 +24,8 @@ from typing import Any
 
 import orjson
 import requests
+
+from ims_fhir.dev.process import stop as stop_process
 
 from .conftest import service_settings
 from .support import artifacts
@@ -55,11 +61,14 @@ class Live:
     storage: Path
 
 
-def start(config: Path, log: Path, *, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def start(config: Path, log: Path, command: str = "serve", *,
+          extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """``ims-fhir serve`` (or ``worker``) with ``config``, its output appended to ``log``; the
+    environment's ``IMS_FHIR_*`` settings left out, so that only the file configures it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("IMS_FHIR_")}
     env.update(extra_env or {})
     with log.open("ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "ims_fhir", "serve", "--config", str(config)],
+        return subprocess.Popen([sys.executable, "-m", "ims_fhir", command, "--config", str(config)],
                                 stdout=out, stderr=subprocess.STDOUT, env=env)
 
 
@@ -77,14 +86,9 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -
     raise AssertionError("ims-fhir serve did not come up")
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
+def stop(proc: subprocess.Popen[bytes], grace: float = 30.0) -> None:
+    """SIGTERM, then SIGKILL after ``grace`` seconds."""
+    stop_process(proc, grace)
 
 
 @contextmanager

@@ -1,26 +1,49 @@
-"""The per-target state (identity map, conflicts, audit trail) on both SQLite homes:
-the sync service's outbox file and the push command's state file."""
+"""The per-target state (identity map, conflicts, audit trail) in each of its homes: the sync
+service's outbox (SQLite file and PostgreSQL) and the push command's state file."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from ims_fhir.sync import open_outbox
 from ims_fhir.sync.push_state import PushState, default_state_path
-from ims_fhir.sync.sqlite import SQLiteOutbox
+from ims_fhir.sync.sqlite import TARGET_STATE_SCHEMA, SQLiteOutbox
 from ims_fhir.sync.store import AuditEntry, Conflict, FieldChange, Identity, TargetState
 
 SYS = "https://clinic.example.org/ims/patient"
 
 
-@pytest.fixture(params=["outbox", "push-state"])
+@pytest.fixture(params=["outbox", "postgresql", "push-state"])
 def state(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TargetState]:
-    store: SQLiteOutbox | PushState
-    store = SQLiteOutbox(tmp_path / "outbox.db") if request.param == "outbox" else PushState(tmp_path / "s.sqlite")
+    store: Any
+    if request.param == "outbox":
+        store = SQLiteOutbox(tmp_path / "outbox.db")
+    elif request.param == "postgresql":
+        store = open_outbox(str(request.getfixturevalue("postgres_url")))
+    else:
+        store = PushState(tmp_path / "s.sqlite")
     yield store
     store.close()
+
+
+@pytest.fixture
+def shared(storage_url: str) -> Iterator[Callable[[], TargetState]]:
+    """Outboxes on one storage (SQLite file, PostgreSQL database), one per worker."""
+    opened: list[Any] = []
+
+    def one() -> TargetState:
+        opened.append(open_outbox(storage_url))
+        return opened[-1]  # type: ignore[no-any-return]
+
+    yield one
+    for box in opened:
+        box.close()
 
 
 def _identity(value: str, **kw: object) -> Identity:
@@ -117,3 +140,79 @@ def test_default_state_path_follows_xdg(tmp_path: Path) -> None:
     # a relative XDG_STATE_HOME is invalid per the XDG spec and ignored
     relative = default_state_path({"XDG_STATE_HOME": "rel", "HOME": "/h"})
     assert relative == Path("/h/.local/state/ims-fhir/push-state.sqlite")
+
+
+def test_a_version_never_goes_back_and_an_in_flight_write_is_kept_until_answered(state: TargetState) -> None:
+    state.put_identities([_identity("P1", version="3", content_hash="h3")], now=1.0)
+    # a worker that read version 2 before another one wrote version 3 puts it late: no lost update
+    state.put_identities([_identity("P1", version="2", content_hash="h2")], now=2.0)
+    got = state.identity("hospital", "Patient", SYS, "P1")
+    assert got is not None and (got.version, got.content_hash) == ("3", "h3")
+    state.put_identities([_identity("P1", version="10")], now=3.0)  # numbers, not text: 10 > 3
+    assert state.identity("hospital", "Patient", SYS, "P1").version == "10"  # type: ignore[union-attr]
+    # another server id (the resource was created again) or a version that is no number: taken as it is
+    state.put_identities([_identity("P1", server_id="new", version="1")], now=4.0)
+    assert state.identity("hospital", "Patient", SYS, "P1").version == "1"  # type: ignore[union-attr]
+    state.put_identities([_identity("P1", server_id="new", version="abc")], now=5.0)
+    assert state.identity("hospital", "Patient", SYS, "P1").version == "abc"  # type: ignore[union-attr]
+
+    sent = {"resource": {"resourceType": "Patient", "id": "new", "gender": "male"}, "hash": "h9"}
+    later = {"resource": {"resourceType": "Patient", "id": "new", "gender": "female"}, "hash": "h10"}
+    state.set_pending("hospital", [("Patient", SYS, "P1", sent)])
+    state.set_pending("hospital", [("Patient", SYS, "P1", later), ("Patient", SYS, "unknown", sent)])
+    state.set_pending("hospital", [("Patient", SYS, "P1", later)])  # the same write again: kept once
+    assert state.identity("hospital", "Patient", SYS, "P1").pending == [sent, later]  # type: ignore[union-attr]
+    assert state.identity("hospital", "Patient", SYS, "unknown") is None
+    state.put_identities([_identity("P1", server_id="new", version="2")], now=6.0)  # its answer came
+    assert state.identity("hospital", "Patient", SYS, "P1").pending is None  # type: ignore[union-attr]
+
+
+def test_an_open_conflict_keeps_the_reason_its_resolution_failed(state: TargetState) -> None:
+    cid = state.open_conflict(_conflict(), now=1.0)
+    assert state.note_conflict(cid, "accept failed: the server's version is not a valid record")
+    got = state.conflict(cid)
+    assert got is not None and got.state == "open" and got.detail is not None and "accept failed" in got.detail
+    assert state.resolve_conflict(cid, "dismiss", now=2.0)
+    assert not state.note_conflict(cid, "too late")
+
+
+def test_workers_meeting_the_same_conflict_and_identities_write_one_row_each(
+        shared: Callable[[], TargetState]) -> None:
+    boxes = [shared() for _ in range(4)]
+    ids: list[int] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(len(boxes))
+
+    def work(box: TargetState, n: int) -> None:
+        try:
+            start.wait(timeout=30)
+            for round_ in range(20):
+                ids.append(box.open_conflict(_conflict(server_version=str(round_)), now=float(round_)))
+                box.put_identities([_identity(f"P{k}", version=str(round_ * 4 + n)) for k in range(5)],
+                                   now=float(round_))
+        except BaseException as exc:  # noqa: BLE001 (reported by the main thread)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(box, n)) for n, box in enumerate(boxes)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    assert len(set(ids)) == 1 and len(boxes[0].conflicts()) == 1
+    # every identity ends at the highest version any worker wrote (19 * 4 + 3), none went back
+    assert {i.version for i in boxes[0].identities("hospital")} == {"79"}
+
+
+def test_a_push_state_file_of_an_earlier_version_is_brought_up_to_date(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as db:
+        db.executescript(TARGET_STATE_SCHEMA)
+        db.execute("INSERT INTO identity (target, resource_type, system, value, server_id, version, owner, "
+                   "updated_at) VALUES ('hospital', 'Patient', ?, 'P1', 'srv-P1', '4', 'clinic', 0)", (SYS,))
+    db.close()
+    with PushState(path) as state:
+        state.put_identities([_identity("P1", version="5")], now=1.0)
+        state.set_pending("hospital", [("Patient", SYS, "P1", {"resource": {}, "hash": "h"})])
+        got = state.identity("hospital", "Patient", SYS, "P1")
+        assert got is not None and got.version == "5" and got.pending == [{"resource": {}, "hash": "h"}]
