@@ -15,6 +15,7 @@ Terms:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import uuid
@@ -60,15 +61,20 @@ class MappingOptions:
     cpt: bool | None = None
 
 
-_NS_BYTES = ID_NAMESPACE.bytes
+_NS_SHA1 = hashlib.sha1(ID_NAMESPACE.bytes, usedforsecurity=False)
+_VERSION_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_VERSION_SET = (0x5000 << 64) | (0x8000 << 48)
 
 
+@functools.lru_cache(maxsize=4096)
 def resource_id(system: str, value: str) -> str:
-    """``str(uuid.uuid5(ID_NAMESPACE, f"{system}|{value}"))``, computed without building UUID objects."""
-    digest = bytearray(hashlib.sha1(_NS_BYTES + f"{system}|{value}".encode(), usedforsecurity=False).digest()[:16])
-    digest[6] = (digest[6] & 0x0F) | 0x50
-    digest[8] = (digest[8] & 0x3F) | 0x80
-    h = digest.hex()
+    """``str(uuid.uuid5(ID_NAMESPACE, f"{system}|{value}"))``, computed without building UUID objects.
+
+    Cached: a record names its patient, practitioner and assessment several times over.
+    """
+    sha = _NS_SHA1.copy()
+    sha.update(f"{system}|{value}".encode())
+    h = "%032x" % (int.from_bytes(sha.digest()[:16], "big") & _VERSION_CLEAR | _VERSION_SET)
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
