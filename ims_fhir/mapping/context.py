@@ -25,6 +25,7 @@ from typing import Any
 from ..identifiers import IdentifierScheme
 from ..records.models import Source
 from ..terminology import CodeableConcept, Terminology
+from .narrative import finish
 
 #: namespace of every resource id the project derives
 ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://ims-fhir.github.io/fhir/resource-id")
@@ -117,8 +118,6 @@ class MappingContext:
     # -- profiles ------------------------------------------------------------------------
     def finish(self, resource: Resource, profile: str) -> Resource:
         """Stamp ``meta.profile`` (profiles.toml key) and the generated narrative."""
-        from .narrative import finish
-
         url, title = self._profiles[profile]
         return finish(resource, url, title)
 

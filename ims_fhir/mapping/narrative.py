@@ -17,7 +17,7 @@ import re
 from html import escape
 from typing import Any
 
-from .context import Resource
+Resource = dict[str, Any]
 
 XHTML_NS = "http://www.w3.org/1999/xhtml"
 
@@ -140,7 +140,7 @@ def narrative(resource: Resource, title: str) -> dict[str, str]:
     for key, value in resource.items():
         row = rank.get(key)
         if row is None:
-            if not observed and _is_value_x(key):
+            if not observed and key[:5] == "value" and key[5:6].isupper():
                 observed = True
                 text = _value("value", value)
                 if text:
