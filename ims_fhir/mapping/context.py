@@ -63,8 +63,8 @@ class MappingOptions:
 
 
 _NS_SHA1 = hashlib.sha1(ID_NAMESPACE.bytes, usedforsecurity=False)
-_VERSION_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
-_VERSION_SET = (0x5000 << 64) | (0x8000 << 48)
+#: the UUID variant bits (10xx) put on the first hex digit of the clock sequence
+_VARIANT = {f"{n:x}": f"{(n & 0x3) | 0x8:x}" for n in range(16)}
 
 
 @functools.lru_cache(maxsize=4096)
@@ -75,8 +75,8 @@ def resource_id(system: str, value: str) -> str:
     """
     sha = _NS_SHA1.copy()
     sha.update(f"{system}|{value}".encode())
-    h = "%032x" % (int.from_bytes(sha.digest()[:16], "big") & _VERSION_CLEAR | _VERSION_SET)
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    h = sha.hexdigest()
+    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
 
 
 class MappingContext:
