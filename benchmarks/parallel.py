@@ -214,7 +214,7 @@ def main() -> int:
         timing = json.loads(out.strip().splitlines()[-1])
         ratio = timing["convert_s"] / seconds2
         rate = sn / timing["convert_s"]
-        rss = sorted(((name, kb // 1024) for name, kb, _ in peaks.values()), key=lambda x: (x[0], x[1]))
+        rss = sorted((name, kb // 1024) for name, kb, _ in peaks.values() if name.startswith(("java", "python")))
         print(f"spark local[2]: {sn:,} records converted in {timing['convert_s']:.1f} s ({rate:,.0f} records/s; "
               f"start-up {timing['startup_s']:.1f} s more) vs convert --jobs 2 {seconds2:.1f} s: {ratio:.2f}x the time "
               f"(target <= 2x); load {before} -> {_load()}")
