@@ -6,9 +6,9 @@
 1. Generates a seeded synthetic NDJSON export (about 1 assessment and 6 treatments per patient).
 2. Runs ``ims-fhir convert INPUT --jobs N`` for each N (best of ``--repeat`` runs, as other
    work on the machine slows single runs down) and prints records/s, the speed-up over
-   ``--jobs 1``, the CPU seconds of all its processes (a figure the machine's load does not
-   distort: --jobs N can only reach N x if it adds little CPU work), and the peak RSS of every
-   process of the run (the parent, the fork server and each worker: VmHWM from /proc,
+   ``--jobs 1``, the CPU seconds of all its processes and of each (a figure the machine's load
+   distorts less: --jobs N can only reach N x if it adds little CPU work), and the peak RSS of every
+   process of the run (the parent and each worker, and the fork server when there is one: VmHWM from /proc,
    sampled until each process ends).
 3. Runs ``ims_fhir.spark`` on ``local[2]`` (driver memory 1g) over ``--spark-records`` records
    and compares it with ``convert --jobs 2`` on the same input; Spark's start-up is
