@@ -6,13 +6,14 @@
 1. Generates a seeded synthetic NDJSON export (about 1 assessment and 6 treatments per patient).
 2. Runs ``ims-fhir convert INPUT --jobs N`` for each N (best of ``--repeat`` runs, as other
    work on the machine slows single runs down) and prints records/s, the speed-up over
-   ``--jobs 1``, the CPU seconds of all its processes (a figure the machine's load does not
-   distort: --jobs N can only reach N x if it adds little CPU work), and the peak RSS of every
-   process of the run (the parent, the fork server and each worker: VmHWM from /proc,
+   ``--jobs 1``, the CPU seconds of all its processes and of each (a figure the machine's load
+   distorts less: --jobs N can only reach N x if it adds little CPU work), and the peak RSS of every
+   process of the run (the parent and each worker, and the fork server when there is one: VmHWM from /proc,
    sampled until each process ends).
 3. Runs ``ims_fhir.spark`` on ``local[2]`` (driver memory 1g) over ``--spark-records`` records
    and compares it with ``convert --jobs 2`` on the same input; Spark's start-up is
-   reported apart from the conversion.
+   reported apart from the conversion, wall time and CPU seconds (the driver, its JVM and
+   the Python workers), beside the peak RSS of each of those processes.
 
 The machine's load average is printed before and after each run: on a shared machine
 compare figures taken under similar load.
@@ -37,6 +38,24 @@ SOURCE_ARGS = ["--clinic-id", "synthetic-0", "--system-base", "https://clinic.ex
 SPARK = r"""
 import json, os, sys, time
 os.environ["PYSPARK_PYTHON"] = sys.executable
+TICK = os.sysconf("SC_CLK_TCK")
+
+def cpu_tree():
+    # CPU seconds of this driver, its JVM and the JVM's Python workers (+ their waited-for children)
+    total, todo = 0.0, [os.getpid()]
+    while todo:
+        pid = todo.pop()
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                stat = fh.read().rsplit(")", 1)[1].split()
+            total += sum(int(x) for x in stat[11:15]) / TICK
+            for task in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{task}/children") as fh:
+                    todo.extend(int(c) for c in fh.read().split())
+        except OSError:
+            pass
+    return total
+
 t0 = time.perf_counter()
 from pyspark.sql import SparkSession
 from ims_fhir.spark import SparkOptions, convert_dataset
@@ -45,12 +64,14 @@ spark = (SparkSession.builder.master("local[2]").config("spark.driver.memory", "
          .config("spark.ui.showConsoleProgress", "false").getOrCreate())
 spark.sparkContext.setLogLevel("ERROR")
 started = time.perf_counter() - t0
+cpu0 = cpu_tree()
 t1 = time.perf_counter()
 result = convert_dataset(spark, SparkOptions("synthetic-0", "https://clinic.example.org/ims"), paths=[sys.argv[1]])
 result.write(sys.argv[2], mode="overwrite")
 converted = time.perf_counter() - t1
+cpu1 = cpu_tree()
 spark.stop()
-print(json.dumps({"startup_s": started, "convert_s": converted}))
+print(json.dumps({"startup_s": started, "convert_s": converted, "startup_cpu_s": cpu0, "convert_cpu_s": cpu1 - cpu0}))
 """
 
 
@@ -166,8 +187,10 @@ def main() -> int:
         base = base or rate
         rss = sorted(kb // 1024 for name, kb, _ in peaks.values() if name.startswith("python"))
         cpu = sum(c for name, _, c in peaks.values() if name.startswith("python"))
+        per_cpu = sorted(round(c, 1) for name, _, c in peaks.values() if name.startswith("python"))
         print(f"{'convert --jobs ' + str(jobs):<22}{seconds:>9.1f}{rate:>11,.0f}{rate / base:>9.2f}x{cpu:>8.1f}  "
               f"{', '.join(map(str, rss)):<30}{'; '.join(loads)}")
+        print(f"{'':<22}CPU s per process: {', '.join(map(str, per_cpu))}; records per CPU second: {n / cpu:,.0f}")
         runs[f"jobs_{jobs}"] = {"seconds": round(seconds, 2), "records_per_s": round(rate), "speedup": round(rate / base, 2),
                                 "cpu_seconds": round(cpu, 1), "peak_rss_mb_per_process": rss, "load": loads,
                                 "cpu_seconds_per_process": sorted(round(c, 1) for name, _, c in peaks.values()
@@ -191,10 +214,17 @@ def main() -> int:
         timing = json.loads(out.strip().splitlines()[-1])
         ratio = timing["convert_s"] / seconds2
         rate = sn / timing["convert_s"]
+        rss = sorted((name, kb // 1024) for name, kb, _ in peaks.values() if name.startswith(("java", "python")))
         print(f"spark local[2]: {sn:,} records converted in {timing['convert_s']:.1f} s ({rate:,.0f} records/s; "
               f"start-up {timing['startup_s']:.1f} s more) vs convert --jobs 2 {seconds2:.1f} s: {ratio:.2f}x the time "
               f"(target <= 2x); load {before} -> {_load()}")
+        print(f"spark CPU s: conversion {timing['convert_cpu_s']:.1f} ({sn / max(timing['convert_cpu_s'], 1e-9):,.0f} "
+              f"records per CPU second), start-up {timing['startup_cpu_s']:.1f}; peak RSS MB per process: "
+              f"{', '.join(f'{name} {mb}' for name, mb in rss)}")
         figures["spark"] = {"records": sn, "convert_s": round(timing["convert_s"], 2), "startup_s": round(timing["startup_s"], 2),
+                            "convert_cpu_s": round(timing["convert_cpu_s"], 1),
+                            "startup_cpu_s": round(timing["startup_cpu_s"], 1),
+                            "peak_rss_mb_per_process": [f"{name} {mb}" for name, mb in rss],
                             "convert_jobs2_s": round(seconds2, 2), "ratio": round(ratio, 2)}
     print(json.dumps(figures))
     if not args.keep:

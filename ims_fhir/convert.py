@@ -130,7 +130,7 @@ class FileSink:
         fh = self._files.get(rtype)
         if fh is None:
             fh = self._files[rtype] = self._open(f"{rtype}.ndjson")
-        fh.write(orjson.dumps(resource) + b"\n")
+        fh.write(orjson.dumps(resource, option=orjson.OPT_APPEND_NEWLINE))
 
     def bundle(self, body: bytes) -> None:
         self.summary.bundles += 1
@@ -201,7 +201,9 @@ class Converter:
         _prepare_out_dir(opts.out_dir)
         sink = FileSink(opts.out_dir, self.summary)
         try:
-            for kind, item in self.outputs(paths, opened):
+            # NDJSON: resources go straight to the files (no generator hop per resource)
+            direct = sink if opts.output_format == "ndjson" else None
+            for kind, item in self.outputs(paths, opened, direct=direct):
                 if kind == "resource":
                     sink.resource(item)
                 elif kind == "bundle":
@@ -215,10 +217,12 @@ class Converter:
                          option=orjson.OPT_INDENT_2) + b"\n")
         return self.summary
 
-    def outputs(self, paths: list[Path], opened: list[tuple[Input, Source]] | None = None) -> Iterator[Output]:
+    def outputs(self, paths: list[Path], opened: list[tuple[Input, Source]] | None = None, *,
+                direct: FileSink | None = None) -> Iterator[Output]:
         """Every output of the run, in order: ``("resource", dict)`` (format ndjson) or
         ``("bundle", bytes)`` (format bundle), and ``("rejected", Rejected)``; counted in
-        :attr:`summary`. Memory stays flat (what must be remembered is in a WorkStore on disk)."""
+        :attr:`summary`. Memory stays flat (what must be remembered is in a WorkStore on disk).
+        With ``direct`` (format ndjson), resources are written to that sink instead of yielded."""
         if not paths:
             raise UsageError("no input given")
         self.summary.inputs = [str(p) for p in paths]
@@ -227,7 +231,7 @@ class Converter:
         with WorkStore(self.options.temp_dir) as store:
             if self.options.strict_refs:
                 self._collect_valid_ids(paths, store)
-            yield from self._convert_all(opened, store)
+            yield from self._convert_all(opened, store, direct)
 
     def _collect_valid_ids(self, paths: list[Path], store: WorkStore) -> None:
         """First pass for --strict-refs: which records of each type are valid (by scope)."""
@@ -240,7 +244,8 @@ class Converter:
                 if model is not None:
                     store.first_seen("valid:" + source.system_base, raw.record_type, model.id, raw.origin)
 
-    def _convert_all(self, opened: list[tuple[Input, Source]], store: WorkStore) -> Iterator[Output]:
+    def _convert_all(self, opened: list[tuple[Input, Source]], store: WorkStore,
+                     direct: FileSink | None = None) -> Iterator[Output]:
         opts = self.options
         summary = self.summary
         pipeline = RecordPipeline(lenient=opts.lenient, default_tz=opts.default_tz, seen=store,
@@ -258,7 +263,9 @@ class Converter:
             if new:
                 org = map_organization(ctx)
                 summary.resources["Organization"] = summary.resources.get("Organization", 0) + 1
-                if opts.output_format == "ndjson":
+                if direct is not None:
+                    direct.resource(org)
+                elif opts.output_format == "ndjson":
                     yield "resource", org
                 else:
                     packers[(source.clinic_id, scope)] = BundlePacker(
@@ -278,6 +285,9 @@ class Converter:
                         for body in ready:
                             yield "bundle", body
                         ready.clear()
+                    elif direct is not None:
+                        for res in outcome.group.resources:
+                            direct.resource(res)
                     else:
                         for res in outcome.group.resources:
                             yield "resource", res

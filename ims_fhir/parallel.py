@@ -43,6 +43,7 @@ import sqlite3
 import struct
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field, replace
@@ -330,9 +331,14 @@ def _shares_ids(later: str, earlier: str) -> bool:
 
 
 def _mp_context() -> multiprocessing.context.BaseContext:
-    # forkserver: workers start from a clean process (no threads or state of the caller copied),
-    # with the converter imported once; spawn where there is no fork.
-    if sys.platform != "win32" and "forkserver" in multiprocessing.get_all_start_methods():
+    # fork when the caller runs no other thread (the CLI): the workers start at once with what the
+    # parent has loaded (modules, the code tables), nothing imported twice. Otherwise forkserver:
+    # workers start from a clean process (no threads or state of the caller copied), with the
+    # converter imported once; spawn where there is neither.
+    methods = multiprocessing.get_all_start_methods()
+    if sys.platform != "win32" and "fork" in methods and threading.active_count() == 1:
+        return multiprocessing.get_context("fork")
+    if sys.platform != "win32" and "forkserver" in methods:
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(["ims_fhir.parallel"])
         return ctx

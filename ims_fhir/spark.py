@@ -50,8 +50,9 @@ from .errors import ImsFhirError, UsageError
 from .mapping import MappingContext, MappingOptions, map_organization
 from .pipeline import RecordPipeline
 from .records.models import Source
-from .records.readers import RawRecord, parse_ndjson_line
+from .records.readers import MAX_DEPTH, RawRecord, parse_ndjson_line, too_deep
 from .records.validation import record_id_of
+from .records.vocabulary import RECORD_TYPES
 from .rejects import Rejected
 from .terminology import default_terminology
 
@@ -119,19 +120,38 @@ def _is_record(item: tuple[Position, str, Any]) -> bool:
     return not isinstance(body, str) or bool(body.strip())  # convert skips blank lines
 
 
-def _key(item: tuple[Position, str, Any]) -> list[tuple[tuple[str, str], tuple[Position, str, int]]]:
-    """(record type, id) of a record that takes part in the duplicate check, as RecordPipeline.one."""
-    raw = _raw(item)
-    record_id = record_id_of(raw.data)
-    if raw.record_type is None or raw.data is None or record_id is None \
-            or any(p.rule == "unknown_record_type" for p in raw.problems):
+def _key(item: tuple[Position, str, Any]) -> list[tuple[tuple[str, str], tuple[Position, int]]]:
+    """(record type, id) of a record that takes part in the duplicate check, as RecordPipeline.one.
+
+    For a line, only what decides that is computed (not the full reading of :func:`_raw`): a
+    record takes part when its line is a JSON object, not nested too deep, whose ``record_type``
+    is a known one and whose ``id`` is readable (a repeated key does not change that).
+    """
+    body = item[2]
+    if not isinstance(body, str):
+        raw = _raw(item)
+        record_id = record_id_of(raw.data)
+        if raw.record_type is None or raw.data is None or record_id is None \
+                or any(p.rule == "unknown_record_type" for p in raw.problems):
+            return []
+        return [((raw.record_type, record_id), (item[0], 1))]
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
         return []
-    return [((raw.record_type, record_id), (item[0], raw.origin, 1))]
+    if not isinstance(obj, dict):
+        return []
+    record_type = obj.get("record_type")
+    record_id = record_id_of(obj)
+    if not isinstance(record_type, str) or record_type not in RECORD_TYPES or record_id is None:
+        return []
+    if body.count("{") + body.count("[") > MAX_DEPTH and too_deep(obj):  # fewer brackets cannot nest deeper
+        return []
+    return [((record_type, record_id), (item[0], 1))]
 
 
-def _first(a: tuple[Position, str, int], b: tuple[Position, str, int]) -> tuple[Position, str, int]:
-    first = a if a[0] <= b[0] else b
-    return first[0], first[1], a[2] + b[2]
+def _first(a: tuple[Position, int], b: tuple[Position, int]) -> tuple[Position, int]:
+    return min(a[0], b[0]), a[1] + b[1]
 
 
 class _Duplicates:
@@ -243,11 +263,15 @@ def _expand(spark: SparkSession, paths: Sequence[str]) -> list[str]:
     return files
 
 
-def _numbered_lines(spark: SparkSession, paths: Sequence[str], partitions: int | None) -> RDD[tuple[Position, str, Any]]:
+def _numbered_lines(spark: SparkSession, paths: Sequence[str],
+                    partitions: int | None) -> tuple[RDD[tuple[Position, str, Any]], list[str]]:
+    """The records of the files, numbered, and the files' names (by file index)."""
     sc = spark.sparkContext
     parts = []
+    names = []
     for index, path in enumerate(_expand(spark, paths)):
         name = path.rstrip("/").rsplit("/", 1)[-1]
+        names.append(name)
         lines = sc.textFile(path, minPartitions=partitions)
 
         def number(pair: tuple[str, int], index: int = index, name: str = name) -> tuple[Position, str, Any]:
@@ -258,7 +282,7 @@ def _numbered_lines(spark: SparkSession, paths: Sequence[str], partitions: int |
     rdd = sc.union(parts) if len(parts) > 1 else parts[0]
     if partitions and rdd.getNumPartitions() < partitions:
         rdd = rdd.repartition(partitions)  # a gzip file is read in one partition
-    return rdd
+    return rdd, names
 
 
 def _numbered_rows(frame: DataFrame, name: str) -> RDD[tuple[Position, str, Any]]:
@@ -279,14 +303,15 @@ def convert_dataset(spark: SparkSession, options: SparkOptions, *, paths: Sequen
     if paths is not None:
         if not paths:
             raise UsageError("no input given")
-        items = _numbered_lines(spark, list(paths), partitions)
+        items, names = _numbered_lines(spark, list(paths), partitions)
     elif frame is not None:
-        items = _numbered_rows(frame, name)
+        items, names = _numbered_rows(frame, name), [name]
     items = items.filter(_is_record)
-    # pass 1: ids used more than once, with where they were first used
-    repeated = (items.flatMap(_key).reduceByKey(_first).filter(lambda kv: kv[1][2] > 1)
-                .mapValues(lambda first: first[1]).collectAsMap())
-    duplicates = spark.sparkContext.broadcast(dict(repeated))
+    # pass 1: ids used more than once, with the position where they were first used (a light
+    # read of each record; what is shuffled is the id and a position, the origin is named here)
+    repeated = items.flatMap(_key).reduceByKey(_first).filter(lambda kv: kv[1][1] > 1).collectAsMap()
+    duplicates = spark.sparkContext.broadcast(
+        {key: f"{names[file]}:{index + 1}" for key, ((file, index), _) in repeated.items()})
     # pass 2: the conversion, with the converter's own per-record code
     converted = items.mapPartitions(_convert_partition(options, duplicates))
     org = map_organization(options.context())

@@ -15,6 +15,7 @@ Terms:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import uuid
@@ -24,6 +25,7 @@ from typing import Any
 from ..identifiers import IdentifierScheme
 from ..records.models import Source
 from ..terminology import CodeableConcept, Terminology
+from .narrative import finish
 
 #: namespace of every resource id the project derives
 ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://ims-fhir.github.io/fhir/resource-id")
@@ -60,16 +62,21 @@ class MappingOptions:
     cpt: bool | None = None
 
 
-_NS_BYTES = ID_NAMESPACE.bytes
+_NS_SHA1 = hashlib.sha1(ID_NAMESPACE.bytes, usedforsecurity=False)
+#: the UUID variant bits (10xx) put on the first hex digit of the clock sequence
+_VARIANT = {f"{n:x}": f"{(n & 0x3) | 0x8:x}" for n in range(16)}
 
 
+@functools.lru_cache(maxsize=4096)
 def resource_id(system: str, value: str) -> str:
-    """``str(uuid.uuid5(ID_NAMESPACE, f"{system}|{value}"))``, computed without building UUID objects."""
-    digest = bytearray(hashlib.sha1(_NS_BYTES + f"{system}|{value}".encode(), usedforsecurity=False).digest()[:16])
-    digest[6] = (digest[6] & 0x0F) | 0x50
-    digest[8] = (digest[8] & 0x3F) | 0x80
-    h = digest.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    """``str(uuid.uuid5(ID_NAMESPACE, f"{system}|{value}"))``, computed without building UUID objects.
+
+    Cached: a record names its patient, practitioner and assessment several times over.
+    """
+    sha = _NS_SHA1.copy()
+    sha.update(f"{system}|{value}".encode())
+    h = sha.hexdigest()
+    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
 
 
 class MappingContext:
@@ -111,8 +118,6 @@ class MappingContext:
     # -- profiles ------------------------------------------------------------------------
     def finish(self, resource: Resource, profile: str) -> Resource:
         """Stamp ``meta.profile`` (profiles.toml key) and the generated narrative."""
-        from .narrative import finish
-
         url, title = self._profiles[profile]
         return finish(resource, url, title)
 

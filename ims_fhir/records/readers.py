@@ -140,6 +140,31 @@ def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
     return False
 
 
+def _depth_and_keys(value: Any, limit: int) -> tuple[bool, int]:
+    """(nests deeper than ``limit``, how many keys its objects hold): :func:`too_deep` and the key
+    count of :func:`duplicate_key` in one walk; the count is partial when too deep."""
+    deep = False
+    n = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+            n += len(item)
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            deep = True
+            break
+        depth += 1
+        for child in children:
+            if isinstance(child, (dict, list)):
+                stack.append((child, depth))
+    return deep, n
+
+
 def depth_problem() -> Problem:
     return Problem("(record)", "too_deep", f"arrays and objects nest deeper than {MAX_DEPTH} levels")
 
@@ -176,8 +201,13 @@ def duplicate_key(raw: bytes | str, parsed: Any) -> str | None:
     Fast path: every key ends with ``"`` then ``:``, and inside strings a quote is escaped, so
     when the text has no more such ends than ``parsed`` has keys, no key was lost.
     """
+    return _duplicate_key(raw, _count_keys(parsed))
+
+
+def _duplicate_key(raw: bytes | str, keys: int) -> str | None:
+    """:func:`duplicate_key` for a text whose parsed value holds ``keys`` keys."""
     data = raw.encode("utf-8") if isinstance(raw, str) else raw
-    if len(_KEY_END.findall(data)) <= _count_keys(parsed):
+    if len(_KEY_END.findall(data)) <= keys:
         return None
     try:
         json.loads(data, object_pairs_hook=_no_duplicates)
@@ -278,9 +308,10 @@ def parse_ndjson_line(line: bytes | str, origin: str) -> RawRecord:
                                                       f"not valid JSON: {exc.msg} (at character {exc.pos + 1})")])
     if not isinstance(obj, dict):
         return RawRecord(None, None, origin, [Problem("(line)", "type", "a line must hold one JSON object")])
-    if too_deep(obj):
+    deep, keys = _depth_and_keys(obj, MAX_DEPTH)
+    if deep:
         return RawRecord(None, None, origin, [depth_problem()])
-    if (dup := duplicate_key(line, obj)) is not None:
+    if (dup := _duplicate_key(line, keys)) is not None:
         rtype = obj.pop("record_type", None)
         return RawRecord(rtype if isinstance(rtype, str) and rtype in v.RECORD_TYPES else None, obj, origin,
                          [duplicate_problem(dup)])
