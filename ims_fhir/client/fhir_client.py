@@ -349,9 +349,26 @@ class FhirClient:
             raise FhirError(f"POST {self.base_url} (transaction) did not return a transaction-response Bundle")
         return response
 
+    def batch(self, bundle: Resource, *, idempotent: bool) -> FhirResponse:
+        """``POST [base]`` a batch Bundle; ``.resource`` is the batch-response Bundle (one
+        entry per entry, each with its own status: a refused entry does not raise).
+
+        ``idempotent``: whether the batch may be sent again after a timeout or 5xx (every
+        write in it conditional or by id)."""
+        if bundle.get("resourceType") != "Bundle" or bundle.get("type") != "batch":
+            raise UsageError("batch() needs a Bundle of type 'batch'")
+        self._need(system("batch"))
+        response = self._send("POST", self.base_url, idempotent=idempotent, resource=bundle)
+        result = response.resource
+        if not result or result.get("resourceType") != "Bundle" or result.get("type") != "batch-response":
+            raise FhirError(f"POST {self.base_url} (batch) did not return a batch-response Bundle")
+        return response
+
     def send_bundle(self, bundle: Resource) -> FhirResponse:
         """Apply a transaction Bundle: as a ``transaction`` when the server declares one and the
-        conditional creates/updates its entries use, otherwise entry by entry in dependency
+        conditional creates/updates its entries use; otherwise, when the server offers
+        ``batch``, through a few batch Bundles in dependency levels
+        (:func:`~ims_fhir.client.batchwise.send_batchwise`); else entry by entry in dependency
         order (:func:`~ims_fhir.client.entrywise.send_entrywise`).
 
         Either way the answer is a ``transaction-response`` Bundle with one entry per entry.
@@ -363,6 +380,10 @@ class FhirClient:
         needs = [n for n in _bundle_needs(bundle) if n.resource_type is None or n.resource_type in capabilities.types]
         if capabilities.supports_all(needs):
             return self.transaction(bundle)
+        if capabilities.supports(system("batch")):
+            from ims_fhir.client.batchwise import send_batchwise
+
+            return send_batchwise(self, bundle)
         from ims_fhir.client.entrywise import send_entrywise
 
         return send_entrywise(self, bundle)

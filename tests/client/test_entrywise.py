@@ -68,8 +68,8 @@ def results(response: FhirResponse) -> list[dict[str, Any]]:
 
 @pytest.fixture
 def reduced(make_client: Callable[..., FhirClient], adapter: ScriptedAdapter) -> FhirClient:
-    """A client of a server without transactions and without conditional create/update."""
-    adapter.capability = capability_statement(system_interactions=("batch",), conditional=False,
+    """A client of a server without transactions or batches and without conditional create/update."""
+    adapter.capability = capability_statement(system_interactions=(), conditional=False,
                                               types=("Procedure", "Consent", "Patient"))
     return make_client()
 
