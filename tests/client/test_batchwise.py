@@ -18,7 +18,7 @@ from ims_fhir.client.entrywise import NO_CHANGE, plan
 from ims_fhir.errors import FhirAmbiguousMatchError, FhirUnprocessableError
 
 from .scripted import BASE, Reply, ScriptedAdapter, capability_statement
-from .test_entrywise import PATIENT_URL, SYS, consent, procedure, results, session_bundle
+from .test_entrywise import PATIENT_URL, consent, procedure, results, session_bundle
 
 
 def batch_response(*entries: dict[str, Any]) -> Reply:
