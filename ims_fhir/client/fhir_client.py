@@ -47,8 +47,11 @@ from ims_fhir.client.throttle import Throttle
 from ims_fhir.client.transport import FHIR_JSON, Transport
 from ims_fhir.errors import (
     FhirAmbiguousMatchError,
+    FhirAuthError,
+    FhirClientSideError,
     FhirConflictError,
     FhirError,
+    FhirServerSideError,
     FhirVersionConflictError,
     UsageError,
 )
@@ -146,6 +149,7 @@ class FhirClient:
         self.config = config
         self.transport = Transport(config, session=session, clock=clock, throttle=throttle)
         self._capabilities: ServerCapabilities | None = None
+        self._batch: bool | None = None  # whether the server takes batch Bundles (supports_batch)
 
     def __repr__(self) -> str:
         return f"FhirClient(base_url={self.config.base_url!r}, auth={self.config.auth!r})"
@@ -357,12 +361,31 @@ class FhirClient:
         write in it conditional or by id)."""
         if bundle.get("resourceType") != "Bundle" or bundle.get("type") != "batch":
             raise UsageError("batch() needs a Bundle of type 'batch'")
-        self._need(system("batch"))
+        if self.config.check_capabilities and not self.supports_batch():
+            self._need(system("batch"))  # raises: not declared, and the server refused an empty batch
         response = self._send("POST", self.base_url, idempotent=idempotent, resource=bundle)
         result = response.resource
         if not result or result.get("resourceType") != "Bundle" or result.get("type") != "batch-response":
             raise FhirError(f"POST {self.base_url} (batch) did not return a batch-response Bundle")
         return response
+
+    def supports_batch(self) -> bool:
+        """Whether the server takes batch Bundles: declared in its CapabilityStatement, or else
+        found by asking once (per client) with an empty batch, which writes nothing. HAPI FHIR,
+        for one, serves batches without declaring the interaction."""
+        if "batch" in self.capabilities().system_interactions:
+            return True
+        if self._batch is None:
+            empty = {"resourceType": "Bundle", "type": "batch", "entry": []}
+            try:
+                answer = self._send("POST", self.base_url, idempotent=True, resource=empty).resource
+            except FhirAuthError:
+                raise
+            except (FhirClientSideError, FhirServerSideError):
+                self._batch = False
+            else:
+                self._batch = bool(answer) and answer.get("type") == "batch-response"  # type: ignore[union-attr]
+        return self._batch
 
     def send_bundle(self, bundle: Resource) -> FhirResponse:
         """Apply a transaction Bundle: as a ``transaction`` when the server declares one and the
@@ -380,7 +403,7 @@ class FhirClient:
         needs = [n for n in _bundle_needs(bundle) if n.resource_type is None or n.resource_type in capabilities.types]
         if capabilities.supports_all(needs):
             return self.transaction(bundle)
-        if capabilities.supports(system("batch")):
+        if self.supports_batch():
             from ims_fhir.client.batchwise import send_batchwise
 
             return send_batchwise(self, bundle)

@@ -126,3 +126,19 @@ def test_a_lookup_matching_several_is_an_ambiguous_match(batching: FhirClient, a
     with pytest.raises(FhirAmbiguousMatchError):
         batching.send_bundle(session_bundle())
     assert len(adapter.calls()) == 1
+
+
+def test_a_server_that_does_not_declare_batch_is_asked_once_with_an_empty_batch(
+        make_client: Callable[..., FhirClient], adapter: ScriptedAdapter) -> None:
+    # HAPI FHIR serves batches without declaring the interaction
+    adapter.capability = capability_statement(system_interactions=(), conditional=False,
+                                              types=("Procedure", "Consent", "Patient"))
+    client = make_client()
+    adapter.queue(batch_response())  # the empty batch: taken
+    assert client.supports_batch() and client.supports_batch()
+    (probe,) = adapter.calls()
+    assert probe.method == "POST" and probe.json() == {"resourceType": "Bundle", "type": "batch", "entry": []}
+    adapter.queue(batch_response(found(), found()), batch_response(stored(201, "Procedure", "10", "1")),
+                  batch_response(stored(201, "Consent", "20", "1")), batch_response(stored(200, "Procedure", "10", "2")))
+    client.send_bundle(session_bundle())
+    assert len(adapter.calls()) == 5  # the probe and four batches, no request per resource
