@@ -78,18 +78,24 @@ def measure(base: str, bundles: Path, n_resources: int, latency: float) -> dict[
     runs = [("ceiling c4 (no latency)", None, 4), ("latency c1", latency, 1), ("latency c4", latency, 4)]
     for name, delay, concurrency in runs:
         expunge(base)
+        overlap = ""
         if delay is None:
             elapsed, summary = run_push(base, bundles, concurrency)
         else:
             with LatencyProxy(base, lifetime=7200, max_requests=10_000_000) as proxy:
                 proxy.delay = delay
                 elapsed, summary = run_push(proxy.base_url, bundles, concurrency)
+                log = proxy.log
+            # how the time went: round trips, and how many were in flight on average (a push
+            # that does not overlap its requests shows ~1 whatever its concurrency)
+            busy = sum(e.answered - e.at for e in log)
+            overlap = f"  ({len(log)} requests, {busy / elapsed:.1f} in flight on average)"
         # an entry a Bundle shares with an earlier one (the clinic's Organization, a Practitioner)
         # is sent once: the push state knows it is there already
         if summary["created"] + summary["unchanged"] == 0 or summary["conflicts"]:
             raise SystemExit(f"nothing delivered or conflicts: {summary}")
         figures[name] = n_resources / elapsed
-        print(f"  {name:26s} {elapsed:7.1f} s  {figures[name]:8.1f} resources/s", flush=True)
+        print(f"  {name:26s} {elapsed:7.1f} s  {figures[name]:8.1f} resources/s{overlap}", flush=True)
     ratio = figures["latency c4"] / figures["ceiling c4 (no latency)"]
     print(f"  latency c4 / ceiling: {ratio:.0%}   latency c4 / c1: "
           f"{figures['latency c4'] / figures['latency c1']:.1f}x", flush=True)

@@ -172,13 +172,14 @@ class _Batcher:
         method, url = str(request.get("method", "")).upper(), str(request.get("url", ""))
         resource_type = entry["resource"]["resourceType"]
         if method == "POST" and request.get("ifNoneExist"):
-            if pivot or not self.can(resource_type, "create"):
+            if not self.can(resource_type, "create"):
                 return f"{resource_type}?{request['ifNoneExist']}"
         elif method == "PUT" and "?" in url:
-            if pivot or not self.can(resource_type, "update"):
+            # a pivot's stub is a conditional create where the server has one: it tells by itself
+            if not self.can(resource_type, "create" if pivot else "update"):
                 return url
-        elif method == "PUT" and pivot:
-            return url
+        elif method == "PUT" and pivot and not request.get("ifMatch"):
+            return url  # an If-Match update is of a resource known to exist: no stub, no lookup
         return None
 
     # -- writing --------------------------------------------------------------------------
@@ -286,12 +287,18 @@ def send_batchwise(client: FhirClient, bundle: Resource) -> FhirResponse:
     batcher = _Batcher(client, client.capabilities(), entries)
     batcher.lookups(set(broken))
     results: list[Entry | None] = [None] * len(entries)
-    finals: list[tuple[int, str, str | None, bool]] = []  # pivot, its id, the version to match, created now
     level = _levels(entries, broken)
+    # a pivot's final update goes with the first level after every entry it refers to
+    ready = {p: 1 + max([level[t] for t in targets] + [level[p]]) for p, targets in broken.items()}
+    finals: dict[int, tuple[str, str | None, bool]] = {}  # pivot -> its id, the version to match, created now
     stubs: set[int] = set()  # pivots written as a stub in their level
     emulated: dict[int, str | None] = {}  # conditional updates done as search + update by id: the version found
-    for depth in range(max(level, default=-1) + 1):
+    for depth in range(max([*level, *ready.values()], default=-1) + 1):
         items: list[tuple[int, Entry]] = []
+        for index, (resource_id, version, _) in finals.items():
+            if ready[index] == depth:
+                resource = batcher.rewrite(entries[index]["resource"])
+                items.append((index, batcher.update_by_id(resource, resource_id, version)))
         for index in [i for i, d in enumerate(level) if d == depth]:
             entry = entries[index]
             if index in broken:
@@ -313,30 +320,36 @@ def send_batchwise(client: FhirClient, bundle: Resource) -> FhirResponse:
                     emulated[index] = request["request"].get("ifMatch")
         for index, result in batcher.write(items):
             if index in stubs:
-                where = parse_location(result["response"].get("location"))
-                if where is None:
-                    raise FhirError(f"the stub of entry {index} came back without a location")
-                created = str(result["response"].get("status", "")).startswith("201")
-                finals.append((index, where[1], where[2], created))
+                stubs.discard(index)
+                _stubbed(batcher, entries[index], index, result, results, finals)
+            elif index in finals:
+                _, version, created = finals[index]
+                if created:
+                    result["response"]["status"] = "201 Created"
+                results[index] = result if created else _no_change(result, version)
             else:
                 results[index] = _no_change(result, emulated[index]) if index in emulated else result
-    completions = []
-    for index, resource_id, version, _created in finals:
-        resource = batcher.rewrite(entries[index]["resource"])
-        completions.append((index, batcher.update_by_id(resource, resource_id, version)))
-    written = dict(batcher.write(completions))
-    for index, _id, version, created in finals:
-        result = written[index]
-        if created:
-            result["response"]["status"] = "201 Created"
-        else:
-            result = _no_change(result, version)
-        results[index] = result
     missing = [i for i, r in enumerate(results) if r is None]
     if missing:
         raise FhirError(f"batch delivery left entries {missing} without an answer")
     response_bundle = {"resourceType": "Bundle", "type": "transaction-response", "entry": results}
     return FhirResponse(status=200, resource=response_bundle, url=client.base_url)
+
+
+def _stubbed(batcher: _Batcher, entry: Entry, index: int, result: Entry, results: list[Entry | None],
+             finals: dict[int, tuple[str, str | None, bool]]) -> None:
+    """A pivot's stub went through: queue its final update, unless it was a conditional create
+    of the entry's own (``POST`` ``ifNoneExist``) that matched a resource already there (which
+    a conditional create leaves alone)."""
+    where = parse_location(result["response"].get("location"))
+    if where is None:
+        raise FhirError(f"the stub of entry {index} came back without a location")
+    batcher.resolved[str(entry["fullUrl"])] = f"{where[0]}/{where[1]}"
+    created = str(result["response"].get("status", "")).startswith("201")
+    if not created and str((entry.get("request") or {}).get("method", "")).upper() == "POST":
+        results[index] = result
+        return
+    finals[index] = (where[1], where[2], created)
 
 
 def _no_change(result: Entry, version: str | None) -> Entry:
@@ -348,19 +361,21 @@ def _no_change(result: Entry, version: str | None) -> Entry:
 
 
 def _pivot(batcher: _Batcher, entry: Entry, index: int, broken: dict[int, set[int]],
-                  results: list[Entry | None], finals: list[tuple[int, str, str | None, bool]]) -> Entry | None:
-    """The stub request of a pivot, or None when the lookups found it (then its id is known
-    and its final update, if any, is queued)."""
+           results: list[Entry | None], finals: dict[int, tuple[str, str | None, bool]]) -> Entry | None:
+    """The stub request of a pivot, or None when its id is known already (found by the lookups,
+    or the entry updates it by id ``If-Match``); then its final update, if any, is queued."""
     request = entry.get("request") or {}
     method, url = str(request.get("method", "")).upper(), str(request.get("url", ""))
     resource_type = entry["resource"]["resourceType"]
     full_url = str(entry["fullUrl"])
-    if method == "POST":
-        lookup = f"{resource_type}?{request.get('ifNoneExist')}" if request.get("ifNoneExist") else None
-    elif method == "PUT":
-        lookup = url
-    else:
+    if method not in ("POST", "PUT"):
         raise UsageError(f"cannot send a {method or '?'} entry in a batch (only POST and PUT)")
+    if method == "PUT" and "?" not in url and request.get("ifMatch"):
+        resource_id = url.rpartition("/")[2]
+        batcher.resolved[full_url] = f"{resource_type}/{resource_id}"
+        finals[index] = (resource_id, str(request["ifMatch"]), False)
+        return None
+    lookup = batcher.lookup_of(entry, pivot=True)
     existing = batcher.found[lookup].one if lookup is not None else None
     if existing is not None:
         resource_id = str(existing["id"])
@@ -368,7 +383,7 @@ def _pivot(batcher: _Batcher, entry: Entry, index: int, broken: dict[int, set[in
         if method == "POST":  # a conditional create that matches does nothing
             results[index] = _entry(200, resource_type, resource_id, _version(existing))
         else:
-            finals.append((index, resource_id, request.get("ifMatch") or _version(existing), False))
+            finals[index] = (resource_id, request.get("ifMatch") or _version(existing), False)
         return None
     targets = {str(batcher.entries[t]["fullUrl"]) for t in broken[index]}
     stub = batcher.rewrite(_stub(entry["resource"], targets))

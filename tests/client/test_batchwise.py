@@ -142,3 +142,24 @@ def test_a_server_that_does_not_declare_batch_is_asked_once_with_an_empty_batch(
                   batch_response(stored(201, "Consent", "20", "1")), batch_response(stored(200, "Procedure", "10", "2")))
     client.send_bundle(session_bundle())
     assert len(adapter.calls()) == 5  # the probe and four batches, no request per resource
+
+
+def test_with_conditional_create_the_pivot_needs_no_lookup(
+        make_client: Callable[..., FhirClient], adapter: ScriptedAdapter) -> None:
+    # the server's conditional create tells whether the pivot exists: here it does (200), so
+    # the final update goes by id If-Match the version it has, and changes nothing
+    adapter.capability = capability_statement(system_interactions=("batch",), conditional=True,
+                                              types=("Procedure", "Consent", "Patient"))
+    client = make_client()
+    adapter.queue(
+        batch_response(stored(200, "Procedure", "10", "2")),  # the stub: a conditional create that matched
+        batch_response(stored(200, "Consent", "20", "1")),
+        batch_response(stored(200, "Procedure", "10", "2")),
+    )
+    response = client.send_bundle(session_bundle())
+    stub, level1, final = sent_batches(adapter)
+    assert stub[0]["request"]["method"] == "POST" and stub[0]["request"]["ifNoneExist"].startswith("identifier=")
+    assert level1[0]["request"]["method"] == "PUT" and "?" in level1[0]["request"]["url"]  # conditional update
+    assert final[0]["request"] == {"method": "PUT", "url": "Procedure/10", "ifMatch": 'W/"2"'}
+    procedure_result = results(response)[1]["response"]
+    assert procedure_result["outcome"]["issue"][0]["details"]["coding"][0]["code"] == NO_CHANGE
