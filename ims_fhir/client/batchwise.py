@@ -15,11 +15,11 @@ batch
     ``Type/id`` before the entry is sent.
 lookups
     One batch of ``GET`` entries first, only when needed: the conditional references inside
-    the resources, the search that stands in for a conditional create or update the server
-    does not declare for that type (then a match is updated by id ``If-Match`` its version,
-    no match is created), and whether each pivot exists already (see below). Several
-    matches are a :class:`~ims_fhir.errors.FhirAmbiguousMatchError`, no match for a
-    conditional reference a :class:`~ims_fhir.errors.FhirNotFoundError`, as entry by entry.
+    the resources, and the search that stands in for a conditional create or update the
+    server does not declare for that type (then a match is updated by id ``If-Match`` its
+    version, no match is created). Several matches are a
+    :class:`~ims_fhir.errors.FhirAmbiguousMatchError`, no match for a conditional reference a
+    :class:`~ims_fhir.errors.FhirNotFoundError`, as entry by entry.
 level
     The entries go in dependency levels: level 0 refers to no other entry (Organization,
     Practitioner, Patient, the ims-fhir Device), level *n* only to entries of lower levels,
@@ -27,10 +27,13 @@ level
 cycle, pivot
     As in :mod:`ims_fhir.client.entrywise` (same :func:`~ims_fhir.client.entrywise.plan`):
     a reference cycle (a session's Procedure and its Consent) is broken at one edge; the
-    pivot's stub goes in its level (unless the lookups found the pivot on the server), the
-    entries that refer to it follow, and one last batch updates the pivot by id with its
-    full content, ``If-Match`` the version the stub got (or the entry's own ``ifMatch``,
-    or the version found).
+    pivot's stub goes in its level, the entries that refer to it follow, and the pivot's
+    final update (by id, its full content, ``If-Match`` the version the stub got or found)
+    rides with the first level after every entry it refers to. Whether the pivot exists
+    already is told by the stub itself when it is a conditional create (``200``: it exists,
+    and a conditional create of the entry's own then leaves it alone); where the server has
+    no conditional create, by a lookup; a pivot the entry updates by id ``If-Match`` is
+    known to exist and gets no stub.
 refusals
     An entry the server refuses (4xx) makes :func:`send_batchwise` raise that entry's error
     (typed by its status, with its OperationOutcome) after the batch it was in: its level's
