@@ -1,7 +1,7 @@
 """Concurrent delivery under a shared 429 back-off, against the real HAPI server.
 
 ``ims-fhir push --concurrency 4`` through the fault proxy, which answers ``429 Too Many
-Requests`` with ``Retry-After: 2`` to a few transactions. The proxy's timestamps show that
+Requests`` with ``Retry-After: 3`` to a few transactions. The proxy's timestamps show that
 after each 429 no request of any worker reached it until the announced pause was over (one
 back-off for the whole target, not only for the worker that got the 429); its request
 bodies show that the Bundles of one patient reached the server one after the other (each
@@ -25,10 +25,10 @@ from tests.conftest import output_resources
 from .faultproxy import Fault, FaultProxy, ProxyRequest
 from .test_push import counts
 
-RETRY_AFTER = 2.0
+RETRY_AFTER = 3.0
 #: a worker may have sent its request just before the 429 reached the client (the client
 #: cannot know of a pause before it is told): requests arriving this soon after it are allowed
-GRACE = 0.25
+GRACE = 0.5
 
 
 class RecordingProxy(FaultProxy):
