@@ -362,7 +362,7 @@ class FhirClient:
         if bundle.get("resourceType") != "Bundle" or bundle.get("type") != "batch":
             raise UsageError("batch() needs a Bundle of type 'batch'")
         if self.config.check_capabilities and not self.supports_batch():
-            self._need(system("batch"))  # raises: not declared, and the server refused an empty batch
+            self._need(system("batch"))  # raises: not declared, and the server refused the probe
         response = self._send("POST", self.base_url, idempotent=idempotent, resource=bundle)
         result = response.resource
         if not result or result.get("resourceType") != "Bundle" or result.get("type") != "batch-response":
@@ -371,14 +371,16 @@ class FhirClient:
 
     def supports_batch(self) -> bool:
         """Whether the server takes batch Bundles: declared in its CapabilityStatement, or else
-        found by asking once (per client) with an empty batch, which writes nothing. HAPI FHIR,
-        for one, serves batches without declaring the interaction."""
+        found by asking once (per client) with a batch of one search, which writes nothing
+        (HAPI FHIR, for one, serves batches without declaring the interaction, and refuses an
+        empty one)."""
         if "batch" in self.capabilities().system_interactions:
             return True
         if self._batch is None:
-            empty = {"resourceType": "Bundle", "type": "batch", "entry": []}
+            probe = {"resourceType": "Bundle", "type": "batch",
+                     "entry": [{"request": {"method": "GET", "url": "Organization?_count=1"}}]}
             try:
-                answer = self._send("POST", self.base_url, idempotent=True, resource=empty).resource
+                answer = self._send("POST", self.base_url, idempotent=True, resource=probe).resource
             except FhirAuthError:
                 raise
             except (FhirClientSideError, FhirServerSideError):

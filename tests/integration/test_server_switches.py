@@ -81,7 +81,7 @@ def test_capability_statement_no_longer_declares_them(reduced_server: tuple[str,
     (rest,) = statement["rest"]
     interactions = {i["code"] for i in rest.get("interaction", [])}
     patient_type = next(r for r in rest["resource"] if r["type"] == "Patient")
-    # HAPI serves batches without declaring them (the client asks with an empty batch); the
+    # HAPI serves batches without declaring them (the client asks with a batch of one search); the
     # switch only ever removes the interaction
     assert "transaction" not in interactions and "batch" not in interactions
     if mode == "per-resource":
