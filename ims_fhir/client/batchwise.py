@@ -52,6 +52,7 @@ exactly once
 from __future__ import annotations
 
 import copy
+import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -232,6 +233,15 @@ class _Batcher:
             return self.update_by_id(resource, resource_id, if_match), None
         raise UsageError(f"cannot send a {method or '?'} entry in a batch (only POST and PUT)")
 
+    def with_full_url(self, index: int, request: Entry) -> Entry:
+        """The entry with a ``fullUrl`` (validators require one on every entry with a resource,
+        to resolve relative references): the server's URL of an update by id, else the
+        entry's own (its ``urn:uuid``; nothing in a batch refers to it)."""
+        if request["request"]["method"] == "PUT" and "?" not in request["request"]["url"]:
+            return {"fullUrl": f"{self.client.base_url}/{request['request']['url']}", **request}
+        own = self.entries[index].get("fullUrl")
+        return {"fullUrl": own, **request} if own else {"fullUrl": f"urn:uuid:{uuid.uuid4()}", **request}
+
     @staticmethod
     def update_by_id(resource: Resource, resource_id: str, version: str | None) -> Entry:
         request: dict[str, str] = {"method": "PUT", "url": f"{resource['resourceType']}/{resource_id}"}
@@ -245,7 +255,7 @@ class _Batcher:
         if not items:
             return []
         idempotent = all(req["request"]["method"] == "PUT" or req["request"].get("ifNoneExist") for _, req in items)
-        answers = self.post([req for _, req in items], idempotent=idempotent)
+        answers = self.post([self.with_full_url(index, req) for index, req in items], idempotent=idempotent)
         out, failure = [], None
         for (index, req), raw in zip(items, answers, strict=True):
             answer = EntryResponse.from_entry(raw)
