@@ -362,7 +362,11 @@ def _stubbed(batcher: _Batcher, entry: Entry, index: int, result: Entry, results
     if not created and str((entry.get("request") or {}).get("method", "")).upper() == "POST":
         results[index] = result
         return
-    finals[index] = (where[1], where[2], created)
+    # A conditional create that matched: HAPI names the version the match was first stored
+    # with, not always the current one, so its final update goes without If-Match, as the
+    # entry's own conditional update (``PUT Type?query``) would; the server's outcome says
+    # whether it changed anything.
+    finals[index] = (where[1], where[2] if created else None, created)
 
 
 def _no_change(result: Entry, version: str | None) -> Entry:

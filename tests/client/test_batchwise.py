@@ -148,19 +148,23 @@ def test_a_server_that_does_not_declare_batch_is_asked_once_with_a_batch_that_wr
 def test_with_conditional_create_the_pivot_needs_no_lookup(
         make_client: Callable[..., FhirClient], adapter: ScriptedAdapter) -> None:
     # the server's conditional create tells whether the pivot exists: here it does (200), so
-    # the final update goes by id If-Match the version it has, and changes nothing
+    # the final update goes by id, without If-Match (HAPI may name a stale version for a
+    # conditional create that matched), as the entry's conditional update would
     adapter.capability = capability_statement(system_interactions=("batch",), conditional=True,
                                               types=("Procedure", "Consent", "Patient"))
     client = make_client()
     adapter.queue(
         batch_response(stored(200, "Procedure", "10", "2")),  # the stub: a conditional create that matched
         batch_response(stored(200, "Consent", "20", "1")),
-        batch_response(stored(200, "Procedure", "10", "2")),
+        batch_response(stored(200, "Procedure", "10", "2") | {"response": {
+            **stored(200, "Procedure", "10", "2")["response"], "outcome": {"resourceType": "OperationOutcome", "issue": [
+                {"severity": "information", "code": "informational",
+                 "details": {"coding": [{"code": "SUCCESSFUL_UPDATE_NO_CHANGE"}]}}]}}}),
     )
     response = client.send_bundle(session_bundle())
     stub, level1, final = sent_batches(adapter)
     assert stub[0]["request"]["method"] == "POST" and stub[0]["request"]["ifNoneExist"].startswith("identifier=")
     assert level1[0]["request"]["method"] == "PUT" and "?" in level1[0]["request"]["url"]  # conditional update
-    assert final[0]["request"] == {"method": "PUT", "url": "Procedure/10", "ifMatch": 'W/"2"'}
+    assert final[0]["request"] == {"method": "PUT", "url": "Procedure/10"}
     procedure_result = results(response)[1]["response"]
     assert procedure_result["outcome"]["issue"][0]["details"]["coding"][0]["code"] == NO_CHANGE

@@ -170,8 +170,10 @@ def test_generated_records_land_exactly_once(reduced_server: tuple[str, str], ru
     export = tmp_path / "generated.json"
     assert synthetic_main(["export", "--patients", "6", "--seed", "41", "--format", "json", "--out", str(export)]) == 0
     with FaultProxy(base) as proxy:  # passes everything; its log shows how push talked to the server
-        pushed = run_cli("push", export, "--server", proxy.base_url, "--json", "--bundle-size", "40")
-        assert pushed.code == 0, pushed.err
+        report = tmp_path / "report.ndjson"
+        pushed = run_cli("push", export, "--server", proxy.base_url, "--json", "--bundle-size", "40",
+                         "--report", report)
+        assert pushed.code == 0, pushed.err + (report.read_text()[:2000] if report.exists() else "")
         first = orjson.loads(pushed.out)
         assert first["failed_records"] == 0
         after_first = counts(base)
