@@ -47,8 +47,11 @@ from ims_fhir.client.throttle import Throttle
 from ims_fhir.client.transport import FHIR_JSON, Transport
 from ims_fhir.errors import (
     FhirAmbiguousMatchError,
+    FhirAuthError,
+    FhirClientSideError,
     FhirConflictError,
     FhirError,
+    FhirServerSideError,
     FhirVersionConflictError,
     UsageError,
 )
@@ -146,6 +149,7 @@ class FhirClient:
         self.config = config
         self.transport = Transport(config, session=session, clock=clock, throttle=throttle)
         self._capabilities: ServerCapabilities | None = None
+        self._batch: bool | None = None  # whether the server takes batch Bundles (supports_batch)
 
     def __repr__(self) -> str:
         return f"FhirClient(base_url={self.config.base_url!r}, auth={self.config.auth!r})"
@@ -349,9 +353,47 @@ class FhirClient:
             raise FhirError(f"POST {self.base_url} (transaction) did not return a transaction-response Bundle")
         return response
 
+    def batch(self, bundle: Resource, *, idempotent: bool) -> FhirResponse:
+        """``POST [base]`` a batch Bundle; ``.resource`` is the batch-response Bundle (one
+        entry per entry, each with its own status: a refused entry does not raise).
+
+        ``idempotent``: whether the batch may be sent again after a timeout or 5xx (every
+        write in it conditional or by id)."""
+        if bundle.get("resourceType") != "Bundle" or bundle.get("type") != "batch":
+            raise UsageError("batch() needs a Bundle of type 'batch'")
+        if self.config.check_capabilities and not self.supports_batch():
+            self._need(system("batch"))  # raises: not declared, and the server refused the probe
+        response = self._send("POST", self.base_url, idempotent=idempotent, resource=bundle)
+        result = response.resource
+        if not result or result.get("resourceType") != "Bundle" or result.get("type") != "batch-response":
+            raise FhirError(f"POST {self.base_url} (batch) did not return a batch-response Bundle")
+        return response
+
+    def supports_batch(self) -> bool:
+        """Whether the server takes batch Bundles: declared in its CapabilityStatement, or else
+        found by asking once (per client) with a batch of one search, which writes nothing
+        (HAPI FHIR, for one, serves batches without declaring the interaction, and refuses an
+        empty one)."""
+        if "batch" in self.capabilities().system_interactions:
+            return True
+        if self._batch is None:
+            probe = {"resourceType": "Bundle", "type": "batch",
+                     "entry": [{"request": {"method": "GET", "url": "Organization?_count=1"}}]}
+            try:
+                answer = self._send("POST", self.base_url, idempotent=True, resource=probe).resource
+            except FhirAuthError:
+                raise
+            except (FhirClientSideError, FhirServerSideError):
+                self._batch = False
+            else:
+                self._batch = bool(answer) and answer.get("type") == "batch-response"  # type: ignore[union-attr]
+        return self._batch
+
     def send_bundle(self, bundle: Resource) -> FhirResponse:
         """Apply a transaction Bundle: as a ``transaction`` when the server declares one and the
-        conditional creates/updates its entries use, otherwise entry by entry in dependency
+        conditional creates/updates its entries use; otherwise, when the server offers
+        ``batch``, through a few batch Bundles in dependency levels
+        (:func:`~ims_fhir.client.batchwise.send_batchwise`); else entry by entry in dependency
         order (:func:`~ims_fhir.client.entrywise.send_entrywise`).
 
         Either way the answer is a ``transaction-response`` Bundle with one entry per entry.
@@ -363,6 +405,10 @@ class FhirClient:
         needs = [n for n in _bundle_needs(bundle) if n.resource_type is None or n.resource_type in capabilities.types]
         if capabilities.supports_all(needs):
             return self.transaction(bundle)
+        if self.supports_batch():
+            from ims_fhir.client.batchwise import send_batchwise
+
+            return send_batchwise(self, bundle)
         from ims_fhir.client.entrywise import send_entrywise
 
         return send_entrywise(self, bundle)

@@ -71,6 +71,10 @@ CONFLICT = "conflict"
 
 Resource = dict[str, Any]
 Key = RecordKey
+#: (type, clinic identifier) -> (owner, the resources found): searches done ahead (TargetSync._prefetch)
+_Prefetched = dict[tuple[str, tuple[str, str]], tuple[str, list[Resource]]]
+#: identifiers OR-ed in one search
+PREFETCH_CHUNK = 40
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,19 +216,59 @@ class TargetSync:
         tokens = ",".join(escape_token(s) + "|" + escape_token(v) for s, v in identifiers)
         return list(self.client.search(resource_type, [("identifier", tokens)], no_cache=True))
 
+    def _prefetch(self, wanted: list[tuple[str, tuple[str, str], list[tuple[str, str]]]]) -> _Prefetched:
+        """What the server holds for the shared resources (patients, practitioners) of a Bundle
+        the map does not know, in a few searches instead of one or two per resource: per type,
+        the clinic identifiers OR-ed (chunks of :data:`PREFETCH_CHUNK`), then the other
+        identifiers of those not found. Over a WAN each search is a round trip, and the Bundle
+        that carries every Patient blocks every other Bundle of them until it is sent."""
+        out: _Prefetched = {}
+        by_type: dict[str, list[tuple[tuple[str, str], list[tuple[str, str]]]]] = {}
+        for rtype, clinic, others in wanted:
+            if self.state.identity(self.target, rtype, *clinic) is None:
+                by_type.setdefault(rtype, []).append((clinic, others))
+        for rtype, items in by_type.items():
+            items = list({clinic: (clinic, others) for clinic, others in items}.values())
+            holders = self._holders(rtype, [clinic for clinic, _ in items])
+            for clinic, _ in items:
+                out[(rtype, clinic)] = ("clinic", holders.get(clinic, []))
+            missing = [(clinic, others) for clinic, others in items if not holders.get(clinic) and others]
+            other_holders = self._holders(rtype, [o for _, others in missing for o in others])
+            for clinic, others in missing:
+                found = {r["id"]: r for o in others for r in other_holders.get(o, [])}
+                out[(rtype, clinic)] = ("server", list(found.values()))
+        return out
+
+    def _holders(self, resource_type: str, identifiers: list[tuple[str, str]]) -> dict[tuple[str, str], list[Resource]]:
+        """identifier -> the resources found that carry it (OR-ed searches, in chunks)."""
+        wanted = set(identifiers)
+        holders: dict[tuple[str, str], dict[str, Resource]] = {}
+        ordered = list(dict.fromkeys(identifiers))
+        for i in range(0, len(ordered), PREFETCH_CHUNK):
+            for resource in self._search_one(resource_type, ordered[i:i + PREFETCH_CHUNK]):
+                for ident in resource.get("identifier") or []:
+                    key = (ident.get("system"), ident.get("value"))
+                    if key in wanted:
+                        holders.setdefault(key, {})[str(resource.get("id"))] = resource
+        return {k: list(v.values()) for k, v in holders.items()}
+
     def resolve(self, resource_type: str, clinic: tuple[str, str], others: list[tuple[str, str]],
-                *, record: Key | None) -> Identity | None:
+                *, record: Key | None, prefetched: _Prefetched | None = None) -> Identity | None:
         """The server's resource for a clinic identifier: the map, else a search by the clinic's
         identifier (found: the clinic's), else by the other identifiers (found: the server's).
-        None when nothing matches; raises :class:`_Ambiguous` for several matches."""
+        None when nothing matches; raises :class:`_Ambiguous` for several matches.
+        ``prefetched``: those searches already done (:meth:`_prefetch`)."""
         known = self.state.identity(self.target, resource_type, *clinic)
         if known is not None:
             return known
-        found = self._search_one(resource_type, [clinic])
-        owner = "clinic"
-        if not found and others:
-            found = self._search_one(resource_type, others)
-            owner = "server"
+        if prefetched is not None and (resource_type, clinic) in prefetched:
+            owner, found = prefetched[(resource_type, clinic)]
+        else:
+            found = self._search_one(resource_type, [clinic])
+            owner = "clinic"
+            if not found and others:
+                found = self._search_one(resource_type, others)
+                owner = "server"
         if not found:
             return None
         if len(found) > 1:
@@ -267,6 +311,12 @@ class TargetSync:
         unresolvable: dict[str, str] = {}
 
         # 1. entries the map (or a search, for patients and practitioners) knows
+        shared = [(e["resource"]["resourceType"], ident,
+                   [(i["system"], i["value"]) for i in (e["resource"].get("identifier") or [])[1:]
+                    if i.get("system") and i.get("value")])
+                  for e in by_url.values() if e["resource"]["resourceType"] in SHARED_TYPES
+                  and e["resource"]["resourceType"] != "Organization" and (ident := _primary(e["resource"]))]
+        prefetched = self._prefetch(shared) if len(shared) > 1 else None
         for url, entry in by_url.items():
             resource = entry["resource"]
             rtype = resource["resourceType"]
@@ -278,7 +328,7 @@ class TargetSync:
                 if rtype in SHARED_TYPES:
                     others = [(i["system"], i["value"]) for i in (resource.get("identifier") or [])[1:]
                               if i.get("system") and i.get("value")]
-                    known = self.resolve(rtype, ident, others, record=record)
+                    known = self.resolve(rtype, ident, others, record=record, prefetched=prefetched)
                 else:
                     known = self.state.identity(self.target, rtype, *ident)
             except _Ambiguous as exc:

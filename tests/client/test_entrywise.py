@@ -68,10 +68,15 @@ def results(response: FhirResponse) -> list[dict[str, Any]]:
 
 @pytest.fixture
 def reduced(make_client: Callable[..., FhirClient], adapter: ScriptedAdapter) -> FhirClient:
-    """A client of a server without transactions and without conditional create/update."""
-    adapter.capability = capability_statement(system_interactions=("batch",), conditional=False,
+    """A client of a server without transactions or batches and without conditional create/update."""
+    adapter.capability = capability_statement(system_interactions=(), conditional=False,
                                               types=("Procedure", "Consent", "Patient"))
-    return make_client()
+    client = make_client()
+    adapter.queue(Reply(501, {"resourceType": "OperationOutcome", "issue": [
+        {"severity": "error", "code": "not-supported", "diagnostics": "batches are disabled"}]}))
+    assert not client.supports_batch()  # asked once with an empty batch: refused
+    adapter.sent.clear()
+    return client
 
 
 def test_the_cycle_is_broken_at_the_extension() -> None:

@@ -53,3 +53,33 @@ def test_a_failing_job_does_not_block_others_and_is_reraised() -> None:
     with pytest.raises(RuntimeError, match="target down"):
         pool.close()
     assert sorted(done) == [0, 1, 2, 3, 4]
+
+
+def test_a_job_waiting_for_its_key_does_not_hold_up_later_jobs_of_other_keys() -> None:
+    # one patient's Bundles in a row (a, a) must not keep the second worker idle: b runs beside
+    # the first a while the second a waits; and a job after a waiting one of its key waits too
+    started: list[str] = []
+    release = threading.Event()
+    lock = threading.Lock()
+
+    def job(name: str) -> str:
+        with lock:
+            started.append(name)
+        if name == "a1":
+            assert release.wait(5)
+        return name
+
+    done: list[str] = []
+    pool: KeyedPool[str] = KeyedPool(2, on_done=done.append)
+    pool.submit(["a"], lambda: job("a1"))
+    pool.submit(["a", "c"], lambda: job("a2"))
+    pool.submit(["c"], lambda: job("c1"))  # after a2 (shares c): waits for it although c is free
+    pool.submit(["b"], lambda: job("b1"))
+    deadline = time.monotonic() + 5
+    while "b1" not in done and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with lock:
+        assert started == ["a1", "b1"]  # b1 ran while a1 held the other worker
+    release.set()
+    pool.close()
+    assert started == ["a1", "b1", "a2", "c1"]

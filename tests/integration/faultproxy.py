@@ -29,6 +29,10 @@ TLS
     With ``tls=`` (a server-side ``ssl.SSLContext``) the proxy terminates TLS, like a
     hospital's gateway; with ``verify_mode = CERT_REQUIRED`` on that context it demands a
     client certificate (mutual TLS). The upstream stays plain HTTP on 127.0.0.1.
+timestamps
+    Every request's arrival and the moment its answer (or fault) left, on the
+    ``time.monotonic()`` scale (:class:`LogEntry` ``at`` and ``answered``), e.g. to check that
+    no client request arrived inside a ``Retry-After`` window the proxy announced.
 bounds
     The proxy stops by itself after ``lifetime`` seconds or ``max_requests`` requests;
     delays are capped at ``max_delay`` and end early when the proxy stops; idle
@@ -42,6 +46,7 @@ import socket
 import ssl
 import struct
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -119,6 +124,7 @@ class ProxyRequest:
     path: str
     headers: dict[str, str]
     body: bytes
+    at: float = 0.0  # arrival, time.monotonic()
 
     @property
     def path_only(self) -> str:
@@ -143,6 +149,8 @@ class LogEntry:
     path: str
     action: str
     upstream_status: int | None = None
+    at: float = 0.0  # arrival (time.monotonic())
+    answered: float = 0.0  # when the answer (or the fault) went back
 
 
 @dataclass
@@ -337,7 +345,7 @@ class FaultProxy:
         if index >= self.max_requests:
             threading.Thread(target=self.stop, daemon=True).start()
             return None
-        return ProxyRequest(index, method, path, headers, body)
+        return ProxyRequest(index, method, path, headers, body, time.monotonic())
 
     def _claim(self, request: ProxyRequest) -> Fault | None:
         with self._state.lock:
@@ -353,7 +361,8 @@ class FaultProxy:
 
     def _record(self, request: ProxyRequest, action: str, upstream_status: int | None) -> None:
         with self._state.lock:
-            self._state.log.append(LogEntry(request.index, request.method, request.path, action, upstream_status))
+            self._state.log.append(LogEntry(request.index, request.method, request.path, action, upstream_status,
+                                            request.at, time.monotonic()))
 
     def _sleep(self, seconds: float) -> None:
         self._stopped.wait(min(seconds, self.max_delay))

@@ -1,12 +1,19 @@
 """Servers that support less: the test server with ``--ims.disable=...``, and push adapting.
 
-A hospital server may lack transactions or conditional create/update; the test server is
-made to lack them too (nothing else changes): its CapabilityStatement no longer declares
-them and using them anyway answers 501 with an OperationOutcome. ``ims-fhir push`` reads
-the CapabilityStatement and adapts (entries one by one in dependency order; search, then
-PUT with If-Match or create, where conditional update is missing). Shown for both servers:
-the examples and generated records land exactly once, a second push changes nothing, and
-an edited record is updated in place (same id, version 2).
+A hospital server may lack transactions, batches or conditional create/update; the test
+server is made to lack them too (nothing else changes): its CapabilityStatement no longer
+declares them and using them anyway answers 501 with an OperationOutcome. ``ims-fhir push``
+reads the CapabilityStatement and adapts. Two servers (each start costs CI a minute):
+
+- ``per-resource``: neither transaction nor batch: entries one by one in dependency order
+  (:mod:`ims_fhir.client.entrywise`);
+- ``batch``: no transaction and no conditional update, batch and conditional create kept:
+  a few batch Bundles per Bundle, in dependency levels (:mod:`ims_fhir.client.batchwise`),
+  conditional creates as batch entries, and for the missing conditional update a search
+  (in a batch of lookups) then ``PUT`` by id with ``If-Match``, or a create.
+
+Shown for both: the examples and generated records land exactly once, a second push changes
+nothing, and an edited record is updated in place (same id, version 2).
 """
 
 from __future__ import annotations
@@ -24,11 +31,12 @@ from ims_fhir.dev.synthetic.cli import main as synthetic_main
 from ims_fhir.errors import ToolchainError
 from tests.conftest import EXAMPLES, SOURCE, output_resources
 
+from .faultproxy import FaultProxy, ProxyRequest
 from .test_push import counts, search
 
 HEADERS = {"Accept": "application/fhir+json", "Content-Type": "application/fhir+json"}
 SYSTEM = "https://clinic.example.org/ims/patient"
-MODES = {"no-transaction": "transaction", "no-conditional": "conditional-update,conditional-create"}
+MODES = {"per-resource": "transaction,batch", "batch": "transaction,conditional-update"}
 
 
 @pytest.fixture(scope="module", params=sorted(MODES))
@@ -71,28 +79,29 @@ def test_capability_statement_no_longer_declares_them(reduced_server: tuple[str,
     mode, base = reduced_server
     statement = http.get(f"{base}/metadata", timeout=60).json()
     (rest,) = statement["rest"]
-    has_transaction = "transaction" in {i["code"] for i in rest.get("interaction", [])}
+    interactions = {i["code"] for i in rest.get("interaction", [])}
     patient_type = next(r for r in rest["resource"] if r["type"] == "Patient")
-    if mode == "no-transaction":
-        assert not has_transaction and patient_type["conditionalUpdate"] is True
+    # HAPI serves batches without declaring them (the client asks with a batch of one search); the
+    # switch only ever removes the interaction
+    assert "transaction" not in interactions and "batch" not in interactions
+    if mode == "per-resource":
+        assert patient_type["conditionalUpdate"] is True
     else:
-        assert has_transaction and patient_type["conditionalCreate"] is False
-        assert patient_type["conditionalUpdate"] is False
+        assert patient_type["conditionalCreate"] is True and patient_type["conditionalUpdate"] is False
 
 
 def test_using_them_anyway_is_501_with_an_operation_outcome(
         reduced_server: tuple[str, str], http: requests.Session) -> None:
     mode, base = reduced_server
     value = f"sw-{mode}"
-    if mode == "no-transaction":
-        entry = {"resource": patient(value), "request": {"method": "POST", "url": "Patient"}}
-        refused = [http.post(base, json=bundle("transaction", entry), timeout=60)]
+    entry = {"resource": patient(value), "request": {"method": "POST", "url": "Patient"}}
+    refused = [http.post(base, json=bundle("transaction", entry), timeout=60)]
+    if mode == "per-resource":
+        refused.append(http.post(base, json=bundle("batch", entry), timeout=60))
     else:
-        refused = [
+        refused += [
             http.put(f"{base}/Patient", params={"identifier": f"{SYSTEM}|{value}"}, json=patient(value), timeout=60),
-            http.post(f"{base}/Patient", json=patient(value), timeout=60,
-                      headers={"If-None-Exist": f"identifier={SYSTEM}|{value}"}),
-            http.post(base, timeout=60, json=bundle("transaction", {"resource": patient(value), "request": {
+            http.post(base, timeout=60, json=bundle("batch", {"resource": patient(value), "request": {
                 "method": "PUT", "url": f"Patient?identifier={SYSTEM}|{value}"}})),
         ]
     for response in refused:
@@ -102,9 +111,15 @@ def test_using_them_anyway_is_501_with_an_operation_outcome(
         assert "disabled on this server" in outcome["issue"][0]["diagnostics"]
     hits = http.get(f"{base}/Patient", params={"identifier": f"{SYSTEM}|{value}"}, timeout=60).json()
     assert hits.get("total", 0) == 0  # nothing of it was stored
-    batch = http.post(base, timeout=60, json=bundle("batch", {"resource": patient(value + "-b"), "request": {
-        "method": "POST", "url": "Patient"}}))
-    assert batch.status_code == 200 and batch.json()["entry"][0]["response"]["status"].startswith("201")
+    # what stays enabled still works
+    if mode == "per-resource":
+        created = http.put(f"{base}/Patient", params={"identifier": f"{SYSTEM}|{value}-b"}, json=patient(value + "-b"),
+                           timeout=60)
+        assert created.status_code == 201, created.text[:300]
+    else:
+        batch = http.post(base, timeout=60, json=bundle("batch", {"resource": patient(value + "-b"), "request": {
+            "method": "POST", "url": "Patient", "ifNoneExist": f"identifier={SYSTEM}|{value}-b"}}))
+        assert batch.status_code == 200 and batch.json()["entry"][0]["response"]["status"].startswith("201")
 
 
 def _expected(run_cli: Any, tmp_path: Path, source: Path, *extra: str) -> dict[str, int]:
@@ -129,9 +144,9 @@ def test_push_adapts_exactly_once_idempotent_edits_in_place(
     # the identity map knows every resource and its content: nothing is even sent
     assert second["created"] == 0 and second["updated"] == 0 and second["sent"] == 0
     assert {t: counts(base)[t] - empty[t] for t in expected} == expected
-    # without the map everything is sent again, one by one: found, written with no change. The
-    # Procedure and its Consent refer to each other (a cycle): the Procedure is found first,
-    # its final update changes nothing
+    # without the map everything is sent again (one by one, or in batches): found, written with no
+    # change. The Procedure and its Consent refer to each other (a cycle): the Procedure is found
+    # first, its final update changes nothing
     fresh = orjson.loads(run_cli("push", EXAMPLES / "clinic.json", "--server", base, "--json",
                                  "--state", tmp_path / "fresh-state.sqlite").out)
     assert fresh["created"] == 0 and fresh["updated"] == 0 and fresh["failed_records"] == 0
@@ -151,14 +166,25 @@ def test_push_adapts_exactly_once_idempotent_edits_in_place(
 
 
 def test_generated_records_land_exactly_once(reduced_server: tuple[str, str], run_cli: Any, tmp_path: Path) -> None:
-    _, base = reduced_server
+    mode, base = reduced_server
     export = tmp_path / "generated.json"
     assert synthetic_main(["export", "--patients", "6", "--seed", "41", "--format", "json", "--out", str(export)]) == 0
-    pushed = run_cli("push", export, "--server", base, "--json")
-    assert pushed.code == 0, pushed.err
-    assert orjson.loads(pushed.out)["failed_records"] == 0
-    after_first = counts(base)
-    again = orjson.loads(run_cli("push", export, "--server", base, "--json").out)
+    with FaultProxy(base) as proxy:  # passes everything; its log shows how push talked to the server
+        report = tmp_path / "report.ndjson"
+        pushed = run_cli("push", export, "--server", proxy.base_url, "--json", "--bundle-size", "40",
+                         "--report", report)
+        assert pushed.code == 0, pushed.err + (report.read_text()[:2000] if report.exists() else "")
+        first = orjson.loads(pushed.out)
+        assert first["failed_records"] == 0
+        after_first = counts(base)
+        writes = [e for e in proxy.log if e.method in ("POST", "PUT")]
+        to_base = [e for e in writes if proxy.is_transaction(ProxyRequest(e.index, e.method, e.path, {}, b""))]
+        if mode == "batch":  # batch Bundles only, a few per Bundle: far fewer requests than resources
+            assert writes and to_base == writes
+            assert len(proxy.log) * 3 < first["sent"], (len(proxy.log), first["sent"])
+        else:  # one request per resource (a batch was tried once per client, and refused)
+            assert all(e.upstream_status == 501 for e in to_base) and len(writes) - len(to_base) >= first["sent"]
+        again = orjson.loads(run_cli("push", export, "--server", proxy.base_url, "--json").out)
     assert again["created"] == 0 and again["updated"] == 0 and again["failed_records"] == 0
     assert counts(base) == after_first
     # Exactly one resource per business identifier (ids may coincide with the examples'

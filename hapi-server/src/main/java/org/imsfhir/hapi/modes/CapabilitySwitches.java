@@ -14,14 +14,15 @@ import org.hl7.fhir.r4.model.CapabilityStatement;
 
 /**
  * Switches that make the test server support LESS than HAPI can, to stand in for hospital
- * servers that do: {@code --ims.disable=transaction,conditional-update,conditional-create}.
+ * servers that do: {@code --ims.disable=transaction,batch,conditional-update,conditional-create}.
  *
  * <p>A disabled interaction disappears from the CapabilityStatement ({@code rest.interaction}
- * {@code transaction}; {@code conditionalUpdate}/{@code conditionalCreate} false on every
- * resource) and a request that uses it anyway answers 501 Not Implemented with an
- * OperationOutcome: a transaction Bundle (batches stay allowed), a {@code PUT [type]?query},
- * a create with {@code If-None-Exist}, also as entries of a batch or transaction. Nothing is
- * added or changed in what the server does otherwise.
+ * {@code transaction} or {@code batch}; {@code conditionalUpdate}/{@code conditionalCreate}
+ * false on every resource) and a request that uses it anyway answers 501 Not Implemented with
+ * an OperationOutcome: a transaction Bundle, a batch Bundle (each switch leaves the other
+ * kind allowed), a {@code PUT [type]?query}, a create with {@code If-None-Exist}, also as
+ * entries of a batch or transaction. Nothing is added or changed in what the server does
+ * otherwise.
  */
 @Interceptor
 public class CapabilitySwitches {
@@ -29,6 +30,7 @@ public class CapabilitySwitches {
 	/** What can be switched off. */
 	public enum Feature {
 		TRANSACTION,
+		BATCH,
 		CONDITIONAL_UPDATE,
 		CONDITIONAL_CREATE;
 
@@ -37,7 +39,7 @@ public class CapabilitySwitches {
 				return valueOf(text.trim().toUpperCase(Locale.ROOT).replace('-', '_'));
 			} catch (IllegalArgumentException e) {
 				throw new IllegalStateException("ims.disable: unknown feature '" + text.trim()
-						+ "' (known: transaction, conditional-update, conditional-create)", e);
+						+ "' (known: transaction, batch, conditional-update, conditional-create)", e);
 			}
 		}
 	}
@@ -68,8 +70,13 @@ public class CapabilitySwitches {
 	@Hook(Pointcut.SERVER_INCOMING_REQUEST_PRE_HANDLED)
 	public void refuse(RequestDetails request, RestOperationTypeEnum operation) {
 		if (operation == RestOperationTypeEnum.TRANSACTION || operation == RestOperationTypeEnum.BATCH) {
-			if (disabled.contains(Feature.TRANSACTION) && isTransactionBundle(request)) {
-				throw notImplemented("transactions are disabled on this server (batch is available)");
+			if (disabled.contains(Feature.TRANSACTION) && isBundleOfType(request, "transaction")) {
+				throw notImplemented("transactions are disabled on this server"
+						+ (disabled.contains(Feature.BATCH) ? "" : " (batch is available)"));
+			}
+			if (disabled.contains(Feature.BATCH) && isBundleOfType(request, "batch")) {
+				throw notImplemented("batches are disabled on this server"
+						+ (disabled.contains(Feature.TRANSACTION) ? "" : " (transaction is available)"));
 			}
 		}
 		for (RequestedInteractions.Interaction wanted : RequestedInteractions.of(request, operation)) {
@@ -94,6 +101,9 @@ public class CapabilitySwitches {
 				if (disabled.contains(Feature.TRANSACTION)) {
 					rest.getInteraction().removeIf(i -> i.getCode() == CapabilityStatement.SystemRestfulInteraction.TRANSACTION);
 				}
+				if (disabled.contains(Feature.BATCH)) {
+					rest.getInteraction().removeIf(i -> i.getCode() == CapabilityStatement.SystemRestfulInteraction.BATCH);
+				}
 				for (CapabilityStatement.CapabilityStatementRestResourceComponent resource : rest.getResource()) {
 					if (disabled.contains(Feature.CONDITIONAL_UPDATE)) {
 						resource.setConditionalUpdate(false);
@@ -108,15 +118,15 @@ public class CapabilitySwitches {
 		return null;
 	}
 
-	private static boolean isTransactionBundle(RequestDetails request) {
+	private static boolean isBundleOfType(RequestDetails request, String type) {
 		byte[] body = request.loadRequestContents();
 		if (body == null) {
 			return false;
 		}
 		// Cheap look at Bundle.type; the full parse happens in HAPI (and RequestedInteractions).
 		String text = new String(body, java.nio.charset.StandardCharsets.UTF_8);
-		return text.matches("(?s).*\"type\"\\s*:\\s*\"transaction\".*")
-				|| text.matches("(?s).*<type\\s+value=\"transaction\"\\s*/>.*");
+		return text.matches("(?s).*\"type\"\\s*:\\s*\"" + type + "\".*")
+				|| text.matches("(?s).*<type\\s+value=\"" + type + "\"\\s*/>.*");
 	}
 
 	private static NotImplementedOperationException notImplemented(String message) {
