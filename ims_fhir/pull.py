@@ -38,7 +38,7 @@ import orjson
 
 from .client import ClientConfig, FhirClient, on_type
 from .errors import UsageError
-from .identifiers import IdentifierScheme, RecordKey, split_system
+from .identifiers import IdentifierScheme, RecordKey, identifiers_of, split_system
 from .importer import FhirItem, ImportOptions, ImportSummary, import_items, output_paths
 from .terminology import Terminology, default_terminology
 
@@ -108,7 +108,7 @@ class _Fetched:
 
 
 def _record_of(resource: dict[str, Any]) -> RecordKey | None:
-    ident = (resource.get("identifier") or [{}])[0]
+    ident = (identifiers_of(resource) or [{}])[0]
     split = split_system(ident.get("system")) if isinstance(ident, dict) else None
     return IdentifierScheme(split[0]).record_of(resource) if split else None
 

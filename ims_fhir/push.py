@@ -40,6 +40,7 @@ from .convert import Converter, ConvertOptions
 from .delivery import DELIVERED_TYPES, BundleResult, Refusal, Sender, patient_keys, references
 from .errors import InputError, UsageError
 from .fhir.bundles import BundlePacker
+from .identifiers import identifiers_of
 from .mapping.context import Dependency, MappedRecord
 from .sync.reconcile import KEPT, Sent, TargetSync, sync_requirements
 from .workstore import WorkStore
@@ -180,7 +181,7 @@ def _ndjson_folder_bundles(folder: Path, bundle_size: int, store: WorkStore) -> 
     index: dict[str, tuple[str, str, str]] = {}
     for rtype in files:
         for res in read(rtype):
-            ident = (res.get("identifier") or [{}])[0]
+            ident = (identifiers_of(res) or [{}])[0]
             index[res["id"]] = (res["resourceType"], ident.get("system", ""), ident.get("value", ""))
     ready: list[bytes] = []
     packer = BundlePacker(max_entries=bundle_size, organization=orgs[0], lookup=store.get_dep, remember=store.put_dep,

@@ -27,6 +27,7 @@ from urllib.parse import quote
 
 import orjson
 
+from ..identifiers import identifiers_of
 from ..mapping.context import Dependency, MappedRecord, Resource
 
 SHARED_TYPES = ("Organization", "Patient", "Practitioner")
@@ -55,7 +56,7 @@ def entry_for(resource: Resource) -> dict[str, Any]:
     """The transaction entry of one resource (its id left out: the server decides it)."""
     rtype, rid = resource["resourceType"], resource["id"]
     body = {k: v for k, v in resource.items() if k != "id"}
-    identifiers = resource.get("identifier") or []
+    identifiers = identifiers_of(resource)
     if rtype in SHARED_TYPES:
         request = {"method": "POST", "url": rtype, "ifNoneExist": identifier_query(identifiers)}
     else:
@@ -139,6 +140,8 @@ class BundlePacker:
             self._entries.append(body)
             self._ids.add(dep.id)
         own_ids = [(r["resourceType"], r["id"]) for r in group.resources]
+        # a session series (EpisodeOfCare, ServiceRequest) an earlier session of this Bundle carries
+        carried = {rid for _, rid in own_ids if rid in self._ids}
         self._ids.update(rid for _, rid in own_ids)
         replacements = [(_ref(t, rid), _urn(rid)) for t, rid in own_ids]
         replacements.append((_ref("Organization", self._org_id), _urn(self._org_id)))
@@ -148,6 +151,8 @@ class BundlePacker:
             else:
                 replacements.append((_ref(dep.resource_type, dep.id), orjson.dumps(conditional_reference(dep))))
         for res in group.resources:
+            if res["id"] in carried:
+                continue
             entry = orjson.dumps(entry_for(res))
             for old, new in replacements:
                 if old in entry:

@@ -103,6 +103,11 @@ class ReverseRun:
                 for pos, ref in enumerate(resource.get(kind) or ()):
                     if isinstance(ref, dict) and isinstance(ref.get("reference"), str):
                         links.append((kind, pos, ref["reference"]))
+        elif resource["resourceType"] == "AdverseEvent":  # an adverse event names the session it followed
+            for pos, suspect in enumerate(resource.get("suspectEntity") or ()):
+                ref = suspect.get("instance") if isinstance(suspect, dict) else None
+                if isinstance(ref, dict) and isinstance(ref.get("reference"), str):
+                    links.append(("suspectEntity", pos, ref["reference"]))
         self._learn_base(resource, role)
         self.index.add(resource, origin, full_url, role, links, part_of=bool(resource.get("partOf")))
 

@@ -28,6 +28,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
+from ..identifiers import identifiers_of
 from ..terminology import Terminology
 
 Resource = dict[str, Any]
@@ -91,7 +92,8 @@ def provenance(targets: list[str], *, activity: str, recorded: datetime, organiz
     return {
         "resourceType": "Provenance",
         "id": str(uuid.uuid5(_NAMESPACE, f"provenance|{key}")),
-        "meta": {"extension": [{"url": AUTO_VERSION_EXTENSION, "valueString": "target"}]},
+        "meta": {"extension": [{"url": AUTO_VERSION_EXTENSION, "valueString": "target"}],
+                 "profile": [term.profile_url("provenance")]},
         "target": [{"reference": t} for t in targets],
         "recorded": stamp,
         "activity": _concept(term, "provenance_activity", activity),
@@ -104,7 +106,7 @@ def provenance(targets: list[str], *, activity: str, recorded: datetime, organiz
 
 
 def _identifier_query(resource: Resource) -> str:
-    ident = (resource.get("identifier") or [{}])[0]
+    ident = (identifiers_of(resource) or [{}])[0]
     return f"identifier={quote(ident.get('system', ''), safe='')}|{quote(ident.get('value', ''), safe='')}"
 
 

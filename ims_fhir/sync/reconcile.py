@@ -60,7 +60,7 @@ from ..delivery import BundleResult, EntryResult, Refusal, Sender, TransactionSt
 from ..errors import FhirError, FhirNotFoundError, FhirVersionConflictError, UsageError
 from ..fhir.bundles import SHARED_TYPES, escape_token
 from ..fhir.diff import content, field_diff
-from ..identifiers import IdentifierScheme, RecordKey, split_system
+from ..identifiers import IdentifierScheme, RecordKey, identifiers_of, split_system
 from ..mapping.provenance import provenance_ids, with_provenance
 from ..terminology import Terminology, default_terminology
 from .store import AuditEntry, Conflict, Identity, TargetState
@@ -115,7 +115,7 @@ class Sent:
 
 
 def _primary(resource: Resource) -> tuple[str, str] | None:
-    ident = (resource.get("identifier") or [{}])[0]
+    ident = (identifiers_of(resource) or [{}])[0]
     system, value = ident.get("system"), ident.get("value")
     return (system, value) if isinstance(system, str) and isinstance(value, str) and value else None
 
@@ -274,7 +274,7 @@ class TargetSync:
             record = record_key({"system": ident[0], "value": ident[1]})
             try:
                 if rtype in SHARED_TYPES:
-                    others = [(i["system"], i["value"]) for i in (resource.get("identifier") or [])[1:]
+                    others = [(i["system"], i["value"]) for i in identifiers_of(resource)[1:]
                               if i.get("system") and i.get("value")]
                     known = self.resolve(rtype, ident, others, record=record)
                 else:
@@ -341,10 +341,10 @@ class TargetSync:
                 urls = {e["fullUrl"] for e in part["entry"]}
                 bad = [reason for u in urls for reason in failed_urls.get(u, [])]
                 own = {e["fullUrl"] for e in part["entry"]
-                       if record_key((e["resource"].get("identifier") or [{}])[0]) in keys}
+                       if record_key((identifiers_of(e["resource"]) or [{}])[0]) in keys}
                 if bad:
                     # the records of the part, and the record of a shared entry that cannot be resolved
-                    records = [record_key((by_url[u]["resource"].get("identifier") or [{}])[0]) or ("resource", u)
+                    records = [record_key((identifiers_of(by_url[u]["resource"]) or [{}])[0]) or ("resource", u)
                                for u in urls if u in failed_urls and by_url[u]["resource"]["resourceType"]
                                in SHARED_TYPES]
                     records += [k for k in keys if k[0] != "resource" and k not in records]
