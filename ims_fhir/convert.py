@@ -304,14 +304,14 @@ class Converter:
         for rule in rejected.rules:
             summary.rejected_by_rule[rule] = summary.rejected_by_rule.get(rule, 0) + 1
 
-    def _count_converted(self, converted: Converted, store: WorkStore, scope: str) -> None:
+    def _count_converted(self, converted: Converted, store: WorkStore | None = None, scope: str = "") -> None:
         summary = self.summary
         summary.converted += 1
         summary.records[converted.record_type] = summary.records.get(converted.record_type, 0) + 1
         for res in converted.group.resources:
             rtype = res["resourceType"]
             # a session series is emitted by every session of it: written and counted once
-            if rtype in SERIES_TYPES and store.first_seen("series:" + scope, rtype, res["id"], "") is not None:
+            if rtype in SERIES_TYPES and store is not None and store.first_seen("series:" + scope, rtype, res["id"], "") is not None:
                 self._repeated.add(res["id"])
                 continue
             summary.resources[rtype] = summary.resources.get(rtype, 0) + 1

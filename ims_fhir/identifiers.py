@@ -11,7 +11,8 @@ Terms:
   ``adverse-event`` (an AdverseEvent, ``{treatment id}/{i}``), and a patient's session series:
   ``series`` (an EpisodeOfCare, ``{patient id}/{assessment id}``, or ``{patient id}`` for
   sessions that name no assessment) and ``series-plan`` (the ServiceRequest of the planned
-  sessions, ``{series value}/sessions-{series_total}``); both belong to the patient's record.
+  sessions, ``{series value}/sessions-{series_total}``); both belong to the record key
+  ``("series", {patient id})``: no record of the clinic owns a series, its sessions carry it.
 - *value*: the record id; for a resource made from part of a record (a finding) it is
   ``{record id}/{part}``; for an Encounter ``{record type}/{record id}``; for the clinic's
   Organization the clinic id.
@@ -42,7 +43,7 @@ RECORD_TYPE_OF_KIND: dict[str, str | None] = {
     "assessment": "assessment", "assessment-finding": "assessment",
     "treatment": "treatment", "treatment-finding": "treatment", "encounter": None,
     "diagnosis": "assessment", "consent": "treatment", "body-structure": None,
-    "adverse-event": "treatment", "series": "patient", "series-plan": "patient",
+    "adverse-event": "treatment", "series": "series", "series-plan": "series",
 }
 #: the record types an Encounter's value may name
 _ENCOUNTER_RECORDS = frozenset({"assessment", "treatment"})
