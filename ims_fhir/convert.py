@@ -311,7 +311,8 @@ class Converter:
         for res in converted.group.resources:
             rtype = res["resourceType"]
             # a session series is emitted by every session of it: written and counted once
-            if rtype in SERIES_TYPES and store is not None and store.first_seen("series:" + scope, rtype, res["id"], "") is not None:
+            if rtype in SERIES_TYPES and store is not None \
+                    and store.first_seen("series:" + scope, rtype, res["id"], "") is not None:
                 self._repeated.add(res["id"])
                 continue
             summary.resources[rtype] = summary.resources.get(rtype, 0) + 1

@@ -10,9 +10,10 @@ What is fetched (every search follows ``next`` links, with ``Cache-Control: no-c
 - stand-alone pain scores (LOINC 72514-3) of other systems;
 - with them, what the IG puts beside a record: a session's Consent (``_revinclude`` on
   ``Consent:data``), its AdverseEvents (``AdverseEvent:substance``), its planned series
-  (``Procedure:based-on``) and series (``Encounter:episode-of-care``, iterated), an assessment's Conditions (``Encounter:diagnosis``, iterated) and the
-  BodyStructures carrying the sides of body sites (searched by patient, since only an
-  extension names them).
+  (``Procedure:based-on``) and series (``Encounter:episode-of-care``, iterated), an
+  assessment's Conditions (``Encounter:diagnosis``, iterated) and the BodyStructures
+  carrying the sides of body sites (searched by patient, since only an extension names
+  them).
 
 ``--patient SYSTEM|VALUE`` narrows every search to that patient (``patient.identifier``).
 ``--since`` narrows them to what changed (``_lastUpdated=ge``): any Observation, Procedure,

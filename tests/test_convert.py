@@ -11,8 +11,8 @@ from urllib.parse import unquote
 import orjson
 import pytest
 
-from ims_fhir.identifiers import identifiers_of
 from ims_fhir.fhir.validation import validate_resource
+from ims_fhir.identifiers import identifiers_of
 from tests.conftest import EXAMPLES, output_resources, read_ndjson
 
 GOLDEN = Path(__file__).parent / "golden" / "clinic-small"
