@@ -51,9 +51,17 @@ EXTENSIONS: dict[str, tuple[str, str, str, str, str | None]] = {
     "consent": ("IMS consent of the session", "Reference", "Procedure",
                 "The Consent (ims-consent) the patient gave or refused for this session.",
                 "http://hl7.org/fhir/StructureDefinition/Consent"),
+    "entered-in-error": ("Entered in error", "boolean", "AdverseEvent",
+                         "true: recorded by mistake together with its session (whose Procedure is entered-in-error); "
+                         "the resource asserts nothing. R4 AdverseEvent has no status to retract it with, and a "
+                         "retraction is an update, never a DELETE.", None),
     "ims-certified": ("Holds a Gunn IMS certification", "boolean", "Practitioner",
                       "Whether the practitioner holds a Gunn IMS certification (true or false as recorded).", None),
 }
+
+
+#: extensions that change what their resource means (``modifierExtension``)
+MODIFIERS = frozenset({"entered-in-error"})
 
 
 def _pascal(text: str) -> str:
@@ -95,11 +103,11 @@ def _el(path: str, **fields: Any) -> dict[str, Any]:
     return {"id": path, "path": path, **fields}
 
 
-def _extension_slices(term: Terminology, rtype: str, keys: list[str]) -> list[dict[str, Any]]:
-    out = [_el(f"{rtype}.extension", slicing={"discriminator": [{"type": "value", "path": "url"}], "rules": "open"})]
+def _extension_slices(term: Terminology, rtype: str, keys: list[str], element: str = "extension") -> list[dict[str, Any]]:
+    out = [_el(f"{rtype}.{element}", slicing={"discriminator": [{"type": "value", "path": "url"}], "rules": "open"})]
     for key in keys:
         name = _pascal(key)[:1].lower() + _pascal(key)[1:]
-        out.append({"id": f"{rtype}.extension:{name}", "path": f"{rtype}.extension", "sliceName": name,
+        out.append({"id": f"{rtype}.{element}:{name}", "path": f"{rtype}.{element}", "sliceName": name,
                     "min": 0, "max": "1", "type": [{"code": "Extension", "profile": [term.extension_url(key)]}]})
     return out
 
@@ -168,6 +176,7 @@ def profile(term: Terminology, key: str) -> Resource:
         els.append(_el("Consent.provision.type", min=1))
     elif rtype == "AdverseEvent":
         els += _extension_slices(term, "AdverseEvent", ["adverse-event-muscle", "adverse-event-note"])
+        els += _extension_slices(term, "AdverseEvent", ["entered-in-error"], "modifierExtension")
         els.append(_el("AdverseEvent.identifier", min=1))
         els.append(_el("AdverseEvent.actuality", fixedCode="actual"))
         els.append(_el("AdverseEvent.event", min=1, binding={
@@ -206,8 +215,9 @@ def extension(term: Terminology, key: str) -> Resource:
     vt: dict[str, Any] = {"code": vtype}
     if target:
         vt["targetProfile"] = [target]
+    modifier = {"isModifier": True, "isModifierReason": description} if key in MODIFIERS else {}
     sd["differential"] = {"element": [
-        _el("Extension", short=title, definition=description, max="1"),
+        _el("Extension", short=title, definition=description, max="1", **modifier),
         _el("Extension.extension", max="0"),
         _el("Extension.url", fixedUri=url),
         _el("Extension.value[x]", min=1, type=[vt]),

@@ -16,7 +16,8 @@ assessment) the Encounter names in ``episodeOfCare``, and, when ``series_total``
 ``{system_base}/series-plan``) the Procedure is ``basedOn``. Adverse events are
 ``AdverseEvent`` resources (``{system_base}/adverse-event`` = ``{treatment id}/{i}``; actuality
 actual, HL7 adverse-event-severity, suspectEntity.instance = the Procedure); the Procedure's
-``complication`` repeats their event codes.
+``complication`` repeats their event codes. R4 AdverseEvent has no status: a retracted
+session's AdverseEvents carry the IG's modifier extension ``ims-entered-in-error``.
 What R4's Procedure has no element for is carried by an IG extension (session number) or by
 Observations ``partOf`` the Procedure, identified by ``{system_base}/treatment-finding`` =
 ``{treatment id}/{part}``: ``pain-before``, ``pain-after`` and ``site/{i}`` (insertions,
@@ -211,6 +212,8 @@ def map_treatment(rec: Treatment, ctx: MappingContext) -> MappedRecord:
             ae_ext.append({"url": term.extension_url("adverse-event-note"), "valueString": ae.note})
         if ae_ext:
             event["extension"] = ae_ext
+        if rec.status == "entered-in-error":  # retracted with its session; R4 AdverseEvent has no status
+            event["modifierExtension"] = [{"url": term.extension_url("entered-in-error"), "valueBoolean": True}]
         event["identifier"] = ctx.identifier("adverse-event", value)  # R4: one identifier
         event["actuality"] = "actual"
         event["event"] = term.vocab("event", ae.event)

@@ -182,6 +182,10 @@ def _adverse_event(ctx: ReverseContext, el: Elements, procedure: Entry) -> dict[
     if len(suspects) > 1:
         el.note("suspectEntity", "not_mapped", "more than one suspect; only the IMS session is kept")
     el.skip("encounter", "date", "recorder")
+    retracted = any(isinstance(m, dict) and m.get("valueBoolean") is True for m in el.take("modifierExtension") or ())
+    if retracted != (procedure.resource.get("status") == "entered-in-error"):
+        el.note("modifierExtension", "not_mapped", "retracted (ims-entered-in-error) unlike its session, or the other "
+                "way round; the treatment keeps the session's status")
     return event
 
 
