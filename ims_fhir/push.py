@@ -45,7 +45,8 @@ from .mapping.context import Dependency, MappedRecord
 from .sync.reconcile import KEPT, Sent, TargetSync, sync_requirements
 from .workstore import WorkStore
 
-RESOURCE_TYPES = ("Organization", "Patient", "Practitioner", "Encounter", "Observation", "Procedure")
+RESOURCE_TYPES = ("Organization", "Patient", "Practitioner", "EpisodeOfCare", "ServiceRequest", "Encounter", "Observation",
+                  "Procedure")
 
 
 @dataclass
@@ -204,7 +205,9 @@ def _ndjson_folder_bundles(folder: Path, bundle_size: int, store: WorkStore) -> 
                     or (kind == "part" and part_of):
                 yield res
 
-    streams: list[Iterator[dict[str, Any]]] = [read("Practitioner"), read("Patient"), read("Encounter"),
+    # a session series before the Encounters and Procedures that name it
+    streams: list[Iterator[dict[str, Any]]] = [read("Practitioner"), read("Patient"), read("EpisodeOfCare"),
+                                               read("ServiceRequest"), read("Encounter"),
                                                observations("plain"), observations("panel"), read("Procedure"),
                                                observations("part")]
     streams += [read(t) for t in sorted(files) if t not in RESOURCE_TYPES]
