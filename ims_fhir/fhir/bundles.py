@@ -31,6 +31,9 @@ from ..identifiers import identifiers_of
 from ..mapping.context import Dependency, MappedRecord, Resource
 
 SHARED_TYPES = ("Organization", "Patient", "Practitioner")
+#: R4 types with no ``identifier`` search parameter (so no conditional update): written by id,
+#: ``PUT Type/id``; the id is derived from the business identifier, so it is as stable
+BY_ID_TYPES = ("AdverseEvent",)
 
 
 def escape_token(text: str) -> str:
@@ -59,6 +62,8 @@ def entry_for(resource: Resource) -> dict[str, Any]:
     identifiers = identifiers_of(resource)
     if rtype in SHARED_TYPES:
         request = {"method": "POST", "url": rtype, "ifNoneExist": identifier_query(identifiers)}
+    elif rtype in BY_ID_TYPES:
+        request = {"method": "PUT", "url": f"{rtype}/{rid}"}
     else:
         request = {"method": "PUT", "url": f"{rtype}?{identifier_query(identifiers[:1])}"}
     return {"fullUrl": f"urn:uuid:{rid}", "resource": body, "request": request}

@@ -553,8 +553,9 @@ def _search_all(client: FhirClient, rtype: str, params: list[tuple[str, str]]) -
 
 #: what comes with a session's Procedure, and with an assessment's panel (as pull fetches them)
 _SESSION = [("_include", "Procedure:subject"), ("_include", "Procedure:performer"),
-            ("_include", "Procedure:encounter"), ("_revinclude", "Observation:part-of"),
-            ("_revinclude", "Consent:data")]
+            ("_include", "Procedure:encounter"), ("_include", "Procedure:based-on"),
+            ("_revinclude", "Observation:part-of"), ("_revinclude", "Consent:data"),
+            ("_revinclude", "AdverseEvent:substance"), ("_include:iterate", "Encounter:episode-of-care")]
 _ASSESSMENT = [("_include", "Observation:has-member"), ("_include", "Observation:subject"),
                ("_include", "Observation:performer"), ("_include", "Observation:encounter"),
                ("_include:iterate", "Encounter:diagnosis")]
