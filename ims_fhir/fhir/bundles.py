@@ -162,6 +162,8 @@ class BundlePacker:
             for old, new in replacements:
                 if old in entry:
                     entry = entry.replace(old, new)
+            if res["resourceType"] in BY_ID_TYPES:  # its request names the resource itself, not a reference
+                entry = entry.replace(b'"url":' + _urn(res["id"]), b'"url":' + _ref(res["resourceType"], res["id"]))
             self._entries.append(entry)
             if res["resourceType"] in SHARED_TYPES:
                 self._remember(res["id"], entry)
