@@ -35,6 +35,8 @@ from .terminology import Terminology, default_terminology
 from .workstore import WorkStore
 
 OUTPUT_FORMATS = ("ndjson", "bundle")
+#: resources every session of a series emits alike (mapping/treatment.py): written once per output
+SERIES_TYPES = ("EpisodeOfCare", "ServiceRequest")
 _OUR_FILES = re.compile(r"^([A-Z][A-Za-z]+\.ndjson|bundle-\d{4,}\.json|rejects\.ndjson|summary\.json)$")
 
 
@@ -174,6 +176,7 @@ class Converter:
         self.progress = progress
         self.context = {"default_tz": options.default_tz} if options.default_tz else None
         self.summary = Summary(output_format=options.output_format)
+        self._repeated: set[str] = set()
         self._contexts: dict[tuple[str, str], MappingContext] = {}
 
     def _mapping_context(self, source: Source) -> tuple[MappingContext, bool]:
@@ -279,7 +282,7 @@ class Converter:
                     self._count_rejected(outcome)
                     yield "rejected", outcome
                 else:
-                    self._count_converted(outcome)
+                    self._count_converted(outcome, store, scope)
                     if packer is not None:
                         packer.add(outcome.group)
                         for body in ready:
@@ -290,7 +293,9 @@ class Converter:
                             direct.resource(res)
                     else:
                         for res in outcome.group.resources:
-                            yield "resource", res
+                            if res["id"] not in self._repeated:
+                                yield "resource", res
+                        self._repeated.clear()
                 if self.progress is not None and summary.read % 1000 == 0:
                     self.progress(summary.read, summary.rejected)
         for packer in packers.values():
@@ -309,12 +314,17 @@ class Converter:
         for rule in rejected.rules:
             summary.rejected_by_rule[rule] = summary.rejected_by_rule.get(rule, 0) + 1
 
-    def _count_converted(self, converted: Converted) -> None:
+    def _count_converted(self, converted: Converted, store: WorkStore | None = None, scope: str = "") -> None:
         summary = self.summary
         summary.converted += 1
         summary.records[converted.record_type] = summary.records.get(converted.record_type, 0) + 1
         for res in converted.group.resources:
             rtype = res["resourceType"]
+            # a session series is emitted by every session of it: written and counted once
+            if rtype in SERIES_TYPES and store is not None \
+                    and store.first_seen("series:" + scope, rtype, res["id"], "") is not None:
+                self._repeated.add(res["id"])
+                continue
             summary.resources[rtype] = summary.resources.get(rtype, 0) + 1
 
     @staticmethod

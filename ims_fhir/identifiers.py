@@ -7,7 +7,12 @@ Terms:
   ``patient``, ``practitioner``, ``assessment``, ``treatment``, ``encounter``,
   ``assessment-finding``, ``treatment-finding``, and the IG's ``diagnosis`` (a Condition,
   ``{assessment id}/{i}``), ``consent`` (a session's Consent, the treatment id) and
-  ``body-structure`` (``{record type}/{record id}/{vocabulary}/{slug}/{side}``).
+  ``body-structure`` (``{record type}/{record id}/{vocabulary}/{slug}/{side}``), a session's
+  ``adverse-event`` (an AdverseEvent, ``{treatment id}/{i}``), and a patient's session series:
+  ``series`` (an EpisodeOfCare, ``{patient id}/{assessment id}``, or ``{patient id}`` for
+  sessions that name no assessment) and ``series-plan`` (the ServiceRequest of the planned
+  sessions, ``{series value}/sessions-{series_total}``); both belong to the record key
+  ``("series", {patient id})``: no record of the clinic owns a series, its sessions carry it.
 - *value*: the record id; for a resource made from part of a record (a finding) it is
   ``{record id}/{part}``; for an Encounter ``{record type}/{record id}``; for the clinic's
   Organization the clinic id.
@@ -30,6 +35,7 @@ from typing import Any
 KINDS: tuple[str, ...] = (
     "organization", "patient", "practitioner", "assessment", "treatment", "encounter",
     "assessment-finding", "treatment-finding", "body-structure", "diagnosis", "consent",
+    "adverse-event", "series", "series-plan",
 )
 #: kind -> the record type a value of that kind names (None: the value says, ``{type}/{id}``)
 RECORD_TYPE_OF_KIND: dict[str, str | None] = {
@@ -37,6 +43,7 @@ RECORD_TYPE_OF_KIND: dict[str, str | None] = {
     "assessment": "assessment", "assessment-finding": "assessment",
     "treatment": "treatment", "treatment-finding": "treatment", "encounter": None,
     "diagnosis": "assessment", "consent": "treatment", "body-structure": None,
+    "adverse-event": "treatment", "series": "series", "series-plan": "series",
 }
 #: the record types an Encounter's value may name
 _ENCOUNTER_RECORDS = frozenset({"assessment", "treatment"})
@@ -55,6 +62,15 @@ def split_system(system: Any) -> tuple[str, str] | None:
     if not sep or not base or kind not in RECORD_TYPE_OF_KIND:
         return None
     return base, kind
+
+
+def identifiers_of(resource: Mapping[str, Any]) -> list[Any]:
+    """A resource's identifiers as a list: most types repeat ``identifier``, a few (R4
+    AdverseEvent) have a single one."""
+    found = resource.get("identifier")
+    if isinstance(found, list):
+        return found
+    return [found] if isinstance(found, Mapping) else []
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +144,7 @@ class IdentifierScheme:
             record_type, sep, record_id = value.partition("/")
             if not sep or record_type not in _ENCOUNTER_RECORDS or not record_id:
                 return None
-        elif kind.endswith("-finding"):
+        elif kind.endswith("-finding") or kind in ("adverse-event", "series", "series-plan"):
             record_id = value.split("/", 1)[0]
         elif kind == "diagnosis":
             record_id = value.rsplit("/", 1)[0]
@@ -141,10 +157,8 @@ class IdentifierScheme:
 
     def record_of(self, resource: Mapping[str, Any]) -> RecordKey | None:
         """The record a resource belongs to, by its first identifier (where the mappers put ours)."""
-        identifiers = resource.get("identifier")
-        if not isinstance(identifiers, list) or not identifiers:
-            return None
-        return self.record_key(identifiers[0])
+        identifiers = identifiers_of(resource)
+        return self.record_key(identifiers[0]) if identifiers else None
 
     # -- finding the scheme ------------------------------------------------------------------
     @classmethod
@@ -168,4 +182,5 @@ class IdentifierScheme:
         return None
 
 
-__all__ = ["KINDS", "RECORD_TYPE_OF_KIND", "IdentifierScheme", "ParsedIdentifier", "RecordKey", "split_system"]
+__all__ = ["KINDS", "RECORD_TYPE_OF_KIND", "IdentifierScheme", "ParsedIdentifier", "RecordKey", "identifiers_of",
+           "split_system"]

@@ -52,7 +52,7 @@ from typing import IO, Any
 
 import orjson
 
-from .convert import Converter, ConvertOptions, FileSink, Summary, _prepare_out_dir
+from .convert import SERIES_TYPES, Converter, ConvertOptions, FileSink, Summary, _prepare_out_dir
 from .errors import InputError, UsageError
 from .fhir.bundles import BundlePacker, group_from_bytes, group_to_bytes
 from .mapping import MappedRecord, map_organization
@@ -491,6 +491,23 @@ def _flat(plans: list[tuple[Path, str, Source, list[_Shard]]]) -> Iterator[tuple
             yield path, form, source, shard
 
 
+def _merge_series(out: Path, results: list[_Result], name: str) -> int:
+    """A session series file: every session of a series emits its resources, so tasks repeat
+    lines; the first of each id is kept, in task order (what one process writes)."""
+    seen: set[bytes] = set()
+    lines: list[bytes] = []
+    for result in results:
+        if name not in result.files or not (result.out_dir / name).exists():
+            continue
+        for line in (result.out_dir / name).read_bytes().splitlines(keepends=True):
+            rid = orjson.loads(line).get("id", "").encode()
+            if rid not in seen:
+                seen.add(rid)
+                lines.append(line)
+    (out / name).write_bytes(b"".join(lines))
+    return len(lines)
+
+
 def _merge_ndjson(out: Path, results: list[_Result], summary: Summary) -> None:
     names: list[str] = []
     for result in results:
@@ -499,6 +516,9 @@ def _merge_ndjson(out: Path, results: list[_Result], summary: Summary) -> None:
     summary.files = names
     first = results[0].out_dir
     for name in names:
+        if name.removesuffix(".ndjson") in SERIES_TYPES:
+            summary.resources[name.removesuffix(".ndjson")] = _merge_series(out, results, name)
+            continue
         with open(out / name, "r+b" if (out / name).exists() else "wb") as dst:
             if first != out and (first / name).exists():
                 _append(dst, first / name)
@@ -516,6 +536,7 @@ def _pack_bundles(conv: Converter, plans: list[tuple[Path, str, Source, list[_Sh
         sink = FileSink(opts.out_dir, summary)
         try:
             packers: dict[tuple[str, str], BundlePacker] = {}
+            series: set[tuple[str, str]] = set()
             seq = 0
             for _path, _form, source, shards in plans:
                 ctx, new = conv._mapping_context(source)
@@ -531,6 +552,8 @@ def _pack_bundles(conv: Converter, plans: list[tuple[Path, str, Source, list[_Sh
                     result = results[seq]
                     seq += 1
                     for group in _read_groups(result.groups or work / "missing"):
+                        series.update((r["resourceType"], r["id"]) for r in group.resources
+                                      if r["resourceType"] in SERIES_TYPES)
                         packer.add(group)
             for packer in packers.values():
                 for body in store.deferred():
@@ -539,6 +562,9 @@ def _pack_bundles(conv: Converter, plans: list[tuple[Path, str, Source, list[_Sh
             for result in results:
                 _add(summary, result.summary)
                 _append(sink.rejects, result.out_dir / "rejects.ndjson")
+            for rtype in SERIES_TYPES:  # counted once, as one process counts them
+                if rtype in summary.resources:
+                    summary.resources[rtype] = sum(1 for t, _ in series if t == rtype)
         finally:
             sink.close()
 

@@ -9,9 +9,11 @@ What is fetched (every search follows ``next`` links, with ``Cache-Control: no-c
   (``has-member``), Patients, Practitioners and Encounters;
 - stand-alone pain scores (LOINC 72514-3) of other systems;
 - with them, what the IG puts beside a record: a session's Consent (``_revinclude`` on
-  ``Consent:data``), an assessment's Conditions (``Encounter:diagnosis``, iterated) and the
-  BodyStructures carrying the sides of body sites (searched by patient, since only an
-  extension names them).
+  ``Consent:data``), its AdverseEvents (``AdverseEvent:substance``), its planned series
+  (``Procedure:based-on``) and series (``Encounter:episode-of-care``, iterated), an
+  assessment's Conditions (``Encounter:diagnosis``, iterated) and the BodyStructures
+  carrying the sides of body sites (searched by patient, since only an extension names
+  them).
 
 ``--patient SYSTEM|VALUE`` narrows every search to that patient (``patient.identifier``).
 ``--since`` narrows them to what changed (``_lastUpdated=ge``): any Observation, Procedure,
@@ -38,20 +40,24 @@ import orjson
 
 from .client import ClientConfig, FhirClient, on_type
 from .errors import UsageError
-from .identifiers import IdentifierScheme, RecordKey, split_system
+from .identifiers import IdentifierScheme, RecordKey, identifiers_of, split_system
 from .importer import FhirItem, ImportOptions, ImportSummary, import_items, output_paths
 from .terminology import Terminology, default_terminology
 
 #: Searches pull makes; Encounters only come as _include of Procedures and panels.
 PULL_REQUIREMENTS = tuple(on_type(t, "search-type")
                           for t in ("Procedure", "Observation", "Patient", "Practitioner", "Encounter", "Provenance",
-                                    "Consent", "Condition", "BodyStructure"))
+                                    "Consent", "Condition", "BodyStructure", "AdverseEvent", "EpisodeOfCare",
+                                    "ServiceRequest"))
 #: every search also brings the Provenance of what it finds (recorded beside the output)
 _PROVENANCE = ("_revinclude", "Provenance:target")
-_PROCEDURE_INCLUDES = ["Procedure:subject", "Procedure:performer", "Procedure:encounter", "Procedure:reason-reference"]
+_PROCEDURE_INCLUDES = ["Procedure:subject", "Procedure:performer", "Procedure:encounter", "Procedure:based-on",
+                       "Procedure:reason-reference"]
 _PANEL_INCLUDES = ["Observation:has-member", "Observation:subject", "Observation:performer", "Observation:encounter"]
 #: a session's Consent names the Procedure (Consent.provision.data); an assessment's Encounter its Conditions
-_PROCEDURE_REVINCLUDES = ["Observation:part-of", "Consent:data"]
+_PROCEDURE_REVINCLUDES = ["Observation:part-of", "Consent:data", "AdverseEvent:substance"]
+#: a session's series: the EpisodeOfCare its Encounter names
+_PROCEDURE_ITERATE = [("_include:iterate", "Encounter:episode-of-care")]
 _PANEL_ITERATE = [("_include:iterate", "Encounter:diagnosis")]
 
 
@@ -108,7 +114,7 @@ class _Fetched:
 
 
 def _record_of(resource: dict[str, Any]) -> RecordKey | None:
-    ident = (resource.get("identifier") or [{}])[0]
+    ident = (identifiers_of(resource) or [{}])[0]
     split = split_system(ident.get("system")) if isinstance(ident, dict) else None
     return IdentifierScheme(split[0]).record_of(resource) if split else None
 
@@ -165,7 +171,8 @@ def pull(config: ClientConfig, options: PullOptions, *, terminology: Terminology
         def everything() -> Iterator[dict[str, Any]]:
             yield from _search(client, "Procedure", common + [("code", procedure_codes)]
                                + [("_include", i) for i in _PROCEDURE_INCLUDES]
-                               + [("_revinclude", i) for i in _PROCEDURE_REVINCLUDES] + [_PROVENANCE])
+                               + [("_revinclude", i) for i in _PROCEDURE_REVINCLUDES] + _PROCEDURE_ITERATE
+                               + [_PROVENANCE])
             yield from _search(client, "Observation", common + [("code", panel_codes)]
                                + [("_include", i) for i in _PANEL_INCLUDES] + _PANEL_ITERATE + [_PROVENANCE])
             yield from _search(client, "Observation", common + [("code", pain_codes)]
@@ -214,7 +221,7 @@ def _changed(client: FhirClient, schemes: list[IdentifierScheme], common: list[t
     """Every record with a resource changed since ``since`` (its keys go into ``changed``), whole."""
     window = common + [("_lastUpdated", f"ge{since}")]
     owner: dict[RecordKey, IdentifierScheme] = {}
-    for rtype in ("Patient", "Practitioner", "Procedure", "Observation", "Consent", "Condition"):
+    for rtype in ("Patient", "Practitioner", "Procedure", "Observation", "Consent", "Condition", "AdverseEvent"):
         for res in _search(client, rtype, window):
             for scheme in schemes:
                 key = scheme.record_of(res)
@@ -234,8 +241,9 @@ def _changed(client: FhirClient, schemes: list[IdentifierScheme], common: list[t
             # not the reason-reference: a panel without its members is not a whole assessment,
             # and the Procedure's reference names the assessment by its identifier anyway
             yield from _search(client, "Procedure", [("identifier", f"{scheme.system('treatment')}|{record_id}")]
-                               + [("_include", i) for i in _PROCEDURE_INCLUDES[:3]]
-                               + [("_revinclude", i) for i in _PROCEDURE_REVINCLUDES] + [_PROVENANCE])
+                               + [("_include", i) for i in _PROCEDURE_INCLUDES[:4]]
+                               + [("_revinclude", i) for i in _PROCEDURE_REVINCLUDES] + _PROCEDURE_ITERATE
+                               + [_PROVENANCE])
 
 
 def _with_body_structures(client: FhirClient, resources: Iterator[dict[str, Any]],

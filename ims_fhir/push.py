@@ -40,11 +40,13 @@ from .convert import Converter, ConvertOptions
 from .delivery import DELIVERED_TYPES, BundleResult, Refusal, Sender, patient_keys, references
 from .errors import InputError, UsageError
 from .fhir.bundles import BundlePacker
+from .identifiers import identifiers_of
 from .mapping.context import Dependency, MappedRecord
 from .sync.reconcile import KEPT, Sent, TargetSync, sync_requirements
 from .workstore import WorkStore
 
-RESOURCE_TYPES = ("Organization", "Patient", "Practitioner", "Encounter", "Observation", "Procedure")
+RESOURCE_TYPES = ("Organization", "Patient", "Practitioner", "EpisodeOfCare", "ServiceRequest", "Encounter", "Observation",
+                  "Procedure")
 
 
 @dataclass
@@ -180,7 +182,7 @@ def _ndjson_folder_bundles(folder: Path, bundle_size: int, store: WorkStore) -> 
     index: dict[str, tuple[str, str, str]] = {}
     for rtype in files:
         for res in read(rtype):
-            ident = (res.get("identifier") or [{}])[0]
+            ident = (identifiers_of(res) or [{}])[0]
             index[res["id"]] = (res["resourceType"], ident.get("system", ""), ident.get("value", ""))
     ready: list[bytes] = []
     packer = BundlePacker(max_entries=bundle_size, organization=orgs[0], lookup=store.get_dep, remember=store.put_dep,
@@ -203,7 +205,9 @@ def _ndjson_folder_bundles(folder: Path, bundle_size: int, store: WorkStore) -> 
                     or (kind == "part" and part_of):
                 yield res
 
-    streams: list[Iterator[dict[str, Any]]] = [read("Practitioner"), read("Patient"), read("Encounter"),
+    # a session series before the Encounters and Procedures that name it
+    streams: list[Iterator[dict[str, Any]]] = [read("Practitioner"), read("Patient"), read("EpisodeOfCare"),
+                                               read("ServiceRequest"), read("Encounter"),
                                                observations("plain"), observations("panel"), read("Procedure"),
                                                observations("part")]
     streams += [read(t) for t in sorted(files) if t not in RESOURCE_TYPES]

@@ -16,6 +16,9 @@ Terms:
   ``zipWithIndex`` over each file); for a DataFrame ``{name}:{row}``, the row's 1-based
   position in the DataFrame's order. In a DataFrame a missing field and a null are the same
   thing: nulls are dropped before validation.
+- *session series*: every session of a series emits the same EpisodeOfCare / ServiceRequest;
+  they travel as one row per resource and are made distinct (a shuffle of those rows
+  only), so the output holds each once, as ``convert`` writes it.
 - *duplicates*: a first, light pass reads only record types and ids and finds the ids used
   more than once (a small map, broadcast); the conversion pass then rejects every occurrence
   after the first (in input order) with ``duplicate_id``, naming the first, as ``convert``.
@@ -46,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from .convert import SERIES_TYPES
 from .errors import ImsFhirError, UsageError
 from .mapping import MappingContext, MappingOptions, map_organization
 from .pipeline import RecordPipeline
@@ -174,6 +178,7 @@ def _convert_partition(options: SparkOptions, duplicates: Any) -> Any:
         ctx = options.context()
         pipeline = options.pipeline(_Duplicates(duplicates.value))
         pending: dict[str, list[bytes]] = {}
+        series: set[str] = set()
         for item in items:
             outcome = pipeline.one(_raw(item), ctx)
             if isinstance(outcome, Rejected):
@@ -185,6 +190,11 @@ def _convert_partition(options: SparkOptions, duplicates: Any) -> Any:
             else:
                 for res in outcome.group.resources:
                     rtype = res["resourceType"]
+                    if rtype in SERIES_TYPES:  # one row each, made distinct across partitions by the driver
+                        if res["id"] not in series:
+                            series.add(res["id"])
+                            yield rtype, orjson.dumps(res).decode()
+                        continue
                     lines = pending.setdefault(rtype, [])
                     lines.append(orjson.dumps(res))
                     if len(lines) >= CHUNK:
@@ -297,6 +307,8 @@ def convert_dataset(spark: SparkSession, options: SparkOptions, *, paths: Sequen
                     frame: DataFrame | None = None, name: str = "dataframe",
                     partitions: int | None = None) -> SparkConversion:
     """Convert NDJSON files (``paths``) or a DataFrame of records (``frame``); lazy until written."""
+    from pyspark import StorageLevel
+
     if (paths is None) == (frame is None):
         raise UsageError("give either NDJSON paths or a DataFrame of records")
     options.source()  # a bad source fails here, on the driver
@@ -313,10 +325,13 @@ def convert_dataset(spark: SparkSession, options: SparkOptions, *, paths: Sequen
     duplicates = spark.sparkContext.broadcast(
         {key: f"{names[file]}:{index + 1}" for key, ((file, index), _) in repeated.items()})
     # pass 2: the conversion, with the converter's own per-record code
-    converted = items.mapPartitions(_convert_partition(options, duplicates))
+    # kept (memory, spilling to disk) so that taking the session series apart does not convert twice
+    converted = items.mapPartitions(_convert_partition(options, duplicates)).persist(StorageLevel.MEMORY_AND_DISK)
     org = map_organization(options.context())
     organization = spark.sparkContext.parallelize([("Organization", orjson.dumps(org).decode())], 1)
-    rows = organization.union(converted)
+    # every session of a series emits its EpisodeOfCare / ServiceRequest alike: one line each, as convert writes
+    series = converted.filter(lambda kv: kv[0] in SERIES_TYPES).distinct()
+    rows = organization.union(converted.filter(lambda kv: kv[0] not in SERIES_TYPES)).union(series)
     return SparkConversion(spark.createDataFrame(rows, "dataset string, value string"))
 
 

@@ -99,6 +99,12 @@ class Terminology:
     def gender(self, sex: str) -> str:
         return str(self.fhir["gender"][sex])
 
+    def adverse_event_severity(self, slug: str) -> CodeableConcept:
+        """HL7 adverse-event-severity (R4 AdverseEvent.severity, required binding)."""
+        row = self.fhir["adverse_event_severity"][slug]
+        return {"coding": [{"system": self.systems[row["system"]], "code": row["code"], "display": row["display"]}],
+                "text": row["display"]}
+
     def extension_url(self, key: str) -> str:
         return f"{self.base}/StructureDefinition/{self.fhir['extensions'][key]}"
 
@@ -162,7 +168,7 @@ def load_terminology(directory: Path | None = None) -> Terminology:
     vocab_systems: dict[str, str] = {}
     reverse: dict[tuple[str, str], tuple[str, str]] = {}
     for vocabulary, slugs in v.VOCABULARIES.items():
-        if vocabulary in ("sex", "assessment_status", "treatment_status"):
+        if vocabulary in ("sex", "assessment_status", "treatment_status", "severity"):
             continue  # mapped to FHIR's own required code lists in fhir.toml
         table = vocab_rows.get(vocabulary)
         if table is None:

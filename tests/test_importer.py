@@ -47,7 +47,7 @@ def test_convert_then_import_gives_the_examples_back(run_cli: Any, converted: di
     paths = output_paths(out)
     assert paths["rejects"].read_bytes() == b"" and paths["report"].read_bytes() == b""
     summary = orjson.loads(paths["summary"].read_bytes())
-    assert summary["read"] == summary["mapped"] == 367 and summary["rejected"] == summary["duplicate"] == 0
+    assert summary["read"] == summary["mapped"] == 376 and summary["rejected"] == summary["duplicate"] == 0
     assert summary["records_imported"] == {"assessment": 5, "patient": 5, "practitioner": 2, "treatment": 14}
     assert summary["sources"] == [normalise_source(SOURCE)]
     assert summary["files"] == ["records.ndjson", "records.rejects.ndjson", "records.report.ndjson", "records.summary.json"]
@@ -65,7 +65,7 @@ def test_transaction_bundles_to_a_document_that_converts_to_the_same_fhir(run_cl
     assert doc["source"] == normalise_source(SOURCE)
     assert [{"record_type": t, **r} for t, key in LIST_KEYS.items() for r in doc.get(key, [])] == _examples()
     summary = orjson.loads(output_paths(doc_path)["summary"].read_bytes())
-    assert summary["duplicate"] > 0 and summary["mapped"] == 367  # Patients repeated in every Bundle count once
+    assert summary["duplicate"] > 0 and summary["mapped"] == 376  # Patients repeated in every Bundle count once
     # the strongest check: the imported document converts to the reviewed golden output, byte for byte
     assert run_cli("convert", doc_path, "--out", tmp_path / "again", "--quiet").code == 0
     for golden in GOLDEN.glob("*.ndjson"):

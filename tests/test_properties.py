@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ims_fhir.fhir.validation import validate_resource
+from ims_fhir.identifiers import identifiers_of
 from ims_fhir.mapping import MappingContext, map_record
 from ims_fhir.records.models import Source
 from ims_fhir.records.validation import validate_record
@@ -40,7 +41,7 @@ def test_valid_records_convert_deterministically_to_valid_r4(pair: tuple[str, di
     assert orjson.dumps(first) == orjson.dumps(second)
     ids = [(r["resourceType"], r["id"]) for r in first]
     assert len(ids) == len(set(ids))
-    identifiers = [(r["identifier"][0]["system"], r["identifier"][0]["value"]) for r in first]
+    identifiers = [(identifiers_of(r)[0]["system"], identifiers_of(r)[0]["value"]) for r in first]
     assert len(identifiers) == len(set(identifiers))
     for res in first:
         assert validate_resource(res) == [], res

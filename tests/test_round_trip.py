@@ -127,15 +127,19 @@ def test_a_retracted_treatment_marks_every_resource_and_comes_back() -> None:
     ctx = MappingContext(SOURCES[0], TERM)
     rec = {"id": "T1", "patient_id": "P1", "practitioner_id": "PR1", "started_at": "2025-03-04T09:30:00Z",
            "status": "entered-in-error", "consent_obtained": True, "pain_before_nrs": 6,
-           "sites": [{"muscle": "infraspinatus", "side": "left", "insertions": 3}]}
+           "sites": [{"muscle": "infraspinatus", "side": "left", "insertions": 3}],
+           "adverse_events": [{"event": "bruising", "severity": "mild"}]}
     [group] = _groups([("treatment", rec)], ctx)
     statuses = {(r["resourceType"], r["status"]) for r in group.resources if "status" in r}
     assert statuses == {("Encounter", "entered-in-error"), ("Procedure", "entered-in-error"),
                         ("Observation", "entered-in-error"), ("Consent", "entered-in-error")}
-    # encounter, procedure, pain before, one site, its side (BodyStructure), the consent: the same
-    # resources as a completed session, so a retraction updates every one of them in place
+    # R4 AdverseEvent has no status: the IG's modifier extension retracts it
+    [event] = [r for r in group.resources if r["resourceType"] == "AdverseEvent"]
+    assert event["modifierExtension"] == [{"url": TERM.extension_url("entered-in-error"), "valueBoolean": True}]
+    # encounter, procedure, pain before, one site, its side (BodyStructure), the consent, the adverse
+    # event: the same resources as a completed session, so a retraction updates every one in place
     assert sorted(r["resourceType"] for r in group.resources) == [
-        "BodyStructure", "Consent", "Encounter", "Observation", "Observation", "Procedure"]
+        "AdverseEvent", "BodyStructure", "Consent", "Encounter", "Observation", "Observation", "Procedure"]
     result = reverse_resources(group.resources, TERM)
     assert result.rejects == [] and [r.data for r in result.records] == [normalise("treatment", rec)]
     assert result.records[0].data["status"] == "entered-in-error"
@@ -196,3 +200,40 @@ def test_examples_round_trip_from_every_form(form: str, layout: str, tmp_path: P
     assert result.rejects == [] and result.report == []
     assert [(r.record_type, r.data) for r in result.records] == _example_records()
     assert result.sources == {SOURCE["system_base"]: normalise_source(SOURCE)}
+
+
+def test_a_series_is_one_episode_with_a_plan_per_total_and_its_adverse_events_come_back() -> None:
+    """Issue 11: the sessions of a series share one EpisodeOfCare (Encounter.episodeOfCare), each is
+    basedOn the ServiceRequest of its planned total (a revised total is a new plan), an adverse
+    event is an AdverseEvent naming the session; all of it reads back into the same records."""
+    ctx = MappingContext(SOURCES[0], TERM)
+    base = {"patient_id": "P1", "practitioner_id": "PR1", "assessment_id": "A1", "consent_obtained": True,
+            "sites": [{"muscle": "infraspinatus", "side": "left", "insertions": 3}]}
+    recs: list[tuple[str, dict[str, Any]]] = [
+        ("treatment", {**base, "id": "T1", "started_at": "2025-03-04T09:30:00Z", "session_number": 1, "series_total": 6,
+                       "adverse_events": [{"event": "bruising", "severity": "moderate", "muscle": "infraspinatus",
+                                           "note": "small bruise"}, {"event": "fatigue"}]}),
+        ("treatment", {**base, "id": "T2", "started_at": "2025-03-11T09:30:00Z", "session_number": 2, "series_total": 6}),
+        ("treatment", {**base, "id": "T3", "started_at": "2025-03-18T09:30:00Z", "session_number": 3, "series_total": 8}),
+    ]
+    resources = [r for g in _groups(recs, ctx) for r in g.resources]
+    by_type: dict[str, dict[str, dict[str, Any]]] = {}
+    for r in resources:
+        by_type.setdefault(r["resourceType"], {})[r["id"]] = r
+    [episode] = by_type["EpisodeOfCare"].values()
+    assert {e["episodeOfCare"][0]["reference"] for e in by_type["Encounter"].values()} == {f"EpisodeOfCare/{episode['id']}"}
+    plans = {f"ServiceRequest/{r['id']}": r["occurrenceTiming"]["repeat"]["count"] for r in by_type["ServiceRequest"].values()}
+    assert sorted(plans.values()) == [6, 8]
+    based_on = [plans[p["basedOn"][0]["reference"]] for p in by_type["Procedure"].values()]
+    assert sorted(based_on) == [6, 6, 8]
+    assert all("series-total" not in str(p.get("extension")) for p in by_type["Procedure"].values())
+    events = list(by_type["AdverseEvent"].values())
+    assert [e["severity"]["coding"][0] for e in events[:1]] == [
+        {"system": "http://terminology.hl7.org/CodeSystem/adverse-event-severity", "code": "moderate", "display": "Moderate"}]
+    t1 = next(p for p in by_type["Procedure"].values() if p["identifier"][0]["value"] == "T1")
+    assert {e["suspectEntity"][0]["instance"]["reference"] for e in events} == {f"Procedure/{t1['id']}"}
+    assert all(e["actuality"] == "actual" for e in events)
+    # each series resource once, as convert writes them
+    result = reverse_resources([r for rs in by_type.values() for r in rs.values()], TERM)
+    assert result.rejects == []
+    assert sorted((r.data for r in result.records), key=lambda d: d["id"]) == [normalise(t, rec) for t, rec in recs]

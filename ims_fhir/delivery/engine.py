@@ -52,7 +52,7 @@ Bundle = dict[str, Any]
 #: The resource types ims-fhir delivers (what a target must accept).
 #: every resource type the mapping emits and delivery writes (what a server, or a SMART token, must allow)
 DELIVERED_TYPES = ("Organization", "Patient", "Practitioner", "Encounter", "Observation", "Procedure", "BodyStructure",
-                   "Condition", "Consent")
+                   "Condition", "Consent", "AdverseEvent", "EpisodeOfCare", "ServiceRequest")
 RecordState = Literal["accepted", "refused", "not_sent"]
 
 

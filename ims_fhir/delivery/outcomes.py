@@ -25,7 +25,7 @@ from urllib.parse import unquote
 
 from ..client import EntryResponse, FhirResponse
 from ..errors import FhirAmbiguousMatchError, FhirError, OutcomeIssue
-from ..identifiers import IdentifierScheme, RecordKey
+from ..identifiers import IdentifierScheme, RecordKey, identifiers_of
 
 Bundle = dict[str, Any]
 
@@ -80,7 +80,7 @@ def entry_results(bundle: Bundle, response: FhirResponse, scheme: IdentifierSche
         parsed = EntryResponse.from_entry(raw)
         method = entry["request"]["method"]
         resource = entry["resource"]
-        first = (resource.get("identifier") or [{}])[0]
+        first = (identifiers_of(resource) or [{}])[0]
         ident = (str(first["system"]), str(first["value"])) if first.get("system") and first.get("value") else None
         results.append(EntryResult(
             record=scheme.record_key(first) if scheme is not None else None,

@@ -20,6 +20,8 @@ from ..fhir.bundles import SHARED_TYPES
 from ..identifiers import IdentifierScheme, RecordKey
 
 Bundle = dict[str, Any]
+#: the resources of a session series: every session of it carries them (mapping/treatment.py)
+SERIES_TYPES = ("EpisodeOfCare", "ServiceRequest")
 
 
 def references(node: Any) -> Iterator[str]:
@@ -48,8 +50,8 @@ def record_parts(bundle: Bundle, scheme: IdentifierScheme | None) -> list[tuple[
     parts = []
     for key, urls in own.items():
         types = {by_url[u]["resource"]["resourceType"] for u in urls}
-        if types <= set(SHARED_TYPES) and any(u in referenced for u in urls):
-            continue  # a shared entry travels with the records that refer to it
+        if types <= {*SHARED_TYPES, *SERIES_TYPES} and any(u in referenced for u in urls):
+            continue  # a shared entry (or a session series) travels with the records that refer to it
         wanted = set(urls)
         stack = [r for u in urls for r in refs[u]]
         while stack:

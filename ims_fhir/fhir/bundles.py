@@ -27,9 +27,13 @@ from urllib.parse import quote
 
 import orjson
 
+from ..identifiers import identifiers_of
 from ..mapping.context import Dependency, MappedRecord, Resource
 
 SHARED_TYPES = ("Organization", "Patient", "Practitioner")
+#: R4 types with no ``identifier`` search parameter (so no conditional update): written by id,
+#: ``PUT Type/id``; the id is derived from the business identifier, so it is as stable
+BY_ID_TYPES = ("AdverseEvent",)
 
 
 def escape_token(text: str) -> str:
@@ -55,9 +59,11 @@ def entry_for(resource: Resource) -> dict[str, Any]:
     """The transaction entry of one resource (its id left out: the server decides it)."""
     rtype, rid = resource["resourceType"], resource["id"]
     body = {k: v for k, v in resource.items() if k != "id"}
-    identifiers = resource.get("identifier") or []
+    identifiers = identifiers_of(resource)
     if rtype in SHARED_TYPES:
         request = {"method": "POST", "url": rtype, "ifNoneExist": identifier_query(identifiers)}
+    elif rtype in BY_ID_TYPES:
+        request = {"method": "PUT", "url": f"{rtype}/{rid}"}
     else:
         request = {"method": "PUT", "url": f"{rtype}?{identifier_query(identifiers[:1])}"}
     return {"fullUrl": f"urn:uuid:{rid}", "resource": body, "request": request}
@@ -139,6 +145,8 @@ class BundlePacker:
             self._entries.append(body)
             self._ids.add(dep.id)
         own_ids = [(r["resourceType"], r["id"]) for r in group.resources]
+        # a session series (EpisodeOfCare, ServiceRequest) an earlier session of this Bundle carries
+        carried = {rid for _, rid in own_ids if rid in self._ids}
         self._ids.update(rid for _, rid in own_ids)
         replacements = [(_ref(t, rid), _urn(rid)) for t, rid in own_ids]
         replacements.append((_ref("Organization", self._org_id), _urn(self._org_id)))
@@ -148,10 +156,14 @@ class BundlePacker:
             else:
                 replacements.append((_ref(dep.resource_type, dep.id), orjson.dumps(conditional_reference(dep))))
         for res in group.resources:
+            if res["id"] in carried:
+                continue
             entry = orjson.dumps(entry_for(res))
             for old, new in replacements:
                 if old in entry:
                     entry = entry.replace(old, new)
+            if res["resourceType"] in BY_ID_TYPES:  # its request names the resource itself, not a reference
+                entry = entry.replace(b'"url":' + _urn(res["id"]), b'"url":' + _ref(res["resourceType"], res["id"]))
             self._entries.append(entry)
             if res["resourceType"] in SHARED_TYPES:
                 self._remember(res["id"], entry)

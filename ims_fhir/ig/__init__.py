@@ -42,14 +42,26 @@ Resource = dict[str, Any]
 EXTENSIONS: dict[str, tuple[str, str, str, str, str | None]] = {
     "session-number": ("IMS session number", "positiveInt", "Procedure",
                        "The number of this session in its series (1 = first).", None),
-    "series-total": ("IMS planned sessions", "positiveInt", "Procedure",
-                     "How many sessions the series was planned to have when this one was recorded.", None),
+    "adverse-event-muscle": ("Muscle of an IMS adverse event", "CodeableConcept", "AdverseEvent",
+                             "The needled muscle (ims-muscle) where the adverse event happened: R4 AdverseEvent "
+                             "has no body site element.", None),
+    "adverse-event-note": ("Note on an IMS adverse event", "string", "AdverseEvent",
+                           "What the practitioner noted about the adverse event: R4 AdverseEvent has no note element.",
+                           None),
     "consent": ("IMS consent of the session", "Reference", "Procedure",
                 "The Consent (ims-consent) the patient gave or refused for this session.",
                 "http://hl7.org/fhir/StructureDefinition/Consent"),
+    "entered-in-error": ("Entered in error", "boolean", "AdverseEvent",
+                         "true: recorded by mistake together with its session (whose Procedure is entered-in-error); "
+                         "the resource asserts nothing. R4 AdverseEvent has no status to retract it with, and a "
+                         "retraction is an update, never a DELETE.", None),
     "ims-certified": ("Holds a Gunn IMS certification", "boolean", "Practitioner",
                       "Whether the practitioner holds a Gunn IMS certification (true or false as recorded).", None),
 }
+
+
+#: extensions that change what their resource means (``modifierExtension``)
+MODIFIERS = frozenset({"entered-in-error"})
 
 
 def _pascal(text: str) -> str:
@@ -91,11 +103,11 @@ def _el(path: str, **fields: Any) -> dict[str, Any]:
     return {"id": path, "path": path, **fields}
 
 
-def _extension_slices(term: Terminology, rtype: str, keys: list[str]) -> list[dict[str, Any]]:
-    out = [_el(f"{rtype}.extension", slicing={"discriminator": [{"type": "value", "path": "url"}], "rules": "open"})]
+def _extension_slices(term: Terminology, rtype: str, keys: list[str], element: str = "extension") -> list[dict[str, Any]]:
+    out = [_el(f"{rtype}.{element}", slicing={"discriminator": [{"type": "value", "path": "url"}], "rules": "open"})]
     for key in keys:
         name = _pascal(key)[:1].lower() + _pascal(key)[1:]
-        out.append({"id": f"{rtype}.extension:{name}", "path": f"{rtype}.extension", "sliceName": name,
+        out.append({"id": f"{rtype}.{element}:{name}", "path": f"{rtype}.{element}", "sliceName": name,
                     "min": 0, "max": "1", "type": [{"code": "Extension", "profile": [term.extension_url(key)]}]})
     return out
 
@@ -130,11 +142,12 @@ def profile(term: Terminology, key: str) -> Resource:
         if key != "assessment-panel":
             els += _body_site(term, "Observation.bodySite")
     elif rtype == "Procedure":
-        els += _extension_slices(term, "Procedure", ["session-number", "series-total", "consent"])
+        els += _extension_slices(term, "Procedure", ["session-number", "consent"])
         els.append(_el("Procedure.identifier", min=1))
         els.append(_el("Procedure.category", min=1, patternCodeableConcept=_pattern(term.fixed_concept("procedure_category"))))
         els.append(_el("Procedure.code", min=1, patternCodeableConcept=_pattern(term.concept("ims-procedure"))))
         els += _body_site(term, "Procedure.bodySite")
+        els.append(_el("Procedure.basedOn", max="1", short="the ServiceRequest (ims-series-plan) of the series"))
     elif rtype == "Encounter":
         els.append(_el("Encounter.identifier", min=1))
         els.append(_el("Encounter.class", patternCoding={"system": term.fixed_coding("encounter_class")["system"],
@@ -161,6 +174,29 @@ def profile(term: Terminology, key: str) -> Resource:
         els.append(_el("Consent.dateTime", min=1))
         els.append(_el("Consent.provision", min=1))
         els.append(_el("Consent.provision.type", min=1))
+    elif rtype == "AdverseEvent":
+        els += _extension_slices(term, "AdverseEvent", ["adverse-event-muscle", "adverse-event-note"])
+        els += _extension_slices(term, "AdverseEvent", ["entered-in-error"], "modifierExtension")
+        els.append(_el("AdverseEvent.identifier", min=1))
+        els.append(_el("AdverseEvent.actuality", fixedCode="actual"))
+        els.append(_el("AdverseEvent.event", min=1, binding={
+            "strength": "required", "valueSet": value_set_url(term, "event")}))
+        els.append(_el("AdverseEvent.encounter", min=1))
+        els.append(_el("AdverseEvent.date", min=1))
+        els.append(_el("AdverseEvent.suspectEntity", min=1))
+        els.append(_el("AdverseEvent.suspectEntity.instance", short="the session's Procedure (ims-procedure)"))
+    elif rtype == "EpisodeOfCare":
+        els.append(_el("EpisodeOfCare.identifier", min=1))
+        els.append(_el("EpisodeOfCare.type", min=1, patternCodeableConcept=_pattern(term.concept("session-series"))))
+        els.append(_el("EpisodeOfCare.managingOrganization", min=1))
+    elif rtype == "ServiceRequest":
+        els.append(_el("ServiceRequest.identifier", min=1))
+        els.append(_el("ServiceRequest.intent", fixedCode="plan"))
+        els.append(_el("ServiceRequest.code", min=1, patternCodeableConcept=_pattern(term.concept(row["concept"]))))
+        els.append(_el("ServiceRequest.occurrence[x]", min=1, type=[{"code": "Timing"}]))
+    elif rtype == "Provenance":
+        els.append(_el("Provenance.agent", min=2))
+        els.append(_el("Provenance.activity", min=1))
     elif rtype == "BodyStructure":
         els.append(_el("BodyStructure.locationQualifier", min=1, binding={
             "strength": "extensible", "valueSet": value_set_url(term, "side")}))
@@ -179,8 +215,9 @@ def extension(term: Terminology, key: str) -> Resource:
     vt: dict[str, Any] = {"code": vtype}
     if target:
         vt["targetProfile"] = [target]
+    modifier = {"isModifier": True, "isModifierReason": description} if key in MODIFIERS else {}
     sd["differential"] = {"element": [
-        _el("Extension", short=title, definition=description, max="1"),
+        _el("Extension", short=title, definition=description, max="1", **modifier),
         _el("Extension.extension", max="0"),
         _el("Extension.url", fixedUri=url),
         _el("Extension.value[x]", min=1, type=[vt]),

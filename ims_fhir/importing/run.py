@@ -63,6 +63,8 @@ class ReverseRun:
         self.duplicate_records = 0
         self._done = False
         self._prepared = False
+        #: the IG's own modifier extensions, which the mappers read (others reject the resource)
+        self._known_modifiers = {self.term.extension_url(key) for key in ("entered-in-error",)}
 
     # -- loading ---------------------------------------------------------------------------
     def add(self, resource: Any, origin: str, *, full_url: str | None = None) -> None:
@@ -78,8 +80,10 @@ class ReverseRun:
             problems = validate_resource(resource)
         except Exception as exc:  # the validator must not stop the run on odd input
             problems = [Problem("(resource)", "fhir_validation", f"{type(exc).__name__}: {exc}")]
-        if not problems and resource.get("modifierExtension"):
-            urls = ", ".join(str(e.get("url")) for e in resource["modifierExtension"] if isinstance(e, dict))
+        unknown = [e for e in resource.get("modifierExtension") or ()
+                   if not (isinstance(e, dict) and e.get("url") in self._known_modifiers)]
+        if not problems and unknown:
+            urls = ", ".join(str(e.get("url")) for e in unknown if isinstance(e, dict))
             problems = [Problem(f"{resource['resourceType']}.modifierExtension", "modifier_extension",
                                 f"modifier extension(s) {urls} change the meaning of the resource in ways the import "
                                 "does not know")]
@@ -103,6 +107,11 @@ class ReverseRun:
                 for pos, ref in enumerate(resource.get(kind) or ()):
                     if isinstance(ref, dict) and isinstance(ref.get("reference"), str):
                         links.append((kind, pos, ref["reference"]))
+        elif resource["resourceType"] == "AdverseEvent":  # an adverse event names the session it followed
+            for pos, suspect in enumerate(resource.get("suspectEntity") or ()):
+                ref = suspect.get("instance") if isinstance(suspect, dict) else None
+                if isinstance(ref, dict) and isinstance(ref.get("reference"), str):
+                    links.append(("suspectEntity", pos, ref["reference"]))
         self._learn_base(resource, role)
         self.index.add(resource, origin, full_url, role, links, part_of=bool(resource.get("partOf")))
 

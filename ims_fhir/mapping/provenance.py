@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from html import escape
 from typing import Any
 from urllib.parse import quote
 
+from ..identifiers import identifiers_of
 from ..terminology import Terminology
 
 Resource = dict[str, Any]
@@ -88,10 +90,16 @@ def provenance(targets: list[str], *, activity: str, recorded: datetime, organiz
         raise ValueError("a Provenance needs at least one target")
     stamp = _instant(recorded)
     key = "|".join([activity, stamp, *sorted(targets)])
+    what = _concept(term, "provenance_activity", activity)["coding"][0]["display"]
+    told = (f"{term.profiles['provenance']['title']}: {what} of {len(targets)} "
+            f"resource{'s' if len(targets) != 1 else ''} at {stamp}, authored by the clinic, assembled and sent by "
+            f"{term.fhir['software']['name']} on its behalf")
     return {
         "resourceType": "Provenance",
         "id": str(uuid.uuid5(_NAMESPACE, f"provenance|{key}")),
-        "meta": {"extension": [{"url": AUTO_VERSION_EXTENSION, "valueString": "target"}]},
+        "meta": {"extension": [{"url": AUTO_VERSION_EXTENSION, "valueString": "target"}],
+                 "profile": [term.profile_url("provenance")]},
+        "text": {"status": "generated", "div": f'<div xmlns="http://www.w3.org/1999/xhtml"><p>{escape(told)}</p></div>'},
         "target": [{"reference": t} for t in targets],
         "recorded": stamp,
         "activity": _concept(term, "provenance_activity", activity),
@@ -104,7 +112,7 @@ def provenance(targets: list[str], *, activity: str, recorded: datetime, organiz
 
 
 def _identifier_query(resource: Resource) -> str:
-    ident = (resource.get("identifier") or [{}])[0]
+    ident = (identifiers_of(resource) or [{}])[0]
     return f"identifier={quote(ident.get('system', ''), safe='')}|{quote(ident.get('value', ''), safe='')}"
 
 

@@ -10,11 +10,18 @@ the treatment id) the Procedure names by the IG extension ``ims-consent``; a sid
 BodyStructure (:class:`~ims_fhir.mapping.context.BodySites`). A session not done or
 stopped keeps a ``finished`` Encounter and ``final`` findings (the patient was seen and
 measured); its Procedure has a coded ``statusReason``.
-What R4's Procedure has no element for is carried by IG extensions (session number, series
-total) or by Observations ``partOf`` the Procedure, identified by
-``{system_base}/treatment-finding`` = ``{treatment id}/{part}``: ``pain-before``,
-``pain-after``, ``site/{i}`` (insertions, needle size, twitch, electrical stimulation,
-segment as components) and ``adverse-event/{i}``.
+The session series is an ``EpisodeOfCare`` (``{system_base}/series``, per patient and
+assessment) the Encounter names in ``episodeOfCare``, and, when ``series_total`` is given, a
+``ServiceRequest`` (intent ``plan``, ``occurrenceTiming.repeat.count`` = the planned sessions,
+``{system_base}/series-plan``) the Procedure is ``basedOn``. Adverse events are
+``AdverseEvent`` resources (``{system_base}/adverse-event`` = ``{treatment id}/{i}``; actuality
+actual, HL7 adverse-event-severity, suspectEntity.instance = the Procedure); the Procedure's
+``complication`` repeats their event codes. R4 AdverseEvent has no status: a retracted
+session's AdverseEvents carry the IG's modifier extension ``ims-entered-in-error``.
+What R4's Procedure has no element for is carried by an IG extension (session number) or by
+Observations ``partOf`` the Procedure, identified by ``{system_base}/treatment-finding`` =
+``{treatment id}/{part}``: ``pain-before``, ``pain-after`` and ``site/{i}`` (insertions,
+needle size, twitch, electrical stimulation, segment as components).
 """
 
 from __future__ import annotations
@@ -81,13 +88,15 @@ def map_treatment(rec: Treatment, ctx: MappingContext) -> MappedRecord:
         "period": period,
         "serviceProvider": ctx.organization_ref,
     }
+
+    series = _series(rec, ctx, subject)
+    if series:
+        encounter["episodeOfCare"] = [{"reference": f"EpisodeOfCare/{series[0]['id']}"}]
     encounter = ctx.finish(encounter, "encounter")
 
     extensions = []
     if rec.session_number is not None:
         extensions.append({"url": term.extension_url("session-number"), "valuePositiveInt": rec.session_number})
-    if rec.series_total is not None:
-        extensions.append({"url": term.extension_url("series-total"), "valuePositiveInt": rec.series_total})
     extensions.append({"url": term.extension_url("consent"), "valueReference": {"reference": f"Consent/{consent_id}"}})
 
     procedure: Resource = {
@@ -95,8 +104,10 @@ def map_treatment(rec: Treatment, ctx: MappingContext) -> MappedRecord:
         "id": procedure_id,
         "extension": extensions,
         "identifier": [ctx.identifier("treatment", rec.id)],
-        "status": term.status("treatment", rec.status),
     }
+    if len(series) > 1:
+        procedure["basedOn"] = [{"reference": f"ServiceRequest/{series[1]['id']}"}]
+    procedure["status"] = term.status("treatment", rec.status)
     if rec.status_reason is not None:
         reason = term.concept("status-reason-not-done" if rec.status == "not-done" else "status-reason-stopped")
         procedure["statusReason"] = {"coding": reason["coding"], "text": rec.status_reason}
@@ -189,16 +200,72 @@ def map_treatment(rec: Treatment, ctx: MappingContext) -> MappedRecord:
         observation(f"site/{i}", "needling-site", "procedure", term.concept("needling-site"), rec.started_at,
                     bodySite=sites.site("muscle", site.muscle, site.side), component=comps)
 
+    events: list[Resource] = []
     for i, ae in enumerate(rec.adverse_events or ()):
-        fields: dict[str, Any] = {"valueCodeableConcept": term.vocab("event", ae.event)}
-        if ae.note is not None:
-            fields["note"] = [{"text": ae.note}]
+        value = f"{rec.id}/{i}"
+        event: Resource = {"resourceType": "AdverseEvent", "id": ctx.id_for("adverse-event", value)}
+        ae_ext = []
         if ae.muscle is not None:
-            fields["bodySite"] = sites.site("muscle", ae.muscle, None)
+            ae_ext.append({"url": term.extension_url("adverse-event-muscle"),
+                           "valueCodeableConcept": term.vocab("muscle", ae.muscle)})
+        if ae.note is not None:
+            ae_ext.append({"url": term.extension_url("adverse-event-note"), "valueString": ae.note})
+        if ae_ext:
+            event["extension"] = ae_ext
+        if rec.status == "entered-in-error":  # retracted with its session; R4 AdverseEvent has no status
+            event["modifierExtension"] = [{"url": term.extension_url("entered-in-error"), "valueBoolean": True}]
+        event["identifier"] = ctx.identifier("adverse-event", value)  # R4: one identifier
+        event["actuality"] = "actual"
+        event["event"] = term.vocab("event", ae.event)
+        event["subject"] = subject
+        event["encounter"] = encounter_ref
+        event["date"] = rec.started_at
         if ae.severity is not None:
-            fields["component"] = [{"code": term.concept("adverse-event-severity"),
-                                    "valueCodeableConcept": term.vocab("severity", ae.severity)}]
-        observation(f"adverse-event/{i}", "adverse-event", "procedure", term.concept("adverse-event"), rec.started_at, **fields)
+            event["severity"] = term.adverse_event_severity(ae.severity)
+        event["recorder"] = practitioner
+        event["suspectEntity"] = [{"instance": procedure_ref}]
+        events.append(ctx.finish(event, "adverse-event"))
 
-    return MappedRecord("treatment", rec.id, [encounter, procedure, consent, *observations, *sites.resources], deps,
-                        procedure_id)
+    return MappedRecord("treatment", rec.id, [*series, encounter, procedure, consent, *observations, *events,
+                                              *sites.resources], deps, procedure_id)
+
+
+def _series(rec: Treatment, ctx: MappingContext, subject: dict[str, Any]) -> list[Resource]:
+    """The session series a session belongs to: ``[EpisodeOfCare]``, plus the ServiceRequest of
+    its planned sessions when ``series_total`` is known; ``[]`` when the record names no series.
+
+    One EpisodeOfCare per patient and assessment (every session of the series emits the same
+    resource, so sending it again changes nothing); one ServiceRequest per planned total, so a
+    plan revised from 6 to 8 sessions is a new plan the later sessions are based on."""
+    if rec.session_number is None and rec.series_total is None:
+        return []
+    term = ctx.term
+    value = rec.patient_id if rec.assessment_id is None else f"{rec.patient_id}/{rec.assessment_id}"
+    episode: Resource = {
+        "resourceType": "EpisodeOfCare",
+        "id": ctx.id_for("series", value),
+        "identifier": [ctx.identifier("series", value)],
+        # ims-record/1 does not say when a series ends: the episode stays active
+        "status": "active",
+        "type": [term.concept("session-series")],
+        "patient": subject,
+        "managingOrganization": ctx.organization_ref,
+    }
+    out = [ctx.finish(episode, "episode-of-care")]
+    if rec.series_total is not None:
+        plan_value = f"{value}/sessions-{rec.series_total}"
+        plan: Resource = {
+            "resourceType": "ServiceRequest",
+            "id": ctx.id_for("series-plan", plan_value),
+            "identifier": [ctx.identifier("series-plan", plan_value)],
+            "status": "active",
+            "intent": "plan",
+            "category": [term.fixed_concept("procedure_category")],
+            "code": term.concept("ims-procedure"),
+            "subject": subject,
+            "occurrenceTiming": {"repeat": {"count": rec.series_total}},
+        }
+        if rec.assessment_id is not None:
+            plan["supportingInfo"] = [ctx.logical_ref("Observation", "assessment", rec.assessment_id)]
+        out.append(ctx.finish(plan, "series-plan"))
+    return out

@@ -60,7 +60,7 @@ from ..delivery import BundleResult, EntryResult, Refusal, Sender, TransactionSt
 from ..errors import FhirError, FhirNotFoundError, FhirVersionConflictError, UsageError
 from ..fhir.bundles import SHARED_TYPES, escape_token
 from ..fhir.diff import content, field_diff
-from ..identifiers import IdentifierScheme, RecordKey, split_system
+from ..identifiers import IdentifierScheme, RecordKey, identifiers_of, split_system
 from ..mapping.provenance import provenance_ids, with_provenance
 from ..terminology import Terminology, default_terminology
 from .store import AuditEntry, Conflict, Identity, TargetState
@@ -119,7 +119,7 @@ class Sent:
 
 
 def _primary(resource: Resource) -> tuple[str, str] | None:
-    ident = (resource.get("identifier") or [{}])[0]
+    ident = (identifiers_of(resource) or [{}])[0]
     system, value = ident.get("system"), ident.get("value")
     return (system, value) if isinstance(system, str) and isinstance(value, str) and value else None
 
@@ -326,7 +326,7 @@ class TargetSync:
             record = record_key({"system": ident[0], "value": ident[1]})
             try:
                 if rtype in SHARED_TYPES:
-                    others = [(i["system"], i["value"]) for i in (resource.get("identifier") or [])[1:]
+                    others = [(i["system"], i["value"]) for i in identifiers_of(resource)[1:]
                               if i.get("system") and i.get("value")]
                     known = self.resolve(rtype, ident, others, record=record, prefetched=prefetched)
                 else:
@@ -393,10 +393,10 @@ class TargetSync:
                 urls = {e["fullUrl"] for e in part["entry"]}
                 bad = [reason for u in urls for reason in failed_urls.get(u, [])]
                 own = {e["fullUrl"] for e in part["entry"]
-                       if record_key((e["resource"].get("identifier") or [{}])[0]) in keys}
+                       if record_key((identifiers_of(e["resource"]) or [{}])[0]) in keys}
                 if bad:
                     # the records of the part, and the record of a shared entry that cannot be resolved
-                    records = [record_key((by_url[u]["resource"].get("identifier") or [{}])[0]) or ("resource", u)
+                    records = [record_key((identifiers_of(by_url[u]["resource"]) or [{}])[0]) or ("resource", u)
                                for u in urls if u in failed_urls and by_url[u]["resource"]["resourceType"]
                                in SHARED_TYPES]
                     records += [k for k in keys if k[0] != "resource" and k not in records]
@@ -634,8 +634,9 @@ def _search_all(client: FhirClient, rtype: str, params: list[tuple[str, str]]) -
 
 #: what comes with a session's Procedure, and with an assessment's panel (as pull fetches them)
 _SESSION = [("_include", "Procedure:subject"), ("_include", "Procedure:performer"),
-            ("_include", "Procedure:encounter"), ("_revinclude", "Observation:part-of"),
-            ("_revinclude", "Consent:data")]
+            ("_include", "Procedure:encounter"), ("_include", "Procedure:based-on"),
+            ("_revinclude", "Observation:part-of"), ("_revinclude", "Consent:data"),
+            ("_revinclude", "AdverseEvent:substance"), ("_include:iterate", "Encounter:episode-of-care")]
 _ASSESSMENT = [("_include", "Observation:has-member"), ("_include", "Observation:subject"),
                ("_include", "Observation:performer"), ("_include", "Observation:encounter"),
                ("_include:iterate", "Encounter:diagnosis")]

@@ -68,7 +68,8 @@ def test_a_transaction_that_goes_through_gives_every_entry_its_outcome(
     outcomes = {(e.resource_type, e.outcome) for e in result.entries}
     assert outcomes == {("Organization", "unchanged"), ("Practitioner", "unchanged"), ("Encounter", "unchanged"),
                         ("Observation", "updated"), ("Patient", "created"), ("Procedure", "created"),
-                        ("Consent", "created"), ("Condition", "created"), ("BodyStructure", "created")}
+                        ("Consent", "created"), ("Condition", "created"), ("BodyStructure", "created"),
+                        ("AdverseEvent", "created"), ("EpisodeOfCare", "created"), ("ServiceRequest", "created")}
     procedure = next(e for e in result.entries if e.resource_type == "Procedure" and e.record == T1)
     assert procedure.status == 201 and procedure.version_id == "1" and procedure.method == "PUT"
     assert procedure.identifier == (SCHEME.system("treatment"), "T00000001")

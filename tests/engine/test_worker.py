@@ -95,7 +95,7 @@ def test_accepted_records_are_synced_with_the_servers_ids_and_versions(
     (delivery,) = status.deliveries
     assert delivery.server_version == "1" and delivery.synced_revision == 1
     assert {r["resourceType"] for r in delivery.resources} == {"Encounter", "Procedure", "Observation", "Consent",
-                                                                   "BodyStructure"}
+                                                                   "BodyStructure", "AdverseEvent"}
     assert worker.run_once() == 0  # nothing due any more
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import re
 from collections import Counter
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -27,6 +28,7 @@ from ims_fhir.mapping import (
     map_organization,
     map_record,
 )
+from ims_fhir.mapping.provenance import provenance, software_device
 from ims_fhir.records.models import Source
 from ims_fhir.records.validation import validate_record
 from ims_fhir.terminology import default_terminology
@@ -74,6 +76,13 @@ def test_every_example_resource_validates_against_the_ig(fhir_server: DevServer,
     assert result.code == 0, result.err
     resources = [r for rs in output_resources(out).values() for r in rs]
     assert len(resources) > 300
+    assert {"AdverseEvent", "EpisodeOfCare", "ServiceRequest"} <= {r["resourceType"] for r in resources}
+    # the Provenance delivery writes with every transaction (ims-provenance)
+    org = next(r for r in resources if r["resourceType"] == "Organization")
+    device = software_device(TERM, "0.1.0")
+    resources.append(provenance([f"Procedure/{r['id']}" for r in resources if r["resourceType"] == "Procedure"][:3],
+                                activity="create", recorded=datetime(2026, 12, 1, tzinfo=UTC),
+                                organization=f"Organization/{org['id']}", device=f"Device/{device['id']}", term=TERM))
     counts = _check_all(fhir_server.base_url, fhir, resources)
     kinds = Counter(r["resourceType"] for r in resources)
     with capsys.disabled():

@@ -26,7 +26,7 @@ from tests.strategies import assessments, patients, practitioners, treatments
 from .faultproxy import Fault, FaultProxy
 
 TYPES = ("Organization", "Patient", "Practitioner", "Encounter", "Observation", "Procedure", "Condition", "Consent",
-         "BodyStructure")
+         "BodyStructure", "AdverseEvent", "EpisodeOfCare", "ServiceRequest")
 HEADERS = {"Accept": "application/fhir+json", "Content-Type": "application/fhir+json"}
 
 

@@ -64,6 +64,7 @@ class Codes:
         self.treatment_observation_status = dict(status["treatment_observation"])
         self.gender = invert(term.fhir["gender"], "gender")
         self.extension = {key: term.extension_url(key) for key in term.fhir["extensions"]}
+        self.severity_system = term.systems["adverse-event-severity"]
         #: diagnoses[].system slug -> code system URL
         self.diagnosis_systems = {slug: term.diagnosis_system(slug) for slug in term.fhir["diagnosis_systems"]}
         chart = term.fixed_coding("chart_identifier_type")

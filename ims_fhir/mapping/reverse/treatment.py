@@ -7,10 +7,14 @@ A Procedure is an IMS session when its code decodes to our ``ims-procedure`` con
 ``performedDateTime``, patient and practitioner (business identifier values of the
 referenced Patient / Practitioner), ``assessment_id`` (the identifier of the panel named
 by ``reasonReference``, resolved or read from a conditional reference), session number,
-series total and consent (our extensions), notes.
+session number and consent (our extensions), series total (``occurrenceTiming.repeat.count``
+of the ServiceRequest named by ``basedOn``; the session's series, the EpisodeOfCare of its
+Encounter, is used without a field of its own), notes.
 
-From the Observations ``partOf`` it, by code: ``needling-site`` -> ``sites``,
-``adverse-event`` -> ``adverse_events``, pain before / after -> ``pain_before_nrs`` /
+The AdverseEvents naming it in ``suspectEntity.instance`` -> ``adverse_events`` (event,
+HL7 severity, the IG's muscle and note extensions; their identifier ``{treatment id}/{i}``
+gives the order). From the Observations ``partOf`` it, by code: ``needling-site`` -> ``sites``,
+``adverse-event`` (older exports) -> ``adverse_events``, pain before / after -> ``pain_before_nrs`` /
 ``pain_after_nrs``; their identifier ``{treatment id}/site/{i}`` gives the list order.
 A foreign pain score (only LOINC 72514-3) part of the session is "before" when taken at
 or before its start, "after" when taken at or after its end (``assumed``).
@@ -98,6 +102,93 @@ def _assessment_id(ctx: ReverseContext, el: Elements, built: Built) -> None:
                     "{system_base}/assessment identifier; assessment_id left out")
 
 
+#: the series-total extension of exports before the ServiceRequest of a series; still read
+LEGACY_SERIES_TOTAL_EXTENSION = "https://ims-fhir.github.io/fhir/StructureDefinition/ims-series-total"
+
+
+def _episode(ctx: ReverseContext, visit: Entry | None, built: Built) -> None:
+    """The session's series (EpisodeOfCare named by its Encounter): derived from patient and
+    assessment, so read as used, not as a field."""
+    if visit is None:
+        return
+    for ref in visit.resource.get("episodeOfCare") or ():
+        target = ctx.resolve(ref, visit)
+        if target is not None and target.resource_type == "EpisodeOfCare":
+            ctx.use(target, built)
+
+
+def _series_total(ctx: ReverseContext, el: Elements, built: Built) -> None:
+    """series_total: the planned sessions of the ServiceRequest the Procedure is basedOn."""
+    for i, ref in enumerate(el.take("basedOn") or ()):
+        target = ctx.resolve(ref, el.entry)
+        if target is None or target.resource_type != "ServiceRequest":
+            el.note(f"basedOn[{i}]", "not_mapped", "names no ServiceRequest in the input; series_total left out")
+            continue
+        ctx.use(target, built)
+        timing = target.resource.get("occurrenceTiming")
+        repeat = timing.get("repeat") if isinstance(timing, dict) else None
+        count = repeat.get("count") if isinstance(repeat, dict) else None
+        if isinstance(count, int) and not isinstance(count, bool) and count >= 1 and "series_total" not in built.data:
+            built.data["series_total"] = count
+        else:
+            el.note(f"basedOn[{i}]", "not_mapped", f"{target.label} has no occurrenceTiming.repeat.count (planned "
+                    "sessions), or a second plan; series_total not read from it")
+
+
+def _event_index(ctx: ReverseContext, el: Elements, treatment_id: str | None) -> int | None:
+    ident = el.take("identifier")
+    ours = ctx.our_identifier([ident] if isinstance(ident, dict) else ident, "adverse-event")
+    if ours is not None and treatment_id is not None and ours[2].startswith(f"{treatment_id}/"):
+        tail = ours[2][len(treatment_id) + 1:]
+        return int(tail) if tail.isdigit() else None
+    if ident is not None and ours is None:
+        el.note("identifier", "not_mapped", "an adverse event's own identifier has no ims-record/1 field")
+    return None
+
+
+def _adverse_event(ctx: ReverseContext, el: Elements, procedure: Entry) -> dict[str, Any]:
+    """One AdverseEvent whose suspect entity is the session."""
+    event: dict[str, Any] = {}
+    if el.take("actuality") != "actual":
+        el.note("actuality", "assumed", "a potential adverse event imported as one that happened")
+    value = el.take("event")
+    slug = ctx.codes.slug(value, "event") if value is not None else None
+    ext = el.extensions({ctx.codes.extension["adverse-event-muscle"]: "muscle",
+                         ctx.codes.extension["adverse-event-note"]: "note"})
+    note = ext["note"].get("valueString") if "note" in ext else None
+    if slug is None:
+        slug = "other"
+        text = _text(value) if value is not None else None
+        if text:
+            note = f"{text}: {note}" if note else text
+        el.note("event", "assumed", f"{describe(value)} is not in the adverse event table: imported as 'other'"
+                + (" with its text in the note" if text else ""))
+    event["event"] = slug
+    severity = el.take("severity")
+    for coding in (severity.get("coding") if isinstance(severity, dict) else None) or ():
+        if isinstance(coding, dict) and coding.get("system") == ctx.codes.severity_system and \
+                coding.get("code") in ("mild", "moderate", "severe"):
+            event["severity"] = coding["code"]
+            break
+    else:
+        if severity is not None:
+            el.note("severity", "not_mapped", f"{describe(severity)} is not an HL7 adverse-event-severity code")
+    if "muscle" in ext:
+        _put(event, "muscle", ctx.coded(el, ext["muscle"].get("valueCodeableConcept"), "muscle", "extension"))
+    _put(event, "note", note)
+    if not same_reference(el.take("subject"), procedure.resource.get("subject")):
+        el.note("subject", "not_mapped", "differs from the session's subject; the treatment keeps the session's")
+    suspects = el.take("suspectEntity") or []
+    if len(suspects) > 1:
+        el.note("suspectEntity", "not_mapped", "more than one suspect; only the IMS session is kept")
+    el.skip("encounter", "date", "recorder")
+    retracted = any(isinstance(m, dict) and m.get("valueBoolean") is True for m in el.take("modifierExtension") or ())
+    if retracted != (procedure.resource.get("status") == "entered-in-error"):
+        el.note("modifierExtension", "not_mapped", "retracted (ims-entered-in-error) unlike its session, or the other "
+                "way round; the treatment keeps the session's status")
+    return event
+
+
 #: the boolean consent extension of exports before the IG (ims-fhir <= 0.x); still read
 LEGACY_CONSENT_EXTENSION = "https://ims-fhir.github.io/fhir/StructureDefinition/ims-consent-obtained"
 
@@ -172,7 +263,8 @@ def map_procedure(entry: Entry, ctx: ReverseContext) -> tuple[Built, list[tuple[
                 el.note(f"performer[0].{key}", "not_mapped", f"the {key} of a performer has no ims-record/1 field")
         _put(data, "practitioner_id", ctx.person_id(el, perf.get("actor"), "Practitioner", "practitioner_id", built,
                                                     path="performer[0].actor"))
-    ctx.context_ref(el, "encounter", built)
+    visit = ctx.context_ref(el, "encounter", built)
+    _episode(ctx, visit, built)
     period = el.take("performedPeriod")
     when = el.take("performedDateTime")
     if isinstance(period, dict):
@@ -184,10 +276,11 @@ def map_procedure(entry: Entry, ctx: ReverseContext) -> tuple[Built, list[tuple[
     ctx.require(built, "practitioner_id", "the Procedure has no performer naming the practitioner")
     ctx.require(built, "started_at", "the Procedure has no performedPeriod.start or performedDateTime")
     _assessment_id(ctx, el, built)
-    ext = el.extensions({**{ctx.codes.extension[k]: k for k in ("session-number", "series-total", "consent")},
-                         LEGACY_CONSENT_EXTENSION: "consent-obtained"})
+    ext = el.extensions({**{ctx.codes.extension[k]: k for k in ("session-number", "consent")},
+                         LEGACY_CONSENT_EXTENSION: "consent-obtained", LEGACY_SERIES_TOTAL_EXTENSION: "series-total"})
     _put(data, "session_number", ext.get("session-number", {}).get("valuePositiveInt"))
     _put(data, "series_total", ext.get("series-total", {}).get("valuePositiveInt"))
+    _series_total(ctx, el, built)
     _put(data, "consent_obtained", ext.get("consent-obtained", {}).get("valueBoolean"))
     if "consent" in ext:
         _put(data, "consent_obtained", _consent(ctx, el, ext["consent"], built))
@@ -228,6 +321,14 @@ def map_procedure(entry: Entry, ctx: ReverseContext) -> tuple[Built, list[tuple[
         fallback = [_site_from_body_site(ctx, el, i, cc) for i, cc in enumerate(el.take("bodySite") or ())]
         if fallback:
             data["sites"] = fallback
+    for n, found in enumerate(ctx.index.linked_from("suspectEntity", entry.seq)):
+        if found.resource_type != "AdverseEvent":
+            continue
+        ctx.use(found, built)
+        ael = ctx.elements(found, built)
+        index = _event_index(ctx, ael, data.get("id"))
+        events.append((index is None, index or 0, n, _adverse_event(ctx, ael, entry)))
+        ael.finish()
     if events:
         el.skip("complication")
         data["adverse_events"] = [e for *_, e in sorted(events, key=lambda t: t[:3])]
@@ -307,8 +408,7 @@ def _event(ctx: ReverseContext, el: Elements) -> dict[str, Any]:
         el.note("valueCodeableConcept", "assumed", f"{describe(value)} is not in the adverse event table: imported as 'other' "
                 "with its text in the note")
     _put(event, "event", slug)
-    comps = _components(ctx, el, {"adverse-event-severity": ("CodeableConcept", "severity")})
-    _put(event, "severity", _first(el, comps, "adverse-event-severity"))
+    _components(ctx, el, {})  # the severity component of older exports used a CodeSystem since retired
     muscle, side = body_site(ctx, el, "muscle")
     _put(event, "muscle", muscle)
     if side is not None:
