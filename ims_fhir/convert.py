@@ -289,8 +289,11 @@ class Converter:
                             yield "bundle", body
                         ready.clear()
                     elif direct is not None:
+                        repeated = self._repeated
                         for res in outcome.group.resources:
-                            direct.resource(res)
+                            if not repeated or res["id"] not in repeated:
+                                direct.resource(res)
+                        repeated.clear()
                     else:
                         for res in outcome.group.resources:
                             if res["id"] not in self._repeated:
