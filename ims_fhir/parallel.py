@@ -491,21 +491,43 @@ def _flat(plans: list[tuple[Path, str, Source, list[_Shard]]]) -> Iterator[tuple
             yield path, form, source, shard
 
 
+def _top_id(line: bytes) -> bytes:
+    """The resource id of one NDJSON line (the writer puts it right after resourceType)."""
+    start = line.find(b'"id":"', 0, 120)
+    if start < 0 or line.find(b'"resourceType":"', 0, 40) < 0:
+        return str(orjson.loads(line).get("id", "")).encode()
+    start += 6
+    return line[start:line.index(b'"', start)]
+
+
 def _merge_series(out: Path, results: list[_Result], name: str) -> int:
     """A session series file: every session of a series emits its resources, so tasks repeat
-    lines; the first of each id is kept, in task order (what one process writes)."""
+    lines; the first of each id is kept, in task order (what one process writes).
+
+    Streamed: only the ids met are held, so memory grows with the number of series, not
+    with the output."""
+    target = out / name
+    moved = target.with_name(name + ".first-task")
+    if target.exists():  # the first task wrote straight into the output folder
+        target.rename(moved)
     seen: set[bytes] = set()
-    lines: list[bytes] = []
-    for result in results:
-        if name not in result.files or not (result.out_dir / name).exists():
-            continue
-        for line in (result.out_dir / name).read_bytes().splitlines(keepends=True):
-            rid = orjson.loads(line).get("id", "").encode()
-            if rid not in seen:
-                seen.add(rid)
-                lines.append(line)
-    (out / name).write_bytes(b"".join(lines))
-    return len(lines)
+    count = 0
+    with open(target, "wb") as dst:
+        for result in results:
+            path = result.out_dir / name
+            if path == target:
+                path = moved
+            if name not in result.files or not path.exists():
+                continue
+            with open(path, "rb") as src:
+                for line in src:
+                    rid = _top_id(line)
+                    if rid not in seen:
+                        seen.add(rid)
+                        count += 1
+                        dst.write(line)
+    moved.unlink(missing_ok=True)
+    return count
 
 
 def _merge_ndjson(out: Path, results: list[_Result], summary: Summary) -> None:

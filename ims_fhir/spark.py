@@ -325,8 +325,9 @@ def convert_dataset(spark: SparkSession, options: SparkOptions, *, paths: Sequen
     duplicates = spark.sparkContext.broadcast(
         {key: f"{names[file]}:{index + 1}" for key, ((file, index), _) in repeated.items()})
     # pass 2: the conversion, with the converter's own per-record code
-    # kept (memory, spilling to disk) so that taking the session series apart does not convert twice
-    converted = items.mapPartitions(_convert_partition(options, duplicates)).persist(StorageLevel.MEMORY_AND_DISK)
+    # kept on local disk (a partition of output would not fit the heap: 1M records with MEMORY_AND_DISK
+    # ran out of a 1 GB heap) so that taking the session series apart does not convert twice
+    converted = items.mapPartitions(_convert_partition(options, duplicates)).persist(StorageLevel.DISK_ONLY)
     org = map_organization(options.context())
     organization = spark.sparkContext.parallelize([("Organization", orjson.dumps(org).decode())], 1)
     # every session of a series emits its EpisodeOfCare / ServiceRequest alike: one line each, as convert writes
