@@ -130,7 +130,7 @@ def _run(cmd: list[str]) -> tuple[float, dict[int, tuple[str, int, float]], str]
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read().decode(), err.read().decode()
-    if code not in (0, 1):
+    if code not in (0, 1) or "Traceback" in stderr or "ims-fhir: error" in stderr:
         sys.exit(f"benchmark step failed ({code}): {' '.join(cmd)}\n{stderr}")
     return elapsed, peaks, stdout
 

@@ -7,6 +7,7 @@ reported once, here, as one line on stderr; never a traceback for a known failur
 
 from __future__ import annotations
 
+import sqlite3
 import sys
 import time
 from collections.abc import Sequence
@@ -650,4 +651,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         click.echo("ims-fhir: interrupted", err=True)
         return 130
+    except OSError as exc:  # the machine, not the records: a full disk, a folder we may not write
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        click.echo(f"ims-fhir: error: {exc.strerror or exc}{where}; nothing after this point was written", err=True)
+        return EXIT_USAGE
+    except sqlite3.OperationalError as exc:  # a work store or state file on a full disk
+        click.echo(f"ims-fhir: error: local store: {exc}", err=True)
+        return EXIT_USAGE
     return rv if isinstance(rv, int) else EXIT_OK

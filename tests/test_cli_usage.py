@@ -63,3 +63,22 @@ def test_counts_agree_with_their_nouns(run_cli: Any, source_args: list[str], tmp
     assert "converted 1 of 1 record into " in result.err
     resources = sum(orjson.loads((tmp_path / "out" / "summary.json").read_bytes())["resources"].values())
     assert f"into {resources} resource{'s' if resources != 1 else ''} in" in result.err
+
+
+def test_a_full_disk_is_a_one_line_error(run_cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The machine failing under convert (ENOSPC while writing) ends with exit 2 and one line
+    naming the file, not a traceback (found at 1M records on a full /tmp)."""
+    import errno
+
+    from ims_fhir.convert import FileSink
+
+    def full(self: Any, resource: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out" / "Patient.ndjson"))
+
+    monkeypatch.setattr(FileSink, "resource", full)
+    result = run_cli("convert", Path(__file__).parent.parent / "examples" / "clinic-small" / "clinic.json",
+                     "--out", tmp_path / "out")
+    assert result.code == 2
+    assert "Traceback" not in result.err
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1 and "No space left on device" in lines[0] and "Patient.ndjson" in lines[0]
