@@ -444,13 +444,12 @@ class TargetSync:
             return full
 
         sender = Sender(self.client, scheme=scheme, strategy=TransactionStrategy(prepare))
-        try:
-            sent.delivery = sender.send(to_send)
-        except FhirError:
-            # the answer may be lost after the server made the writes: remember what each update
-            # sent, so that a refused If-Match later recognises its own write (see :meth:`_conflicts`)
+        if in_flight:
+            # written ahead: the answer may be lost after the server made the writes, by a reset or
+            # by this process being killed mid-send; remember what each update sends, so that a
+            # refused If-Match later recognises its own write (see :meth:`_conflicts`)
             self.state.set_pending(self.target, in_flight)
-            raise
+        sent.delivery = sender.send(to_send)
         if self._after(sent, to_send, hashes, updates, now, record_key) and again:
             return self.send(bundle, again=False)
         return sent
