@@ -118,6 +118,18 @@ class Sent:
         return self.delivery.refusals
 
 
+def _resolve_refs(value: Any, urls: dict[str, str]) -> Any:
+    """``value`` with every ``reference`` found in ``urls`` replaced by what it maps to."""
+    if not urls:
+        return value
+    if isinstance(value, dict):
+        return {k: (urls.get(v, v) if k == "reference" and isinstance(v, str) else _resolve_refs(v, urls))
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve_refs(v, urls) for v in value]
+    return value
+
+
 def _primary(resource: Resource) -> tuple[str, str] | None:
     ident = (identifiers_of(resource) or [{}])[0]
     system, value = ident.get("system"), ident.get("value")
@@ -521,17 +533,33 @@ class TargetSync:
                        record_type=s.record[0] if s.record else None, record_id=s.record[1] if s.record else None)
             for s in sent.skipped if s.outcome == KEPT])
 
+    def _server_urls(self, part: Resource) -> dict[str, str]:
+        """``urn:uuid`` fullUrl -> ``Type/server id`` for the part's entries the identity map knows."""
+        urls: dict[str, str] = {}
+        for entry in part.get("entry", []):
+            full, res = entry.get("fullUrl"), entry.get("resource") or {}
+            ident = _primary(res)
+            if not isinstance(full, str) or not full.startswith("urn:") or ident is None:
+                continue
+            known = self.state.identity(self.target, str(res.get("resourceType")), *ident)
+            if known is not None and known.server_id:
+                urls[full] = f"{known.resource_type}/{known.server_id}"
+        return urls
+
     def _conflicts(self, rejection: Refusal, updates: dict[str, Identity], hashes: dict[str, str],
                    now: float, record_key: Callable[[dict[str, Any]], Key | None]) -> tuple[list[Conflicted], bool]:
         """The conflicts of a refused part, and whether one of its refused entries was the
         adapter's own earlier write (no conflict: its version is now the base)."""
         out = []
         own = False
+        urls = self._server_urls(rejection.part)
         for entry in rejection.part.get("entry", []):
             request = entry.get("request") or {}
             if not request.get("ifMatch"):
                 continue
-            resource = entry["resource"]
+            # compared as the server stores it: a urn:uuid reference to another entry is the
+            # server's Type/id of that entry (else every lost answer would differ in its references)
+            resource = _resolve_refs(entry["resource"], urls)
             rtype, sid = resource["resourceType"], str(resource.get("id"))
             known = updates.get(entry.get("fullUrl", ""))
             try:
@@ -551,7 +579,8 @@ class TargetSync:
                                                    content_hash=hashes.get(entry.get("fullUrl", "")))], now=now)
                 own = True
                 continue
-            landed = next((w for w in (known.pending or []) if not field_diff(w["resource"], server)), None) \
+            landed = next((w for w in (known.pending or [])
+                           if not field_diff(_resolve_refs(w["resource"], urls), server)), None) \
                 if server is not None and known is not None else None
             if landed is not None and known is not None:
                 # the server holds an earlier update whose answer never came (the clinic edited the
