@@ -51,19 +51,17 @@ exactly once
 
 from __future__ import annotations
 
-import copy
 import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ims_fhir.client.capability import ServerCapabilities
-from ims_fhir.client.entrywise import NO_CHANGE, _edges, _entry, _outcome, _references, _stub, plan
+from ims_fhir.client.entrywise import NO_CHANGE, _edges, _entry, _outcome, _references, _stub, plan, rewrite_references
 from ims_fhir.client.errors import error_class_for_status
 from ims_fhir.client.response import EntryResponse, FhirResponse, Resource, parse_location
 from ims_fhir.errors import (
     FhirAmbiguousMatchError,
     FhirError,
-    FhirNotFoundError,
     FhirServerError,
     UsageError,
     issues_from_outcome,
@@ -189,18 +187,7 @@ class _Batcher:
     # -- writing --------------------------------------------------------------------------
 
     def rewrite(self, resource: Resource) -> Resource:
-        resource = copy.deepcopy(resource)
-        for ref in _references(resource):
-            target = ref["reference"]
-            if target in self.resolved:
-                ref["reference"] = self.resolved[target]
-            elif _is_conditional_reference(target):
-                one = self.found[target].one
-                if one is None:
-                    raise FhirNotFoundError(f"reference {target.partition('?')[0]}?… matches nothing on the server",
-                                            status=404)
-                self.resolved[target] = ref["reference"] = f"{target.partition('?')[0]}/{one['id']}"
-        return resource
+        return rewrite_references(resource, self.resolved, lambda rtype, query: self.found[f"{rtype}?{query}"].one)
 
     def request_for(self, entry: Entry, resource: Resource) -> tuple[Entry | None, Entry | None]:
         """(the batch entry that writes ``entry``, or the result it already has without one)."""

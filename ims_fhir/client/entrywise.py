@@ -56,7 +56,7 @@ exactly once
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ims_fhir.client.capability import ServerCapabilities
@@ -272,19 +272,7 @@ class _Sender:
         return found
 
     def rewrite(self, resource: Resource) -> Resource:
-        resource = copy.deepcopy(resource)
-        for ref in _references(resource):
-            target = ref["reference"]
-            if target in self.resolved:
-                ref["reference"] = self.resolved[target]
-            elif "?" in target and not target.startswith(("urn:", "http:", "https:")):
-                resource_type, _, query = target.partition("?")
-                found = self.matches(resource_type, query)
-                if not found:
-                    raise FhirNotFoundError(f"reference {resource_type}?… matches nothing on the server",
-                                            status=404)
-                self.resolved[target] = ref["reference"] = f"{resource_type}/{found[0]['id']}"
-        return resource
+        return rewrite_references(resource, self.resolved, lambda rtype, query: next(iter(self.matches(rtype, query)), None))
 
     def send(self, entry: dict[str, Any]) -> dict[str, Any]:
         request = entry.get("request") or {}
@@ -433,3 +421,22 @@ def send_entrywise(client: FhirClient, bundle: Resource) -> FhirResponse:
 
 
 __all__ = ["NO_CHANGE", "dependency_order", "plan", "send_entrywise"]
+
+
+def rewrite_references(resource: Resource, resolved: dict[str, str],
+                       find_one: Callable[[str, str], Resource | None]) -> Resource:
+    """A copy of ``resource`` whose references name server resources: an earlier entry's by what
+    ``resolved`` says, a conditional reference (``Type?query``) by what ``find_one`` finds
+    (remembered in ``resolved``); a conditional reference that matches nothing is refused."""
+    resource = copy.deepcopy(resource)
+    for ref in _references(resource):
+        target = ref["reference"]
+        if target in resolved:
+            ref["reference"] = resolved[target]
+        elif "?" in target and not target.startswith(("urn:", "http:", "https:")):
+            resource_type, _, query = target.partition("?")
+            one = find_one(resource_type, query)
+            if one is None:
+                raise FhirNotFoundError(f"reference {resource_type}?… matches nothing on the server", status=404)
+            resolved[target] = ref["reference"] = f"{resource_type}/{one['id']}"
+    return resource
