@@ -35,8 +35,13 @@ def normalise(record_type: str, record: Mapping[str, Any]) -> dict[str, Any]:
        ``candidacy.contraindications``, ``sites``, ``adverse_events`` and the finding
        lists emit nothing in FHIR when empty, so ``[]`` reads back as "not recorded".
 
-    Nothing else changes: texts (notes, complaints, names) keep every character, lists
-    keep their order and their repeats.
+    6. Texts (names, identifier values, notes, complaints, diagnosis codes) lose whitespace
+       at their ends, as the record models do when they read a record (FHIR strings should
+       not start or end with whitespace). The clinic id is kept exactly: it is part of
+       every identity.
+
+    Nothing else changes: texts keep every other character, lists keep their order and
+    their repeats.
     """
     model, problems = validate_record(record_type, copy.deepcopy(dict(record)))
     if model is None:

@@ -130,6 +130,16 @@ def _check_uri(value: str) -> str:
 
 
 def _check_text(value: str) -> str:
+    """A text must have a visible character; whitespace at its ends is dropped (FHIR strings
+    should not start or end with whitespace, and validators warn about it)."""
+    stripped = value.strip()
+    if not stripped:
+        raise PydanticCustomError("non_empty", "must not be empty or blank", {})
+    return stripped
+
+
+def _check_clinic_id(value: str) -> str:
+    """Like a text, but kept exactly as given: the clinic id is part of every identity."""
     if not value.strip():
         raise PydanticCustomError("non_empty", "must not be empty or blank", {})
     return value
@@ -155,7 +165,7 @@ Id = Annotated[str, Field(min_length=1, max_length=MAX_ID), AfterValidator(_chec
                     "not '.' or '..'"})]
 Text = Annotated[str, Field(max_length=MAX_NAME), AfterValidator(_check_text)]
 #: a clinic's own id: any text (it only ever appears inside identifiers and names), but bounded
-ClinicId = Annotated[str, Field(min_length=1, max_length=MAX_NAME), AfterValidator(_check_text)]
+ClinicId = Annotated[str, Field(min_length=1, max_length=MAX_NAME), AfterValidator(_check_clinic_id)]
 Note = Annotated[str, Field(max_length=MAX_NOTE), AfterValidator(_check_text)]
 Nrs = Annotated[int, Field(ge=0, le=10)]
 

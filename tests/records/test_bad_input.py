@@ -213,3 +213,24 @@ def test_gzip_ndjson_reads_like_plain(run_cli: Any, tmp_path: Path) -> None:
     result = run_cli("convert", tmp_path / "a.ndjson.gz", "--out", tmp_path / "out", "--clinic-id", "c1", "--system-base", SB)
     assert result.code == 0
     assert orjson.loads((tmp_path / "out" / "summary.json").read_bytes())["converted"] == 4
+
+
+def test_whitespace_at_the_ends_of_texts_is_dropped_but_blank_texts_are_rejected(run_cli: Any, tmp_path: Path) -> None:
+    """FHIR strings should not start or end with whitespace (HAPI warns): texts are trimmed on
+    reading, so the FHIR output and the import agree; the clinic id keeps every character."""
+    patient = _with(PATIENT, family_name=" Testperson\t", given_names=["Alex ", "\u3000Sam"],
+                    identifiers=[{"system": "https://health.example.org/phn", "value": " 9876 "}])
+    model, problems = validate_record("patient", {k: v for k, v in patient.items() if k != "record_type"})
+    assert problems == [] and model is not None
+    assert (model.family_name, model.given_names) == ("Testperson", ["Alex", "Sam"])
+    assert model.identifiers is not None and model.identifiers[0].value == "9876"
+    _, problems = validate_record("patient", {**{k: v for k, v in PATIENT.items() if k != "record_type"},
+                                              "family_name": " \t "})
+    assert [(p.path, p.rule) for p in problems] == [("family_name", "non_empty")]
+
+    inp = write_ndjson(tmp_path / "in.ndjson", [patient])
+    assert run_cli("convert", inp, "--out", tmp_path / "out", "--clinic-id", " c1 ", "--system-base", SB).code == 0
+    [fhir_patient] = read_ndjson(tmp_path / "out" / "Patient.ndjson")
+    assert fhir_patient["name"][0]["family"] == "Testperson" and fhir_patient["name"][0]["given"] == ["Alex", "Sam"]
+    [org] = read_ndjson(tmp_path / "out" / "Organization.ndjson")
+    assert org["identifier"][0]["value"] == " c1 "
