@@ -36,6 +36,7 @@ import orjson
 
 from .client import ClientConfig, FhirClient, delivery_requirements
 from .client.keyed_pool import KeyedPool
+from .client.throttle import Throttle
 from .convert import Converter, ConvertOptions
 from .delivery import DELIVERED_TYPES, BundleResult, Refusal, Sender, patient_keys, references
 from .errors import InputError, UsageError
@@ -368,6 +369,9 @@ def push(paths: list[Path], client_config: ClientConfig | None, options: PushOpt
             client.require(delivery_requirements(DELIVERED_TYPES))
         pusher = Pusher(Sender(client), summary, report, sync)
         if options.concurrency > 1:
+            # at most `concurrency` requests on the wire, shared by the workers (and the fan-out
+            # of a Bundle sent entry by entry), with the one 429 back-off
+            client.transport.throttle = Throttle(in_flight=options.concurrency)
             _push_concurrently(client, client_config, pusher, bundles, options.concurrency, progress, session)
             return summary
         for bundle in bundles:

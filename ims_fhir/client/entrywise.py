@@ -51,12 +51,22 @@ exactly once
     plain create (no conditional create on the server) is never retried blindly: the
     transport does not resend it after a timeout, and the next attempt searches first.
     Not atomic: entries before a refused one stay stored, as separate requests must.
+fan-out
+    With a limit on requests in flight for the target (``--concurrency N``, see
+    :mod:`ims_fhir.client.throttle`), entries that do not wait for each other are sent
+    together, up to N (at most :data:`MAX_FAN_OUT`) from one Bundle: an entry is sent once
+    every entry it refers to is answered (and an earlier entry whose conditional request
+    matches one of its conditional references). Over a slow link one resource per round
+    trip otherwise leaves the server idle. The first refused entry stops the entries not yet
+    sent; the ones on the wire are answered first. Pivots are completed at the end, one by
+    one, as without fan-out. With concurrency 1, one request at a time, in dependency order.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any
 
 from ims_fhir.client.capability import ServerCapabilities
@@ -67,6 +77,8 @@ if TYPE_CHECKING:
     from ims_fhir.client.fhir_client import FhirClient
 
 NO_CHANGE = "SUCCESSFUL_UPDATE_NO_CHANGE"
+#: the most entries of one Bundle on the wire at once (one connection pool serves them)
+MAX_FAN_OUT = 8
 _HAPI_CODES = "https://hapifhir.io/fhir/CodeSystem/hapi-fhir-storage-response-code"
 
 
@@ -397,6 +409,65 @@ class _Sender:
         return _entry(response.status, (where[0] if where else None) or resource_type, found_id, version, body)
 
 
+def _waits_for(entries: list[dict[str, Any]], order: list[int], broken: dict[int, set[int]]) -> list[set[int]]:
+    """For each entry, the entries that must be answered before it is sent (see "fan-out"):
+    those it refers to by fullUrl (less the broken edges), and an earlier entry (in ``order``)
+    whose conditional request matches one of its conditional references."""
+    position = {index: at for at, index in enumerate(order)}
+    by_query: dict[str, int] = {}
+    for i, entry in enumerate(entries):
+        request = entry.get("request") or {}
+        url = str(request.get("url", ""))
+        resource_type = (entry.get("resource") or {}).get("resourceType")
+        query = request.get("ifNoneExist") if str(request.get("method", "")).upper() == "POST" \
+            else (url.partition("?")[2] if "?" in url else None)
+        if query and resource_type:
+            by_query.setdefault(f"{resource_type}?{query}", i)
+    waits: list[set[int]] = []
+    for i, found in enumerate(_edges(entries)):
+        needs = set(found) - broken.get(i, set())
+        for ref in _references(entries[i].get("resource")):
+            j = by_query.get(ref["reference"])
+            if j is not None and j != i and position[j] < position[i]:
+                needs.add(j)
+        waits.append(needs)
+    return waits
+
+
+def _run(order: list[int], waits: list[set[int]], step: Callable[[int], None], fan_out: int) -> None:
+    """Call ``step`` for every index of ``order``, an index only after those it waits for, up to
+    ``fan_out`` at once; the first error stops what has not started and is raised once the
+    started ones are answered."""
+    if fan_out <= 1:
+        for index in order:
+            step(index)
+        return
+    left = {index: set(waits[index]) for index in order}
+    waiting = list(order)
+    with ThreadPoolExecutor(max_workers=fan_out, thread_name_prefix="ims-fhir-entry") as pool:
+        running: dict[Future[None], int] = {}
+        error: BaseException | None = None
+        while waiting or running:
+            if error is None:
+                ready = [index for index in waiting if not left[index]]
+                for index in ready[:max(0, fan_out - len(running))]:
+                    waiting.remove(index)
+                    running[pool.submit(step, index)] = index
+            if not running:
+                break
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                index = running.pop(future)
+                failure = future.exception()
+                if failure is not None:
+                    error = error or failure
+                    continue
+                for other in waiting:
+                    left[other].discard(index)
+        if error is not None:
+            raise error
+
+
 def send_entrywise(client: FhirClient, bundle: Resource) -> FhirResponse:
     """Apply a transaction Bundle with individual requests (see the module docstring)."""
     entries = list(bundle.get("entry") or [])
@@ -404,7 +475,8 @@ def send_entrywise(client: FhirClient, bundle: Resource) -> FhirResponse:
     sender = _Sender(client, client.capabilities())
     results: list[dict[str, Any] | None] = [None] * len(entries)
     pending: list[tuple[int, str, str | None, bool]] = []
-    for index in order:
+
+    def step(index: int) -> None:
         if index in broken:
             targets = {str(entries[t]["fullUrl"]) for t in broken[index]}
             stubbed = sender.send_stub(entries[index], targets)
@@ -414,7 +486,11 @@ def send_entrywise(client: FhirClient, bundle: Resource) -> FhirResponse:
                 pending.append((index, *stubbed))
         else:
             results[index] = sender.send(entries[index])
-    for index, resource_id, version, created in pending:
+
+    fan_out = min(client.transport.throttle.in_flight or 1, MAX_FAN_OUT)
+    _run(order, _waits_for(entries, order, broken) if fan_out > 1 else [], step, fan_out)
+    position = {index: at for at, index in enumerate(order)}
+    for index, resource_id, version, created in sorted(pending, key=lambda p: position[p[0]]):
         results[index] = sender.complete(entries[index], resource_id, version, created)
     response_bundle = {"resourceType": "Bundle", "type": "transaction-response", "entry": results}
     return FhirResponse(status=200, resource=response_bundle, url=client.base_url)

@@ -42,6 +42,7 @@ import orjson
 
 from ..client import ClientConfig, FhirClient
 from ..client.keyed_pool import KeyedPool
+from ..client.throttle import Throttle
 from ..delivery import operation_outcome, patient_keys, status_of
 from ..errors import FhirError, UsageError
 from ..fhir.bundles import BundlePacker, group_from_bytes
@@ -139,6 +140,10 @@ class SyncWorker:
         client = self._clients.get(target.name)
         if client is None:
             client = self._clients[target.name] = self._client_factory(target)
+            if self.options.concurrency > 1:
+                # at most `concurrency` requests on the wire for the target, shared by the
+                # delivery threads (and the fan-out of a Bundle sent entry by entry)
+                client.transport.throttle = Throttle(in_flight=self.options.concurrency)
         return client
 
     def close(self) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from ims_fhir.client import FhirClient
-from ims_fhir.client.entrywise import NO_CHANGE, _stub, dependency_order, plan
+from ims_fhir.client.entrywise import NO_CHANGE, _run, _stub, dependency_order, plan
 from ims_fhir.client.response import FhirResponse
 from ims_fhir.errors import UsageError
 
@@ -202,3 +202,54 @@ def test_a_pivot_put_by_id_is_read_first(reduced: FhirClient, adapter: ScriptedA
     assert "extension" not in adapter.calls("PUT")[0].json()
     assert adapter.calls("PUT")[1].headers["If-Match"] == 'W/"1"'
     assert results(response)[1]["response"]["status"] == "201 Created"
+
+
+def _observed_run(waits: list[set[int]], fan_out: int, fail: int | None = None,
+                  ) -> tuple[list[int], int, list[int], Exception | None]:
+    """Run ``_run`` over entries 0..n-1 (in index order) with steps that take a while; return
+    (start order, most steps at once, finished, the error raised)."""
+    import threading
+    import time
+
+    lock = threading.Lock()
+    started: list[int] = []
+    finished: list[int] = []
+    now = most = 0
+
+    def step(index: int) -> None:
+        nonlocal now, most
+        with lock:
+            assert all(w in finished for w in waits[index]), (index, waits[index], finished)
+            started.append(index)
+            now += 1
+            most = max(most, now)
+        time.sleep(0.02)
+        with lock:
+            now -= 1
+            if index == fail:
+                raise RuntimeError(f"entry {index} refused")
+            finished.append(index)
+
+    try:
+        _run(list(range(len(waits))), waits, step, fan_out)
+    except RuntimeError as exc:
+        return started, most, finished, exc
+    return started, most, finished, None
+
+
+def test_fan_out_sends_independent_entries_together_and_never_more_than_allowed() -> None:
+    # 0 <- 1..6 (e.g. a Patient, then its Encounter and Observations), 7 waits for 3 and 5
+    waits = [set(), {0}, {0}, {0}, {0}, {0}, {0}, {3, 5}]
+    started, most, finished, error = _observed_run(waits, fan_out=3)
+    assert error is None and sorted(finished) == list(range(8)) and started[0] == 0
+    assert most == 3  # six entries were ready at once; three went out
+    started, most, _, _ = _observed_run(waits, fan_out=1)
+    assert started == list(range(8)) and most == 1  # concurrency 1: one at a time, in order
+
+
+def test_fan_out_stops_at_the_first_refusal_and_raises_it() -> None:
+    waits = [set(), {0}, {0}, {1}, {1}, {2}]
+    started, _, finished, error = _observed_run(waits, fan_out=2, fail=1)
+    assert error is not None and str(error) == "entry 1 refused"
+    assert 3 not in started and 4 not in started  # they needed the refused entry
+    assert 1 not in finished and 0 in finished

@@ -13,7 +13,9 @@ reads the CapabilityStatement and adapts. Two servers (each start costs CI a min
   (in a batch of lookups) then ``PUT`` by id with ``If-Match``, or a create.
 
 Shown for both: the examples and generated records land exactly once, a second push changes
-nothing, and an edited record is updated in place (same id, version 2).
+nothing, and an edited record is updated in place (same id, version 2); with ``--concurrency``
+the requests on the wire never exceed it, and entry by entry one Bundle's independent entries
+go out together (its fan-out).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from ims_fhir.dev.synthetic.cli import main as synthetic_main
 from ims_fhir.errors import ToolchainError
 from tests.conftest import EXAMPLES, SOURCE, output_resources
 
-from .faultproxy import FaultProxy, ProxyRequest
+from .faultproxy import Fault, FaultProxy, LogEntry, ProxyRequest
 from .test_push import counts, search
 
 HEADERS = {"Accept": "application/fhir+json", "Content-Type": "application/fhir+json"}
@@ -196,3 +198,45 @@ def test_generated_records_land_exactly_once(reduced_server: tuple[str, str], ru
             ident = resource["identifier"][0]
             hits = search(base, rtype, identifier=f"{ident['system']}|{ident['value']}")
             assert len(hits) == 1, (rtype, ident)
+
+
+def _most_in_flight(log: list[LogEntry]) -> int:
+    """The most requests the proxy held at once (arrival to answer)."""
+    events = sorted([(e.at, 1) for e in log] + [(e.answered, -1) for e in log], key=lambda t: (t[0], t[1]))
+    most = now = 0
+    for _, step in events:
+        now += step
+        most = max(most, now)
+    return most
+
+
+def test_concurrency_bounds_requests_in_flight_and_one_bundle_fans_out(
+        reduced_server: tuple[str, str], run_cli: Any, tmp_path: Path) -> None:
+    """One Bundle (nothing for the per-patient pool to overlap) over a slow link: entry by
+    entry, its entries that do not wait for each other go out together, never more than
+    ``--concurrency`` at once; exactly once all the same."""
+    mode, base = reduced_server
+    export = tmp_path / "one-bundle.json"
+    assert synthetic_main(["export", "--patients", "2", "--seed", "77", "--format", "json", "--out", str(export)]) == 0
+    with FaultProxy(base) as proxy:
+        proxy.inject(Fault.delay(0.05), times=100_000)  # 50 ms on every request: overlaps show
+        pushed = run_cli("push", export, "--server", proxy.base_url, "--json", "--bundle-size", "1000",
+                         "--concurrency", "3", "--state", tmp_path / "state.sqlite")
+        assert pushed.code == 0, pushed.err
+        first = orjson.loads(pushed.out)
+        assert first["bundles"] == 1 and first["failed_records"] == 0 and first["conflicts"] == 0, first
+        most = _most_in_flight(proxy.log)
+    assert most <= 3, most
+    if mode == "per-resource":  # one request per entry: independent entries overlap
+        assert most >= 2, most
+    after_first = counts(base)
+    again = orjson.loads(run_cli("push", export, "--server", base, "--json", "--concurrency", "3",
+                                 "--state", tmp_path / "state.sqlite").out)
+    assert again["created"] == 0 and again["updated"] == 0 and again["failed_records"] == 0, again
+    assert counts(base) == after_first
+    out = tmp_path / "out"
+    assert run_cli("convert", export, "--out", out).code == 0
+    for rtype in ("Patient", "Procedure", "Observation", "Consent"):
+        for resource in output_resources(out)[rtype]:
+            ident = resource["identifier"][0]
+            assert len(search(base, rtype, identifier=f"{ident['system']}|{ident['value']}")) == 1, (rtype, ident)
