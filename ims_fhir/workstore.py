@@ -2,7 +2,8 @@
 
 It holds what a streaming conversion must remember about records it has already
 passed: which ids it has seen (duplicates), which references it met (``--strict-refs``),
-how many diagnoses each assessment has (:mod:`ims_fhir.diagnoses`, first pass), and in bundle mode the Patient/Practitioner resources it produced (so later Bundles can
+how many diagnoses each assessment has (:mod:`ims_fhir.diagnoses`, first pass), and in
+bundle mode the Patient/Practitioner resources it produced (so later Bundles can
 include them as conditional creates) and record groups held back until their
 dependencies are known. Backed by a temporary SQLite file that is deleted on close.
 """

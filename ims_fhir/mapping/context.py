@@ -20,10 +20,10 @@ Terms:
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import re
-import copy
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
