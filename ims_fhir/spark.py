@@ -170,8 +170,10 @@ def _links(item: tuple[Position, str, Any]) -> list[tuple[str, tuple[str, Positi
     :func:`ims_fhir.diagnoses.count_of`), ``(assessment id, ("t", position, 0))`` for a session
     naming an assessment; a line that names neither is not parsed."""
     body = item[2]
+    marked = True  # as convert's first pass: a line without the text "diagnoses" counts none
     if isinstance(body, str):
-        if '"assessment_id"' not in body and '"diagnoses"' not in body:
+        marked = '"diagnoses"' in body
+        if not marked and '"assessment_id"' not in body:
             return []
         try:
             obj = orjson.loads(body)
@@ -182,7 +184,7 @@ def _links(item: tuple[Position, str, Any]) -> list[tuple[str, tuple[str, Positi
     if not isinstance(obj, dict):
         return []
     record_type = obj.get("record_type")
-    found = count_of(record_type, obj)
+    found = count_of(record_type, obj) if marked else None
     if found is not None:
         return [(found[0], ("n", item[0], found[1]))]
     assessment_id = obj.get("assessment_id")
