@@ -1,6 +1,7 @@
 """The batch conversion pipeline behind ``ims-fhir convert``.
 
-read (any form) -> :class:`~ims_fhir.pipeline.RecordPipeline` (validate, check duplicates
+read (any form; a first pass counts the assessments' diagnoses, :mod:`ims_fhir.diagnoses`)
+-> :class:`~ims_fhir.pipeline.RecordPipeline` (validate, check duplicates
 and, with ``strict_refs``, references, map) -> ``Converted | Rejected`` -> a sink:
 :class:`FileSink` writes NDJSON per resource type or transaction Bundles, ``rejects.ndjson``
 and ``summary.json``; ``push`` sends the Bundles of :meth:`Converter.outputs` as they come.
@@ -14,6 +15,7 @@ derived from business identifiers, fixed key order).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -23,6 +25,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
+from .diagnoses import input_counts
 from .errors import Problem, UsageError
 from .fhir.bundles import BundlePacker, group_from_bytes, group_to_bytes
 from .mapping import MappingContext, MappingOptions, map_organization
@@ -234,6 +237,7 @@ class Converter:
         with WorkStore(self.options.temp_dir) as store:
             if self.options.strict_refs:
                 self._collect_valid_ids(paths, store)
+            self._collect_diagnoses(opened, store)
             yield from self._convert_all(opened, store, direct)
 
     def _collect_valid_ids(self, paths: list[Path], store: WorkStore) -> None:
@@ -246,6 +250,14 @@ class Converter:
                 model, _ = pipeline.validate(raw)
                 if model is not None:
                     store.first_seen("valid:" + source.system_base, raw.record_type, model.id, raw.origin)
+
+    def _collect_diagnoses(self, opened: list[tuple[Input, Source]], store: WorkStore) -> None:
+        """First pass: how many diagnoses each assessment has (by scope), so that a treatment
+        names its assessment's Conditions even when it comes first (:mod:`ims_fhir.diagnoses`)."""
+        for inp, source in opened:
+            counts, rows = input_counts(inp.path, inp.form, lenient=self.options.lenient, temp_dir=self.options.temp_dir)
+            store.add_diagnoses(source.system_base, counts)
+            store.add_diagnosis_rows(source.system_base, rows)
 
     def _convert_all(self, opened: list[tuple[Input, Source]], store: WorkStore,
                      direct: FileSink | None = None) -> Iterator[Output]:
@@ -260,9 +272,12 @@ class Converter:
         def emit(body: bytes, entries: int) -> None:
             ready.append(body)
 
+        diagnoses = store.has_diagnoses()
         for inp, source in opened:
             ctx, new = self._mapping_context(source)
             scope = source.system_base
+            if diagnoses:
+                ctx = ctx.with_diagnoses(functools.partial(store.diagnoses, scope))
             if new:
                 org = map_organization(ctx)
                 summary.resources["Organization"] = summary.resources.get("Organization", 0) + 1

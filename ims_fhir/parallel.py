@@ -26,8 +26,9 @@ Terms:
   an id already used before it is converted again, seeded with the earlier tasks' ids, so
   its records carry the same ``duplicate_id`` problems (naming the first occurrence) as
   with one process. Duplicates are rare, so this costs nothing in the usual case.
-- *strict references* (``--strict-refs``): the first pass (which records are valid) is
-  sharded too; every conversion task is seeded with the ids all of them found.
+- *first pass*: the diagnosis counts of the assessments (:mod:`ims_fhir.diagnoses`) and, with
+  ``--strict-refs``, which records are valid, found per shard; every conversion task is
+  seeded with what all of them found (in task order: the first record of an id wins).
 
 Memory per process stays flat: each worker streams its shard as ``--jobs 1`` streams the
 whole input (a JSON document is held in memory by every worker, as it is by one).
@@ -35,6 +36,7 @@ whole input (a JSON document is held in memory by every worker, as it is by one)
 
 from __future__ import annotations
 
+import functools
 import gzip
 import multiprocessing
 import os
@@ -53,6 +55,7 @@ from typing import IO, Any
 import orjson
 
 from .convert import SERIES_TYPES, Converter, ConvertOptions, FileSink, Summary, _prepare_out_dir
+from .diagnoses import MARKER, csv_diagnosis_rows, line_count, record_counts
 from .errors import InputError, UsageError
 from .fhir.bundles import BundlePacker, group_from_bytes, group_to_bytes
 from .mapping import MappedRecord, map_organization
@@ -86,7 +89,7 @@ class _Task:
     work_dir: Path  # its WorkStore (kept for the parent's comparison) and scratch files
     terminology: Terminology | None = None
     organization: bool = False  # write the source's Organization first (first task of a new source, NDJSON)
-    phase: str = "convert"  # or "valid": the first pass of --strict-refs
+    phase: str = "convert"  # or "first": the first pass (diagnosis counts; the valid ids of --strict-refs)
     seeds: tuple[str, ...] = ()  # stores whose ids this task knows before it starts
 
 
@@ -154,7 +157,13 @@ def _count_newlines(fh: Any, upto: int) -> int:
 def _ndjson_shard(path: Path, shard: _Shard) -> Iterator[RawRecord]:
     """The records of an NDJSON shard, exactly as the whole-file reader gives them."""
     name = path.name
-    gz = name.lower().endswith(".gz")
+    for lineno, line in _ndjson_lines(path, shard):
+        yield parse_ndjson_line(line, f"{name}:{lineno}")
+
+
+def _ndjson_lines(path: Path, shard: _Shard) -> Iterator[tuple[int, bytes]]:
+    """The non-blank lines of an NDJSON shard and their line numbers."""
+    gz = path.name.lower().endswith(".gz")
     start, stop = shard.start, shard.stop
     try:
         with (gzip.open(path, "rb") if gz else open(path, "rb")) as fh:
@@ -175,7 +184,7 @@ def _ndjson_shard(path: Path, shard: _Shard) -> Iterator[RawRecord]:
                     break
                 if not line.strip():
                     continue
-                yield parse_ndjson_line(line, f"{name}:{lineno}")
+                yield lineno, line
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise InputError(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})", source=str(path)) from exc
 
@@ -215,6 +224,7 @@ class _KeptStore(WorkStore):
             self.db.execute("COMMIT")
             self.db.execute("ATTACH DATABASE ? AS other", (other,))
             self.db.execute("INSERT OR IGNORE INTO seen SELECT scope, type, id, origin FROM other.seen")
+            self.db.execute("INSERT OR IGNORE INTO dx SELECT scope, id, n FROM other.dx")
             self.db.execute("DETACH DATABASE other")
             self.db.execute("BEGIN")
 
@@ -251,14 +261,33 @@ def _run_task(task: _Task) -> _Result:
     store = _KeptStore(str(task.work_dir))
     try:
         store.seed(task.seeds)
-        if task.phase == "valid":
-            return _valid_ids(task, store)
+        if task.phase == "first":
+            _diagnosis_counts(task, store)
+            if task.options.strict_refs:
+                _valid_ids(task, store)
+            return _Result(task.seq, store.path, Summary(), task.options.out_dir)
         return _convert_task(task, store)
     finally:
         store.close()
 
 
-def _valid_ids(task: _Task, store: _KeptStore) -> _Result:
+def _diagnosis_counts(task: _Task, store: _KeptStore) -> None:
+    """First pass over one shard: the assessments' diagnosis counts, as Converter._collect_diagnoses.
+
+    A CSV folder's counts come from its findings table, whatever the shard: counted by the
+    input's first shard only."""
+    scope = task.source.system_base
+    if task.form == "ndjson":
+        store.add_diagnoses(scope, (c for c in (line_count(line) for _, line in _ndjson_lines(task.path, task.shard))
+                                    if c is not None))
+    elif task.form == "csv":
+        if task.shard.start == 0:
+            store.add_diagnosis_rows(scope, csv_diagnosis_rows(task.path))
+    elif MARKER in task.path.read_bytes():
+        store.add_diagnoses(scope, record_counts((raw.record_type, raw.data) for raw in _records(task)))
+
+
+def _valid_ids(task: _Task, store: _KeptStore) -> None:
     """First pass of --strict-refs over one shard, as Converter._collect_valid_ids."""
     pipeline = RecordPipeline(lenient=task.options.lenient, default_tz=task.options.default_tz)
     for raw in _records(task):
@@ -267,7 +296,6 @@ def _valid_ids(task: _Task, store: _KeptStore) -> _Result:
         model, _ = pipeline.validate(raw)
         if model is not None:
             store.first_seen("valid:" + task.source.system_base, raw.record_type, model.id, raw.origin)
-    return _Result(task.seq, store.path, Summary(), task.options.out_dir)
 
 
 def _convert_task(task: _Task, store: _KeptStore) -> _Result:
@@ -280,6 +308,8 @@ def _convert_task(task: _Task, store: _KeptStore) -> _Result:
                               check_refs=(lambda t, m, scope: conv._unresolved(t, m, scope, store))
                               if opts.strict_refs else None, validate_fhir=opts.validate)
     ctx, _ = conv._mapping_context(task.source)
+    if store.has_diagnoses():
+        ctx = ctx.with_diagnoses(functools.partial(store.diagnoses, task.source.system_base))
     sink = FileSink(opts.out_dir, summary)
     ndjson = opts.output_format == "ndjson"
     groups_path = None if ndjson else task.work_dir / _GROUPS
@@ -454,12 +484,12 @@ def convert_parallel(paths: list[Path], options: ConvertOptions, *, jobs: int, t
 def _run_all(pool: _Pool, plans: list[tuple[Path, str, Source, list[_Shard]]], options: ConvertOptions,
              terminology: Terminology | None, work: Path) -> list[_Result]:
     ndjson = options.output_format == "ndjson"
-    seeds: tuple[str, ...] = ()
-    if options.strict_refs:
-        first = [_Task(i, path, form, source, shard, replace(options, out_dir=work / f"valid-{i}"), work / f"valid-{i}",
-                       terminology, phase="valid")
-                 for i, (path, form, source, shard) in enumerate(_flat(plans))]
-        seeds = tuple(r.store for r in pool.run(first))
+    # the first pass (diagnosis counts; with --strict-refs, the valid records): every conversion task is
+    # seeded with what all of its tasks found, in task order (so the first record of an id wins, as with one process)
+    first = [_Task(i, path, form, source, shard, replace(options, out_dir=work / f"first-{i}"), work / f"first-{i}",
+                   terminology, phase="first")
+             for i, (path, form, source, shard) in enumerate(_flat(plans))]
+    seeds = tuple(r.store for r in pool.run(first))
     tasks: list[_Task] = []
     known: set[tuple[str, str]] = set()
     for path, form, source, shards in plans:

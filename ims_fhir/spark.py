@@ -22,6 +22,12 @@ Terms:
 - *duplicates*: a first, light pass reads only record types and ids and finds the ids used
   more than once (a small map, broadcast); the conversion pass then rejects every occurrence
   after the first (in input order) with ``duplicate_id``, naming the first, as ``convert``.
+- *diagnoses*: a session's Procedure names its assessment's Conditions (as ``convert``, see
+  :mod:`ims_fhir.diagnoses`). A light pass finds the assessments with diagnoses (their count,
+  the first in input order winning) and the sessions naming an assessment; the two are
+  joined on the assessment id, and the result, (session position, count), is joined onto
+  the records, so each session reaches the conversion with its assessment's count (nothing
+  unbounded is collected on the driver). Without any such session the records go as they are.
 - *output* (:meth:`SparkConversion.write`): ``OUT/dataset=<ResourceType>/part-*.txt``, FHIR
   NDJSON, and ``OUT/dataset=rejects/part-*.txt``, the lines of ``rejects.ndjson``; written
   in one job (the conversion runs once). The ``resources`` and ``rejects`` DataFrames give
@@ -50,6 +56,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from .convert import SERIES_TYPES
+from .diagnoses import count_of
 from .errors import ImsFhirError, UsageError
 from .mapping import MappingContext, MappingOptions, map_organization
 from .pipeline import RecordPipeline
@@ -154,6 +161,49 @@ def _key(item: tuple[Position, str, Any]) -> list[tuple[tuple[str, str], tuple[P
     return [((record_type, record_id), (item[0], 1))]
 
 
+#: (assessment id, count) of a session's assessment with diagnoses, carried to the conversion with the session
+Reason = tuple[str, int] | None
+
+
+def _links(item: tuple[Position, str, Any]) -> list[tuple[str, tuple[str, Position, int]]]:
+    """``(assessment id, ("n", position, count))`` for an assessment with diagnoses (counted as
+    :func:`ims_fhir.diagnoses.count_of`), ``(assessment id, ("t", position, 0))`` for a session
+    naming an assessment; a line that names neither is not parsed."""
+    body = item[2]
+    marked = True  # as convert's first pass: a line without the text "diagnoses" counts none
+    if isinstance(body, str):
+        marked = '"diagnoses"' in body
+        if not marked and '"assessment_id"' not in body:
+            return []
+        try:
+            obj = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return []
+    else:
+        obj = _drop_nulls(body)
+    if not isinstance(obj, dict):
+        return []
+    record_type = obj.get("record_type")
+    found = count_of(record_type, obj) if marked else None
+    if found is not None:
+        return [(found[0], ("n", item[0], found[1]))]
+    assessment_id = obj.get("assessment_id")
+    if record_type == "treatment" and isinstance(assessment_id, str) and assessment_id:
+        return [(assessment_id, ("t", item[0], 0))]
+    return []
+
+
+def _with_reasons(items: RDD[tuple[Position, str, Any]]) -> RDD[tuple[tuple[Position, str, Any], Reason]]:
+    """Each record with the diagnosis count of its assessment, for a session whose assessment has diagnoses."""
+    links = items.flatMap(_links)
+    counts = links.filter(lambda kv: kv[1][0] == "n").mapValues(lambda v: (v[1], v[2])).reduceByKey(min)
+    sessions = links.filter(lambda kv: kv[1][0] == "t").mapValues(lambda v: v[1])
+    reasons = sessions.join(counts).map(lambda kv: (kv[1][0], (kv[0], kv[1][1][1])))
+    if reasons.isEmpty():
+        return items.map(lambda item: (item, None))
+    return items.keyBy(lambda item: item[0]).leftOuterJoin(reasons).values()
+
+
 def _first(a: tuple[Position, int], b: tuple[Position, int]) -> tuple[Position, int]:
     return min(a[0], b[0]), a[1] + b[1]
 
@@ -174,12 +224,19 @@ CHUNK = 500
 
 
 def _convert_partition(options: SparkOptions, duplicates: Any) -> Any:
-    def run(items: Iterable[tuple[Position, str, Any]]) -> Iterator[tuple[str, str]]:
-        ctx = options.context()
+    def run(rows: Iterable[tuple[tuple[Position, str, Any], Reason]]) -> Iterator[tuple[str, str]]:
+        current: list[Reason] = [None]  # the diagnosis count of the assessment of the record being mapped
+
+        def diagnoses(assessment_id: str) -> int | None:
+            reason = current[0]
+            return reason[1] if reason is not None and reason[0] == assessment_id else None
+
+        ctx = options.context().with_diagnoses(diagnoses)
         pipeline = options.pipeline(_Duplicates(duplicates.value))
         pending: dict[str, list[bytes]] = {}
         series: set[str] = set()
-        for item in items:
+        for item, reason in rows:
+            current[0] = reason
             outcome = pipeline.one(_raw(item), ctx)
             if isinstance(outcome, Rejected):
                 lines = pending.setdefault(REJECTS, [])
@@ -327,7 +384,7 @@ def convert_dataset(spark: SparkSession, options: SparkOptions, *, paths: Sequen
     # pass 2: the conversion, with the converter's own per-record code
     # kept on local disk (a partition of output would not fit the heap: 1M records with MEMORY_AND_DISK
     # ran out of a 1 GB heap) so that taking the session series apart does not convert twice
-    converted = items.mapPartitions(_convert_partition(options, duplicates)).persist(StorageLevel.DISK_ONLY)
+    converted = _with_reasons(items).mapPartitions(_convert_partition(options, duplicates)).persist(StorageLevel.DISK_ONLY)
     org = map_organization(options.context())
     organization = spark.sparkContext.parallelize([("Organization", orjson.dumps(org).decode())], 1)
     # every session of a series emits its EpisodeOfCare / ServiceRequest alike: one line each, as convert writes

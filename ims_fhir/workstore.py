@@ -2,7 +2,8 @@
 
 It holds what a streaming conversion must remember about records it has already
 passed: which ids it has seen (duplicates), which references it met (``--strict-refs``),
-and in bundle mode the Patient/Practitioner resources it produced (so later Bundles can
+how many diagnoses each assessment has (:mod:`ims_fhir.diagnoses`, first pass), and in
+bundle mode the Patient/Practitioner resources it produced (so later Bundles can
 include them as conditional creates) and record groups held back until their
 dependencies are known. Backed by a temporary SQLite file that is deleted on close.
 """
@@ -13,7 +14,7 @@ import os
 import sqlite3
 import tempfile
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 
 class WorkStore:
@@ -30,6 +31,7 @@ class WorkStore:
         self.db.execute("CREATE TABLE ref (scope TEXT, type TEXT, id TEXT, origin TEXT, field TEXT)")
         self.db.execute("CREATE TABLE dep (id TEXT PRIMARY KEY, body BLOB) WITHOUT ROWID")
         self.db.execute("CREATE TABLE deferred (seq INTEGER PRIMARY KEY, body BLOB)")
+        self.db.execute("CREATE TABLE dx (scope TEXT, id TEXT, n INTEGER, PRIMARY KEY (scope, id)) WITHOUT ROWID")
         self._dep_cache: OrderedDict[str, bytes] = OrderedDict()
         self._cache_size = cache_size
         self._pending = 0
@@ -71,6 +73,26 @@ class WorkStore:
             "SELECT r.scope, r.type, r.id, r.origin, r.field FROM ref r WHERE NOT EXISTS "
             "(SELECT 1 FROM seen s WHERE s.scope=r.scope AND s.type=r.type AND s.id=r.id) ORDER BY r.rowid")
         yield from rows
+
+    # -- diagnosis counts of assessments (ims_fhir.diagnoses) ---------------------------
+    def add_diagnoses(self, scope: str, counts: Iterable[tuple[str, int]]) -> None:
+        """Remember how many diagnoses assessments have; the first count of an id wins."""
+        self.db.executemany("INSERT OR IGNORE INTO dx VALUES (?,?,?)", ((scope, rid, n) for rid, n in counts))
+
+    def add_diagnosis_rows(self, scope: str, assessment_ids: Iterable[str]) -> None:
+        """Count one diagnosis per id given (a CSV folder's rows, in any order); then as :meth:`add_diagnoses`."""
+        self.db.execute("CREATE TEMP TABLE IF NOT EXISTS dx_rows (id TEXT)")
+        self.db.executemany("INSERT INTO dx_rows VALUES (?)", ((rid,) for rid in assessment_ids))
+        self.db.execute("INSERT OR IGNORE INTO dx SELECT ?, id, COUNT(*) FROM dx_rows GROUP BY id ORDER BY id", (scope,))
+        self.db.execute("DELETE FROM dx_rows")
+
+    def has_diagnoses(self) -> bool:
+        return self.db.execute("SELECT 1 FROM dx LIMIT 1").fetchone() is not None
+
+    def diagnoses(self, scope: str, assessment_id: str) -> int | None:
+        """How many diagnoses the assessment has (None: none, or not in the input)."""
+        row = self.db.execute("SELECT n FROM dx WHERE scope=? AND id=?", (scope, assessment_id)).fetchone()
+        return int(row[0]) if row else None
 
     # -- dependency resources (bundle mode) ----------------------------------------------
     def put_dep(self, resource_id: str, body: bytes) -> None:

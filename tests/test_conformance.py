@@ -135,3 +135,33 @@ def test_diagnoses_become_encounter_diagnoses() -> None:
     assert conditions[0]["category"][0]["coding"][0]["code"] == "encounter-diagnosis"
     encounter = next(r for r in resources if r["resourceType"] == "Encounter")
     assert [d["condition"]["reference"] for d in encounter["diagnosis"]] == [f"Condition/{c['id']}" for c in conditions]
+
+
+def test_a_session_names_its_assessments_diagnoses_after_the_panel() -> None:
+    model, problems = validate_record("treatment", copy.deepcopy(TREATMENT))
+    assert problems == []
+    plain = MappingContext(CA, TERM)
+    before = map_record("treatment", model, plain)  # type: ignore[arg-type]
+    # not known, or no diagnoses: exactly the panel reference, as before
+    for lookup in ({}.get, {"A1": 0}.get, {"OTHER": 2}.get):
+        same = map_record("treatment", model, plain.with_diagnoses(lookup))  # type: ignore[arg-type]
+        assert same.resources == before.resources and same.dependencies == before.dependencies
+    assert plain.diagnoses is None  # the copy answers, the shared context is left as it was
+    group = map_record("treatment", model, plain.with_diagnoses({"A1": 2}.get))  # type: ignore[arg-type]
+    procedure = next(r for r in group.resources if r["resourceType"] == "Procedure")
+    system = f"{CA.system_base}/diagnosis"
+    conditions = [plain.id_for("diagnosis", f"A1/{i}") for i in range(2)]
+    panel = next(r for r in before.resources if r["resourceType"] == "Procedure")["reasonReference"]
+    assert panel == [{"reference": f"Observation/{plain.id_for('assessment', 'A1')}",
+                      "identifier": {"system": f"{CA.system_base}/assessment", "value": "A1"}}]
+    assert procedure["reasonReference"] == [
+        *panel,
+        {"reference": f"Condition/{conditions[0]}", "identifier": {"system": system, "value": "A1/0"}},
+        {"reference": f"Condition/{conditions[1]}", "identifier": {"system": system, "value": "A1/1"}}]
+    # the ids are those of the assessment's Conditions; the packer is told about them
+    assessment = map_record("assessment", validate_record("assessment", {
+        "id": "A1", "patient_id": "P1", "practitioner_id": "PR1", "performed_at": "2025-03-04T09:30:00-08:00",
+        "diagnoses": [{"system": "icd-10-ca", "code": "M54.2"}, {"system": "icd-9", "code": "723"}]})[0], plain)
+    assert [r["id"] for r in assessment.resources if r["resourceType"] == "Condition"] == conditions
+    assert [(d.resource_type, d.id, d.value) for d in group.dependencies if d.resource_type == "Condition"] == [
+        ("Condition", conditions[0], "A1/0"), ("Condition", conditions[1], "A1/1")]

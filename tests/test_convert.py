@@ -6,7 +6,7 @@ import os
 import shutil
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 import orjson
 import pytest
@@ -181,6 +181,73 @@ def test_bundle_defers_records_whose_patient_comes_later(run_cli: Any, tmp_path:
     assert types.index("Patient") < types.index("Procedure")
     procedure = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Procedure")
     assert procedure["subject"]["reference"].startswith("urn:uuid:")
+
+
+def _diagnosed_clinic(tmp_path: Path) -> Path:
+    """Sessions before and after their assessment (two diagnoses), in an NDJSON input."""
+    who = {"patient_id": "P1", "practitioner_id": "PR1"}
+    treatment = {"record_type": "treatment", **who, "assessment_id": "A1", "started_at": "2025-03-11T09:30:00-08:00",
+                 "consent_obtained": True, "sites": [{"muscle": "deltoid", "side": "left", "insertions": 2}]}
+    lines = [
+        treatment | {"id": "T-BEFORE"},
+        {"record_type": "patient", "id": "P1", "family_name": "Testperson"},
+        {"record_type": "practitioner", "id": "PR1", "family_name": "Example"},
+        {"record_type": "assessment", "id": "A1", **who, "performed_at": "2025-03-04T09:30:00-08:00",
+         "chief_complaint": "neck pain", "pain": {"nrs": 6},
+         "diagnoses": [{"system": "icd-10-ca", "code": "M54.2"}, {"system": "icd-10-cm", "code": "M79.1"}]},
+        {"record_type": "assessment", "id": "A2", **who, "performed_at": "2025-03-05T09:30:00-08:00", "diagnoses": []},
+        treatment | {"id": "T-AFTER"},
+        treatment | {"id": "T-OTHER", "assessment_id": "A2"},
+    ]
+    inp = tmp_path / "in.ndjson"
+    inp.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in lines))
+    return inp
+
+
+def test_a_session_names_its_assessments_diagnoses_even_when_it_comes_first(run_cli: Any, tmp_path: Path) -> None:
+    sb = "https://clinic.example.org/ims"
+    out = tmp_path / "out"
+    assert run_cli("convert", _diagnosed_clinic(tmp_path), "--out", out, "--clinic-id", "c1", "--system-base", sb).code == 0
+    resources = output_resources(out)
+    conditions = {c["identifier"][0]["value"]: f"Condition/{c['id']}" for c in resources["Condition"]}
+    assert sorted(conditions) == ["A1/0", "A1/1"]
+    panel = next(f"Observation/{o['id']}" for o in resources["Observation"] if o["identifier"][0]["value"] == "A1")
+    reasons = {p["identifier"][0]["value"]: p["reasonReference"] for p in resources["Procedure"]}
+    for session in ("T-BEFORE", "T-AFTER"):
+        assert [r["reference"] for r in reasons[session]] == [panel, conditions["A1/0"], conditions["A1/1"]]
+        assert [r["identifier"] for r in reasons[session][1:]] == [
+            {"system": f"{sb}/diagnosis", "value": "A1/0"}, {"system": f"{sb}/diagnosis", "value": "A1/1"}]
+    assert len(reasons["T-OTHER"]) == 1  # an assessment without diagnoses: the panel only
+
+
+@pytest.mark.parametrize(("size", "expected"), [(8, {"conditional"}), (16, {"urn", "conditional"}), (200, {"urn"})])
+def test_bundles_resolve_a_sessions_diagnoses(run_cli: Any, tmp_path: Path, size: int, expected: set[str]) -> None:
+    """In the Bundle of the assessment: its urn:uuid; in a later Bundle: a conditional reference."""
+    sb = "https://clinic.example.org/ims"
+    out = tmp_path / "out"
+    assert run_cli("convert", _diagnosed_clinic(tmp_path), "--out", out, "--format", "bundle", "--bundle-size", str(size),
+                   "--clinic-id", "c1", "--system-base", sb).code == 0
+    bundles = _bundles(out)
+    conditional = {f"Condition?identifier={quote(sb + '/diagnosis', safe='')}|A1%2F{i}" for i in (0, 1)}
+    kinds = set()
+    sessions = [e["resource"]["identifier"][0]["value"] for b in bundles for e in b["entry"]
+                if e["resource"]["resourceType"] == "Procedure"]
+    # held back only for its patient: a session after its assessment is not held back for the diagnoses
+    assert sessions == ["T-AFTER", "T-OTHER", "T-BEFORE"]
+    for bundle in bundles:
+        conditions = [e["fullUrl"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Condition"]
+        for entry in bundle["entry"]:
+            res = entry["resource"]
+            if res["resourceType"] != "Procedure" or res["identifier"][0]["value"] == "T-OTHER":
+                continue
+            named = [r["reference"] for r in res["reasonReference"][1:]]
+            if conditions:
+                assert named == conditions
+                kinds.add("urn")
+            else:
+                assert set(named) == conditional and len(named) == 2
+                kinds.add("conditional")
+    assert kinds == expected
 
 
 def test_unknown_dependency_becomes_conditional_reference(run_cli: Any, tmp_path: Path) -> None:

@@ -311,3 +311,27 @@ def test_damaged_resources_never_crash_and_are_all_accounted_for(pair: tuple[str
     assert counts["read"] == len(resources) - sum(
         1 for r in resources if isinstance(r, dict) and r.get("resourceType") == "Bundle")
     assert all(isinstance(i, ReportItem) for i in result.report)
+
+
+def test_a_sessions_own_diagnoses_are_understood_another_assessments_are_reported() -> None:
+    """reasonReference after the panel: the assessment's diagnosis Conditions derive from it (no
+    report item), here not in the input (unresolved, read from the identifier and the conditional
+    form); a Condition of another assessment is reported."""
+    source = Source(clinic_id="c1", system_base="https://clinic.example.org/ims")
+    ctx = MappingContext(source, TERM).with_diagnoses({"A1": 2}.get)
+    data = {"id": "T1", "patient_id": "P1", "practitioner_id": "PR1", "assessment_id": "A1", "consent_obtained": True,
+            "started_at": "2025-03-04T09:30:00-08:00", "sites": [{"muscle": "deltoid", "side": "left", "insertions": 2}]}
+    people = [map_record(t, validate_record(t, {"id": i, "family_name": "Testperson"})[0], ctx).resources[0]  # type: ignore[arg-type]
+              for t, i in (("patient", "P1"), ("practitioner", "PR1"))]
+    resources = map_record("treatment", validate_record("treatment", data)[0], ctx).resources  # type: ignore[arg-type]
+    procedure = next(r for r in resources if r["resourceType"] == "Procedure")
+    reasons = procedure["reasonReference"]
+    assert [r["identifier"]["value"] for r in reasons] == ["A1", "A1/0", "A1/1"]
+    reasons[1] = {"reference": "Condition?identifier=https%3A%2F%2Fclinic.example.org%2Fims%2Fdiagnosis|A1%2F0"}
+    reasons.append({"reference": "Condition/x", "identifier": {"system": f"{source.system_base}/diagnosis",
+                                                               "value": "A9/0"}})
+    result = reverse_resources([*people, *resources], TERM)
+    assert not result.rejects
+    assert result.by_type("treatment")[0]["assessment_id"] == "A1"
+    assert [(i.path, i.rule) for i in result.report] == [("Procedure.reasonReference[3]", "not_mapped")]
+    assert "'A9'" in result.report[0].message

@@ -65,6 +65,8 @@ def test_examples_identical_with_two_jobs(run_cli: Any, tmp_path: Path, form: st
         assert summary["rejected"] > 3 and one.bytes("rejects.ndjson").count(b"\n") == summary["rejected"]
     if fmt == "bundle" and form != "bad":
         assert summary["bundles"] > 1
+    if fmt == "ndjson" and form != "bad":  # the first pass ran in the workers: sessions name the diagnoses
+        assert one.bytes("Procedure.ndjson").count(b'"reference":"Condition/') == 4
 
 
 def _reversed_and_repeated(tmp_path: Path) -> list[Path]:
@@ -88,6 +90,9 @@ def test_later_patients_duplicates_and_several_inputs(run_cli: Any, tmp_path: Pa
     assert len(duplicates) >= 10
     # the duplicate of a record in another input names the first occurrence
     assert any("reversed.ndjson:" in p["message"] for r in duplicates if r["origin"].startswith("again") for p in r["problems"])
+    # the sessions come before their assessment (reversed), in another shard: they name its diagnoses all the same
+    if fmt == "ndjson":
+        assert one.bytes("Procedure.ndjson").count(b'"reference":"Condition/') == 4
 
 
 def test_strict_refs_identical(run_cli: Any, tmp_path: Path) -> None:

@@ -82,6 +82,8 @@ def test_examples_give_the_same_resources_and_rejects(spark: SparkSession, run_c
     _assert_same(found, expected)
     rules = {p["rule"] for line in found["rejects"] for p in orjson.loads(line)["problems"]}
     assert {"duplicate_id", "malformed_json", "unknown_field"} <= rules
+    # sessions (before their assessment here) name its diagnoses, joined on across partitions
+    assert sum(line.count(b'"reference":"Condition/') for line in found["Procedure"]) == 4
     # the DataFrames give the same
     assert result.rejects.count() == len(expected["rejects"])
     by_type: dict[str, int] = dict(result.resources.groupBy("resourceType").count().collect())

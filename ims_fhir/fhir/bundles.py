@@ -82,7 +82,8 @@ class BundlePacker:
 
     ``lookup(resource_id)`` answers for a dependency: the ready entry bytes of a shared
     resource produced earlier in this run, ``b""`` for a resource produced earlier that is
-    not shared (an assessment panel, already in an earlier Bundle), or None if unknown.
+    not shared (an assessment panel or one of its Conditions, already in an earlier Bundle),
+    or None if unknown.
     ``defer(group)`` stores a group to come back to in :meth:`finish`.
     """
 
@@ -169,6 +170,9 @@ class BundlePacker:
                 self._remember(res["id"], entry)
         if group.record_type == "assessment" and group.primary_id:
             self._remember(group.primary_id, b"")  # known to later groups as "in an earlier Bundle"
+            for res in group.resources:  # its diagnoses, which its treatments name as their reason too
+                if res["resourceType"] == "Condition":
+                    self._remember(res["id"], b"")
         if len(self._entries) >= self.max_entries:
             self.flush()
 

@@ -146,6 +146,10 @@ def profile(term: Terminology, key: str) -> Resource:
         els.append(_el("Procedure.identifier", min=1))
         els.append(_el("Procedure.category", min=1, patternCodeableConcept=_pattern(term.fixed_concept("procedure_category"))))
         els.append(_el("Procedure.code", min=1, patternCodeableConcept=_pattern(term.concept("ims-procedure"))))
+        els.append(_el("Procedure.reasonReference", short="the assessment panel, then the assessment's diagnoses",
+                       definition="First the assessment panel (ims-assessment-panel) the session follows from, then each "
+                                  "diagnosis (ims-condition) of that assessment, in the assessment's order. R4 allows "
+                                  "Observation and Condition here; no further type constraint."))
         els += _body_site(term, "Procedure.bodySite")
         els.append(_el("Procedure.basedOn", max="1", short="the ServiceRequest (ims-series-plan) of the series"))
     elif rtype == "Encounter":

@@ -29,7 +29,9 @@ def example_resources(clinic_json: Path, term: Terminology) -> dict[str, Resourc
     from ..records.vocabulary import LIST_KEYS
 
     doc = orjson.loads(clinic_json.read_bytes())
-    ctx = MappingContext(Source.model_validate(doc["source"]), term)
+    # as convert's first pass: a session names its assessment's diagnoses
+    counts = {a["id"]: len(a["diagnoses"]) for a in doc.get("assessments", []) if a.get("diagnoses")}
+    ctx = MappingContext(Source.model_validate(doc["source"]), term).with_diagnoses(counts.get)
     found: dict[str, Resource] = {}
     candidates = [map_organization(ctx)]
     for record_type, key in LIST_KEYS.items():

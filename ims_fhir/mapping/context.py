@@ -10,15 +10,22 @@ Terms:
   earlier file still points at the right resource.
 - *dependency*: a resource outside the record's own group that one of its resources
   refers to (its Patient, Practitioner, Organization, the assessment panel a treatment
-  follows from). The bundle writer uses them to keep every Bundle self-contained.
+  follows from, the assessment's diagnoses). The bundle writer uses them to keep every
+  Bundle self-contained.
+- *diagnosis count*: how many diagnoses (Conditions ``{system_base}/diagnosis`` =
+  ``{assessment id}/{i}``) an assessment of this source has, asked by a treatment's mapper,
+  which sees only its own record: the caller that sees the whole input answers
+  (:attr:`MappingContext.diagnoses`, see :meth:`MappingContext.with_diagnoses`); None = not known.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +38,8 @@ from .narrative import finish
 ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://ims-fhir.github.io/fhir/resource-id")
 
 Resource = dict[str, Any]
+#: assessment id -> how many diagnoses that assessment of the source has (None: not known)
+DiagnosisCount = Callable[[str], int | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +103,19 @@ class MappingContext:
         self._mrn = re.compile(terminology.fhir["patient_identifier_rules"]["mrn_system_pattern"], re.IGNORECASE)
         self.cpt = self.options.cpt if self.options.cpt is not None else source.country == "US"
         self._profiles = {key: (terminology.profile_url(key), row["title"]) for key, row in terminology.profiles.items()}
+        #: the diagnosis count of an assessment of this source (module docstring); None: never known
+        self.diagnoses: DiagnosisCount | None = None
+
+    def with_diagnoses(self, lookup: DiagnosisCount | None) -> MappingContext:
+        """A copy of this context that answers the diagnosis count of an assessment by ``lookup``
+        (the code tables and precomputed values are shared, not copied)."""
+        other = copy.copy(self)
+        other.diagnoses = lookup
+        return other
+
+    def diagnosis_count(self, assessment_id: str) -> int:
+        """The diagnoses of an assessment of this source; 0 when not known."""
+        return (self.diagnoses(assessment_id) or 0) if self.diagnoses is not None else 0
 
     # -- identifiers and references ----------------------------------------------------
     def identifier(self, kind: str, value: str) -> dict[str, str]:

@@ -18,6 +18,9 @@ assessment) the Encounter names in ``episodeOfCare``, and, when ``series_total``
 actual, HL7 adverse-event-severity, suspectEntity.instance = the Procedure); the Procedure's
 ``complication`` repeats their event codes. R4 AdverseEvent has no status: a retracted
 session's AdverseEvents carry the IG's modifier extension ``ims-entered-in-error``.
+The Procedure's ``reasonReference`` names the assessment panel (first) and then, when the
+caller knows how many diagnoses that assessment has (:meth:`~ims_fhir.mapping.context.MappingContext.diagnosis_count`),
+each of its Conditions ``{assessment id}/0..n-1`` in order; not known: the panel only.
 What R4's Procedure has no element for is carried by an IG extension (session number) or by
 Observations ``partOf`` the Procedure, identified by ``{system_base}/treatment-finding`` =
 ``{treatment id}/{part}``: ``pain-before``, ``pain-after`` and ``site/{i}`` (insertions,
@@ -126,8 +129,13 @@ def map_treatment(rec: Treatment, ctx: MappingContext) -> MappedRecord:
         ctx.dependency("Organization", "organization", ctx.source.clinic_id),
     ]
     if rec.assessment_id is not None:
-        procedure["reasonReference"] = [ctx.logical_ref("Observation", "assessment", rec.assessment_id)]
-        deps.append(ctx.dependency("Observation", "assessment", rec.assessment_id))
+        aid = rec.assessment_id
+        reasons = [ctx.logical_ref("Observation", "assessment", aid)]
+        deps.append(ctx.dependency("Observation", "assessment", aid))
+        for i in range(ctx.diagnosis_count(aid)):  # the assessment's diagnoses, in their order
+            reasons.append(ctx.logical_ref("Condition", "diagnosis", f"{aid}/{i}"))
+            deps.append(ctx.dependency("Condition", "diagnosis", f"{aid}/{i}"))
+        procedure["reasonReference"] = reasons
     if rec.sites:
         procedure["bodySite"] = [sites.site("muscle", s.muscle, s.side) for s in rec.sites]
     if rec.notes is not None:

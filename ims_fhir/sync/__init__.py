@@ -10,7 +10,7 @@ SQL both storages share), :mod:`.sqlite` (the default SQLite/WAL storage),
 
 from __future__ import annotations
 
-from .intake import Intake, Rejected, parse_body, take
+from .intake import Intake, Rejected, parse_body, stored_diagnoses, take
 from .postgres import is_postgres_url
 from .sqlite import SQLiteOutbox, path_from_url
 from .store import STATES, Claimed, Incoming, Outbox, RecordStatus, Result, Stats, Stored
@@ -33,4 +33,5 @@ def open_outbox(url: str) -> Outbox:
 
 
 __all__ = ["STATES", "Claimed", "Incoming", "Intake", "Outbox", "RecordStatus", "Rejected", "Result", "SQLiteOutbox",
-           "Stats", "Stored", "SyncWorker", "Target", "WorkerOptions", "check_storage_url", "open_outbox", "parse_body", "take"]
+           "Stats", "Stored", "SyncWorker", "Target", "WorkerOptions", "check_storage_url", "open_outbox", "parse_body",
+           "stored_diagnoses", "take"]

@@ -20,15 +20,19 @@ Pure: bytes in, data out (no I/O, no clock), like the rest of the core.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from ..fhir.bundles import SHARED_TYPES, entry_for, group_to_bytes
+from ..diagnoses import count_of
+from ..fhir.bundles import SHARED_TYPES, entry_for, group_from_bytes, group_to_bytes
 from ..mapping import MappedRecord, MappingContext
+from ..mapping.context import DiagnosisCount
 from ..pipeline import MemorySeen, RecordPipeline
 from ..records.readers import RawRecord, read_body
+from ..records.validation import record_id_of
 from ..rejects import Rejected
 from .store import Incoming
 
@@ -72,11 +76,47 @@ def incoming(group: MappedRecord, ctx: MappingContext, *, assessment_id: str | N
     return Incoming(group.record_type, group.record_id, content_hash(body), body, waits, shared, patient)
 
 
+def body_diagnoses(raw_records: list[RawRecord], earlier: DiagnosisCount | None = None) -> DiagnosisCount:
+    """The diagnosis count of an assessment (:mod:`ims_fhir.diagnoses`): of the body's own record
+    (the first of an id; 0 without diagnoses), else what ``earlier`` knows (the stored one)."""
+    in_body: dict[str, int] = {}
+    for raw in raw_records:
+        record_id = record_id_of(raw.data)
+        if raw.record_type == "assessment" and record_id is not None and record_id not in in_body:
+            found = count_of(raw.record_type, raw.data)
+            in_body[record_id] = found[1] if found is not None else 0
+
+    def count(assessment_id: str) -> int | None:
+        if assessment_id in in_body:
+            return in_body[assessment_id]
+        return earlier(assessment_id) if earlier is not None else None
+
+    return count
+
+
+def stored_diagnoses(group_of: Callable[[str, str], bytes | None]) -> DiagnosisCount:
+    """The diagnosis count of an assessment the outbox holds (its Conditions; ``group_of`` is
+    :meth:`~ims_fhir.sync.store.Outbox.record_group`)."""
+    def count(assessment_id: str) -> int | None:
+        body = group_of("assessment", assessment_id)
+        if body is None:
+            return None
+        return sum(1 for r in group_from_bytes(body).resources if r["resourceType"] == "Condition")
+
+    return count
+
+
 def take(raw_records: list[RawRecord], ctx: MappingContext, *, lenient: bool = False,
-         context: dict[str, Any] | None = None) -> Intake:
+         context: dict[str, Any] | None = None, earlier_diagnoses: DiagnosisCount | None = None) -> Intake:
     """Validate and convert (:class:`~ims_fhir.pipeline.RecordPipeline`, as ``convert`` does);
-    every record ends accepted or rejected with every reason."""
+    every record ends accepted or rejected with every reason.
+
+    A treatment names the diagnoses of its assessment when the body holds the assessment, or
+    else ``earlier_diagnoses`` knows it (:func:`stored_diagnoses`: an assessment posted before);
+    posted before its assessment, it names the panel only (it is not converted again when the
+    assessment comes)."""
     pipeline = RecordPipeline(lenient=lenient, default_tz=(context or {}).get("default_tz"), seen=MemorySeen())
+    ctx = ctx.with_diagnoses(body_diagnoses(raw_records, earlier_diagnoses))
     out = Intake()
     for outcome in pipeline.run(raw_records, ctx):
         if isinstance(outcome, Rejected):
@@ -88,4 +128,5 @@ def take(raw_records: list[RawRecord], ctx: MappingContext, *, lenient: bool = F
     return out
 
 
-__all__ = ["Intake", "Rejected", "content_hash", "incoming", "parse_body", "shared_entry", "take"]
+__all__ = ["Intake", "Rejected", "body_diagnoses", "content_hash", "incoming", "parse_body", "shared_entry",
+           "stored_diagnoses", "take"]

@@ -215,6 +215,11 @@ class SqlOutbox:
         row = self._x(self._db(), "SELECT entry FROM shared WHERE resource_id=?", (resource_id,)).fetchone()
         return bytes(row[0]) if row else None
 
+    def record_group(self, record_type: str, record_id: str) -> bytes | None:
+        row = self._x(self._db(), "SELECT body FROM record WHERE record_type=? AND record_id=?",
+                      (record_type, record_id)).fetchone()
+        return bytes(row[0]) if row else None
+
     # -- the worker's side ----------------------------------------------------------------
 
     def claim(self, target: str, *, owner: str, limit: int, lease_seconds: float, now: float) -> list[Claimed]:

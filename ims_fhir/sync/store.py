@@ -370,6 +370,9 @@ class Outbox(TargetState, Protocol):
     def shared_entry(self, resource_id: str) -> bytes | None:
         """The conditional-create entry of a Patient/Practitioner the outbox holds, by resource id."""
 
+    def record_group(self, record_type: str, record_id: str) -> bytes | None:
+        """The converted record (``group_to_bytes`` of its MappedRecord, latest revision), if stored."""
+
     def release_abandoned(self, is_dead: Callable[[str], bool], *, now: float) -> int:
         """Queue again the deliveries leased by owners ``is_dead`` says are gone (a worker on this
         host that was killed), without waiting for their leases to expire; returns how many."""

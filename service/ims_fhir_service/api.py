@@ -32,7 +32,7 @@ from ims_fhir.convert import resolve_source
 from ims_fhir.importer import output_paths
 from ims_fhir.records import vocabulary as v
 from ims_fhir.records.models import ID_PATTERN
-from ims_fhir.sync import parse_body, take
+from ims_fhir.sync import parse_body, stored_diagnoses, take
 
 from . import ServiceState
 from .auth import require
@@ -98,7 +98,8 @@ def post_records() -> Response:
     if declared:
         resolve_source(declared, st.config.source.model_dump(exclude_none=True), "the posted document")
     intake = take(raw_records, st.mapping, lenient=convert.lenient,
-                  context={"default_tz": convert.default_tz} if convert.default_tz else None)
+                  context={"default_tz": convert.default_tz} if convert.default_tz else None,
+                  earlier_diagnoses=stored_diagnoses(st.outbox.record_group))
     stored = st.outbox.put(intake.accepted, [t.name for t in st.config.targets], now=st.clock()) if intake.accepted else []
     accepted = [{"record_type": s.record_type, "id": s.record_id, "origin": intake.origins[(s.record_type, s.record_id)],
                  "result": s.result, "revision": s.revision, "status": _location(s.record_type, s.record_id)}

@@ -22,7 +22,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 
 from ims_fhir.errors import FhirError, UsageError
 from ims_fhir.importing import reverse_resources
-from ims_fhir.sync import parse_body
+from ims_fhir.sync import parse_body, stored_diagnoses
 from ims_fhir.sync import take as take_records
 from ims_fhir.sync.reconcile import RESOLUTION_HELP, resolve_conflict
 from ims_fhir.sync.store import Conflict, TargetState
@@ -95,7 +95,7 @@ def resolve(st: ServiceState, conflict_id: int, resolution: str) -> dict[str, An
         body = orjson.dumps({"format": "ims-record/1", "source": st.config.source.model_dump(exclude_none=True),
                              lists[record[0]]: data})
         raw, _ = parse_body(body)
-        intake = take_records(raw, st.mapping)
+        intake = take_records(raw, st.mapping, earlier_diagnoses=stored_diagnoses(st.outbox.record_group))
         if intake.rejected:
             problems = "; ".join(f"{p.path}: {p.message}" for r in intake.rejected for p in r.problems)
             raise ResolutionError(502, f"{record[0]} {record[1]}: the server's version is not a valid record: "

@@ -4,16 +4,18 @@ and converted by the same pipeline as ``convert``."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 
 from ims_fhir.convert import Converter, ConvertOptions
 from ims_fhir.errors import InputError
+from ims_fhir.fhir.bundles import group_from_bytes
 from ims_fhir.mapping import MappingContext
 from ims_fhir.records.models import Source
 from ims_fhir.rejects import Rejected
-from ims_fhir.sync import parse_body, take
+from ims_fhir.sync import SQLiteOutbox, parse_body, stored_diagnoses, take
 from ims_fhir.terminology import default_terminology
 from tests.conftest import EXAMPLES, SOURCE
 
@@ -57,3 +59,40 @@ def test_a_body_and_a_file_give_the_same_records_and_rejects(tmp_path: Path) -> 
     assert sorted(p.rule for p in intake.rejected[0].problems) == ["duplicate_id", "non_empty"]
     assert intake.rejected[0].origin == f"line {len(lines) + 1}" and file_rejects[0].origin == f"records.ndjson:{len(lines) + 1}"
     assert len(intake.accepted) == len(lines)
+
+
+def _reasons(intake: Any) -> dict[str, list[str]]:
+    """Each accepted treatment's Procedure reasonReference identifier values."""
+    out = {}
+    for inc in intake.accepted:
+        if inc.record_type == "treatment":
+            procedure = next(r for r in group_from_bytes(inc.group).resources if r["resourceType"] == "Procedure")
+            out[inc.record_id] = [ref["identifier"]["value"] for ref in procedure["reasonReference"]]
+    return out
+
+
+def test_a_session_names_the_diagnoses_of_an_assessment_in_the_body_or_posted_before(tmp_path: Path) -> None:
+    records = [orjson.loads(line) for line in (EXAMPLES / "records.ndjson").read_bytes().splitlines()]
+    assessment = next(r for r in records if r["record_type"] == "assessment" and r.get("diagnoses"))
+    aid, n = assessment["id"], len(assessment["diagnoses"])
+    session = next(r for r in records if r["record_type"] == "treatment" and r.get("assessment_id") == aid)
+    expected = [aid] + [f"{aid}/{i}" for i in range(n)]
+    # in one body, the session first
+    both = take(parse_body(orjson.dumps([session, assessment]))[0], CTX)
+    assert both.rejected == [] and _reasons(both) == {session["id"]: expected}
+    # posted alone: the panel only, unless the outbox holds the assessment
+    outbox = SQLiteOutbox(tmp_path / "outbox.sqlite")
+    try:
+        alone = parse_body(orjson.dumps(session))[0]
+        assert _reasons(take(alone, CTX, earlier_diagnoses=stored_diagnoses(outbox.record_group))) == {
+            session["id"]: [aid]}
+        outbox.put([i for i in both.accepted if i.record_type == "assessment"], ["t"], now=1.0)
+        assert _reasons(take(alone, CTX, earlier_diagnoses=stored_diagnoses(outbox.record_group))) == {
+            session["id"]: expected}
+        # the assessment posted again without diagnoses: the body's version counts, not the stored one
+        undiagnosed = {k: v for k, v in assessment.items() if k != "diagnoses"}
+        again = take(parse_body(orjson.dumps([session, undiagnosed]))[0], CTX,
+                     earlier_diagnoses=stored_diagnoses(outbox.record_group))
+        assert _reasons(again) == {session["id"]: [aid]}
+    finally:
+        outbox.close()

@@ -105,6 +105,9 @@ def test_property_generated_records_validate_against_the_ig(fhir_server: DevServ
                ("assessment", data.draw(assessments(aid, pid, prid)))]
     records += [("treatment", data.draw(treatments(f"{aid}-T{n}", pid, prid, assessment_id=aid)))
                 for n in range(data.draw(st.integers(0, 2)))]
+    # as convert's first pass: the sessions name the assessment's diagnoses (Procedure.reasonReference -> Condition)
+    diagnoses = len(records[2][1].get("diagnoses") or ())
+    ctx = ctx.with_diagnoses({aid: diagnoses}.get)
     resources = [map_organization(ctx)]
     for record_type, rec in records:
         model, problems = validate_record(record_type, copy.deepcopy(rec))

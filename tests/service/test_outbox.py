@@ -56,6 +56,14 @@ def test_kinds_others_refer_to_go_first_and_a_treatment_waits_for_its_assessment
     assert [c.record_id for c in outbox.claim(T, owner="w2", limit=10, lease_seconds=60, now=4.0)] == ["T1"]
 
 
+def test_the_stored_group_of_a_record_is_its_latest_revision(outbox: Outbox) -> None:
+    """What the intake reads an assessment's diagnoses from (a session posted after it)."""
+    assert outbox.record_group("assessment", "A1") is None
+    outbox.put([rec("assessment", "A1", "v1")], [T], now=1.0)
+    outbox.put([rec("assessment", "A1", "v2"), rec("treatment", "A1", "t")], [T], now=2.0)
+    assert outbox.record_group("assessment", "A1") == b"v2"
+
+
 def test_a_claim_in_the_same_batch_as_its_assessment_is_fine(outbox: Outbox) -> None:
     outbox.put([rec("assessment", "A1"), rec("treatment", "T1", waits=("assessment", "A1"))], [T], now=1.0)
     assert [c.record_id for c in outbox.claim(T, owner="w", limit=10, lease_seconds=60, now=2.0)] == ["A1", "T1"]

@@ -6,7 +6,9 @@ A Procedure is an IMS session when its code decodes to our ``ims-procedure`` con
 (``[status.treatment]`` reversed), ``statusReason`` text, ``performedPeriod`` /
 ``performedDateTime``, patient and practitioner (business identifier values of the
 referenced Patient / Practitioner), ``assessment_id`` (the identifier of the panel named
-by ``reasonReference``, resolved or read from a conditional reference), session number,
+by ``reasonReference``, resolved or read from a conditional reference; the assessment's
+diagnosis Conditions the Procedure names after it derive from the assessment and are read
+without a report item), session number,
 session number and consent (our extensions), series total (``occurrenceTiming.repeat.count``
 of the ServiceRequest named by ``basedOn``; the session's series, the EpisodeOfCare of its
 Encounter, is used without a field of its own), notes.
@@ -71,7 +73,12 @@ def _text(cc: Any) -> str:
 
 
 def _assessment_id(ctx: ReverseContext, el: Elements, built: Built) -> None:
+    diagnoses: list[tuple[int, str]] = []  # (position, assessment id) of our diagnosis Conditions
     for i, ref in enumerate(el.take("reasonReference") or ()):
+        of = _diagnosis_of(ctx, ref, el)
+        if of is not None:  # derived from the assessment: checked below, once its id is known
+            diagnoses.append((i, of))
+            continue
         if "assessment_id" in built.data:
             el.note(f"reasonReference[{i}]", "not_mapped", "ims-record/1 keeps one assessment per treatment")
             continue
@@ -100,6 +107,36 @@ def _assessment_id(ctx: ReverseContext, el: Elements, built: Built) -> None:
             el.note(f"reasonReference[{i}]", "unresolved_reference",
                     f"{text or ref!r} names no assessment panel in the input and carries no "
                     "{system_base}/assessment identifier; assessment_id left out")
+    for i, of in diagnoses:
+        if of != built.data.get("assessment_id"):
+            el.note(f"reasonReference[{i}]", "not_mapped",
+                    f"a diagnosis of assessment {of!r}, not of the treatment's assessment; ims-record/1 keeps "
+                    "a treatment's reason as its assessment only")
+
+
+def _diagnosis_of(ctx: ReverseContext, ref: Any, el: Elements) -> str | None:
+    """The assessment id of a reason that is one of our diagnosis Conditions (identifier
+    ``{system_base}/diagnosis`` = ``{assessment id}/{i}``), resolved or named by a conditional
+    reference or the reference's identifier; None for any other reason."""
+    if not isinstance(ref, dict):
+        return None
+    value = None
+    target = ctx.resolve(ref, el.entry)
+    if target is not None:
+        if target.resource_type == "Condition":
+            ours = ctx.our_identifier(target.resource.get("identifier"), "diagnosis")
+            value = ours[2] if ours else None
+    else:
+        text = ref.get("reference")
+        if isinstance(text, str) and text.startswith("Condition?"):
+            value = next((v for s, v in identifier_tokens(text.partition("?")[2]) if _is_system(s, "diagnosis")), None)
+        ident = ref.get("identifier")
+        if value is None and isinstance(ident, dict) and _is_system(ident.get("system"), "diagnosis") \
+                and isinstance(ident.get("value"), str):
+            value = ident["value"]
+    if not value or "/" not in value:
+        return None
+    return value.rpartition("/")[0]
 
 
 #: the series-total extension of exports before the ServiceRequest of a series; still read
@@ -209,8 +246,12 @@ def _consent(ctx: ReverseContext, el: Elements, ext: dict[str, Any], built: Buil
 
 
 def _is_assessment_system(system: Any) -> bool:
+    return _is_system(system, "assessment")
+
+
+def _is_system(system: Any, kind: str) -> bool:
     found = split_system(system)
-    return found is not None and found[1] == "assessment"
+    return found is not None and found[1] == kind
 
 
 def _status_reason(el: Elements) -> str | None:
