@@ -369,9 +369,9 @@ def push(paths: list[Path], client_config: ClientConfig | None, options: PushOpt
             client.require(delivery_requirements(DELIVERED_TYPES))
         pusher = Pusher(Sender(client), summary, report, sync)
         if options.concurrency > 1:
-            # at most `concurrency` requests on the wire, shared by the workers (and the fan-out
-            # of a Bundle sent entry by entry), with the one 429 back-off
-            client.transport.throttle = Throttle(in_flight=options.concurrency)
+            # one 429 back-off for the workers; `concurrency` is also the fan-out of a Bundle
+            # sent entry by entry
+            client.transport.throttle = Throttle(concurrency=options.concurrency)
             _push_concurrently(client, client_config, pusher, bundles, options.concurrency, progress, session)
             return summary
         for bundle in bundles:

@@ -52,13 +52,14 @@ exactly once
     transport does not resend it after a timeout, and the next attempt searches first.
     Not atomic: entries before a refused one stay stored, as separate requests must.
 fan-out
-    With a limit on requests in flight for the target (``--concurrency N``, see
-    :mod:`ims_fhir.client.throttle`), entries that do not wait for each other are sent
-    together, up to N (at most :data:`MAX_FAN_OUT`) from one Bundle: an entry is sent once
+    With ``--concurrency N`` (N Bundles in flight for the target, see
+    :mod:`ims_fhir.client.throttle`), entries of one Bundle that do not wait for each other
+    are sent together, up to N (at most :data:`MAX_FAN_OUT`) at once: an entry is sent once
     every entry it refers to is answered (and an earlier entry whose conditional request
-    matches one of its conditional references). Over a slow link one resource per round
-    trip otherwise leaves the server idle. The first refused entry stops the entries not yet
-    sent; the ones on the wire are answered first. Pivots are completed at the end, one by
+    matches one of its conditional references). A Bundle is the unit a transaction would have
+    been; one resource per round trip would leave the server idle behind a slow link. So at
+    most N x min(N, 8) requests are on the wire. The first refused entry stops the entries not
+    yet sent; the ones on the wire are answered first. Pivots are completed at the end, one by
     one, as without fan-out. With concurrency 1, one request at a time, in dependency order.
 """
 
@@ -487,7 +488,7 @@ def send_entrywise(client: FhirClient, bundle: Resource) -> FhirResponse:
         else:
             results[index] = sender.send(entries[index])
 
-    fan_out = min(client.transport.throttle.in_flight or 1, MAX_FAN_OUT)
+    fan_out = min(client.transport.throttle.concurrency or 1, MAX_FAN_OUT)
     _run(order, _waits_for(entries, order, broken) if fan_out > 1 else [], step, fan_out)
     position = {index: at for at, index in enumerate(order)}
     for index, resource_id, version, created in sorted(pending, key=lambda p: position[p[0]]):

@@ -9,20 +9,18 @@ throttle
     every worker then *waits* for the throttle before its next request starts. So a
     server that asks for a pause gets it from the whole process, not from one worker while
     the others keep sending.
-in flight
-    The most requests the workers of a target have on the wire at once (``--concurrency``,
-    the service's ``concurrency``): each request takes a *slot* for as long as it is sent
-    and answered. Without a limit (a single worker) nothing is counted. The limit is also
-    how far one Bundle may fan out where a server without transactions takes its entries
-    one by one (:mod:`ims_fhir.client.entrywise`): a request waiting for a slot holds
-    nothing else, so workers and fan-out share the slots without deadlock.
+concurrency
+    How many Bundles the workers of a target keep in flight (``--concurrency``, the
+    service's ``concurrency``; None: one worker). Where a server without transactions and
+    batches takes a Bundle entry by entry, it is also how many of that Bundle's entries may
+    be on the wire at once (its *fan-out*, :mod:`ims_fhir.client.entrywise`): a Bundle is
+    the unit a transaction would have been, and one resource per round trip would otherwise
+    leave the server idle behind a slow link.
 """
 
 from __future__ import annotations
 
-import contextlib
 import threading
-from collections.abc import Iterator
 
 from ims_fhir.client.retry import Clock
 
@@ -30,21 +28,11 @@ from ims_fhir.client.retry import Clock
 class Throttle:
     """See the module docstring. Thread-safe; times are on the clock's monotonic scale."""
 
-    def __init__(self, in_flight: int | None = None) -> None:
+    def __init__(self, concurrency: int | None = None) -> None:
         self._lock = threading.Lock()
         self._until = 0.0
-        #: the most requests on the wire at once (None: no limit, one worker)
-        self.in_flight = in_flight
-        self._slots = threading.BoundedSemaphore(in_flight) if in_flight is not None else None
-
-    @contextlib.contextmanager
-    def slot(self) -> Iterator[None]:
-        """Hold one of the ``in_flight`` slots while a request is on the wire."""
-        if self._slots is None:
-            yield
-            return
-        with self._slots:
-            yield
+        #: Bundles in flight for the target (None: one worker); see the module docstring
+        self.concurrency = concurrency
 
     def hold(self, seconds: float, clock: Clock) -> None:
         """No request starts for ``seconds`` from now (a later hold only extends it)."""

@@ -141,9 +141,9 @@ class SyncWorker:
         if client is None:
             client = self._clients[target.name] = self._client_factory(target)
             if self.options.concurrency > 1:
-                # at most `concurrency` requests on the wire for the target, shared by the
-                # delivery threads (and the fan-out of a Bundle sent entry by entry)
-                client.transport.throttle = Throttle(in_flight=self.options.concurrency)
+                # one 429 back-off for the delivery threads; `concurrency` is also the
+                # fan-out of a Bundle sent entry by entry
+                client.transport.throttle = Throttle(concurrency=self.options.concurrency)
         return client
 
     def close(self) -> None:

@@ -13,9 +13,9 @@ reads the CapabilityStatement and adapts. Two servers (each start costs CI a min
   (in a batch of lookups) then ``PUT`` by id with ``If-Match``, or a create.
 
 Shown for both: the examples and generated records land exactly once, a second push changes
-nothing, and an edited record is updated in place (same id, version 2); with ``--concurrency``
-the requests on the wire never exceed it, and entry by entry one Bundle's independent entries
-go out together (its fan-out).
+nothing, and an edited record is updated in place (same id, version 2); with ``--concurrency``,
+entry by entry, one Bundle's independent entries go out together, at most ``--concurrency``
+at once (its fan-out).
 """
 
 from __future__ import annotations
@@ -210,7 +210,7 @@ def _most_in_flight(log: list[LogEntry]) -> int:
     return most
 
 
-def test_concurrency_bounds_requests_in_flight_and_one_bundle_fans_out(
+def test_one_bundle_fans_out_within_concurrency_exactly_once(
         reduced_server: tuple[str, str], run_cli: Any, tmp_path: Path) -> None:
     """One Bundle (nothing for the per-patient pool to overlap) over a slow link: entry by
     entry, its entries that do not wait for each other go out together, never more than
