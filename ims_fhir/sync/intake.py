@@ -97,11 +97,14 @@ def body_diagnoses(raw_records: list[RawRecord], earlier: DiagnosisCount | None 
 def stored_diagnoses(group_of: Callable[[str, str], bytes | None]) -> DiagnosisCount:
     """The diagnosis count of an assessment the outbox holds (its Conditions; ``group_of`` is
     :meth:`~ims_fhir.sync.store.Outbox.record_group`)."""
+    known: dict[str, int | None] = {}  # one request: each assessment read once, however many sessions name it
+
     def count(assessment_id: str) -> int | None:
-        body = group_of("assessment", assessment_id)
-        if body is None:
-            return None
-        return sum(1 for r in group_from_bytes(body).resources if r["resourceType"] == "Condition")
+        if assessment_id not in known:
+            body = group_of("assessment", assessment_id)
+            known[assessment_id] = None if body is None else sum(
+                1 for r in group_from_bytes(body).resources if r["resourceType"] == "Condition")
+        return known[assessment_id]
 
     return count
 
