@@ -9,7 +9,8 @@ For each setup ``STORAGE:WORKERS`` (default: SQLite with 1 worker, then PostgreS
 1. Generates a seeded synthetic export (about 1 assessment and 6 treatments per patient)
    under a system base of its own, so the server needs no wiping.
 2. Serves the app with waitress in this process (as ``ims-fhir serve`` with ``[worker]
-   enabled = false``) and starts WORKERS ``ims-fhir worker`` processes beside it, against
+   enabled = false``) and starts WORKERS ``ims-fhir worker`` processes beside it (and waits
+   until they run, so that their start-up is not counted against intake), against
    the local HAPI FHIR server (started here, from the cached build, unless ``--fhir-base``
    names a running one). PostgreSQL: ``--postgres-url`` (an empty database), else a
    throw-away server started here like the test suite's (Debian's ``postgresql``).
@@ -92,6 +93,13 @@ def run(patients: int, batch: int, fhir_base: str, seed: int, batch_records: int
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
         try:
+            # the workers start (interpreter, imports: a second or two of CPU each) before the
+            # clock does: intake is measured beside workers that send, not beside start-ups
+            ready_by = time.monotonic() + 120
+            while (Path(tmp) / "workers.log").read_bytes().count(b" started for targets ") < workers:
+                if any(p.poll() is not None for p in procs) or time.monotonic() > ready_by:
+                    raise SystemExit(f"a worker did not start; see {log.name}")
+                time.sleep(0.05)
             bodies = [b"\n".join(records[i:i + batch]) for i in range(0, len(records), batch)]
             started = time.monotonic()
             # each client posts its own share of the batches (a client's in order), as clinics do at once

@@ -25,6 +25,8 @@ on their identifiers, everything else a conditional update on its business ident
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import itertools
 import re
 import threading
 from collections.abc import Callable, Iterator
@@ -38,7 +40,17 @@ from .client import ClientConfig, FhirClient, delivery_requirements
 from .client.keyed_pool import KeyedPool
 from .client.throttle import Throttle
 from .convert import Converter, ConvertOptions
-from .delivery import DELIVERED_TYPES, BundleResult, Refusal, Sender, patient_keys, references
+from .delivery import (
+    DELIVERED_TYPES,
+    BundleResult,
+    EntryResult,
+    Refusal,
+    Sender,
+    patient_keys,
+    patient_parts,
+    references,
+    shared_keys,
+)
 from .errors import InputError, UsageError
 from .fhir.bundles import BundlePacker
 from .identifiers import identifiers_of
@@ -100,11 +112,18 @@ class Pusher:
         self._kept: set[tuple[str, str]] = set()
 
     def push(self, bundle: dict[str, Any]) -> None:
-        self.record(self.sync.send(bundle) if self.sync is not None else self.sender.send(bundle))
+        for part in delivery_parts(self.sender.client, bundle):
+            self.record(self.send(part), part)
 
-    def record(self, result: BundleResult | Sent) -> None:
-        """Tally one delivered Bundle (from one thread at a time)."""
-        self.summary.bundles += 1
+    def send(self, part: Part) -> BundleResult | Sent:
+        return self.sync.send(part.bundle) if self.sync is not None else self.sender.send(part.bundle)
+
+    def record(self, result: BundleResult | Sent, part: Part | None = None) -> None:
+        """Tally one delivered Bundle, or part of one (from one thread at a time)."""
+        if part is not None and part.copies:
+            result = _without(result, part.copies)
+        if part is None or part.first:
+            self.summary.bundles += 1
         if isinstance(result, Sent):
             for conflict in result.conflicts:
                 self.summary.conflicts += 1
@@ -240,9 +259,70 @@ class PushOptions:
     use_state: bool = True
 
 
+@dataclass(frozen=True)
+class Part:
+    """What goes out as one delivery: a whole Bundle, or, to a server that takes no
+    transaction, its shared part or one patient's part (``delivery.split``)."""
+
+    bundle: dict[str, Any]
+    #: the keyed pool's keys: its patients (a shared part: its entries)
+    keys: frozenset[str]
+    #: the Bundle's first part, which tallies the Bundle
+    first: bool = True
+    #: the shared part, which the other parts of its Bundle wait for
+    shared: bool = False
+    #: ``(type, identifier)`` of the shared entries a patient part carries again (tallied by
+    #: the shared part)
+    copies: frozenset[tuple[str, tuple[str, str]]] = frozenset()
+
+
+def delivery_parts(client: FhirClient, bundle: dict[str, Any]) -> list[Part]:
+    """The Bundle as one Part when the server takes it as a transaction (atomic, as written) or
+    in batches (where a refused entry fails only its record); entry by entry, its shared part
+    first, then one part per patient (``delivery.split``), so that one patient's refusal stops
+    none of another's entries and, concurrently, the patients of a Bundle go in parallel."""
+    whole = [Part(bundle, frozenset(patient_keys(bundle)))]
+    if client.delivery_mode(bundle) != "entries":
+        return whole
+    shared, patients = patient_parts(bundle)
+    if shared is None and len(patients) == 1:
+        return whole
+    parts = []
+    copies: frozenset[tuple[str, tuple[str, str]]] = frozenset()
+    if shared is not None:
+        parts.append(Part(shared, frozenset(shared_keys(shared)), shared=True))
+        copies = frozenset((e["resource"]["resourceType"], ident) for e in shared["entry"]
+                           if (ident := _first_identifier(e["resource"])) is not None)
+    for bundle_part in patients:
+        parts.append(Part(bundle_part, frozenset(patient_keys(bundle_part)), first=not parts, copies=copies))
+    return parts
+
+
+def _first_identifier(resource: dict[str, Any]) -> tuple[str, str] | None:
+    ident = (identifiers_of(resource) or [{}])[0]
+    system, value = ident.get("system"), ident.get("value")
+    return (system, value) if isinstance(system, str) and isinstance(value, str) and value else None
+
+
+def _without(result: BundleResult | Sent, copies: frozenset[tuple[str, tuple[str, str]]]) -> BundleResult | Sent:
+    """``result`` less the entries that only confirm shared entries the shared part tallied
+    (not sent again, or answered "unchanged")."""
+    def keep(entry: EntryResult) -> bool:
+        return not ((entry.resource_type, entry.identifier) in copies and entry.outcome in ("unchanged", KEPT))
+
+    if isinstance(result, Sent):
+        delivery = dataclasses.replace(result.delivery, entries=[e for e in result.delivery.entries if keep(e)])
+        return dataclasses.replace(result, delivery=delivery, skipped=[e for e in result.skipped if keep(e)])
+    return dataclasses.replace(result, entries=[e for e in result.entries if keep(e)])
+
+
 def _push_concurrently(client: FhirClient, config: ClientConfig, pusher: Pusher, bundles: Iterator[dict[str, Any]],
                        concurrency: int, progress: Callable[[PushSummary], None] | None, session: Any) -> None:
     """Deliver with up to ``concurrency`` Bundles in flight (see :class:`~ims_fhir.client.keyed_pool.KeyedPool`).
+    To a server that takes Bundles entry by entry, their parts (:func:`delivery_parts`) go up
+    to N x fan-out at once, the throttle's request slots keeping the requests on the wire to
+    N x fan-out too: each part waits a round trip per dependency level, and N parts at a time
+    left a server behind a 100 ms link at 60-80% of what it takes.
 
     One :class:`~ims_fhir.delivery.Sender` per worker thread (the engine's rule: one client,
     one connection pool, one Bundle at a time per Sender), or with the push state one
@@ -254,7 +334,7 @@ def _push_concurrently(client: FhirClient, config: ClientConfig, pusher: Pusher,
     clients: list[FhirClient] = []
     lock = threading.Lock()
 
-    def send(bundle: dict[str, Any]) -> BundleResult | Sent:
+    def send(part: Part) -> tuple[BundleResult | Sent, Part]:
         mine: Callable[[dict[str, Any]], BundleResult | Sent] | None = getattr(local, "send", None)
         if mine is None:
             worker = FhirClient(config, session=session, throttle=client.transport.throttle)
@@ -266,20 +346,31 @@ def _push_concurrently(client: FhirClient, config: ClientConfig, pusher: Pusher,
             local.send = mine
             with lock:
                 clients.append(worker)
-        return mine(bundle)
+        return mine(part.bundle), part
 
-    def done(result: BundleResult | Sent) -> None:
+    def done(outcome: tuple[BundleResult | Sent, Part]) -> None:
         with lock:
-            pusher.record(result)
+            pusher.record(*outcome)
             if progress is not None:
                 progress(pusher.summary)
 
-    pool: KeyedPool[BundleResult | Sent] = KeyedPool(concurrency, on_done=done)
+    first = next(bundles, None)
+    if first is None:
+        return
+    # Entry by entry a Bundle part waits a round trip per dependency level: more parts go at
+    # once, within the throttle's request slots (N x fan-out requests on the wire)
+    entrywise = client.delivery_mode(first) == "entries"
+    workers = client.transport.throttle.requests if entrywise else concurrency
+    pool: KeyedPool[tuple[BundleResult | Sent, Part]] = KeyedPool(workers, on_done=done)
     try:
-        for bundle in bundles:
+        for bundle in itertools.chain([first], bundles):
             if pool.failed:
                 break  # the target is down or refuses us: stop feeding, report the error
-            pool.submit(patient_keys(bundle), lambda b=bundle: send(b))  # type: ignore[misc]
+            shared: int | None = None
+            for part in delivery_parts(client, bundle):
+                number = pool.submit(part.keys, lambda p=part: send(p), after=shared)  # type: ignore[misc]
+                if part.shared:
+                    shared = number
     finally:
         try:
             pool.close()

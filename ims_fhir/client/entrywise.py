@@ -54,11 +54,14 @@ exactly once
 fan-out
     With ``--concurrency N`` (N Bundles in flight for the target, see
     :mod:`ims_fhir.client.throttle`), entries of one Bundle that do not wait for each other
-    are sent together, up to N (at most :data:`MAX_FAN_OUT`) at once: an entry is sent once
-    every entry it refers to is answered (and an earlier entry whose conditional request
-    matches one of its conditional references). A Bundle is the unit a transaction would have
-    been; one resource per round trip would leave the server idle behind a slow link. So at
-    most N x min(N, 8) requests are on the wire. The first refused entry stops the entries not
+    are sent together, up to N (at most :data:`~ims_fhir.client.throttle.MAX_FAN_OUT`) at
+    once: an entry is sent once every entry it refers to is answered (and an earlier entry
+    whose conditional request matches one of its conditional references). A Bundle is the
+    unit a transaction would have been; one resource per round trip would leave the server
+    idle behind a slow link. At most N x min(N, 8) requests of the target are on the wire
+    (the throttle's request slots), however many Bundle parts the push has in flight
+    (``ims_fhir.push``: to such a server it sends each patient's part of a Bundle on its own,
+    several at once). The first refused entry stops the entries not
     yet sent; the ones on the wire are answered first. Pivots are completed at the end, one by
     one, as without fan-out. With concurrency 1, one request at a time, in dependency order.
 """
@@ -79,7 +82,6 @@ if TYPE_CHECKING:
 
 NO_CHANGE = "SUCCESSFUL_UPDATE_NO_CHANGE"
 #: the most entries of one Bundle on the wire at once (one connection pool serves them)
-MAX_FAN_OUT = 8
 _HAPI_CODES = "https://hapifhir.io/fhir/CodeSystem/hapi-fhir-storage-response-code"
 
 
@@ -488,7 +490,7 @@ def send_entrywise(client: FhirClient, bundle: Resource) -> FhirResponse:
         else:
             results[index] = sender.send(entries[index])
 
-    fan_out = min(client.transport.throttle.concurrency or 1, MAX_FAN_OUT)
+    fan_out = client.transport.throttle.fan_out
     _run(order, _waits_for(entries, order, broken) if fan_out > 1 else [], step, fan_out)
     position = {index: at for at, index in enumerate(order)}
     for index, resource_id, version, created in sorted(pending, key=lambda p: position[p[0]]):

@@ -389,23 +389,31 @@ class FhirClient:
                 self._batch = bool(answer) and answer.get("type") == "batch-response"  # type: ignore[union-attr]
         return self._batch
 
-    def send_bundle(self, bundle: Resource) -> FhirResponse:
-        """Apply a transaction Bundle: as a ``transaction`` when the server declares one and the
-        conditional creates/updates its entries use; otherwise, when the server offers
-        ``batch``, through a few batch Bundles in dependency levels
-        (:func:`~ims_fhir.client.batchwise.send_batchwise`); else entry by entry in dependency
-        order (:func:`~ims_fhir.client.entrywise.send_entrywise`).
-
-        Either way the answer is a ``transaction-response`` Bundle with one entry per entry.
-        """
+    def delivery_mode(self, bundle: Resource) -> Literal["transaction", "batch", "entries"]:
+        """How :meth:`send_bundle` applies ``bundle``: as one ``transaction`` when the server
+        declares it and the conditional creates/updates its entries use; otherwise, when the
+        server offers ``batch``, through a few batch Bundles in dependency levels; else entry by
+        entry in dependency order (``entries``)."""
         if not self.config.check_capabilities:
-            return self.transaction(bundle)
+            return "transaction"
         capabilities = self.capabilities()
         # A type the statement does not list is left to the server's transaction to judge.
         needs = [n for n in _bundle_needs(bundle) if n.resource_type is None or n.resource_type in capabilities.types]
         if capabilities.supports_all(needs):
+            return "transaction"
+        return "batch" if self.supports_batch() else "entries"
+
+    def send_bundle(self, bundle: Resource) -> FhirResponse:
+        """Apply a transaction Bundle as :meth:`delivery_mode` says (batches:
+        :func:`~ims_fhir.client.batchwise.send_batchwise`; entry by entry:
+        :func:`~ims_fhir.client.entrywise.send_entrywise`).
+
+        Either way the answer is a ``transaction-response`` Bundle with one entry per entry.
+        """
+        mode = self.delivery_mode(bundle)
+        if mode == "transaction":
             return self.transaction(bundle)
-        if self.supports_batch():
+        if mode == "batch":
             from ims_fhir.client.batchwise import send_batchwise
 
             return send_batchwise(self, bundle)

@@ -16,13 +16,24 @@ concurrency
     be on the wire at once (its *fan-out*, :mod:`ims_fhir.client.entrywise`): a Bundle is
     the unit a transaction would have been, and one resource per round trip would otherwise
     leave the server idle behind a slow link.
+request slots
+    With a concurrency N, at most N x min(N, :data:`MAX_FAN_OUT`) requests of the target's
+    workers are on the wire at once, however many Bundle parts are in flight
+    (:meth:`Throttle.slot`): to a server without transactions the parts of several Bundles
+    go together (each waits for the server one round trip per dependency level), and this
+    keeps their sum to what N Bundles fanned out would send.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 
 from ims_fhir.client.retry import Clock
+
+#: the most entries of one Bundle sent at once to a server without transactions
+MAX_FAN_OUT = 8
 
 
 class Throttle:
@@ -33,6 +44,26 @@ class Throttle:
         self._until = 0.0
         #: Bundles in flight for the target (None: one worker); see the module docstring
         self.concurrency = concurrency
+        self._slots = threading.BoundedSemaphore(self.requests) if concurrency and concurrency > 1 else None
+
+    @property
+    def fan_out(self) -> int:
+        """Entries of one Bundle on the wire at once (see the module docstring)."""
+        return min(self.concurrency or 1, MAX_FAN_OUT)
+
+    @property
+    def requests(self) -> int:
+        """Requests of the target's workers on the wire at once (see "request slots")."""
+        return (self.concurrency or 1) * self.fan_out
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[None]:
+        """Hold one request slot while a request is on the wire."""
+        if self._slots is None:
+            yield
+            return
+        with self._slots:
+            yield
 
     def hold(self, seconds: float, clock: Clock) -> None:
         """No request starts for ``seconds`` from now (a later hold only extends it)."""
@@ -54,4 +85,4 @@ class Throttle:
             slept += left
 
 
-__all__ = ["Throttle"]
+__all__ = ["MAX_FAN_OUT", "Throttle"]

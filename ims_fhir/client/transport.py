@@ -25,6 +25,7 @@ This is the one place where ``requests`` exceptions become
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -103,18 +104,19 @@ class Transport:
             if authenticate:
                 send_headers.update(self.config.auth.headers(self.auth_context))
             try:
-                response = self.session.request(
-                    method,
-                    url,
-                    params=params,
-                    data=body if body is not None else form,
-                    headers=send_headers,
-                    timeout=self.config.timeout.as_requests(),
-                    verify=self.config.requests_verify,
-                    cert=self.config.requests_cert,
-                    # A redirected POST/PUT would be replayed as GET by requests; refuse instead.
-                    allow_redirects=method in ("GET", "HEAD"),
-                )
+                with self.throttle.slot() if authenticate else contextlib.nullcontext():
+                    response = self.session.request(
+                        method,
+                        url,
+                        params=params,
+                        data=body if body is not None else form,
+                        headers=send_headers,
+                        timeout=self.config.timeout.as_requests(),
+                        verify=self.config.requests_verify,
+                        cert=self.config.requests_cert,
+                        # A redirected POST/PUT would be replayed as GET by requests; refuse instead.
+                        allow_redirects=method in ("GET", "HEAD"),
+                    )
             except requests.RequestException as exc:
                 failure = classify_exception(exc)
                 if failure.retryable and (idempotent or failure.unsent):

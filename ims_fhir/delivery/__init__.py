@@ -37,9 +37,9 @@ from .outcomes import (
     operation_outcome,
     status_of,
 )
-from .split import patient_keys, record_parts, references
+from .split import patient_keys, patient_parts, record_parts, references, shared_keys
 
 __all__ = ["DELIVERED_TYPES", "HAPI_AMBIGUOUS_MATCH", "BundleResult", "EntryResult", "IdentityMap", "RecordResult", "RecordState",
            "Refusal", "Sender", "Strategy", "TransactionStrategy", "entry_outcome", "entry_results",
-           "is_ambiguous_match", "issues_as_dicts", "operation_outcome", "record_parts", "patient_keys", "references", "refusal",
-           "status_of"]
+           "is_ambiguous_match", "issues_as_dicts", "operation_outcome", "record_parts", "patient_keys",
+           "patient_parts", "references", "refusal", "shared_keys", "status_of"]

@@ -9,6 +9,17 @@ Terms:
   can be posted on its own and only the records the server really refuses fail.
 - An entry that is not one of ours (no identifier of the scheme) is a part of its own,
   keyed ``("resource", fullUrl)``.
+- *patient part* (:func:`patient_parts`, for a server that takes no transaction, where a
+  Bundle is no longer one atomic write anyway): the entries of a Bundle that lead to one
+  patient's Patient entry by reference (that Patient, its Encounters, findings, sessions...),
+  with the entries without a patient they refer to (the Organization, the Practitioners),
+  so that each patient's part goes on its own: one patient's refusal does not stop another
+  patient's entries, and the parts of different patients travel in parallel instead of the
+  Bundles that two patients share chaining every patient's Bundles into one sequence.
+  Entries that lead to two patients keep those patients in one part.
+- *shared part*: the entries without a patient (in our Bundles the Organization and the
+  Practitioners). Sent before the patient parts of its Bundle, so that parts in parallel
+  never create one of them twice.
 """
 
 from __future__ import annotations
@@ -76,4 +87,75 @@ def patient_keys(bundle: dict[str, Any]) -> set[str]:
     return keys
 
 
-__all__ = ["patient_keys", "record_parts", "references"]
+def _reachable(start: str, refs: dict[str, set[str]]) -> set[str]:
+    seen = {start}
+    stack = list(refs[start])
+    while stack:
+        url = stack.pop()
+        if url not in seen:
+            seen.add(url)
+            stack.extend(refs[url])
+    return seen
+
+
+def shared_keys(bundle: Bundle) -> set[str]:
+    """Keys of the entries of a shared part (``type|system|value`` of the first identifier):
+    two shared parts with one of these keys are never sent at the same time."""
+    keys = set()
+    for entry in bundle.get("entry", []):
+        resource = entry.get("resource") or {}
+        ident = next(iter(resource.get("identifier") or []), None) or {}
+        if ident.get("value"):
+            keys.add(f"shared:{resource.get('resourceType')}|{ident.get('system', '')}|{ident['value']}")
+    return keys
+
+
+def patient_parts(bundle: Bundle) -> tuple[Bundle | None, list[Bundle]]:
+    """``(shared part or None, patient parts)`` of a transaction Bundle (see the terms): the
+    patient parts in the order of their first entry, each entry in Bundle order. A Bundle
+    that cannot be split (an entry without ``fullUrl``) or need not be (one patient, nothing
+    shared) is its own one part."""
+    entries = bundle.get("entry", [])
+    if any(not e.get("fullUrl") for e in entries):
+        return None, [bundle]
+    by_url = {e["fullUrl"]: e for e in entries}
+    refs = {url: {r for r in references(e.get("resource")) if r in by_url and r != url} for url, e in by_url.items()}
+    patients = [url for url, e in by_url.items() if (e.get("resource") or {}).get("resourceType") == "Patient"]
+    # patients that one entry leads to together stay in one part (union-find)
+    leader = {p: p for p in patients}
+
+    def find(p: str) -> str:
+        while leader[p] != p:
+            leader[p] = leader[leader[p]]
+            p = leader[p]
+        return p
+
+    reaches: dict[str, list[str]] = {}
+    for url in by_url:
+        found = [p for p in patients if p in _reachable(url, refs)] if patients else []
+        reaches[url] = found
+        for other in found[1:]:
+            leader[find(other)] = find(found[0])
+    groups: dict[str, set[str]] = {}
+    shared: list[str] = []
+    for url, found in reaches.items():
+        if found:
+            groups.setdefault(find(found[0]), set()).add(url)
+        else:
+            shared.append(url)
+    if len(groups) <= 1 and not shared:
+        return None, [bundle]
+
+    def part(urls: set[str]) -> Bundle:
+        return {"resourceType": "Bundle", "type": "transaction", "entry": [e for e in entries if e["fullUrl"] in urls]}
+
+    parts = []
+    for urls in groups.values():
+        wanted: set[str] = set()
+        for url in urls:
+            wanted |= _reachable(url, refs)
+        parts.append(part(wanted))
+    return (part(set(shared)) if shared else None), parts
+
+
+__all__ = ["patient_keys", "patient_parts", "record_parts", "references", "shared_keys"]

@@ -83,3 +83,30 @@ def test_a_job_waiting_for_its_key_does_not_hold_up_later_jobs_of_other_keys() -
     release.set()
     pool.close()
     assert started == ["a1", "b1", "a2", "c1"]
+
+
+def test_a_job_after_another_waits_for_it_but_not_for_its_siblings() -> None:
+    lock = threading.Lock()
+    events: list[str] = []
+    overlap = threading.Barrier(2, timeout=5)
+
+    def job(name: str, meet: bool = False) -> str:
+        with lock:
+            events.append(f"start {name}")
+        if meet:
+            overlap.wait()  # the two parts run at the same time, or this times out
+        else:
+            time.sleep(0.05)
+        with lock:
+            events.append(f"end {name}")
+        return name
+
+    done: list[str] = []
+    pool: KeyedPool[str] = KeyedPool(3, on_done=done.append)
+    shared = pool.submit(["shared:org"], lambda: job("shared"))
+    pool.submit(["patient-a"], lambda: job("a", meet=True), after=shared)
+    pool.submit(["patient-b"], lambda: job("b", meet=True), after=shared)
+    pool.close()
+    assert sorted(done) == ["a", "b", "shared"]
+    assert events.index("end shared") < events.index("start a")
+    assert events.index("end shared") < events.index("start b")
