@@ -158,6 +158,10 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON line per setup only")
     parser.add_argument("--setups", default="sqlite:1,postgresql:2", help="STORAGE:WORKERS, comma-separated")
     parser.add_argument("--postgres-url", help="an empty PostgreSQL database (default: start a throw-away server)")
+    parser.add_argument("--server-nice", type=int, default=0,
+                        help="run the local HAPI server at this lower CPU priority (1-19): on one machine "
+                             "it otherwise takes the CPU the intake measured needs, as a hospital's server would not")
+    parser.add_argument("--server-cpus", help="run the local HAPI server on these CPUs only (taskset list, e.g. 1)")
     parser.add_argument("--no-drain", dest="drain", action="store_false",
                         help="stop when the last POST is answered (intake beside working workers, for samples "
                              "larger than the local server could drain in reasonable time)")
@@ -170,7 +174,8 @@ def main() -> int:
     try:
         if base is None:
             print("starting the local HAPI FHIR server ...", file=sys.stderr)
-            server = hapi.start(log_path=Path(tempfile.gettempdir()) / "ims-fhir-bench-hapi.log")
+            server = hapi.start(log_path=Path(tempfile.gettempdir()) / "ims-fhir-bench-hapi.log",
+                                niceness=args.server_nice, cpus=args.server_cpus)
             base = server.base_url
         for storage, workers in setups:
             url = "sqlite"

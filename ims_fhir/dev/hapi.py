@@ -366,6 +366,8 @@ def start(
     maven_repo: Path | None = None,
     server_args: Sequence[str] = (),
     ig_package: Path | None | bool = True,
+    niceness: int = 0,
+    cpus: str | None = None,
 ) -> DevServer:
     """Start the server on ``127.0.0.1:port`` (a free port when None) and wait until ready.
 
@@ -378,6 +380,10 @@ def start(
     ``--ims.auth.issuer=URL --ims.auth.audience=AUD`` (SMART-protected:
     every request but ``/metadata`` needs a token of that issuer) or
     ``--ims.disable=transaction`` (see ``hapi-server/src/main/java/org/imsfhir/hapi/modes``).
+
+    ``niceness`` > 0 runs the JVM at that lower CPU priority (``nice``) and ``cpus`` (a
+    ``taskset`` list, e.g. ``"1"``) on those CPUs only: a benchmark that shares the machine
+    with the server keeps CPU for what it measures, as if the server were another machine.
 
     Builds the artifact first if needed (see :func:`build`). Ready means
     ``GET /fhir/metadata`` answered 200. The JVM's output goes to ``log_path``. If the JVM
@@ -398,6 +404,10 @@ def start(
     package = _ig_package() if ig_package is True else (ig_package or None)
     if package is not None:
         command.append(f"--ims-fhir.ig-package={Path(package).resolve()}")
+    if niceness > 0:
+        command = ["nice", "-n", str(niceness), *command]
+    if cpus:
+        command = ["taskset", "-c", cpus, *command]
     with open(log_path, "ab") as log:
         log.write(("$ " + " ".join(command) + "\n").encode())
         log.flush()
