@@ -55,7 +55,7 @@ from .errors import InputError, UsageError
 from .fhir.bundles import BundlePacker
 from .identifiers import identifiers_of
 from .mapping.context import Dependency, MappedRecord
-from .sync.reconcile import KEPT, Sent, TargetSync, sync_requirements
+from .sync.reconcile import KEPT, Sent, TargetSync, primary_identifier, sync_requirements
 from .workstore import WorkStore
 
 RESOURCE_TYPES = ("Organization", "Patient", "Practitioner", "EpisodeOfCare", "ServiceRequest", "Encounter", "Observation",
@@ -292,16 +292,10 @@ def delivery_parts(client: FhirClient, bundle: dict[str, Any]) -> list[Part]:
     if shared is not None:
         parts.append(Part(shared, frozenset(shared_keys(shared)), shared=True))
         copies = frozenset((e["resource"]["resourceType"], ident) for e in shared["entry"]
-                           if (ident := _first_identifier(e["resource"])) is not None)
+                           if (ident := primary_identifier(e["resource"])) is not None)
     for bundle_part in patients:
         parts.append(Part(bundle_part, frozenset(patient_keys(bundle_part)), first=not parts, copies=copies))
     return parts
-
-
-def _first_identifier(resource: dict[str, Any]) -> tuple[str, str] | None:
-    ident = (identifiers_of(resource) or [{}])[0]
-    system, value = ident.get("system"), ident.get("value")
-    return (system, value) if isinstance(system, str) and isinstance(value, str) and value else None
 
 
 def _without(result: BundleResult | Sent, copies: frozenset[tuple[str, tuple[str, str]]]) -> BundleResult | Sent:

@@ -132,7 +132,8 @@ def patient_parts(bundle: Bundle) -> tuple[Bundle | None, list[Bundle]]:
 
     reaches: dict[str, list[str]] = {}
     for url in by_url:
-        found = [p for p in patients if p in _reachable(url, refs)] if patients else []
+        reachable = _reachable(url, refs) if patients else set()
+        found = [p for p in patients if p in reachable]
         reaches[url] = found
         for other in found[1:]:
             leader[find(other)] = find(found[0])

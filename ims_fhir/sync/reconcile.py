@@ -130,7 +130,8 @@ def _resolve_refs(value: Any, urls: dict[str, str]) -> Any:
     return value
 
 
-def _primary(resource: Resource) -> tuple[str, str] | None:
+def primary_identifier(resource: Resource) -> tuple[str, str] | None:
+    """``(system, value)`` of a resource's first identifier: its key in the identity map."""
     ident = (identifiers_of(resource) or [{}])[0]
     system, value = ident.get("system"), ident.get("value")
     return (system, value) if isinstance(system, str) and isinstance(value, str) and value else None
@@ -312,7 +313,7 @@ class TargetSync:
             entry = by_url.get(ref)
             if entry is None:
                 return None
-            ident = _primary(entry["resource"])
+            ident = primary_identifier(entry["resource"])
             return conditional_form(entry["resource"]["resourceType"], *ident) if ident else None
 
         hashes = {url: content_hash(e["resource"], canonical) for url, e in by_url.items()}
@@ -327,12 +328,12 @@ class TargetSync:
                    [(i["system"], i["value"]) for i in (e["resource"].get("identifier") or [])[1:]
                     if i.get("system") and i.get("value")])
                   for e in by_url.values() if e["resource"]["resourceType"] in SHARED_TYPES
-                  and e["resource"]["resourceType"] != "Organization" and (ident := _primary(e["resource"]))]
+                  and e["resource"]["resourceType"] != "Organization" and (ident := primary_identifier(e["resource"]))]
         prefetched = self._prefetch(shared) if len(shared) > 1 else None
         for url, entry in by_url.items():
             resource = entry["resource"]
             rtype = resource["resourceType"]
-            ident = _primary(resource)
+            ident = primary_identifier(resource)
             if rtype == "Organization" or ident is None:
                 continue
             record = record_key({"system": ident[0], "value": ident[1]})
@@ -472,7 +473,7 @@ class TargetSync:
         earlier write (the identity map has its version now: worth sending again at once)."""
         by_ident: dict[tuple[str, str, str], str] = {}
         for entry in bundle["entry"]:
-            ident = _primary(entry["resource"])
+            ident = primary_identifier(entry["resource"])
             if ident and entry.get("fullUrl") in hashes:
                 by_ident[(entry["resource"]["resourceType"], *ident)] = hashes[entry["fullUrl"]]
         txn = ",".join(f"Provenance/{p}" for p in sent.provenance) or None
@@ -512,7 +513,7 @@ class TargetSync:
                     continue
             kept_refusals.append(rejection)
             for entry in rejection.part.get("entry", []):
-                ident = _primary(entry["resource"])
+                ident = primary_identifier(entry["resource"])
                 rtype = entry["resource"]["resourceType"]
                 if rtype in ("Organization", "Device", "Provenance") or ident is None:
                     continue
@@ -538,7 +539,7 @@ class TargetSync:
         urls: dict[str, str] = {}
         for entry in part.get("entry", []):
             full, res = entry.get("fullUrl"), entry.get("resource") or {}
-            ident = _primary(res)
+            ident = primary_identifier(res)
             if not isinstance(full, str) or not full.startswith("urn:") or ident is None:
                 continue
             known = self.state.identity(self.target, str(res.get("resourceType")), *ident)
@@ -590,7 +591,7 @@ class TargetSync:
                                           now=now)
                 own = True
                 continue
-            ident = _primary(resource)
+            ident = primary_identifier(resource)
             rec = record_key({"system": ident[0], "value": ident[1]}) if ident else None
             conflict = Conflict(
                 id=0, target=self.target, resource_type=rtype, server_id=sid,
@@ -672,7 +673,7 @@ _ASSESSMENT = [("_include", "Observation:has-member"), ("_include", "Observation
 
 def _record_search(conflict: Conflict) -> tuple[str, list[tuple[str, str]]]:
     """(type, search parameters) that find a conflict's whole record on the server."""
-    ident = _primary(conflict.clinic_resource)
+    ident = primary_identifier(conflict.clinic_resource)
     found = split_system(ident[0]) if ident is not None else None
     if found is not None and conflict.record_id:
         scheme = IdentifierScheme(found[0])
@@ -758,5 +759,5 @@ def sync_requirements(resource_types: Iterable[str]) -> list[Requirement]:
 
 
 __all__ = ["CONFLICT", "KEPT", "RESOLUTION_HELP", "UNCHANGED", "Conflicted", "Resolved", "Sent", "TargetSync",
-           "Unresolved", "conditional_form", "content_hash", "parse_conditional", "record_resources",
+           "Unresolved", "conditional_form", "content_hash", "parse_conditional", "primary_identifier", "record_resources",
            "resolve_conflict", "sync_requirements"]
