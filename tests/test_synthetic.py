@@ -1,6 +1,6 @@
 """Tests for ims_fhir.dev.synthetic: valid, deterministic, covering synthetic records.
 
-The rules below are an independent reading of the spec (ims-record-format.md), kept
+The rules below are an independent reading of the record format (README.md, "The record format"), kept
 here on purpose rather than borrowed from the validating models, so that the generator
 is checked against the spec and not against the code it shares assumptions with.
 """
@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
 
 # ----------------------------------------------------------------- the spec's enumerations
-# Copied from ims-record-format.md.
+# Copied from the record format in README.md ("The record format, `ims-record/1`").
 
 SPEC_ENUMS: dict[str, list[str]] = {
     "side": ["left", "right", "bilateral", "midline"],

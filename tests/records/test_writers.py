@@ -25,7 +25,7 @@ from ims_fhir.records.writers import (
     write_ndjson,
 )
 
-# Copied from the spec's "CSV tables" table (ims-record-format.md), on purpose not
+# Copied from the format's "CSV tables" table (README.md, "The record format"), on purpose not
 # imported from the module under test.
 SPEC_CSV_COLUMNS = {
     "patients.csv": "id, family_name, given_names, birth_date, sex, identifier_system, identifier_value, phone, email",
