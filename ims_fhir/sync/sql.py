@@ -90,12 +90,18 @@ INSERT_EVENT = ("INSERT INTO event (at, target, record_type, record_id, revision
 UPSERT_SHARED = ("INSERT INTO shared (resource_id, entry) VALUES (?,?) "
                  "ON CONFLICT (resource_id) DO UPDATE SET entry=excluded.entry")
 
-#: the due deliveries of a target, kinds others refer to first, then in arrival order
-CLAIM = ("SELECT d.record_type, d.record_id, d.attempts, d.patient, d.rank, d.seq, r.revision, r.body, "
-         "r.waits_type, r.waits_id FROM delivery d JOIN record r "
-         "ON r.record_type=d.record_type AND r.record_id=d.record_id "
-         "WHERE d.target=? AND ((d.state='queued' AND d.next_attempt_at<=?) OR "
-         "(d.state='sending' AND d.lease_until<?)) ORDER BY d.rank, d.seq LIMIT ?")
+#: the due deliveries of a target, kinds others refer to first, then in arrival order: queued
+#: ones whose time has come, and (:data:`CLAIM_EXPIRED`) sending ones whose lease ran out. Each
+#: reads the index ``delivery_due`` (target, state, rank, seq) in order and stops at its LIMIT,
+#: so a claim costs the same with a hundred or a million deliveries queued (one query with both
+#: states and the record bodies joined sorted the whole queue, bodies and all, at every claim)
+CLAIM_DUE = ("SELECT d.record_type, d.record_id, d.attempts, d.patient, d.rank, d.seq FROM delivery d "
+             "WHERE d.target=? AND d.state='queued' AND d.next_attempt_at<=? ORDER BY d.rank, d.seq LIMIT ?")
+CLAIM_EXPIRED = ("SELECT d.record_type, d.record_id, d.attempts, d.patient, d.rank, d.seq FROM delivery d "
+                 "WHERE d.target=? AND d.state='sending' AND d.lease_until<? ORDER BY d.rank, d.seq LIMIT ?")
+
+#: rows per statement of the lookups by key (:meth:`SqlOutbox._by_key`)
+KEYS_PER_QUERY = 400
 
 LEASED = ("SELECT state, lease_owner, attempts, first_failed_at FROM delivery "
           "WHERE target=? AND record_type=? AND record_id=?")
@@ -111,6 +117,8 @@ class SqlOutbox:
     lock_clause = ""
     #: appended to a SELECT of one delivery about to be updated (PostgreSQL: FOR UPDATE)
     row_lock = ""
+    #: run first in a claim's transaction (PostgreSQL: no plan that sorts the queue, see :data:`CLAIM_DUE`)
+    claim_prelude = ""
 
     # -- what a storage provides ---------------------------------------------------------
 
@@ -225,31 +233,65 @@ class SqlOutbox:
     def claim(self, target: str, *, owner: str, limit: int, lease_seconds: float, now: float) -> list[Claimed]:
         claimed: list[Claimed] = []
         with self._tx() as db:
-            rows = self._x(db, CLAIM + self.lock_clause, (target, now, now, limit * LOOKAHEAD)).fetchall()
+            window = limit * LOOKAHEAD
+            if self.claim_prelude:
+                self._x(db, self.claim_prelude)
+            rows = sorted([*self._x(db, CLAIM_DUE + self.lock_clause, (target, now, window)).fetchall(),
+                           *self._x(db, CLAIM_EXPIRED + self.lock_clause, (target, now, window)).fetchall()],
+                          key=lambda r: (int(r[4]), int(r[5])))[:window]
             if not rows:
                 return []
             pending = self._pending_of_patients(db, target, sorted({r[3] for r in rows if r[3] is not None}))
+            waits = {(t, i): (wt, wi) for t, i, wt, wi in self._by_key(
+                db, "SELECT record_type, record_id, waits_type, waits_id FROM record", [(r[0], r[1]) for r in rows])
+                if wt is not None}
+            # the deliveries of the records waited for (an assessment its sessions wait for), read at once
+            waited = {(t, i): state for t, i, state in self._by_key(
+                db, "SELECT record_type, record_id, state FROM delivery", sorted(set(waits.values())),
+                where="target=?", params=(target,))}
             keys: set[tuple[str, str]] = set()
-            taken: list[tuple[Any, ...]] = []
-            for rtype, rid, attempts, patient, rank, seq, revision, body, waits_type, waits_id in rows:
-                if len(claimed) >= limit:
+            taken: list[tuple[str, str, int]] = []
+            for rtype, rid, attempts, patient, rank, seq in rows:
+                if len(taken) >= limit:
                     break
                 if patient is not None and any((r, s) < (rank, seq) and k not in keys
                                                for r, s, k in pending.get(patient, ())):
                     continue  # an earlier record of its patient is not sent yet: it stays queued
-                if waits_type is not None and (waits_type, waits_id) not in keys:
-                    dep = self._x(db, "SELECT state FROM delivery WHERE target=? AND record_type=? AND record_id=?",
-                                  (target, waits_type, waits_id)).fetchone()
-                    if dep is not None and dep[0] in ("queued", "sending"):
-                        continue  # its assessment goes first; it stays queued
-                taken.append((owner, now + lease_seconds, revision, now, target, rtype, rid))
-                claimed.append(Claimed(target, rtype, rid, int(revision), bytes(body), int(attempts)))
+                dep = waits.get((rtype, rid))
+                if dep is not None and dep not in keys and waited.get(dep) in ("queued", "sending"):
+                    continue  # its assessment goes first; it stays queued
+                taken.append((rtype, rid, int(attempts)))
                 keys.add((rtype, rid))
+            # revision and body read together, for the records taken only
+            content = {(t, i): (int(rev), bytes(body)) for t, i, rev, body in self._by_key(
+                db, "SELECT record_type, record_id, revision, body FROM record", [k[:2] for k in taken])}
+            for rtype, rid, attempts in taken:
+                revision, body = content[(rtype, rid)]
+                claimed.append(Claimed(target, rtype, rid, revision, body, attempts))
             self._xm(db, "UPDATE delivery SET state='sending', lease_owner=?, lease_until=?, sending_revision=?, "
-                         "updated_at=? WHERE target=? AND record_type=? AND record_id=?", taken)
+                         "updated_at=? WHERE target=? AND record_type=? AND record_id=?",
+                     [(owner, now + lease_seconds, c.revision, now, target, c.record_type, c.record_id)
+                      for c in claimed])
             self._xm(db, INSERT_EVENT, [(now, target, c.record_type, c.record_id, c.revision, "sending",
                                          f"attempt {c.attempts + 1}") for c in claimed])
         return claimed
+
+    def _by_key(self, db: Any, select: str, keys: list[tuple[str, str]], *, where: str = "",
+                params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """The rows of ``select`` (a SELECT ... FROM one table with ``record_type`` and ``record_id``
+        columns) for these keys, a statement per record type and :data:`KEYS_PER_QUERY` ids."""
+        by_type: dict[str, list[str]] = {}
+        for rtype, rid in keys:
+            by_type.setdefault(rtype, []).append(rid)
+        out: list[tuple[Any, ...]] = []
+        for rtype, ids in sorted(by_type.items()):
+            for i in range(0, len(ids), KEYS_PER_QUERY):
+                chunk = ids[i:i + KEYS_PER_QUERY]
+                marks = ",".join("?" * len(chunk))
+                sql = (f"{select} WHERE {where + ' AND ' if where else ''}"  # noqa: S608 - only '?' marks are added
+                       f"record_type=? AND record_id IN ({marks})")
+                out += [tuple(r) for r in self._x(db, sql, (*params, rtype, *chunk)).fetchall()]
+        return out
 
     def _pending_of_patients(self, db: Any, target: str,
                              patients: list[str]) -> dict[str, list[tuple[int, int, tuple[str, str]]]]:

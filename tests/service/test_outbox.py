@@ -7,6 +7,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -262,3 +263,31 @@ def test_a_conflict_is_retried_and_dead_after_the_attempts_whatever_its_age(outb
             assert delivery(outbox, "patient", "P1").state == "queued"  # retried, unlike a refusal
     d = delivery(outbox, "patient", "P1")
     assert (d.state, d.attempts, d.http_status) == ("dead", 2, 409)
+
+
+def test_expired_leases_and_queued_deliveries_are_claimed_together_in_arrival_order(outbox: Outbox) -> None:
+    outbox.put([rec("treatment", "T1", patient="P1")], [T], now=1.0)
+    outbox.put([rec("treatment", "T2", patient="P2"), rec("treatment", "T3", patient="P3")], [T], now=2.0)
+    assert [c.record_id for c in outbox.claim(T, owner="crashed", limit=1, lease_seconds=10, now=3.0)] == ["T1"]
+    assert [c.record_id for c in outbox.claim(T, owner="b", limit=2, lease_seconds=10, now=20.0)] == ["T1", "T2"]
+    assert [c.record_id for c in outbox.claim(T, owner="c", limit=5, lease_seconds=10, now=21.0)] == ["T3"]
+
+
+def test_a_claim_reads_the_due_deliveries_in_index_order_without_sorting_the_queue(outbox: Outbox) -> None:
+    """A claim's cost does not grow with the queue: neither storage sorts the queued deliveries
+    (a query that did sorted every queued row with its record's body at every claim)."""
+    from ims_fhir.sync.sql import CLAIM_DUE, CLAIM_EXPIRED
+
+    outbox.put([rec("treatment", f"T{i}", patient=f"P{i % 7}") for i in range(300)], [T], now=1.0)
+    box: Any = outbox  # the storage's own connection and SQL, as its claim uses them
+    for query in (CLAIM_DUE, CLAIM_EXPIRED):
+        sql = box._q(query + box.lock_clause)
+        with box._tx() as db:
+            if box.claim_prelude:
+                db.execute(box.claim_prelude)
+            if isinstance(outbox, SQLiteOutbox):
+                plan = " ".join(str(row[-1]) for row in db.execute("EXPLAIN QUERY PLAN " + sql, (T, 2.0, 40)))
+                assert "delivery_due" in plan and "TEMP B-TREE" not in plan, plan
+            else:  # a table this new has no statistics: the planner would sort if it were let
+                plan = " ".join(row[0] for row in db.execute("EXPLAIN " + sql, (T, 2.0, 40)))
+                assert "delivery_due" in plan and "Sort" not in plan, plan
