@@ -479,9 +479,14 @@ class SqlOutbox:
         return [Failure(target=r[0], record_type=r[1], record_id=r[2], state=r[3], attempts=r[4], http_status=r[5],
                         error=r[6], outcome=orjson.loads(r[7]) if r[7] else None, updated_at=r[8]) for r in rows]
 
-    def pending(self, target: str | None = None) -> int:
-        sql = "SELECT COUNT(*) FROM delivery WHERE state IN ('queued','sending')"
-        row = self._x(self._db(), sql + (" AND target=?" if target else ""), (target,) if target else ()).fetchone()
+    def pending(self, target: str | None = None, *, at_most: int | None = None) -> int:
+        sql = "SELECT 1 FROM delivery WHERE state IN ('queued','sending')" + (  # noqa: S608 - fixed text
+            " AND target=?" if target else "")
+        params: tuple[Any, ...] = (target,) if target else ()
+        if at_most is not None:  # a count that stops there: a deep queue is not read to its end
+            sql += " LIMIT ?"
+            params += (at_most,)
+        row = self._x(self._db(), f"SELECT COUNT(*) FROM ({sql}) AS q", params).fetchone()  # noqa: S608 - fixed text
         return int(row[0])
 
     def stats(self) -> Stats:

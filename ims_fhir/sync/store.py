@@ -400,8 +400,8 @@ class Outbox(TargetState, Protocol):
 
     def stats(self) -> Stats: ...
 
-    def pending(self, target: str | None = None) -> int:
-        """Deliveries not yet in a final state (queued or sending)."""
+    def pending(self, target: str | None = None, *, at_most: int | None = None) -> int:
+        """Deliveries not yet in a final state (queued or sending); counted up to ``at_most`` only."""
 
     def settle_conflict(self, target: str, record_type: str, record_id: str, *, state: str, detail: str,
                         now: float) -> bool:

@@ -25,6 +25,7 @@ from ims_fhir.mapping import MappingContext, MappingOptions, map_organization
 from ims_fhir.sync import Outbox, Target, open_outbox
 from ims_fhir.terminology import default_terminology
 
+from .backpressure import QueueGauge
 from .config import ServiceConfig
 from .hardening import SessionInterface, SessionRegistry, Throttle, clean, security_headers
 
@@ -44,6 +45,7 @@ class ServiceState:
     started_at: float = field(default_factory=time.time)
     sessions: SessionRegistry = field(default_factory=lambda: SessionRegistry(12 * 3600.0))
     login_throttle: Throttle = field(default_factory=lambda: Throttle(10))
+    queue_gauge: QueueGauge = field(default_factory=QueueGauge)
 
 
 def create_app(config: ServiceConfig, *, outbox: Outbox | None = None,

@@ -22,6 +22,7 @@ import logging
 import re
 import tempfile
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,8 @@ def post_records() -> Response:
                  "result": s.result, "revision": s.revision, "status": _location(s.record_type, s.record_id)}
                 for s in stored]
     queued = sum(1 for s in stored if s.result == "queued")
+    for target in st.config.targets:
+        st.queue_gauge.added(target.name, queued)
     log.info("records posted: %d accepted (%d queued, %d unchanged), %d rejected", len(stored), queued,
              len(stored) - queued, len(intake.rejected))
     if intake.rejected:
@@ -134,12 +137,13 @@ def _backpressure(st: ServiceState) -> Response | None:
     if limit <= 0:
         return None
     for target in st.config.targets:
-        depth = st.outbox.pending(target.name)
-        if depth > limit:
-            log.warning("records refused for now: %d deliveries to %s pending (limit %d)", depth, target.name, limit)
+        name = target.name
+        depth = st.queue_gauge.over(name, limit, partial(st.outbox.pending, name))
+        if depth is not None:
+            log.warning("records refused for now: more than %d deliveries to %s pending", limit, name)
             wait = str(st.config.server.queue_retry_after)
             return outcome_response(429, [issue("error", "throttled", (
-                f"the queue to target {target.name!r} holds {depth} deliveries, above the limit of {limit}: "
+                f"the queue to target {name!r} holds more than {limit} deliveries, its limit: "
                 f"nothing of this request was stored; send it again after {wait} seconds"))],
                 headers={"Retry-After": wait})
     return None

@@ -291,3 +291,10 @@ def test_a_claim_reads_the_due_deliveries_in_index_order_without_sorting_the_que
             else:  # a table this new has no statistics: the planner would sort if it were let
                 plan = " ".join(row[0] for row in db.execute("EXPLAIN " + sql, (T, 2.0, 40)))
                 assert "delivery_due" in plan and "Sort" not in plan, plan
+
+
+def test_pending_counts_up_to_at_most_when_asked(outbox: Outbox) -> None:
+    outbox.put([rec("patient", f"P{i}") for i in range(7)], [T], now=1.0)
+    assert outbox.pending(T) == 7 and outbox.pending() == 7
+    assert outbox.pending(T, at_most=3) == 3 and outbox.pending(T, at_most=50) == 7
+    assert outbox.pending("elsewhere", at_most=3) == 0
