@@ -103,8 +103,19 @@ CLAIM_EXPIRED = ("SELECT d.record_type, d.record_id, d.attempts, d.patient, d.ra
 #: rows per statement of the lookups by key (:meth:`SqlOutbox._by_key`)
 KEYS_PER_QUERY = 400
 
-LEASED = ("SELECT state, lease_owner, attempts, first_failed_at FROM delivery "
-          "WHERE target=? AND record_type=? AND record_id=?")
+#: the updates of a delivery whose result came back (:meth:`SqlOutbox.complete`), by kind
+COMPLETE_SYNCED = (
+    "UPDATE delivery SET state=?, synced_revision=?, server_id=?, server_version=?, resources=?, "
+    "http_status=NULL, error=NULL, outcome=NULL, lease_owner=NULL, lease_until=NULL, first_failed_at=NULL, "
+    "next_attempt_at=?, attempts=CASE WHEN ? THEN 0 ELSE attempts END, updated_at=?, synced_at=? "
+    "WHERE target=? AND record_type=? AND record_id=?")
+COMPLETE_CONFLICT = ("UPDATE delivery SET state='conflict', http_status=?, error=?, outcome=?, "
+                     "lease_owner=NULL, lease_until=NULL, updated_at=? WHERE target=? AND record_type=? AND record_id=?")
+COMPLETE_FAILED = ("UPDATE delivery SET state='failed', attempts=attempts+1, http_status=?, error=?, outcome=?, "
+                   "lease_owner=NULL, lease_until=NULL, updated_at=? WHERE target=? AND record_type=? AND record_id=?")
+COMPLETE_RETRY = ("UPDATE delivery SET state=?, attempts=?, first_failed_at=?, http_status=?, error=?, outcome=?, "
+                  "lease_owner=NULL, lease_until=NULL, next_attempt_at=?, updated_at=? "
+                  "WHERE target=? AND record_type=? AND record_id=?")
 
 COUNT = ("INSERT INTO counter (name, target, value) VALUES (?,?,?) "
          "ON CONFLICT (name, target) DO UPDATE SET value=counter.value+excluded.value")
@@ -277,7 +288,7 @@ class SqlOutbox:
         return claimed
 
     def _by_key(self, db: Any, select: str, keys: list[tuple[str, str]], *, where: str = "",
-                params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+                params: tuple[Any, ...] = (), suffix: str = "") -> list[tuple[Any, ...]]:
         """The rows of ``select`` (a SELECT ... FROM one table with ``record_type`` and ``record_id``
         columns) for these keys, a statement per record type and :data:`KEYS_PER_QUERY` ids."""
         by_type: dict[str, list[str]] = {}
@@ -289,7 +300,7 @@ class SqlOutbox:
                 chunk = ids[i:i + KEYS_PER_QUERY]
                 marks = ",".join("?" * len(chunk))
                 sql = (f"{select} WHERE {where + ' AND ' if where else ''}"  # noqa: S608 - only '?' marks are added
-                       f"record_type=? AND record_id IN ({marks})")
+                       f"record_type=? AND record_id IN ({marks}){suffix}")
                 out += [tuple(r) for r in self._x(db, sql, (*params, rtype, *chunk)).fetchall()]
         return out
 
@@ -327,68 +338,76 @@ class SqlOutbox:
     def complete(self, target: str, results: list[Result], *, owner: str, now: float, max_attempts: int,
                  backoff_base: float, backoff_cap: float, latency: float | None,
                  dead_after: float = DEAD_AFTER) -> None:
+        """The results of a round, a few statements for all of them (a round trip per record cost
+        PostgreSQL more than the intake of those records): the deliveries are locked, then the
+        records' revisions read, then each kind of update sent as one batch."""
         with self._tx() as db:
+            keys = sorted({(r.record_type, r.record_id) for r in results})
+            leases = {(t, i): row for t, i, *row in self._by_key(
+                db, "SELECT record_type, record_id, state, lease_owner, attempts, first_failed_at FROM delivery",
+                keys, where="target=?", params=(target,), suffix=" ORDER BY record_id" + self.row_lock)}
+            # read after the deliveries are locked: a revision posted meanwhile is seen here
+            revisions = {(t, i): int(rev) for t, i, rev in self._by_key(
+                db, "SELECT record_type, record_id, revision FROM record", [k for k in keys if k in leases])}
+            updates: dict[str, list[tuple[Any, ...]]] = {}
+            events: list[tuple[Any, ...]] = []
+            counts: dict[str, float] = {}
+            done: set[tuple[str, str]] = set()
             for res in results:
-                key = (target, res.record_type, res.record_id)
-                row = self._x(db, LEASED + self.row_lock, key).fetchone()
-                if row is None or row[0] != "sending" or row[1] != owner:
+                key = (res.record_type, res.record_id)
+                row = leases.get(key)
+                if key in done or row is None or row[0] != "sending" or row[1] != owner:
                     continue  # the lease ran out and someone else took it over; their result counts
-                _, _, attempts, first_failed = row
-                # read after the delivery is locked: a revision posted meanwhile is seen here
-                current = self._x(db, "SELECT revision FROM record WHERE record_type=? AND record_id=?",
-                                  key[1:]).fetchone()[0]
+                done.add(key)
+                attempts, first_failed = row[2], row[3]
+                where = (target, *key)
                 outcome = orjson.dumps(res.outcome) if res.outcome is not None else None
                 if res.kind in ("synced", "kept"):
-                    self._synced(db, key, res, int(current), now)
+                    self._synced(updates, events, where, res, revisions[key], now)
+                    counts["sent"] = counts.get("sent", 0) + 1
                 elif res.kind == "version_conflict":  # issue 9: recorded, not retried, until resolved
-                    self._x(db, "UPDATE delivery SET state='conflict', http_status=?, error=?, outcome=?, "
-                                "lease_owner=NULL, lease_until=NULL, updated_at=? "
-                                "WHERE target=? AND record_type=? AND record_id=?",
-                            (res.status, res.error, outcome, now, *key))
-                    self._event(db, now, target, res.record_type, res.record_id, res.revision, "conflict", res.error)
-                    self._count(db, "conflicts", target)
+                    updates.setdefault(COMPLETE_CONFLICT, []).append((res.status, res.error, outcome, now, *where))
+                    events.append((now, target, *key, res.revision, "conflict", res.error))
+                    counts["conflicts"] = counts.get("conflicts", 0) + 1
                 elif res.kind == "rejected":
-                    self._x(db, "UPDATE delivery SET state='failed', attempts=attempts+1, http_status=?, error=?, "
-                                "outcome=?, lease_owner=NULL, lease_until=NULL, updated_at=? "
-                                "WHERE target=? AND record_type=? AND record_id=?",
-                            (res.status, res.error, outcome, now, *key))
-                    self._event(db, now, target, res.record_type, res.record_id, res.revision, "failed",
-                                f"HTTP {res.status}" if res.status else res.error)
-                    self._count(db, "failed", target)
+                    updates.setdefault(COMPLETE_FAILED, []).append((res.status, res.error, outcome, now, *where))
+                    events.append((now, target, *key, res.revision, "failed",
+                                   f"HTTP {res.status}" if res.status else res.error))
+                    counts["failed"] = counts.get("failed", 0) + 1
                 else:  # transient: dead by count and age; conflict: by count only
                     attempts = int(attempts) + 1
                     first = now if first_failed is None else float(first_failed)
                     dead = attempts >= max_attempts and (res.kind == "conflict" or now - first >= dead_after)
                     wait = min(backoff_cap, backoff_base * 2.0 ** max(attempts - 1, 0))
-                    self._x(db, "UPDATE delivery SET state=?, attempts=?, first_failed_at=?, http_status=?, error=?, "
-                                "outcome=?, lease_owner=NULL, lease_until=NULL, next_attempt_at=?, updated_at=? "
-                                "WHERE target=? AND record_type=? AND record_id=?",
-                            ("dead" if dead else "queued", attempts, first, res.status, res.error, outcome,
-                             now + wait, now, *key))
-                    self._event(db, now, target, res.record_type, res.record_id, res.revision,
-                                "dead" if dead else "retry-later", res.error)
-                    self._count(db, "dead" if dead else "transient_failures", target)
+                    updates.setdefault(COMPLETE_RETRY, []).append(
+                        ("dead" if dead else "queued", attempts, first, res.status, res.error, outcome,
+                         now + wait, now, *where))
+                    events.append((now, target, *key, res.revision, "dead" if dead else "retry-later", res.error))
+                    name = "dead" if dead else "transient_failures"
+                    counts[name] = counts.get(name, 0) + 1
+            for sql, rows in updates.items():
+                self._xm(db, sql, rows)
+            self._xm(db, INSERT_EVENT, events)
+            # counters in name order: two workers' rounds take their rows in the same order
+            self._xm(db, COUNT, [(name, target, by) for name, by in sorted(counts.items())])
             if latency is not None:
                 self._observe(db, target, latency)
 
-    def _synced(self, db: Any, key: tuple[str, str, str], res: Result, current: int, now: float) -> None:
-        target = key[0]
+    @staticmethod
+    def _synced(updates: dict[str, list[tuple[Any, ...]]], events: list[tuple[Any, ...]],
+                where: tuple[str, str, str], res: Result, current: int, now: float) -> None:
+        target = where[0]
         primary = next((r for r in res.resources if r.get("resourceType") == PRIMARY.get(res.record_type)),
                        res.resources[0] if res.resources else {})
         stale = current != res.revision
-        self._x(db,
-            "UPDATE delivery SET state=?, synced_revision=?, server_id=?, server_version=?, resources=?, "
-            "http_status=NULL, error=NULL, outcome=NULL, lease_owner=NULL, lease_until=NULL, first_failed_at=NULL, "
-            "next_attempt_at=?, attempts=CASE WHEN ? THEN 0 ELSE attempts END, updated_at=?, synced_at=? "
-            "WHERE target=? AND record_type=? AND record_id=?",
+        updates.setdefault(COMPLETE_SYNCED, []).append(
             ("queued" if stale else res.kind, res.revision, primary.get("id"), primary.get("version"),
-             orjson.dumps(res.resources), now, stale, now, now, *key))
+             orjson.dumps(res.resources), now, stale, now, now, *where))
         what = f"{primary.get('resourceType')}/{primary.get('id')} version {primary.get('version')}"
-        self._event(db, now, target, res.record_type, res.record_id, res.revision, res.kind,
-                    what + (" (server-owned: referenced, never written)" if res.kind == "kept" else ""))
+        events.append((now, target, res.record_type, res.record_id, res.revision, res.kind,
+                       what + (" (server-owned: referenced, never written)" if res.kind == "kept" else "")))
         if stale:
-            self._event(db, now, target, res.record_type, res.record_id, current, "queued", "changed")
-        self._count(db, "sent", target)
+            events.append((now, target, res.record_type, res.record_id, current, "queued", "changed"))
 
     def _count(self, db: Any, name: str, target: str, by: float = 1.0) -> None:
         self._x(db, COUNT, (name, target, by))
