@@ -1,7 +1,7 @@
 """Benchmark of the sync service (run on demand; not part of the test suite).
 
     python benchmarks/service.py [--patients 150] [--batch 100] [--clients 1] [--fhir-base URL]
-        [--json] [--setups sqlite:1,postgresql:2] [--postgres-url URL]
+        [--json] [--setups sqlite:1,postgresql:2] [--repeat K] [--postgres-url URL]
 
 For each setup ``STORAGE:WORKERS`` (default: SQLite with 1 worker, then PostgreSQL with 2;
 ``sqlite:0,postgresql:0`` measures intake alone, with nothing sending; ``--no-drain`` stops
@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -75,7 +76,7 @@ def run(patients: int, batch: int, fhir_base: str, seed: int, batch_records: int
         settings: dict[str, Any] = {
             "source": {"clinic_id": f"bench-{stamp}", "system_base": f"https://bench-{stamp}.example.org/ims"},
             "storage": {"url": storage_url},
-            "server": {"max_body_bytes": 16 * 1024 * 1024, "max_queue_depth": 0},
+            "server": {"max_body_bytes": 16 * 1024 * 1024},  # backpressure on, at its default depth
             "worker": {"enabled": False, "batch_records": batch_records, "bundle_size": 500, "poll_seconds": 0.1},
             "targets": [{"name": "local", "base_url": fhir_base}],
             "tokens": [{"name": "bench", "sha256": hash_token(TOKEN), "scope": "read-write"}],
@@ -157,6 +158,8 @@ def main() -> int:
     parser.add_argument("--fhir-base", help="a running FHIR server (default: start the local HAPI)")
     parser.add_argument("--json", action="store_true", help="print one JSON line per setup only")
     parser.add_argument("--setups", default="sqlite:1,postgresql:2", help="STORAGE:WORKERS, comma-separated")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run the setups this many times, alternating, and print each setup's median and best")
     parser.add_argument("--postgres-url", help="an empty PostgreSQL database (default: start a throw-away server)")
     parser.add_argument("--server-nice", type=int, default=0,
                         help="run the local HAPI server at this lower CPU priority (1-19): on one machine "
@@ -166,7 +169,7 @@ def main() -> int:
                         help="stop when the last POST is answered (intake beside working workers, for samples "
                              "larger than the local server could drain in reasonable time)")
     args = parser.parse_args()
-    setups = [(s.split(":")[0], int(s.split(":")[1])) for s in args.setups.split(",")]
+    setups = [(s.split(":")[0], int(s.split(":")[1])) for s in args.setups.split(",")] * max(args.repeat, 1)
     server = None
     postgres = None
     base = args.fhir_base
@@ -203,6 +206,17 @@ def main() -> int:
             for key, value in figures.items():
                 print(f"{key:<{width}}  {value}")
         print(json.dumps(figures))
+    if args.repeat > 1:  # one machine's noise: the runs of a setup, in the order they ran, then median and best
+        runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        for figures in results:
+            runs.setdefault((figures["storage"], figures["workers"]), []).append(figures)
+        for (storage, workers), group in runs.items():
+            summary: dict[str, Any] = {"summary": f"{storage}:{workers}", "runs": len(group)}
+            for key in ("accepted_records_per_s", "synced_records_per_s"):
+                values = [f[key] for f in group if f[key] is not None]
+                if values:
+                    summary[key] = {"each": values, "median": statistics.median(values), "best": max(values)}
+            print(json.dumps(summary))
     return 0 if all(f["synced"] == f["records"] or not f["workers"] or not args.drain for f in results) else 1
 
 

@@ -109,10 +109,18 @@ def stored_diagnoses(group_of: Callable[[str, str], bytes | None]) -> DiagnosisC
     return count
 
 
+#: accepted records handed to ``take``'s sink at a time
+PART = 50
+
+
 def take(raw_records: list[RawRecord], ctx: MappingContext, *, lenient: bool = False,
-         context: dict[str, Any] | None = None, earlier_diagnoses: DiagnosisCount | None = None) -> Intake:
+         context: dict[str, Any] | None = None, earlier_diagnoses: DiagnosisCount | None = None,
+         sink: Callable[[list[Incoming]], None] | None = None) -> Intake:
     """Validate and convert (:class:`~ims_fhir.pipeline.RecordPipeline`, as ``convert`` does);
     every record ends accepted or rejected with every reason.
+
+    ``sink`` (:meth:`~ims_fhir.sync.store.Storing.add`) gets the accepted records :data:`PART`
+    at a time as they are converted, so that a storage may write them meanwhile.
 
     A treatment names the diagnoses of its assessment when the body holds the assessment, or
     else ``earlier_diagnoses`` knows it (:func:`stored_diagnoses`: an assessment posted before);
@@ -121,6 +129,7 @@ def take(raw_records: list[RawRecord], ctx: MappingContext, *, lenient: bool = F
     pipeline = RecordPipeline(lenient=lenient, default_tz=(context or {}).get("default_tz"), seen=MemorySeen())
     ctx = ctx.with_diagnoses(body_diagnoses(raw_records, earlier_diagnoses))
     out = Intake()
+    handed = 0
     for outcome in pipeline.run(raw_records, ctx):
         if isinstance(outcome, Rejected):
             out.rejected.append(outcome)
@@ -128,6 +137,11 @@ def take(raw_records: list[RawRecord], ctx: MappingContext, *, lenient: bool = F
         out.accepted.append(incoming(outcome.group, ctx, assessment_id=getattr(outcome.model, "assessment_id", None),
                                      patient_id=getattr(outcome.model, "patient_id", None)))
         out.origins[(outcome.record_type, outcome.record_id)] = outcome.origin
+        if sink is not None and len(out.accepted) - handed >= PART:
+            sink(out.accepted[handed:])
+            handed = len(out.accepted)
+    if sink is not None and handed < len(out.accepted):
+        sink(out.accepted[handed:])
     return out
 
 

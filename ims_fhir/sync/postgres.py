@@ -36,12 +36,12 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import ConfigurationError
 from .sql import UPSERT_DELIVERY, SqlOutbox, SqlTargetState
-from .store import DEAD_AFTER, KIND_RANK, AuditEntry, Claimed, Conflict, Identity, Incoming, Result, Stored
+from .store import DEAD_AFTER, KIND_RANK, AuditEntry, Claimed, Conflict, Identity, Incoming, Result, Stored, Storing
 
 if TYPE_CHECKING:
     import psycopg
@@ -216,10 +216,15 @@ class PostgresOutbox(SqlOutbox, SqlTargetState):
         rows = db.execute("SELECT nextval('delivery_seq') FROM generate_series(1, %s)", (n,)).fetchall()
         return sorted(int(r[0]) for r in rows)
 
+    @property
+    def retryable(self) -> tuple[type[Exception], ...]:
+        """The errors of a transaction PostgreSQL aborted for a conflict with another one."""
+        errors = self._pg.errors
+        return errors.DeadlockDetected, errors.SerializationFailure, errors.UniqueViolation
+
     def _retrying(self, run: Callable[[], T]) -> T:
         """Run a transaction again when PostgreSQL aborted it for a conflict with another one."""
-        errors = self._pg.errors
-        retryable = (errors.DeadlockDetected, errors.SerializationFailure, errors.UniqueViolation)
+        retryable = self.retryable
         for attempt in range(1, TX_ATTEMPTS + 1):
             try:
                 return run()
@@ -270,86 +275,170 @@ class PostgresOutbox(SqlOutbox, SqlTargetState):
     # -- intake, batched ------------------------------------------------------------------
 
     @staticmethod
-    def _bulk(db: psycopg.Connection[Any], sql: str, types: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
-        """One statement for many rows: ``{}`` in ``sql`` becomes one typed array parameter per column."""
-        if not rows:
-            return
-        arrays = ", ".join(f"%b::{t}[]" for t in types)  # binary: no hex-escaped bytea to parse
-        db.execute(sql.format(arrays), [list(column) for column in zip(*rows, strict=True)])
+    def _bulk(db: psycopg.Connection[Any], writes: list[tuple[str, tuple[str, ...], list[tuple[Any, ...]]]]) -> None:
+        """Many rows of several statements in one: each ``(sql, types, rows)`` with rows becomes a
+        WITH part, ``{}`` in its ``sql`` one typed array parameter per column (sent in binary:
+        no hex-escaped bytea to parse). PostgreSQL runs every part of a WITH once, to completion."""
+        parts: list[str] = []
+        params: list[Any] = []
+        for sql, types, rows in writes:
+            if rows:
+                parts.append(f"w{len(parts)} AS ({sql.format(', '.join(f'%b::{t}[]' for t in types))})")
+                params += [list(column) for column in zip(*rows, strict=True)]
+        if parts:
+            db.execute(f"WITH {', '.join(parts)} SELECT 1", params)
 
     def put(self, records: list[Incoming], targets: list[str], *, now: float) -> list[Stored]:
-        keys = [(r.record_type, r.record_id) for r in records]
-        if len(set(keys)) != len(keys):  # the same record twice in one batch: one after the other
-            return [s for rec in records for s in self.put([rec], targets, now=now)]
         return self._retrying(lambda: self._put(records, targets, now))
 
     def _put(self, records: list[Incoming], targets: list[str], now: float) -> list[Stored]:
-        out: list[Stored] = []
         with self._tx() as db:
-            # lock the records already stored, in key order (two intakes of the same records wait, not deadlock)
-            order = sorted(range(len(records)), key=lambda i: (records[i].record_type, records[i].record_id))
-            found = {(t, i): (int(rev), h) for t, i, rev, h in db.execute(
-                "SELECT record_type, record_id, revision, content_hash FROM record "
-                "WHERE (record_type, record_id) IN (SELECT * FROM unnest(%s::text[], %s::text[])) "
-                "ORDER BY record_type, record_id FOR UPDATE",
-                ([records[i].record_type for i in order], [records[i].record_id for i in order])).fetchall()}
-            seqs = iter(self._next_seq(db, len(records) * len(targets)))
-            inserts, updates, deliveries, news, events = [], [], [], [], []
-            shared: dict[str, bytes] = {}
-            unchanged: list[tuple[Incoming, int, list[int]]] = []
-            for rec in records:
-                shared.update(rec.shared)
-                seq = [next(seqs) for _ in targets]
-                rank = KIND_RANK.get(rec.record_type, 9)
-                old = found.get((rec.record_type, rec.record_id))
-                if old is not None and old[1] == rec.content_hash:
-                    unchanged.append((rec, old[0], seq))
-                    continue
-                waits = rec.waits_for or (None, None)
-                revision = 1 if old is None else old[0] + 1
-                if old is None:
-                    inserts.append((rec.record_type, rec.record_id, revision, rec.content_hash, rec.group,
-                                    waits[0], waits[1], now, now))
-                else:
-                    updates.append((revision, rec.content_hash, rec.group, waits[0], waits[1], now,
-                                    rec.record_type, rec.record_id))
-                for target, n in zip(targets, seq, strict=True):
-                    deliveries.append((target, rec.record_type, rec.record_id, rec.patient, rank, n, now, now, now))
-                    events.append((now, target, rec.record_type, rec.record_id, revision, "queued",
-                                   "new record" if old is None else "changed"))
-                out.append(Stored(rec.record_type, rec.record_id, "queued", revision))
-            self._bulk(db, "INSERT INTO shared (resource_id, entry) SELECT * FROM unnest({}) "
-                           "ON CONFLICT (resource_id) DO UPDATE SET entry=excluded.entry",
-                       ("text", "bytea"), sorted(shared.items()))
-            self._bulk(db, "INSERT INTO record (record_type, record_id, revision, content_hash, body, waits_type, "
-                           "waits_id, received_at, updated_at) SELECT * FROM unnest({})",
-                       ("text", "text", "int4", "text", "bytea", "text", "text", "float8", "float8"), inserts)
-            self._bulk(db, "UPDATE record SET revision=u.revision, content_hash=u.content_hash, body=u.body, "
-                           "waits_type=u.waits_type, waits_id=u.waits_id, updated_at=u.updated_at FROM unnest({}) "
-                           "AS u(revision, content_hash, body, waits_type, waits_id, updated_at, record_type, "
-                           "record_id) WHERE record.record_type=u.record_type AND record.record_id=u.record_id",
-                       ("int4", "text", "bytea", "text", "text", "float8", "text", "text"), updates)
-            self._bulk(db, UPSERT_DELIVERY_BULK, _DELIVERY_TYPES, sorted(deliveries, key=lambda d: d[:3]))
-            if unchanged:
-                # unchanged records: only a target added to the configuration since gets them
-                have = {tuple(r) for r in db.execute(
-                    "SELECT target, record_type, record_id FROM delivery WHERE (record_type, record_id) IN "
-                    "(SELECT * FROM unnest(%s::text[], %s::text[]))",
-                    ([r.record_type for r, _, _ in unchanged], [r.record_id for r, _, _ in unchanged])).fetchall()}
-                for rec, revision, seq in unchanged:
-                    missing = [(t, n) for t, n in zip(targets, seq, strict=True)
-                               if (t, rec.record_type, rec.record_id) not in have]
-                    for target, n in missing:
-                        news.append((target, rec.record_type, rec.record_id, rec.patient,
-                                     KIND_RANK.get(rec.record_type, 9), n, now, now, now))
-                        events.append((now, target, rec.record_type, rec.record_id, revision, "queued", "new target"))
-                    out.append(Stored(rec.record_type, rec.record_id, "queued" if missing else "unchanged", revision))
-            self._bulk(db, INSERT_DELIVERY_BULK, _DELIVERY_TYPES, news)
-            self._bulk(db, "INSERT INTO event (at, target, record_type, record_id, revision, event, detail) "
-                           "SELECT * FROM unnest({})",
-                       ("float8", "text", "text", "text", "int4", "text", "text"), events)
+            return self._put_in(db, records, targets, now)
+
+    @contextmanager
+    def storing(self, targets: list[str], *, now: float) -> Iterator[Storing]:
+        """Intake's transaction in pipeline mode: each part is sent as it comes, and PostgreSQL
+        writes it while intake converts the next (see :class:`_Streaming`)."""
+        batch = _Streaming(self, targets, now)
+        try:
+            yield batch
+        except BaseException as exc:
+            batch.close(exc)
+            raise
+        batch.finish()
+
+    def _put_in(self, db: psycopg.Connection[Any], records: list[Incoming], targets: list[str],
+                now: float) -> list[Stored]:
+        """:meth:`put`'s writes in the caller's transaction; in pipeline mode they are sent, not waited for."""
+        keys = [(r.record_type, r.record_id) for r in records]
+        if len(set(keys)) != len(keys):  # the same record twice in one batch: one after the other
+            return [s for rec in records for s in self._put_in(db, [rec], targets, now)]
+        out: list[Stored] = []
+        if not records:
+            return out
+        # lock the records already stored, in key order (two intakes of the same records wait, not deadlock)
+        order = sorted(range(len(records)), key=lambda i: (records[i].record_type, records[i].record_id))
+        n = len(records) * len(targets)
+        numbers = db.execute("SELECT nextval('delivery_seq') FROM generate_series(1, %s)", (n,)) if n else None
+        existing = db.execute(
+            "SELECT record_type, record_id, revision, content_hash FROM record "
+            "WHERE (record_type, record_id) IN (SELECT * FROM unnest(%s::text[], %s::text[])) "
+            "ORDER BY record_type, record_id FOR UPDATE",
+            ([records[i].record_type for i in order], [records[i].record_id for i in order]))
+        # both statements sent before either is waited for: one round trip
+        seqs = iter(sorted(int(r[0]) for r in numbers.fetchall()) if numbers is not None else [])
+        found = {(t, i): (int(rev), h) for t, i, rev, h in existing.fetchall()}
+        inserts, updates, deliveries, news, events = [], [], [], [], []
+        shared: dict[str, bytes] = {}
+        unchanged: list[tuple[Incoming, int, list[int]]] = []
+        for rec in records:
+            shared.update(rec.shared)
+            seq = [next(seqs) for _ in targets]
+            rank = KIND_RANK.get(rec.record_type, 9)
+            old = found.get((rec.record_type, rec.record_id))
+            if old is not None and old[1] == rec.content_hash:
+                unchanged.append((rec, old[0], seq))
+                continue
+            waits = rec.waits_for or (None, None)
+            revision = 1 if old is None else old[0] + 1
+            if old is None:
+                inserts.append((rec.record_type, rec.record_id, revision, rec.content_hash, rec.group,
+                                waits[0], waits[1], now, now))
+            else:
+                updates.append((revision, rec.content_hash, rec.group, waits[0], waits[1], now,
+                                rec.record_type, rec.record_id))
+            for target, n in zip(targets, seq, strict=True):
+                deliveries.append((target, rec.record_type, rec.record_id, rec.patient, rank, n, now, now, now))
+                events.append((now, target, rec.record_type, rec.record_id, revision, "queued",
+                               "new record" if old is None else "changed"))
+            out.append(Stored(rec.record_type, rec.record_id, "queued", revision))
+        if unchanged:
+            # unchanged records: only a target added to the configuration since gets them
+            have = {tuple(r) for r in db.execute(
+                "SELECT target, record_type, record_id FROM delivery WHERE (record_type, record_id) IN "
+                "(SELECT * FROM unnest(%s::text[], %s::text[]))",
+                ([r.record_type for r, _, _ in unchanged], [r.record_id for r, _, _ in unchanged])).fetchall()}
+            for rec, revision, seq in unchanged:
+                missing = [(t, n) for t, n in zip(targets, seq, strict=True)
+                           if (t, rec.record_type, rec.record_id) not in have]
+                for target, n in missing:
+                    news.append((target, rec.record_type, rec.record_id, rec.patient,
+                                 KIND_RANK.get(rec.record_type, 9), n, now, now, now))
+                    events.append((now, target, rec.record_type, rec.record_id, revision, "queued", "new target"))
+                out.append(Stored(rec.record_type, rec.record_id, "queued" if missing else "unchanged", revision))
+        # every write of the part in one statement (one round trip; in pipeline mode, none waited for)
+        self._bulk(db, [
+            ("INSERT INTO shared (resource_id, entry) SELECT * FROM unnest({}) "
+             "ON CONFLICT (resource_id) DO UPDATE SET entry=excluded.entry", ("text", "bytea"), sorted(shared.items())),
+            ("INSERT INTO record (record_type, record_id, revision, content_hash, body, waits_type, "
+             "waits_id, received_at, updated_at) SELECT * FROM unnest({})",
+             ("text", "text", "int4", "text", "bytea", "text", "text", "float8", "float8"), inserts),
+            ("UPDATE record SET revision=u.revision, content_hash=u.content_hash, body=u.body, "
+             "waits_type=u.waits_type, waits_id=u.waits_id, updated_at=u.updated_at FROM unnest({}) "
+             "AS u(revision, content_hash, body, waits_type, waits_id, updated_at, record_type, "
+             "record_id) WHERE record.record_type=u.record_type AND record.record_id=u.record_id",
+             ("int4", "text", "bytea", "text", "text", "float8", "text", "text"), updates),
+            (UPSERT_DELIVERY_BULK, _DELIVERY_TYPES, sorted(deliveries, key=lambda d: d[:3])),
+            (INSERT_DELIVERY_BULK, _DELIVERY_TYPES, news),
+            ("INSERT INTO event (at, target, record_type, record_id, revision, event, detail) SELECT * FROM unnest({})",
+             ("float8", "text", "text", "text", "int4", "text", "text"), events),
+        ])
         position = {k: i for i, k in enumerate((r.record_type, r.record_id) for r in records)}
         return sorted(out, key=lambda s: position[(s.record_type, s.record_id)])
+
+
+class _Streaming:
+    """The records of one intake, stored part by part in one transaction in pipeline mode.
+
+    Each part's statements are sent at once and not waited for: PostgreSQL writes them (the
+    record bodies' compression is most of it) while intake converts the next part, on the
+    machine's other core. A part waits only for the locks and sequence numbers it reads, by
+    which time the previous part is written. When PostgreSQL aborts the transaction for a
+    deadlock or a serialization conflict (two intakes of the same new records), the records
+    are stored again by :meth:`PostgresOutbox.put`, which retries; the result is the same.
+    """
+
+    def __init__(self, box: PostgresOutbox, targets: list[str], now: float) -> None:
+        self.box, self.targets, self.now = box, targets, now
+        self.records: list[Incoming] = []
+        self.stored: list[Stored] = []
+        self._open: ExitStack | None = None
+        self._again = False  # aborted: store everything again at the end
+
+    def add(self, records: list[Incoming]) -> None:
+        self.records += records
+        if self._again or not records:
+            return
+        try:
+            if self._open is None:
+                db = self.box._db()
+                self._open = ExitStack()
+                self._open.enter_context(db.transaction())
+                self._open.enter_context(db.pipeline())
+                self._db = db
+            self.stored += self.box._put_in(self._db, records, self.targets, self.now)
+        except self.box.retryable as exc:
+            self.close(exc)
+            self._again = True
+
+    def close(self, exc: BaseException) -> None:
+        """Roll back (an error ends the transaction)."""
+        stack, self._open = self._open, None
+        if stack is not None:
+            try:
+                stack.__exit__(type(exc), exc, exc.__traceback__)
+            except self.box._pg.Error:
+                pass  # the connection reports the same error again; the rollback is what counts
+
+    def finish(self) -> None:
+        stack, self._open = self._open, None
+        if stack is not None and not self._again:
+            try:
+                stack.close()  # the pipeline's last results, then COMMIT
+            except self.box.retryable:
+                self._again = True
+        if self._again:
+            self.stored = self.box.put(self.records, self.targets, now=self.now)
 
 
 __all__ = ["MIGRATIONS", "PostgresOutbox", "is_postgres_url"]

@@ -29,8 +29,8 @@ partial index and written with ``ON CONFLICT``), so several workers share it saf
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import orjson
@@ -43,6 +43,7 @@ from .store import (
     RESOLUTIONS,
     AuditEntry,
     Claimed,
+    Collected,
     Conflict,
     DeliveryStatus,
     Event,
@@ -54,6 +55,7 @@ from .store import (
     Result,
     Stats,
     Stored,
+    Storing,
 )
 
 #: main resource type of each record kind (its id and version are the record's "server id")
@@ -212,6 +214,13 @@ class SqlOutbox:
                               detail="new record" if row is None else "changed")
                 out.append(Stored(rec.record_type, rec.record_id, "queued", revision))
         return out
+
+    @contextmanager
+    def storing(self, targets: list[str], *, now: float) -> Iterator[Storing]:
+        """The parts stored together when the block ends (SQLite writes in this process: nothing to overlap)."""
+        batch = Collected()
+        yield batch
+        batch.stored = self.put(batch.records, targets, now=now) if batch.records else []
 
     def _enqueue(self, db: Any, rec: Incoming, targets: list[str], revision: int, seq: list[int], now: float, *,
                  only_missing: bool, detail: str = "new target") -> bool:

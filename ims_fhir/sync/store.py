@@ -47,6 +47,7 @@ transaction. Times are seconds since the epoch, passed in by the caller (no cloc
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -357,12 +358,38 @@ class TargetState(Protocol):
         """The newest audit entries first."""
 
 
+class Storing(Protocol):
+    """Records handed to the outbox part by part and stored in one transaction (:meth:`Outbox.storing`)."""
+
+    #: the result of each record added, in order, once the ``storing`` block has ended
+    stored: list[Stored]
+
+    def add(self, records: list[Incoming]) -> None:
+        """Store these too (now, or when the block ends)."""
+
+
+@dataclass
+class Collected:
+    """:class:`Storing` that keeps the parts and stores them all when the block ends (with :meth:`Outbox.put`)."""
+
+    records: list[Incoming] = field(default_factory=list)
+    stored: list[Stored] = field(default_factory=list)
+
+    def add(self, records: list[Incoming]) -> None:
+        self.records += records
+
+
 class Outbox(TargetState, Protocol):
     """The storage interface of the sync service (see the module docstring), with the per-target
     state of issue 9 (identity map, conflicts, audit trail) that its worker and API use."""
 
     def put(self, records: list[Incoming], targets: list[str], *, now: float) -> list[Stored]:
         """Store records in one transaction; a changed record is queued again for every target."""
+
+    def storing(self, targets: list[str], *, now: float) -> AbstractContextManager[Storing]:
+        """A block that stores records as intake converts them (``add`` each part) in one
+        transaction, as :meth:`put` would store them all; an exception in the block stores none.
+        A storage may write each part as it comes (PostgreSQL does, while the next is converted)."""
 
     def claim(self, target: str, *, owner: str, limit: int, lease_seconds: float, now: float) -> list[Claimed]:
         """Lease up to ``limit`` due deliveries of ``target``, the kinds others refer to first."""
@@ -415,5 +442,5 @@ class Outbox(TargetState, Protocol):
 
 
 __all__ = ["CONFLICT_STATES", "DEAD_AFTER", "KIND_RANK", "LATENCY_BUCKETS", "OWNERS", "RESOLUTIONS", "STATES", "AuditEntry",
-           "Claimed", "Conflict", "DeliveryStatus", "Event", "Failure", "FieldChange", "Identity", "Incoming",
-           "Outbox", "RecordStatus", "Result", "Stats", "Stored", "TargetState"]
+           "Claimed", "Collected", "Conflict", "DeliveryStatus", "Event", "Failure", "FieldChange", "Identity", "Incoming",
+           "Outbox", "RecordStatus", "Result", "Stats", "Stored", "Storing", "TargetState"]

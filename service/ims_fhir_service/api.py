@@ -98,10 +98,12 @@ def post_records() -> Response:
     raw_records, declared = parse_body(body, lenient=convert.lenient)
     if declared:
         resolve_source(declared, st.config.source.model_dump(exclude_none=True), "the posted document")
-    intake = take(raw_records, st.mapping, lenient=convert.lenient,
-                  context={"default_tz": convert.default_tz} if convert.default_tz else None,
-                  earlier_diagnoses=stored_diagnoses(st.outbox.record_group))
-    stored = st.outbox.put(intake.accepted, [t.name for t in st.config.targets], now=st.clock()) if intake.accepted else []
+    # stored as converted, in one transaction (PostgreSQL writes a part while the next converts)
+    with st.outbox.storing([t.name for t in st.config.targets], now=st.clock()) as batch:
+        intake = take(raw_records, st.mapping, lenient=convert.lenient,
+                      context={"default_tz": convert.default_tz} if convert.default_tz else None,
+                      earlier_diagnoses=stored_diagnoses(st.outbox.record_group), sink=batch.add)
+    stored = batch.stored
     accepted = [{"record_type": s.record_type, "id": s.record_id, "origin": intake.origins[(s.record_type, s.record_id)],
                  "result": s.result, "revision": s.revision, "status": _location(s.record_type, s.record_id)}
                 for s in stored]
