@@ -298,3 +298,46 @@ def test_pending_counts_up_to_at_most_when_asked(outbox: Outbox) -> None:
     assert outbox.pending(T) == 7 and outbox.pending() == 7
     assert outbox.pending(T, at_most=3) == 3 and outbox.pending(T, at_most=50) == 7
     assert outbox.pending("elsewhere", at_most=3) == 0
+
+
+def test_records_stored_part_by_part_are_one_transaction(outbox: Outbox) -> None:
+    """Intake hands records over as it converts them (PostgreSQL writes each part at once)."""
+    with outbox.storing([T], now=1.0) as batch:
+        batch.add([rec("patient", "P1"), rec("patient", "P2")])
+        batch.add([])
+        batch.add([rec("patient", "P1", "v2"), rec("patient", "P3")])  # P1 again, changed, in a later part
+    assert [(s.record_id, s.result, s.revision) for s in batch.stored] == [
+        ("P1", "queued", 1), ("P2", "queued", 1), ("P1", "queued", 2), ("P3", "queued", 1)]
+    assert outbox.record_group("patient", "P1") == b"v2" and outbox.pending(T) == 3
+    with pytest.raises(RuntimeError), outbox.storing([T], now=2.0) as failed:
+        failed.add([rec("patient", "P4")])
+        raise RuntimeError("the request failed after its first part")
+    assert outbox.record_group("patient", "P4") is None and outbox.pending(T) == 3  # nothing of it stayed
+
+
+def test_two_intakes_of_the_same_new_records_at_once_store_them_once(storage_url: str) -> None:
+    boxes = [open_outbox(storage_url) for _ in range(2)]
+    try:
+        first = boxes[0].storing([T], now=1.0)
+        a = first.__enter__()
+        a.add([rec("patient", "P1"), rec("patient", "P2")])  # written, not committed
+        results: list[Any] = []
+
+        def second() -> None:
+            with boxes[1].storing([T], now=2.0) as b:
+                b.add([rec("patient", "P2"), rec("patient", "P3")])
+            results.extend(b.stored)
+
+        thread = threading.Thread(target=second)
+        thread.start()
+        thread.join(0.5)  # waits for the first intake's P2 (PostgreSQL: row lock; SQLite: the write lock)
+        first.__exit__(None, None, None)
+        thread.join(30)
+        assert not thread.is_alive()
+        assert [s.record_id for s in results] == ["P2", "P3"] and results[1].result == "queued"
+        # P2 is queued by one intake and unchanged for the other (which one: the storage's locking decides)
+        assert sorted(s.result for s in [*a.stored, *results] if s.record_id == "P2") == ["queued", "unchanged"]
+        assert boxes[0].pending(T) == 3 and boxes[0].status("patient", "P2").revision == 1  # type: ignore[union-attr]
+    finally:
+        for box in boxes:
+            box.close()
