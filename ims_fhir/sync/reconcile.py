@@ -73,6 +73,8 @@ Resource = dict[str, Any]
 Key = RecordKey
 #: (type, clinic identifier) -> (owner, the resources found): searches done ahead (TargetSync._prefetch)
 _Prefetched = dict[tuple[str, tuple[str, str]], tuple[str, list[Resource]]]
+#: identities of one Bundle's keys (resource type, system, value), None where the map has none
+_Memo = dict[tuple[str, str, str], Identity | None]
 #: identifiers OR-ed in one search
 PREFETCH_CHUNK = 40
 
@@ -229,7 +231,16 @@ class TargetSync:
         tokens = ",".join(escape_token(s) + "|" + escape_token(v) for s, v in identifiers)
         return list(self.client.search(resource_type, [("identifier", tokens)], no_cache=True))
 
-    def _prefetch(self, wanted: list[tuple[str, tuple[str, str], list[tuple[str, str]]]]) -> _Prefetched:
+    def _known(self, memo: _Memo | None, resource_type: str, system: str, value: str) -> Identity | None:
+        """The map's identity of a key: from ``memo`` (the keys of the Bundle being sent, read at
+        once) when it was read there, else from the map."""
+        key = (resource_type, system, value)
+        if memo is not None and key in memo:
+            return memo[key]
+        return self.state.identity(self.target, resource_type, system, value)
+
+    def _prefetch(self, wanted: list[tuple[str, tuple[str, str], list[tuple[str, str]]]],
+                  memo: _Memo | None = None) -> _Prefetched:
         """What the server holds for the shared resources (patients, practitioners) of a Bundle
         the map does not know, in a few searches instead of one or two per resource: per type,
         the clinic identifiers OR-ed (chunks of :data:`PREFETCH_CHUNK`), then the other
@@ -238,7 +249,7 @@ class TargetSync:
         out: _Prefetched = {}
         by_type: dict[str, list[tuple[tuple[str, str], list[tuple[str, str]]]]] = {}
         for rtype, clinic, others in wanted:
-            if self.state.identity(self.target, rtype, *clinic) is None:
+            if self._known(memo, rtype, *clinic) is None:
                 by_type.setdefault(rtype, []).append((clinic, others))
         for rtype, items in by_type.items():
             items = list({clinic: (clinic, others) for clinic, others in items}.values())
@@ -266,12 +277,13 @@ class TargetSync:
         return {k: list(v.values()) for k, v in holders.items()}
 
     def resolve(self, resource_type: str, clinic: tuple[str, str], others: list[tuple[str, str]],
-                *, record: Key | None, prefetched: _Prefetched | None = None) -> Identity | None:
+                *, record: Key | None, prefetched: _Prefetched | None = None,
+                memo: _Memo | None = None) -> Identity | None:
         """The server's resource for a clinic identifier: the map, else a search by the clinic's
         identifier (found: the clinic's), else by the other identifiers (found: the server's).
         None when nothing matches; raises :class:`_Ambiguous` for several matches.
-        ``prefetched``: those searches already done (:meth:`_prefetch`)."""
-        known = self.state.identity(self.target, resource_type, *clinic)
+        ``prefetched``: those searches already done (:meth:`_prefetch`); ``memo``: see :meth:`_known`."""
+        known = self._known(memo, resource_type, *clinic)
         if known is not None:
             return known
         if prefetched is not None and (resource_type, clinic) in prefetched:
@@ -292,6 +304,8 @@ class TargetSync:
                             (res.get("meta") or {}).get("versionId"), owner,
                             record_type=record[0] if record else None, record_id=record[1] if record else None)
         self.state.put_identities([identity], now=self.clock())
+        if memo is not None:
+            memo[(resource_type, *clinic)] = identity
         return identity
 
     # -- sending ---------------------------------------------------------------------------
@@ -323,13 +337,20 @@ class TargetSync:
         failed_urls: dict[str, list[str]] = {}
         unresolvable: dict[str, str] = {}
 
+        # the map's identities of the Bundle's entries, read at once (a statement per entry, each a
+        # round trip to a PostgreSQL outbox, cost the worker more than the rest of its round)
+        entry_keys = [(e["resource"]["resourceType"], *ident) for e in by_url.values()
+                      if e["resource"]["resourceType"] != "Organization" and (ident := primary_identifier(e["resource"]))]
+        mapped = self.state.identities_of(self.target, entry_keys)
+        memo: _Memo = {key: mapped.get(key) for key in entry_keys}
+
         # 1. entries the map (or a search, for patients and practitioners) knows
         shared = [(e["resource"]["resourceType"], ident,
                    [(i["system"], i["value"]) for i in (e["resource"].get("identifier") or [])[1:]
                     if i.get("system") and i.get("value")])
                   for e in by_url.values() if e["resource"]["resourceType"] in SHARED_TYPES
                   and e["resource"]["resourceType"] != "Organization" and (ident := primary_identifier(e["resource"]))]
-        prefetched = self._prefetch(shared) if len(shared) > 1 else None
+        prefetched = self._prefetch(shared, memo) if len(shared) > 1 else None
         for url, entry in by_url.items():
             resource = entry["resource"]
             rtype = resource["resourceType"]
@@ -341,9 +362,9 @@ class TargetSync:
                 if rtype in SHARED_TYPES:
                     others = [(i["system"], i["value"]) for i in identifiers_of(resource)[1:]
                               if i.get("system") and i.get("value")]
-                    known = self.resolve(rtype, ident, others, record=record, prefetched=prefetched)
+                    known = self.resolve(rtype, ident, others, record=record, prefetched=prefetched, memo=memo)
                 else:
-                    known = self.state.identity(self.target, rtype, *ident)
+                    known = self._known(memo, rtype, *ident)
             except _Ambiguous as exc:
                 failed_urls.setdefault(url, []).append(str(exc))
                 continue
@@ -374,15 +395,16 @@ class TargetSync:
                 rtype, system, value = parsed
                 try:
                     if rtype in SHARED_TYPES:
-                        known = self.resolve(rtype, (system, value), [], record=None)
+                        known = self.resolve(rtype, (system, value), [], record=None, memo=memo)
                     else:
-                        known = self.state.identity(self.target, rtype, system, value)
+                        known = self._known(memo, rtype, system, value)
                         if known is None:
                             found = self._search_one(rtype, [(system, value)])
                             if len(found) == 1:
                                 known = Identity(self.target, rtype, system, value, str(found[0]["id"]),
                                                  (found[0].get("meta") or {}).get("versionId"), "clinic")
                                 self.state.put_identities([known], now=self.clock())
+                                memo[(rtype, system, value)] = known
                             elif len(found) > 1:
                                 raise _Ambiguous(f"{rtype} {value}: {len(found)} resources match")
                 except _Ambiguous as exc:

@@ -599,6 +599,24 @@ class SqlTargetState:
                           "AND system=? AND value=?", (target, resource_type, system, value))
         return _identity(rows[0]) if rows else None
 
+    def identities_of(self, target: str,
+                      keys: list[tuple[str, str, str]]) -> dict[tuple[str, str, str], Identity]:
+        """A statement per resource type and system and :data:`KEYS_PER_QUERY` values, one transaction."""
+        values: dict[tuple[str, str], list[str]] = {}
+        for rtype, system, value in dict.fromkeys(keys):
+            values.setdefault((rtype, system), []).append(value)
+        out: dict[tuple[str, str, str], Identity] = {}
+        with self._tx(write=False) as db:
+            for (rtype, system), wanted in sorted(values.items()):
+                for i in range(0, len(wanted), KEYS_PER_QUERY):
+                    chunk = wanted[i:i + KEYS_PER_QUERY]
+                    sql = (f"SELECT {_IDENTITY} FROM identity WHERE target=? AND resource_type=? "  # noqa: S608
+                           f"AND system=? AND value IN ({','.join('?' * len(chunk))})")  # only '?' marks are added
+                    for row in db.execute(self._q(sql), (target, rtype, system, *chunk)).fetchall():
+                        found = _identity(row)
+                        out[(found.resource_type, found.system, found.value)] = found
+        return out
+
     def identities(self, target: str, *, resource_type: str | None = None, owner: str | None = None,
                    limit: int = 1000) -> list[Identity]:
         where, params = _filters(target=target, resource_type=resource_type, owner=owner)

@@ -316,6 +316,10 @@ class TargetState(Protocol):
 
     def identity(self, target: str, resource_type: str, system: str, value: str) -> Identity | None: ...
 
+    def identities_of(self, target: str,
+                      keys: list[tuple[str, str, str]]) -> dict[tuple[str, str, str], Identity]:
+        """The identities the map holds of these ``(resource type, system, value)`` keys, read at once."""
+
     def identities(self, target: str, *, resource_type: str | None = None, owner: str | None = None,
                    limit: int = 1000) -> list[Identity]: ...
 

@@ -70,6 +70,16 @@ def test_identity_map_is_per_target_and_business_identifier(state: TargetState) 
     assert state.identities("hospital") == [] and state.identities("other")
 
 
+def test_identities_of_many_keys_are_read_at_once_per_target(state: TargetState) -> None:
+    state.put_identities([_identity(f"P{i}") for i in range(450)] + [_identity("P1", target="other", server_id="x")],
+                         now=10.0)
+    keys = [("Patient", SYS, f"P{i}") for i in range(0, 900, 2)] + [("Practitioner", SYS, "P2"), ("Patient", SYS, "P2")]
+    got = state.identities_of("hospital", keys)
+    assert sorted(got) == sorted({("Patient", SYS, f"P{i}") for i in range(0, 450, 2)})  # 225, past one statement's 400
+    assert got[("Patient", SYS, "P2")].server_id == "srv-P2"
+    assert state.identities_of("other", keys) == {} and state.identities_of("hospital", []) == {}
+
+
 def test_an_unknown_owner_is_refused(state: TargetState) -> None:
     with pytest.raises(ValueError, match="owner"):
         state.put_identities([_identity("P1", owner="hospital")], now=1.0)
