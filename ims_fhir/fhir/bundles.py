@@ -22,6 +22,7 @@ run in case its dependency still comes later in the input.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import lru_cache
 from typing import Any
 from urllib.parse import quote
 
@@ -41,13 +42,15 @@ def escape_token(text: str) -> str:
     return text.replace("\\", "\\\\").replace(",", "\\,").replace("|", "\\|").replace("$", "\\$")
 
 
+@lru_cache(maxsize=8192)
+def _token_part(text: str) -> str:
+    """An escaped, URL-encoded system or value (the same few systems and ids come again and again)."""
+    return quote(escape_token(text), safe="")
+
+
 def identifier_query(identifiers: list[dict[str, Any]]) -> str:
     """``identifier=sys|val[,sys|val...]`` URL-encoded (an OR over the identifiers)."""
-    tokens = [
-        quote(escape_token(i.get("system", "")), safe="") + "|" + quote(escape_token(i["value"]), safe="")
-        for i in identifiers
-        if i.get("value")
-    ]
+    tokens = [_token_part(i.get("system", "")) + "|" + _token_part(i["value"]) for i in identifiers if i.get("value")]
     return "identifier=" + ",".join(tokens)
 
 

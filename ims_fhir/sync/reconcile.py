@@ -179,14 +179,16 @@ def _map_references(node: Any, change: Callable[[str], str | None]) -> Any:
     if isinstance(node, dict):
         out = {}
         for key, value in node.items():
-            if key == "reference" and isinstance(value, str):
+            if isinstance(value, dict | list):  # only containers are descended into (most values are not)
+                out[key] = _map_references(value, change)
+            elif key == "reference" and isinstance(value, str):
                 new = change(value)
                 out[key] = value if new is None else new
             else:
-                out[key] = _map_references(value, change)
+                out[key] = value
         return out
     if isinstance(node, list):
-        return [_map_references(v, change) for v in node]
+        return [_map_references(v, change) if isinstance(v, dict | list) else v for v in node]
     return node
 
 
@@ -195,11 +197,12 @@ def _references(node: Any) -> Iterable[str]:
         for key, value in node.items():
             if key == "reference" and isinstance(value, str):
                 yield value
-            else:
+            elif isinstance(value, dict | list):
                 yield from _references(value)
     elif isinstance(node, list):
         for item in node:
-            yield from _references(item)
+            if isinstance(item, dict | list):
+                yield from _references(item)
 
 
 def content_hash(resource: Resource, canonical: Callable[[str], str | None]) -> str:
@@ -323,12 +326,15 @@ class TargetSync:
         entries: list[dict[str, Any]] = list(bundle.get("entry") or [])
         by_url = {e["fullUrl"]: e for e in entries if e.get("fullUrl")}
 
+        canonical_forms: dict[str, str | None] = {}
+
         def canonical(ref: str) -> str | None:
-            entry = by_url.get(ref)
-            if entry is None:
-                return None
-            ident = primary_identifier(entry["resource"])
-            return conditional_form(entry["resource"]["resourceType"], *ident) if ident else None
+            if ref not in canonical_forms:  # an entry is referred to by many: its form is made once
+                entry = by_url.get(ref)
+                ident = primary_identifier(entry["resource"]) if entry is not None else None
+                canonical_forms[ref] = (conditional_form(entry["resource"]["resourceType"], *ident)
+                                        if entry is not None and ident else None)
+            return canonical_forms[ref]
 
         hashes = {url: content_hash(e["resource"], canonical) for url, e in by_url.items()}
         replace: dict[str, str] = {}
