@@ -26,8 +26,9 @@ How several workers share the queue:
 Transactions run at READ COMMITTED; one that PostgreSQL aborts for a deadlock or a
 serialization failure (two intakes of the same new record) is run again, up to
 :data:`TX_ATTEMPTS` times. Migrations (:data:`MIGRATIONS`) run under an advisory lock when
-the outbox is opened. Intake writes a whole batch with a few statements (one per table, the
-rows as typed arrays sent in binary through ``unnest``), not a round trip per record.
+the outbox is opened. Intake writes a part of a request (:data:`~ims_fhir.sync.intake.PART`
+records) with one statement (a WITH of the tables' inserts, the rows as typed arrays sent in
+binary through ``unnest``), in pipeline mode while the next part converts (:class:`_Streaming`).
 """
 
 from __future__ import annotations
