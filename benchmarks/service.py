@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -169,6 +170,9 @@ def main() -> int:
                         help="stop when the last POST is answered (intake beside working workers, for samples "
                              "larger than the local server could drain in reasonable time)")
     args = parser.parse_args()
+    # a SIGTERM (a stopped job, a timeout) ends the run through the finally blocks below, which
+    # stop the local HAPI server and the worker processes; without this they outlived the script
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     setups = [(s.split(":")[0], int(s.split(":")[1])) for s in args.setups.split(",")] * max(args.repeat, 1)
     server = None
     postgres = None
