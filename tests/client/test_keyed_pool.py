@@ -103,10 +103,10 @@ def test_a_job_after_another_waits_for_it_but_not_for_its_siblings() -> None:
 
     done: list[str] = []
     pool: KeyedPool[str] = KeyedPool(3, on_done=done.append)
-    shared = pool.submit(["shared:org"], lambda: job("shared"))
+    shared = pool.submit(["shared:org"], lambda: job("org"))
     pool.submit(["patient-a"], lambda: job("a", meet=True), after=shared)
     pool.submit(["patient-b"], lambda: job("b", meet=True), after=shared)
     pool.close()
-    assert sorted(done) == ["a", "b", "shared"]
-    assert events.index("end shared") < events.index("start a")
-    assert events.index("end shared") < events.index("start b")
+    assert sorted(done) == ["a", "b", "org"]
+    assert events.index("end org") < events.index("start a")
+    assert events.index("end org") < events.index("start b")
