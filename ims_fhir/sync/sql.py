@@ -29,7 +29,7 @@ partial index and written with ``ON CONFLICT``), so several workers share it saf
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
@@ -239,9 +239,15 @@ class SqlOutbox:
                event: str, detail: str | None = None) -> None:
         self._x(db, INSERT_EVENT, (now, target, record_type, record_id, revision, event, detail))
 
-    def shared_entry(self, resource_id: str) -> bytes | None:
-        row = self._x(self._db(), "SELECT entry FROM shared WHERE resource_id=?", (resource_id,)).fetchone()
-        return bytes(row[0]) if row else None
+    def shared_entries(self, resource_ids: Iterable[str]) -> dict[str, bytes]:
+        wanted = sorted(set(resource_ids))
+        out: dict[str, bytes] = {}
+        db = self._db()
+        for i in range(0, len(wanted), KEYS_PER_QUERY):
+            chunk = wanted[i:i + KEYS_PER_QUERY]
+            sql = f"SELECT resource_id, entry FROM shared WHERE resource_id IN ({','.join('?' * len(chunk))})"  # noqa: S608
+            out.update((str(rid), bytes(entry)) for rid, entry in self._x(db, sql, chunk).fetchall())
+        return out
 
     def record_group(self, record_type: str, record_id: str) -> bytes | None:
         row = self._x(self._db(), "SELECT body FROM record WHERE record_type=? AND record_id=?",

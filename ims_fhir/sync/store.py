@@ -46,7 +46,7 @@ transaction. Times are seconds since the epoch, passed in by the caller (no cloc
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -398,8 +398,9 @@ class Outbox(TargetState, Protocol):
     def claim(self, target: str, *, owner: str, limit: int, lease_seconds: float, now: float) -> list[Claimed]:
         """Lease up to ``limit`` due deliveries of ``target``, the kinds others refer to first."""
 
-    def shared_entry(self, resource_id: str) -> bytes | None:
-        """The conditional-create entry of a Patient/Practitioner the outbox holds, by resource id."""
+    def shared_entries(self, resource_ids: Iterable[str]) -> dict[str, bytes]:
+        """The conditional-create entries of the Patients/Practitioners the outbox holds among
+        these resource ids, by id (one statement for a worker's whole claim)."""
 
     def record_group(self, record_type: str, record_id: str) -> bytes | None:
         """The converted record (``group_to_bytes`` of its MappedRecord, latest revision), if stored."""

@@ -174,11 +174,14 @@ class SyncWorker:
 
     def _bundles(self, claimed: list[Claimed]) -> list[dict[str, Any]]:
         bodies: list[bytes] = []
+        groups = [group_from_bytes(item.group) for item in claimed]
+        # the Patients/Practitioners they refer to, read at once (a miss: referred to conditionally)
+        shared = self.outbox.shared_entries(d.id for g in groups for d in g.dependencies)
         packer = BundlePacker(max_entries=self.options.bundle_size, organization=self.organization,
-                              lookup=self.outbox.shared_entry, remember=lambda rid, entry: None,
+                              lookup=shared.get, remember=lambda rid, entry: None,
                               defer=lambda group: None, emit=lambda body, n: bodies.append(body))
-        for item in claimed:
-            packer.add(group_from_bytes(item.group), final=True)
+        for group in groups:
+            packer.add(group, final=True)
         packer.flush()
         return [orjson.loads(b) for b in bodies]
 

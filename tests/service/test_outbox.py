@@ -300,6 +300,16 @@ def test_pending_counts_up_to_at_most_when_asked(outbox: Outbox) -> None:
     assert outbox.pending("elsewhere", at_most=3) == 0
 
 
+def test_shared_entries_are_read_at_once_and_the_latest_wins(outbox: Outbox) -> None:
+    p1 = Incoming("patient", "P1", "h1", b"g1", shared={"pat-1": b"entry-1"}, patient="P1")
+    p2 = Incoming("patient", "P2", "h2", b"g2", shared={"pat-2": b"entry-2", "doc-1": b"entry-d"}, patient="P2")
+    outbox.put([p1, p2], [T], now=1.0)
+    outbox.put([Incoming("patient", "P1", "h1b", b"g1b", shared={"pat-1": b"entry-1b"}, patient="P1")], [T], now=2.0)
+    wanted = ["pat-1", "doc-1", "unknown", "pat-1"] + [f"many-{i}" for i in range(900)]  # past one statement's ids
+    assert outbox.shared_entries(iter(wanted)) == {"pat-1": b"entry-1b", "doc-1": b"entry-d"}
+    assert outbox.shared_entries([]) == {}
+
+
 def test_records_stored_part_by_part_are_one_transaction(outbox: Outbox) -> None:
     """Intake hands records over as it converts them (PostgreSQL writes each part at once)."""
     with outbox.storing([T], now=1.0) as batch:
