@@ -2,6 +2,7 @@
 
     python benchmarks/service.py [--patients 150] [--batch 100] [--clients 1] [--fhir-base URL]
         [--json] [--setups sqlite:1,postgresql:2] [--repeat K] [--postgres-url URL]
+        [--server-cpus 1 --service-cpus 0] [--no-drain]
 
 For each setup ``STORAGE:WORKERS`` (default: SQLite with 1 worker, then PostgreSQL with 2;
 ``sqlite:0,postgresql:0`` measures intake alone, with nothing sending; ``--no-drain`` stops
@@ -9,6 +10,9 @@ when the last POST is answered, for intake beside working workers on larger samp
 
 1. Generates a seeded synthetic export (about 1 assessment and 6 treatments per patient)
    under a system base of its own, so the server needs no wiping.
+   The local server runs at the lowest CPU priority (``--server-nice``, default 19): on a
+   small machine it would otherwise take the CPU the service measured needs, as a hospital's
+   server, on its own machine, does not; ``--server-nice 0`` measures them as equals.
 2. Serves the app with waitress in this process (as ``ims-fhir serve`` with ``[worker]
    enabled = false``) and starts WORKERS ``ims-fhir worker`` processes beside it (and waits
    until they run, so that their start-up is not counted against intake), against
@@ -149,6 +153,15 @@ def run(patients: int, batch: int, fhir_base: str, seed: int, batch_records: int
     }
 
 
+def cpu_list(text: str) -> set[int]:
+    """The CPUs of a taskset-style list: ``0``, ``0-2``, ``0,3``."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        first, _, last = part.strip().partition("-")
+        cpus.update(range(int(first), int(last or first) + 1))
+    return cpus
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--patients", type=int, default=150)
@@ -162,14 +175,23 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=1,
                         help="run the setups this many times, alternating, and print each setup's median and best")
     parser.add_argument("--postgres-url", help="an empty PostgreSQL database (default: start a throw-away server)")
-    parser.add_argument("--server-nice", type=int, default=0,
-                        help="run the local HAPI server at this lower CPU priority (1-19): on one machine "
-                             "it otherwise takes the CPU the intake measured needs, as a hospital's server would not")
+    parser.add_argument("--server-nice", type=int, default=19,
+                        help="run the local HAPI server at this lower CPU priority (0-19, default 19: it gets "
+                             "the CPU the service leaves, as if it ran on the hospital's machine; 0: it competes "
+                             "for the service's CPUs as an equal)")
     parser.add_argument("--server-cpus", help="run the local HAPI server on these CPUs only (taskset list, e.g. 1)")
+    parser.add_argument("--service-cpus",
+                        help="run the service measured (this process, its worker processes and the throw-away "
+                             "PostgreSQL server) on these CPUs only (taskset list, e.g. 0); with --server-cpus on "
+                             "the others, the two stand on CPUs of their own, as the service and a hospital's "
+                             "server do on two machines")
     parser.add_argument("--no-drain", dest="drain", action="store_false",
                         help="stop when the last POST is answered (intake beside working workers, for samples "
                              "larger than the local server could drain in reasonable time)")
     args = parser.parse_args()
+    if args.service_cpus:
+        # before any thread or process starts: they inherit it (the local HAPI server is placed by --server-cpus)
+        os.sched_setaffinity(0, cpu_list(args.service_cpus))
     # a SIGTERM (a stopped job, a timeout) ends the run through the finally blocks below, which
     # stop the local HAPI server and the worker processes; without this they outlived the script
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))

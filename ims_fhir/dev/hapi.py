@@ -384,6 +384,9 @@ def start(
     ``niceness`` > 0 runs the JVM at that lower CPU priority (``nice``) and ``cpus`` (a
     ``taskset`` list, e.g. ``"1"``) on those CPUs only: a benchmark that shares the machine
     with the server keeps CPU for what it measures, as if the server were another machine.
+    The JVM runs in a session of its own, which Linux's autogroup scheduling gives a CPU
+    share equal to any other session's whatever its processes' nice values: the niceness is
+    therefore set on its autogroup too (``/proc/PID/autogroup``), else it would change nothing.
 
     Builds the artifact first if needed (see :func:`build`). Ready means
     ``GET /fhir/metadata`` answered 200. The JVM's output goes to ``log_path``. If the JVM
@@ -422,6 +425,8 @@ def start(
             )
         except OSError as exc:
             raise ToolchainError(f"cannot start {toolchain.java}: {exc}") from exc
+    if niceness > 0:
+        _nice_autogroup(process.pid, niceness)
 
     server = DevServer(process, port=port, log_path=log_path)
     try:
@@ -430,6 +435,15 @@ def start(
         server.stop(grace=5)
         raise
     return server
+
+
+def _nice_autogroup(pid: int, niceness: int) -> None:
+    """Lower the CPU share of ``pid``'s autogroup (its session) to ``niceness``, where the
+    kernel schedules by autogroup; elsewhere the process's own nice value does the work."""
+    try:
+        Path(f"/proc/{pid}/autogroup").write_text(str(niceness))
+    except OSError:
+        pass  # no autogroup scheduling here (or not Linux): plain nice applies
 
 
 def _wait_until_ready(server: DevServer, timeout: float) -> None:
