@@ -211,12 +211,6 @@ class PostgresOutbox(SqlOutbox, SqlTargetState):
             out = self._sql[sql] = sql.replace("?", "%s")
         return out
 
-    def _next_seq(self, db: psycopg.Connection[Any], n: int) -> list[int]:
-        if n <= 0:
-            return []
-        rows = db.execute("SELECT nextval('delivery_seq') FROM generate_series(1, %s)", (n,)).fetchall()
-        return sorted(int(r[0]) for r in rows)
-
     @property
     def retryable(self) -> tuple[type[Exception], ...]:
         """The errors of a transaction PostgreSQL aborted for a conflict with another one."""
@@ -326,7 +320,7 @@ class PostgresOutbox(SqlOutbox, SqlTargetState):
             "WHERE (record_type, record_id) IN (SELECT * FROM unnest(%s::text[], %s::text[])) "
             "ORDER BY record_type, record_id FOR UPDATE",
             ([records[i].record_type for i in order], [records[i].record_id for i in order]))
-        # both statements sent before either is waited for: one round trip
+        # in pipeline mode (intake) both are sent before either is waited for: one round trip
         seqs = iter(sorted(int(r[0]) for r in numbers.fetchall()) if numbers is not None else [])
         found = {(t, i): (int(rev), h) for t, i, rev, h in existing.fetchall()}
         inserts, updates, deliveries, news, events = [], [], [], [], []
