@@ -105,6 +105,13 @@ CLAIM_EXPIRED = ("SELECT d.record_type, d.record_id, d.attempts, d.patient, d.ra
 #: rows per statement of the lookups by key (:meth:`SqlOutbox._by_key`)
 KEYS_PER_QUERY = 400
 
+
+def _chunks(values: Sequence[str], size: int = KEYS_PER_QUERY) -> Iterator[tuple[list[str], str]]:
+    """``values`` in lists of at most ``size``, each with its placeholders (``?,?,?``) for ``IN (...)``."""
+    for i in range(0, len(values), size):
+        chunk = list(values[i:i + size])
+        yield chunk, ",".join("?" * len(chunk))
+
 #: the updates of a delivery whose result came back (:meth:`SqlOutbox.complete`), by kind
 COMPLETE_SYNCED = (
     "UPDATE delivery SET state=?, synced_revision=?, server_id=?, server_version=?, resources=?, "
@@ -243,9 +250,8 @@ class SqlOutbox:
         wanted = sorted(set(resource_ids))
         out: dict[str, bytes] = {}
         db = self._db()
-        for i in range(0, len(wanted), KEYS_PER_QUERY):
-            chunk = wanted[i:i + KEYS_PER_QUERY]
-            sql = f"SELECT resource_id, entry FROM shared WHERE resource_id IN ({','.join('?' * len(chunk))})"  # noqa: S608
+        for chunk, marks in _chunks(wanted):
+            sql = f"SELECT resource_id, entry FROM shared WHERE resource_id IN ({marks})"  # noqa: S608 - only '?' marks
             out.update((str(rid), bytes(entry)) for rid, entry in self._x(db, sql, chunk).fetchall())
         return out
 
@@ -311,9 +317,7 @@ class SqlOutbox:
             by_type.setdefault(rtype, []).append(rid)
         out: list[tuple[Any, ...]] = []
         for rtype, ids in sorted(by_type.items()):
-            for i in range(0, len(ids), KEYS_PER_QUERY):
-                chunk = ids[i:i + KEYS_PER_QUERY]
-                marks = ",".join("?" * len(chunk))
+            for chunk, marks in _chunks(ids):
                 sql = (f"{select} WHERE {where + ' AND ' if where else ''}"  # noqa: S608 - only '?' marks are added
                        f"record_type=? AND record_id IN ({marks}){suffix}")
                 out += [tuple(r) for r in self._x(db, sql, (*params, rtype, *chunk)).fetchall()]
@@ -323,9 +327,7 @@ class SqlOutbox:
                              patients: list[str]) -> dict[str, list[tuple[int, int, tuple[str, str]]]]:
         """The queued or sending deliveries of these patients: ``patient -> [(rank, seq, key)]``."""
         out: dict[str, list[tuple[int, int, tuple[str, str]]]] = {}
-        for i in range(0, len(patients), 500):
-            chunk = patients[i:i + 500]
-            marks = ",".join("?" * len(chunk))
+        for chunk, marks in _chunks(patients, 500):
             sql = ("SELECT patient, rank, seq, record_type, record_id FROM delivery WHERE target=? "  # noqa: S608
                    f"AND state IN ('queued','sending') AND patient IN ({marks})")  # only '?' marks are added
             for patient, rank, seq, rtype, rid in self._x(db, sql, (target, *chunk)).fetchall():
@@ -614,10 +616,9 @@ class SqlTargetState:
         out: dict[tuple[str, str, str], Identity] = {}
         with self._tx(write=False) as db:
             for (rtype, system), wanted in sorted(values.items()):
-                for i in range(0, len(wanted), KEYS_PER_QUERY):
-                    chunk = wanted[i:i + KEYS_PER_QUERY]
+                for chunk, marks in _chunks(wanted):
                     sql = (f"SELECT {_IDENTITY} FROM identity WHERE target=? AND resource_type=? "  # noqa: S608
-                           f"AND system=? AND value IN ({','.join('?' * len(chunk))})")  # only '?' marks are added
+                           f"AND system=? AND value IN ({marks})")  # only '?' marks are added
                     for row in db.execute(self._q(sql), (target, rtype, system, *chunk)).fetchall():
                         found = _identity(row)
                         out[(found.resource_type, found.system, found.value)] = found
